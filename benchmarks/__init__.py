@@ -1,0 +1,1 @@
+"""Latency, throughput, memory and parity reports per device and backend."""

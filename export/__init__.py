@@ -1,0 +1,1 @@
+"""Export MaskCLIP to ONNX / TensorRT and verify every artifact against PyTorch."""

@@ -1,0 +1,1 @@
+"""Data: OpenSDID parquet and folder readers, masks and edges, augmentations, synthetic edits."""

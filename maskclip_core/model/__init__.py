@@ -1,0 +1,1 @@
+"""MaskCLIP modules, one per concept."""
