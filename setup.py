@@ -55,7 +55,7 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "maskclip-info=maskclip_core.cli:info",
+            "maskclip-info=maskclip_core.info:main",
             "maskclip-train=maskclip_core.cli:train",
             "maskclip-eval=maskclip_core.cli:evaluate",
             "maskclip-synth=maskclip_core.cli:synth",
