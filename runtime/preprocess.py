@@ -104,8 +104,7 @@ def load_image(path: str | Path) -> Image.Image:
                 rgb = to_rgb8(img)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageLoadError(
-            f"{path}: refused, image is larger than the {MAX_IMAGE_PIXELS:,}-pixel decompression-bomb "
-            f"limit ({exc})"
+            f"{path}: refused, image is larger than the {MAX_IMAGE_PIXELS:,}-pixel decompression-bomb limit ({exc})"
         ) from None
     except Image.UnidentifiedImageError:
         raise ImageLoadError(f"{path}: not a readable image (unknown format)") from None

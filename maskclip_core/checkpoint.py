@@ -1,0 +1,95 @@
+"""MaskCLIP checkpoints: safetensors weights + a JSON config beside them (never pickle).
+
+A checkpoint is `<name>.safetensors` with `<name>.json`, or a folder holding `model.safetensors`
+and `config.json`. `load_checkpoint(path)` rebuilds the model from those alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .config import MaskCLIPConfig
+from .model import MaskCLIP
+
+
+class CheckpointError(ValueError):
+    """An unusable checkpoint; the message names the file."""
+
+
+def checkpoint_files(path: str | Path) -> tuple[Path, Path]:
+    """-> (weights .safetensors, config .json) for a file or folder checkpoint path."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return path, path.with_suffix(".json")
+    if path.suffix == ".json":
+        return path.with_suffix(".safetensors"), path
+    return path / "model.safetensors", path / "config.json"
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(model: MaskCLIP, path: str | Path, metadata: dict | None = None) -> Path:
+    """Write weights and config atomically; returns the weights path."""
+    weights, config = checkpoint_files(path)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    meta = {"config_name": model.config.name, **{k: str(v) for k, v in (metadata or {}).items()}}
+    _atomic_write(weights, lambda tmp: save_file(state, tmp, metadata=meta))
+    doc = {"config": model.config.to_dict(), "metadata": metadata or {}}
+    _atomic_write(config, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=2)))
+    return weights
+
+
+def read_checkpoint_config(path: str | Path) -> MaskCLIPConfig:
+    weights, config = checkpoint_files(path)
+    if not weights.is_file():
+        raise CheckpointError(f"checkpoint not found: {weights}")
+    if not config.is_file():
+        raise CheckpointError(f"{weights}: its config {config.name} is missing beside it")
+    try:
+        return MaskCLIPConfig.from_dict(json.loads(config.read_text())["config"])
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{config}: not a MaskCLIP checkpoint config ({exc})") from None
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> MaskCLIP:
+    """Rebuild a MaskCLIP from a checkpoint written by save_checkpoint; eval mode."""
+    cfg = read_checkpoint_config(path)
+    weights, _ = checkpoint_files(path)
+    try:
+        state = load_file(str(weights), device=str(map_location))
+    except Exception as exc:  # safetensors raises its own error types for corrupt headers
+        raise CheckpointError(f"{weights}: unreadable safetensors file ({exc})") from None
+    model = MaskCLIP(cfg)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise CheckpointError(f"{weights}: weights do not match config {cfg.name!r} ({first})") from None
+    return model.eval()
+
+
+def weights_digest(path: str | Path) -> str:
+    """sha256 of the weights file (hex), the basis of a model id."""
+    weights, _ = checkpoint_files(path)
+    h = hashlib.sha256()
+    with open(weights, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -1,0 +1,102 @@
+"""`maskclip-info`: parameters (total, trainable, per part), input size and GMACs of a config or checkpoint."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from .config import get_config, list_configs
+from .model import MaskCLIP
+
+
+def count_macs(model: MaskCLIP, batch: int = 1) -> dict[str, float]:
+    """GMACs per stage for `batch` images, counted on the meta device (no compute, no memory).
+
+    The text pass is reported apart: at inference T is a constant and belongs in no deployed graph.
+    """
+    cfg = model.config
+    s = cfg.image_size
+    with torch.device("meta"):
+        meta = MaskCLIP(cfg).eval()
+        x = torch.empty(batch, 3, s, s)
+        text = torch.empty(2, cfg.clip.embed_dim)
+        stages = {}
+        with FlopCounterMode(display=False) as fc:
+            cls, maps = meta.clip_features(x)
+        stages["clip"] = fc.get_total_flops()
+        with FlopCounterMode(display=False) as fc:
+            features = meta.trunk(x, maps)
+        stages["mae_vca"] = fc.get_total_flops()
+        with FlopCounterMode(display=False) as fc:
+            meta.heads(features, cls, text)
+        stages["heads"] = fc.get_total_flops()
+        with FlopCounterMode(display=False) as fc:
+            meta.compute_text_embeddings()
+        stages["text_once"] = fc.get_total_flops()
+    gmacs = {k: v / 2e9 for k, v in stages.items()}  # FlopCounter counts 2 FLOPs per MAC
+    gmacs["image_total"] = gmacs["clip"] + gmacs["mae_vca"] + gmacs["heads"]
+    return gmacs
+
+
+def describe(model: MaskCLIP, source: str) -> dict:
+    parts = {name: sum(p.numel() for p in params) for name, params in model.parts().items()}
+    params = list(model.parameters())
+    cfg = model.config
+    return {
+        "source": source,
+        "config": cfg.name,
+        "input": {"shape": [3, cfg.image_size, cfg.image_size], "clip_input": cfg.clip.image_size},
+        "parameters": {
+            "total": sum(p.numel() for p in params),
+            "trainable": sum(p.numel() for p in params if p.requires_grad),
+            "parts": parts,
+        },
+        "gmacs": {k: round(v, 3) for k, v in count_macs(model).items()},
+    }
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_name", type=click.Choice(list_configs()), help="A registered config (built on meta).")
+@click.option("--checkpoint", type=click.Path(), help="A MaskCLIP checkpoint (.safetensors + .json, or its folder).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (keys parameters.total, parameters.trainable, ...).")
+def main(config_name: str | None, checkpoint: str | None, as_json: bool) -> None:
+    """Describe a MaskCLIP model: parameters (total, trainable, per part), input size and GMACs per image.
+
+    With --config the model is built on PyTorch's meta device: nothing is downloaded or allocated.
+    Without either option, the embedded demo model is described.
+    """
+    if config_name and checkpoint:
+        raise click.UsageError("give --config or --checkpoint, not both")
+    if checkpoint:
+        from .checkpoint import CheckpointError, read_checkpoint_config
+
+        try:
+            cfg = read_checkpoint_config(checkpoint)
+        except CheckpointError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        source = checkpoint
+    else:
+        cfg = get_config(config_name or "tiny")
+        source = f"config {cfg.name}" if config_name else "embedded demo model (config tiny)"
+    with torch.device("meta"):
+        model = MaskCLIP(cfg)
+    info = describe(model, source)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    p = info["parameters"]
+    click.echo(f"MaskCLIP {info['config']}  ({source})")
+    click.echo(f"input           3 x {cfg.image_size} x {cfg.image_size} (CLIP branch at {cfg.clip.image_size})")
+    click.echo(f"parameters      {p['total']:,} total, {p['trainable']:,} trainable")
+    for name, n in p["parts"].items():
+        click.echo(f"  {name:<14}{n:>14,}")
+    g = info["gmacs"]
+    click.echo(
+        f"GMACs / image   {g['image_total']:.1f} (CLIP {g['clip']:.1f}, MAE+VCA {g['mae_vca']:.1f}, "
+        f"heads {g['heads']:.1f}); text pass {g['text_once']:.1f} once, cached"
+    )
