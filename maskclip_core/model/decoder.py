@@ -51,7 +51,7 @@ class SimplePyramid(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feats = [self.up4(x), self.up2(x), x, self.down2(x)]
         out = []
-        for level, f in zip(self.levels, feats):
+        for level, f in zip(self.levels, feats, strict=True):
             f = level(f)
             if f.shape[-1] != self.size:
                 f = F.interpolate(f, size=(self.size, self.size), mode="bilinear", align_corners=False)
