@@ -1,0 +1,82 @@
+"""Torch Dataset over samples: ground-truth mask, augmentation, edge map, then the shared preprocessing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from maskclip_core.data.augment import augment
+from maskclip_core.data.folders import is_folder_layout, read_folders
+from maskclip_core.data.masks import edge_map
+from maskclip_core.data.opensdid import read_hf, read_parquet
+from maskclip_core.data.samples import DataError, Sample, load_sample
+from maskclip_runtime.preprocess import PreprocessSpec, resize_and_normalize
+
+
+def open_samples(source: str | Path, split: str | None = None) -> list[Sample]:
+    """Local parquet file/folder, folder layout (real/, fake/, masks/) or Hugging Face name -> samples.
+
+    For a local folder, `split` names a sub-folder (`maskclip-synth` writes train/ and test/);
+    for a hub name it is the data set split (default "train").
+    """
+    path = Path(source).expanduser()
+    if path.exists():
+        if split:
+            if not (path / split).is_dir():
+                raise DataError(f"{path}: no split folder {split!r}")
+            path = path / split
+        return read_folders(path) if path.is_dir() and is_folder_layout(path) else read_parquet(path)
+    text = str(source)
+    if text.count("/") == 1 and not text.startswith((".", "/", "~")):  # owner/name
+        return read_hf(text, split or "train")
+    raise DataError(f"{source}: no such file or folder")
+
+
+def resize_nearest(mask: np.ndarray, size: int) -> np.ndarray:
+    """HxW uint8 -> size x size uint8 (nearest, as the ground truth is resized everywhere)."""
+    if mask.shape != (size, size):
+        mask = np.asarray(Image.fromarray(mask).resize((size, size), Image.Resampling.NEAREST))
+    return np.array(mask, dtype=np.uint8)  # writable copy for torch
+
+
+class MaskCLIPDataset(Dataset):
+    """Samples -> dict(image [3,S,S] f32, mask [1,S,S] f32, edge [1,S,S] f32, label long, key, generator, kind).
+
+    With `train=True` each item is augmented with a generator seeded by (seed, epoch, index), so
+    an item is the same on every rank, worker and resumed run; call `set_epoch` every epoch.
+    """
+
+    def __init__(self, samples: list[Sample], image_size: int, train: bool = False, seed: int = 0):
+        self.samples = samples
+        self.spec = PreprocessSpec(size=image_size)
+        self.train = train
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict:
+        sample = self.samples[index]
+        image, mask = load_sample(sample)  # native size
+        if self.train:
+            rng = np.random.default_rng((self.seed, self.epoch, index))
+            image, mask = augment(image, mask, rng)
+        edge = edge_map(mask)  # at the augmented native size, before the resize
+        size = self.spec.size
+        return {
+            "image": torch.from_numpy(resize_and_normalize(image, self.spec)),  # [3,S,S]
+            "mask": torch.from_numpy(resize_nearest(mask, size)).float()[None],  # [1,S,S]
+            "edge": torch.from_numpy(resize_nearest(edge, size)).float()[None],  # [1,S,S]
+            "label": torch.tensor(sample.label, dtype=torch.long),
+            "key": sample.key,
+            "generator": sample.generator,
+            "kind": sample.kind,
+        }

@@ -1,0 +1,252 @@
+"""Synthetic "diffusion edits": an OpenSDID-format proxy data set made offline from real photos.
+
+THIS IS A PROXY, NOT OpenSDID. It exists so that training, evaluation, export and the embedded
+demo model can be exercised and measured without the real benchmark (35 GB, not reachable here).
+Numbers on it say that the pipeline learns and localises a generator fingerprint; they say
+nothing about performance on real diffusion edits.
+
+How a fake is made (loosely what Stable Diffusion inpainting does with its VAE):
+1. A real photo crop is encoded into a low-resolution "latent" (area downsampling by the
+   generator's factor f), quantised and perturbed with noise.
+2. A generator-specific "decoder" upsamples it again (bicubic, bilinear, or nearest + blur) and
+   leaves a periodic pattern on the latent grid, as transposed convolutions do.
+3. Partial edits blend the re-rendered image into a random region (blobs, ellipses, polygons)
+   with a 1-pixel feathered border; full-synthesis fakes keep the whole re-rendered image.
+4. Every image, real ones included, is JPEG-compressed at a random quality (75-95), so JPEG
+   traces alone give nothing away.
+
+Layout written (OpenSDID's columns; HF image structs {bytes, path}):
+  OUT/train/<generator>.parquet, OUT/test/<generator>.parquet, OUT/synth.json (settings)
+  keys: real/<generator>/real/000123.jpg, partial/<generator>/fake/000124.jpg,
+        full/<generator>/fake/000125.jpg  (mask: PNG for partial fakes, None otherwise)
+Each generator's file holds its own real images, so per-generator detection scores have both
+classes. Train and test use disjoint source photos. Output is byte-identical for a given seed.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class SynthGenerator:
+    """A latent bottleneck and an upsampling decoder with its own trace."""
+
+    factor: int  # latent downsampling
+    levels: int  # latent quantisation levels per channel
+    latent_noise: float  # std of noise added to the latent (0-255 scale)
+    upsample: str  # bicubic | bilinear | nearest+blur
+    pattern: str  # checker | stripes | grid: periodic decoder trace on the latent grid
+    amplitude: float  # of the pattern, 0-255 scale
+
+
+GENERATORS: dict[str, SynthGenerator] = {
+    "sd15-like": SynthGenerator(8, 48, 2.0, "bicubic", "checker", 5.0),
+    "sdxl-like": SynthGenerator(4, 64, 1.5, "bilinear", "grid", 4.0),
+    "flux-like": SynthGenerator(8, 32, 3.0, "nearest+blur", "stripes", 4.0),
+}
+
+# Photos that ship inside scikit-image and scikit-learn (no download). Grey ones become RGB.
+TRAIN_PHOTOS = (
+    "astronaut",
+    "chelsea",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "camera",
+    "retina",
+    "coins",
+    "moon",
+    "brick",
+    "grass",
+    "sklearn:china.jpg",
+)
+TEST_PHOTOS = ("coffee", "rocket", "gravel", "sklearn:flower.jpg")
+
+_UPSAMPLE = {"bicubic": cv2.INTER_CUBIC, "bilinear": cv2.INTER_LINEAR, "nearest+blur": cv2.INTER_NEAREST}
+# Shares of each generator's images: real, partial edit, full synthesis.
+COMPOSITION = (("real", 0.5), ("partial", 0.375), ("full", 0.125))
+
+
+def load_photo(name: str) -> np.ndarray:
+    """A bundled photo by name -> HxWx3 uint8."""
+    if name.startswith("sklearn:"):
+        from sklearn.datasets import load_sample_image
+
+        image = load_sample_image(name.split(":", 1)[1])
+    else:
+        import skimage.data
+
+        image = getattr(skimage.data, name)()
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=2)
+    return np.ascontiguousarray(image[..., :3].astype(np.uint8))
+
+
+def random_crop(photo: np.ndarray, rng: np.random.Generator, min_size: int, max_size: int) -> np.ndarray:
+    """Random crop (35-100% of the short side, aspect 3:4-4:3), flip, resized to a side in [min_size, max_size]."""
+    h, w = photo.shape[:2]
+    side = rng.uniform(0.35, 1.0) * min(h, w)
+    aspect = rng.uniform(0.75, 4 / 3)
+    ch, cw = min(h, round(side * aspect**0.5)), min(w, round(side / aspect**0.5))
+    y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+    crop = photo[y : y + ch, x : x + cw]
+    if rng.random() < 0.5:
+        crop = crop[:, ::-1]
+    long_side = int(rng.integers(min_size, max_size + 1))
+    scale = long_side / max(ch, cw)
+    size = (max(min_size // 2, round(cw * scale)), max(min_size // 2, round(ch * scale)))
+    return np.ascontiguousarray(cv2.resize(crop, size, interpolation=cv2.INTER_AREA))
+
+
+def render(image: np.ndarray, gen: SynthGenerator, rng: np.random.Generator) -> np.ndarray:
+    """Encode to the latent and decode again: HxWx3 uint8 -> HxWx3 uint8 with the generator's traces."""
+    h, w = image.shape[:2]
+    f = gen.factor
+    latent = cv2.resize(image.astype(np.float32), (max(1, w // f), max(1, h // f)), interpolation=cv2.INTER_AREA)
+    step = 256.0 / gen.levels
+    latent = np.round(latent / step) * step + rng.normal(0.0, gen.latent_noise, latent.shape).astype(np.float32)
+    out = cv2.resize(latent, (w, h), interpolation=_UPSAMPLE[gen.upsample])
+    if gen.upsample == "nearest+blur":
+        out = cv2.GaussianBlur(out, (0, 0), f / 3)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    phase = 2 * np.pi / f
+    if gen.pattern == "checker":
+        trace = np.cos(phase * xx) * np.cos(phase * yy)
+    elif gen.pattern == "grid":
+        trace = np.maximum(np.cos(phase * xx), np.cos(phase * yy))
+    else:
+        trace = np.cos(phase * (xx + yy))
+    out = out + gen.amplitude * trace[..., None] * np.float32([1.0, -0.5, 0.75])  # colour-dependent trace
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def random_region(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    """Union of 1-3 random ellipses / polygons covering roughly 8-45% of the image -> HxW uint8 {0,1}."""
+    for _ in range(20):
+        mask = np.zeros((h, w), np.uint8)
+        for _ in range(int(rng.integers(1, 4))):
+            cx, cy = rng.uniform(0.15, 0.85) * w, rng.uniform(0.15, 0.85) * h
+            rx, ry = rng.uniform(0.1, 0.35) * w, rng.uniform(0.1, 0.35) * h
+            if rng.random() < 0.5:
+                angle = float(rng.uniform(0, 180))
+                cv2.ellipse(mask, (round(cx), round(cy)), (round(rx), round(ry)), angle, 0, 360, 1, -1)
+            else:
+                n = int(rng.integers(3, 9))
+                angles = np.sort(rng.uniform(0, 2 * np.pi, n))
+                radii = rng.uniform(0.5, 1.0, n)
+                pts = np.stack([cx + rx * radii * np.cos(angles), cy + ry * radii * np.sin(angles)], 1)
+                cv2.fillPoly(mask, [np.round(pts).astype(np.int32)], 1)
+        if 0.08 <= mask.mean() <= 0.45:
+            return mask
+    return mask
+
+
+def encode(image: np.ndarray, fmt: str, quality: int = 95) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format=fmt, quality=quality) if fmt == "JPEG" else Image.fromarray(image).save(
+        buf, format=fmt
+    )
+    return buf.getvalue()
+
+
+def make_example(
+    photo: np.ndarray, kind: str, gen: SynthGenerator, rng: np.random.Generator, min_size: int, max_size: int
+) -> tuple[bytes, bytes | None]:
+    """One (JPEG image bytes, PNG mask bytes or None) of the given kind."""
+    image = random_crop(photo, rng, min_size, max_size)
+    mask_png = None
+    if kind == "partial":
+        mask = random_region(*image.shape[:2], rng)
+        soft = cv2.GaussianBlur(mask.astype(np.float32), (3, 3), 0)[..., None]  # 1-pixel feather
+        blended = soft * render(image, gen, rng) + (1.0 - soft) * image
+        image = np.clip(np.round(blended), 0, 255).astype(np.uint8)
+        mask_png = encode(mask * 255, "PNG")
+    elif kind == "full":
+        image = render(image, gen, rng)
+    return encode(image, "JPEG", int(rng.integers(75, 96))), mask_png
+
+
+SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("image", pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
+        ("mask", pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
+        ("label", pa.int64()),
+    ]
+)
+
+
+def write_split(
+    out: Path,
+    split: str,
+    photos: list[np.ndarray],
+    count: int,
+    seed: int,
+    generators: list[str],
+    min_size: int,
+    max_size: int,
+    progress=None,
+) -> None:
+    """OUT/<split>/<generator>.parquet with `count` images per generator."""
+    (out / split).mkdir(parents=True, exist_ok=True)
+    split_id = {"train": 0, "test": 1}.get(split, 2)
+    for gen_id, name in enumerate(generators):
+        rows = {"key": [], "image": [], "mask": [], "label": []}
+        kinds = [kind for kind, share in COMPOSITION for _ in range(round(share * count))]
+        for index, kind in enumerate(kinds):
+            rng = np.random.default_rng((seed, split_id, gen_id, index))
+            photo = photos[int(rng.integers(len(photos)))]
+            image, mask = make_example(photo, kind, GENERATORS[name], rng, min_size, max_size)
+            name_in_key = f"{index:06d}.jpg"
+            rows["key"].append(f"{kind}/{name}/{'real' if kind == 'real' else 'fake'}/{name_in_key}")
+            rows["image"].append({"bytes": image, "path": name_in_key})
+            rows["mask"].append(None if mask is None else {"bytes": mask, "path": name_in_key[:-4] + ".png"})
+            rows["label"].append(0 if kind == "real" else 1)
+            if progress is not None:
+                progress.update(1)
+        pq.write_table(pa.table(rows, schema=SCHEMA), out / split / f"{name}.parquet", row_group_size=128)
+
+
+def synthesize(
+    out: str | Path,
+    seed: int = 0,
+    train_count: int = 600,
+    test_count: int = 200,
+    generators: list[str] | None = None,
+    min_size: int = 128,
+    max_size: int = 192,
+    progress=None,
+) -> Path:
+    """Write the proxy data set (train/ and test/ parquet splits + synth.json) and return its folder."""
+    out = Path(out)
+    generators = list(generators or GENERATORS)
+    unknown = [g for g in generators if g not in GENERATORS]
+    if unknown:
+        raise ValueError(f"unknown synthetic generator(s) {', '.join(unknown)}; known: {', '.join(GENERATORS)}")
+    for split, names, count in (("train", TRAIN_PHOTOS, train_count), ("test", TEST_PHOTOS, test_count)):
+        if count > 0:
+            photos = [load_photo(n) for n in names]
+            write_split(out, split, photos, count, seed, generators, min_size, max_size, progress)
+    settings = {
+        "proxy": "synthetic edits, NOT OpenSDID (see maskclip_core/data/synth.py)",
+        "seed": seed,
+        "train_count_per_generator": train_count,
+        "test_count_per_generator": test_count,
+        "sizes": [min_size, max_size],
+        "composition": dict(COMPOSITION),
+        "train_photos": list(TRAIN_PHOTOS),
+        "test_photos": list(TEST_PHOTOS),
+        "generators": {g: asdict(GENERATORS[g]) for g in generators},
+    }
+    (out / "synth.json").write_text(json.dumps(settings, indent=2) + "\n")
+    return out
