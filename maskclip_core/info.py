@@ -100,3 +100,7 @@ def main(config_name: str | None, checkpoint: str | None, as_json: bool) -> None
         f"GMACs / image   {g['image_total']:.1f} (CLIP {g['clip']:.1f}, MAE+VCA {g['mae_vca']:.1f}, "
         f"heads {g['heads']:.1f}); text pass {g['text_once']:.1f} once, cached"
     )
+
+
+if __name__ == "__main__":
+    main()
