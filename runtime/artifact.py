@@ -1,0 +1,215 @@
+"""Load an exported artifact folder and refuse anything the runtime cannot trust.
+
+The manifest is the runtime's only source of knowledge about a model (preprocessing, threshold,
+graph chain, batch profile), like Ultralytics' embedded metadata: nothing is guessed from file
+names. Every listed file is hashed before use, so a half-copied or edited graph fails loudly here
+instead of producing plausible-looking but wrong probabilities later.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import __version__
+from .preprocess import PreprocessSpec
+
+FORMAT = "maskclip-artifact"
+SUPPORTED_FORMAT_VERSIONS = (1,)
+MANIFEST_NAME = "manifest.json"
+FINAL_OUTPUTS = ("logits", "fake_prob", "mask")
+
+
+class ArtifactError(ValueError):
+    """An artifact that cannot be used; the message says why and, where possible, what to do."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple  # ints, or strings for symbolic dims such as "batch"
+    dtype: str
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TensorSpec:
+        return cls(name=d["name"], shape=tuple(d.get("shape", ())), dtype=d.get("dtype", "float32"))
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """One graph of the chain: its ONNX file and the tensors it consumes and produces."""
+
+    name: str
+    file: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    @classmethod
+    def from_dict(cls, d: dict) -> GraphSpec:
+        return cls(
+            name=d["name"],
+            file=d["file"],
+            inputs=tuple(TensorSpec.from_dict(t) for t in d.get("inputs", ())),
+            outputs=tuple(TensorSpec.from_dict(t) for t in d.get("outputs", ())),
+        )
+
+
+@dataclass(frozen=True)
+class BatchSpec:
+    """The batch sizes the graphs accept: a dynamic range (min..max, opt preferred), or one fixed size."""
+
+    dynamic: bool
+    min: int
+    opt: int
+    max: int
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> BatchSpec:
+        if not d:
+            return cls(dynamic=False, min=1, opt=1, max=1)
+        if d.get("dynamic", False):
+            low, high = int(d.get("min", 1)), int(d.get("max", d.get("opt", 1)))
+            return cls(dynamic=True, min=low, opt=int(d.get("opt", low)), max=high)
+        size = int(d["size"])
+        return cls(dynamic=False, min=size, opt=size, max=size)
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A verified artifact: the manifest plus the parsed parts the runtime uses."""
+
+    dir: Path
+    manifest: dict
+    preprocess: PreprocessSpec
+    threshold: float
+    graphs: tuple[GraphSpec, ...]
+    batch: BatchSpec
+    model_id: str
+
+    @property
+    def engines(self) -> dict[str, Path]:
+        """Graph name -> TensorRT engine file, for artifacts exported with engines."""
+        return {e["graph"]: self.dir / e["file"] for e in self.manifest.get("engines", ())}
+
+    def file(self, name: str) -> Path:
+        return self.dir / name
+
+
+def load_artifact(path: str | os.PathLike) -> Artifact:
+    """Artifact folder, its manifest.json, or an .onnx inside an artifact folder -> verified Artifact."""
+    manifest_path = _find_manifest(Path(path))
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{manifest_path}: unreadable manifest ({exc})") from None
+    if not isinstance(manifest, dict):
+        raise ArtifactError(f"{manifest_path}: manifest is not a JSON object")
+    _check_format(manifest, manifest_path)
+    directory = manifest_path.parent
+    _check_files(manifest, directory)
+    try:
+        return Artifact(
+            dir=directory,
+            manifest=manifest,
+            preprocess=PreprocessSpec.from_dict(manifest["preprocess"]),
+            threshold=float(manifest.get("threshold", 0.5)),
+            graphs=_parse_graphs(manifest),
+            batch=BatchSpec.from_dict(manifest.get("batch")),
+            model_id=str(manifest.get("model", {}).get("model_id", "unknown")),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ArtifactError(f"{manifest_path}: malformed manifest ({type(exc).__name__}: {exc})") from None
+
+
+def _find_manifest(path: Path) -> Path:
+    if not path.exists():
+        raise ArtifactError(f"{path}: no such file or folder")
+    if path.is_dir():
+        candidate = path / MANIFEST_NAME
+    elif path.name == MANIFEST_NAME:
+        candidate = path
+    else:
+        # A file inside an artifact folder (e.g. model.onnx) stands for its folder.
+        candidate = path.parent / MANIFEST_NAME
+    if candidate.is_file():
+        return candidate
+    what = "ONNX file" if path.suffix == ".onnx" else "path"
+    raise ArtifactError(
+        f"{path}: {what} without a {MANIFEST_NAME}; the runtime needs an artifact folder written by "
+        f"maskclip-export (it records preprocessing, threshold and file hashes)"
+    )
+
+
+def _check_format(manifest: dict, manifest_path: Path) -> None:
+    if manifest.get("format") != FORMAT:
+        raise ArtifactError(f"{manifest_path}: not a MaskCLIP artifact manifest (format={manifest.get('format')!r})")
+    version = manifest.get("format_version")
+    if version not in SUPPORTED_FORMAT_VERSIONS:
+        raise ArtifactError(
+            f"{manifest_path}: unknown artifact format_version {version!r} (this runtime reads "
+            f"{', '.join(map(str, SUPPORTED_FORMAT_VERSIONS))}); upgrade maskclip or re-export"
+        )
+    exported_with = str(manifest.get("package_version", ""))
+    if _major(exported_with) != _major(__version__):
+        raise ArtifactError(
+            f"{manifest_path}: exported with maskclip {exported_with or '?'}, this runtime is {__version__} "
+            f"(major versions differ); re-export with a matching maskclip-export"
+        )
+
+
+def _major(version: str) -> str:
+    return version.split(".", 1)[0]
+
+
+def _check_files(manifest: dict, directory: Path) -> None:
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        raise ArtifactError(f"{directory / MANIFEST_NAME}: manifest lists no file hashes")
+    referenced = {g.get("file") for g in manifest.get("graphs", ())} | {
+        e.get("file") for e in manifest.get("engines", ())
+    }
+    unhashed = sorted(str(f) for f in referenced - set(files))
+    if unhashed:
+        raise ArtifactError(f"{directory / MANIFEST_NAME}: files used but not hashed: {', '.join(unhashed)}")
+    root = directory.resolve()
+    for name, expected in files.items():
+        file = (directory / name).resolve()
+        # A manifest must not point outside its folder (e.g. "../../etc/passwd").
+        if root not in file.parents:
+            raise ArtifactError(f"{directory / MANIFEST_NAME}: listed file {name!r} lies outside the artifact")
+        if not file.is_file():
+            raise ArtifactError(f"{directory}: missing artifact file: {name}")
+        if file_sha256(file) != str(expected).lower():
+            raise ArtifactError(f"{directory}: tampered or corrupted: {name} (sha256 differs from the manifest)")
+
+
+def _parse_graphs(manifest: dict) -> tuple[GraphSpec, ...]:
+    graphs = tuple(GraphSpec.from_dict(g) for g in manifest["graphs"])
+    if not graphs:
+        raise ValueError("no graphs listed")
+    produced = {"image"}
+    for graph in graphs:
+        missing = [t.name for t in graph.inputs if t.name not in produced]
+        if missing:
+            raise ValueError(f"graph {graph.name!r} needs {missing}, produced by no earlier graph")
+        produced |= {t.name for t in graph.outputs}
+    absent = [name for name in ("fake_prob", "mask") if name not in produced]
+    if absent:
+        raise ValueError(f"no graph produces {absent}")
+    return graphs
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 hex of a file, read in 1 MiB blocks.
+
+    Hashed once per load and never again while running. Deliberately no cache keyed on mtime:
+    coarse file timestamps would let an edit made right after a load pass unnoticed.
+    """
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

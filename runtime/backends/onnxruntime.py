@@ -1,0 +1,124 @@
+"""ONNX Runtime runner: CPU, or the CUDA / TensorRT execution providers when present.
+
+A GPU request that cannot be honoured falls back to CPU with a loud warning instead of failing:
+a detector that runs slowly is more useful than none, but nobody should benchmark a silent CPU
+fallback and believe it is the GPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+
+import numpy as np
+
+from .base import BackendUnavailable, Runner
+
+log = logging.getLogger("maskclip_runtime")
+
+INSTALL_HINT = "ONNX Runtime is not installed: pip install 'maskclip[cpu]' (or 'maskclip[gpu]' on a CUDA machine)"
+
+# ONNX element type strings -> numpy dtypes the feed is cast to (fp16 graphs may keep fp16 I/O).
+_NUMPY_DTYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+}
+
+# Execution provider -> the short id reported as Runner.backend ("onnxruntime-cuda").
+_PROVIDER_IDS = {
+    "CPUExecutionProvider": "cpu",
+    "CUDAExecutionProvider": "cuda",
+    "TensorrtExecutionProvider": "tensorrt",
+}
+
+_DEVICE = re.compile(r"^(cpu|cuda|tensorrt)(?::(\d+))?$")
+
+
+def _import_onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise BackendUnavailable(INSTALL_HINT) from None
+    return onnxruntime
+
+
+def parse_device(device: str) -> tuple[str, int]:
+    """'cpu' | 'cuda' | 'cuda:N' | 'tensorrt' | 'tensorrt:N' -> (kind, index)."""
+    match = _DEVICE.match(device.strip().lower())
+    if not match:
+        raise ValueError(f"unknown device {device!r}: use cpu, cuda, cuda:N, tensorrt or tensorrt:N")
+    return match.group(1), int(match.group(2) or 0)
+
+
+def providers_for(device: str, available: list[str]) -> tuple[list, str | None]:
+    """Execution providers for a device, best first, and a warning if the request was downgraded."""
+    kind, index = parse_device(device)
+    wanted = {
+        "cpu": [],
+        "cuda": ["CUDAExecutionProvider"],
+        "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider"],
+    }[kind]
+    chosen = [(name, {"device_id": index}) for name in wanted if name in available]
+    warning = None
+    if wanted and not chosen:
+        warning = (
+            f"WARNING: device {device!r} requested but ONNX Runtime offers only {', '.join(available)}; "
+            f"running on CPU (much slower). Install 'maskclip[gpu]' on a CUDA machine."
+        )
+    elif len(chosen) < len(wanted):
+        warning = f"WARNING: {wanted[0]} is not available; using {chosen[0][0]} instead"
+    return [*chosen, "CPUExecutionProvider"], warning
+
+
+def default_device() -> str:
+    """The device used when none is named: CUDA when this ONNX Runtime build offers it, else CPU."""
+    return "cuda" if "CUDAExecutionProvider" in _import_onnxruntime().get_available_providers() else "cpu"
+
+
+class OnnxRuntimeRunner(Runner):
+    """One ONNX graph in an InferenceSession."""
+
+    def __init__(self, path: str | os.PathLike, device: str = "cpu", threads: int | None = None):
+        ort = _import_onnxruntime()
+        providers, warning = providers_for(device, ort.get_available_providers())
+        if warning:
+            log.warning(warning)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = int(threads)
+        options.log_severity_level = 3  # errors only; provider fallbacks are reported by us
+        try:
+            self._session = ort.InferenceSession(os.fspath(path), sess_options=options, providers=providers)
+        except Exception as exc:  # ORT raises its own exception classes (Fail, InvalidGraph, ...)
+            raise BackendUnavailable(f"ONNX Runtime cannot load {path}: {str(exc).splitlines()[0]}") from None
+        # A provider can be available yet fail to initialise (no driver, wrong CUDA): ORT then
+        # silently drops it, so check what the session actually uses.
+        active = self._session.get_providers()[0]
+        requested = providers[0] if isinstance(providers[0], str) else providers[0][0]
+        if active != requested:
+            log.warning(f"WARNING: {requested} failed to initialise; running on {active}")
+        self.provider = active
+        self.backend = "onnxruntime-" + _PROVIDER_IDS.get(active, active)
+        self._inputs = {i.name: _NUMPY_DTYPES.get(i.type, np.float32) for i in self._session.get_inputs()}
+        self._outputs = [o.name for o in self._session.get_outputs()]
+
+    @property
+    def input_names(self) -> list[str]:
+        return list(self._inputs)
+
+    @property
+    def output_names(self) -> list[str]:
+        return list(self._outputs)
+
+    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feed = {name: np.ascontiguousarray(feed[name], dtype=dtype) for name, dtype in self._inputs.items()}
+        values = self._session.run(self._outputs, feed)
+        return {name: np.asarray(value, dtype=np.float32) for name, value in zip(self._outputs, values, strict=True)}
+
+    def close(self) -> None:
+        self._session = None

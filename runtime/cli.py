@@ -1,0 +1,267 @@
+"""maskclip-run: detect generated images and pixels with an exported artifact.
+
+Exit status: 0 every image succeeded, 1 some images failed (each reported, the rest completed),
+2 usage error (bad flags, unusable model, no inputs). Errors are one line on stderr, never a
+traceback: this is a tool people put in shell pipelines and cron jobs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import sys
+import time
+from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+from PIL import Image
+from tqdm import tqdm
+
+from .artifact import MANIFEST_NAME, ArtifactError, file_sha256
+from .backends.base import BackendUnavailable
+from .backends.onnxruntime import parse_device
+from .detector import Detection, Detector, PreparedImage
+from .inputs import expand_inputs
+from .outputs import CsvOutput, JsonLinesOutput, read_csv_records, read_json_lines, save_mask_png, save_overlay_png
+from .preprocess import ImageLoadError, load_image
+
+PROG = "maskclip-run"
+DEMO_DIR = Path(__file__).resolve().parent / "demo"
+DEMO_NOTE = "using the embedded demo model (tiny, trained on synthetic edits)"
+
+
+class UsageFailure(Exception):
+    """A problem with how the tool was called (exit status 2)."""
+
+
+@dataclass
+class Decoded:
+    """One input after the worker threads are done with it: decoded, hashed and prepared, or failed."""
+
+    path: str
+    sha256: str | None = None
+    image: Image.Image | None = None
+    prepared: PreparedImage | None = None
+    ms: float = 0.0
+    error: str | None = None
+
+
+def _check_device(ctx, param, value: str | None) -> str | None:
+    if value is not None:
+        try:
+            parse_device(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return value
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("images", nargs=-1)
+@click.option("--model", type=click.Path(), help="Artifact folder or manifest.json (default: embedded demo model).")
+@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "tensorrt"]), default="auto", show_default=True)
+@click.option("--device", callback=_check_device, help="cpu, cuda or cuda:N (default: the GPU when usable).")
+@click.option("--threshold", type=click.FloatRange(0.0, 1.0), help="Verdict and mask threshold (default: manifest).")
+@click.option("--batch", type=click.IntRange(min=1), help="Images per forward pass (default: the artifact's).")
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads for ONNX Runtime.")
+@click.option("--json", "json_target", default="-", show_default=True, help="JSON lines output file, - for stdout.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Also write a CSV table.")
+@click.option("--masks", type=click.Path(file_okay=False), help="Folder for 8-bit probability mask PNGs.")
+@click.option("--overlays", type=click.Path(file_okay=False), help="Folder for heat-overlay PNGs.")
+@click.option("--resume", is_flag=True, help="Skip images already answered in the --json file; append to it.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar or notes on stderr (errors still shown).")
+@click.pass_context
+def main(ctx: click.Context, **options) -> None:
+    """Detect generated content in IMAGES (files, folders, globs, or - to read paths from stdin)."""
+    logging.basicConfig(level=logging.WARNING, format=f"{PROG}: %(message)s", stream=sys.stderr)
+    try:
+        status = run(**options)
+    except UsageFailure as exc:
+        click.echo(f"{PROG}: error: {exc}", err=True)
+        status = 2
+    except KeyboardInterrupt:
+        click.echo(f"{PROG}: interrupted (results so far are saved; rerun with --resume)", err=True)
+        status = 130
+    except Exception as exc:  # a bug or an environment failure: still one line, never a traceback
+        click.echo(f"{PROG}: error: {type(exc).__name__}: {exc}", err=True)
+        status = 1
+    ctx.exit(status)
+
+
+def run(
+    images: tuple[str, ...],
+    model: str | None,
+    backend: str,
+    device: str | None,
+    threshold: float | None,
+    batch: int | None,
+    threads: int | None,
+    json_target: str,
+    csv_path: str | None,
+    masks: str | None,
+    overlays: str | None,
+    resume: bool,
+    quiet: bool,
+) -> int:
+    if resume and json_target == "-":
+        raise UsageFailure("--resume needs --json FILE (the answers of the earlier run)")
+    paths = expand_inputs(images)
+    if not paths:
+        raise UsageFailure("no input images (give files, folders, globs, or - to read paths from stdin)")
+    detector = _open_detector(model, backend, device, threads, threshold, batch, quiet)
+    names = _output_stems(paths)
+    done: list[dict] = []
+    if resume:
+        done = [r for r in read_json_lines(json_target) if "error" not in r]
+        finished = {r["path"] for r in done}
+        todo = [p for p in paths if p not in finished]
+        if not quiet:
+            click.echo(f"{PROG}: resuming: {len(paths) - len(todo)} of {len(paths)} images already done", err=True)
+        paths = todo
+    for folder in (masks, overlays):
+        if folder:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+
+    json_out, csv_out = _open_tables(json_target, csv_path, done)
+    failures = 0
+    started = time.perf_counter()
+    progress = tqdm(total=len(paths), disable=quiet or len(paths) <= 1, file=sys.stderr, unit="img", desc=PROG)
+    try:
+        for record in _detect_all(detector, paths, names, masks, overlays):
+            if "error" in record:
+                failures += 1
+                progress.write(f"{PROG}: {record['error']}", file=sys.stderr)
+            json_out.write(record)
+            if csv_out:
+                csv_out.write(record)
+            progress.update()
+    finally:
+        progress.close()
+        json_out.close()
+        if csv_out:
+            csv_out.close()
+        detector.close()
+    if not quiet and len(paths) > 1:
+        seconds = time.perf_counter() - started
+        click.echo(
+            f"{PROG}: {len(paths)} images, {failures} failed, {len(paths) / seconds:.1f} images/s ({detector.backend})",
+            err=True,
+        )
+    return 1 if failures else 0
+
+
+def _open_tables(json_target: str, csv_path: str | None, done: list[dict]):
+    """JSON lines (and CSV) outputs, seeded with the answers kept from an earlier run."""
+    finished = {r["path"] for r in done}
+    try:
+        json_out = JsonLinesOutput(json_target, keep=done)
+    except OSError as exc:
+        raise UsageFailure(f"cannot write results: {exc}") from None
+    if not csv_path:
+        return json_out, None
+    try:
+        kept_rows = [r for r in read_csv_records(csv_path) if r.get("path") in finished] if done else []
+        return json_out, CsvOutput(csv_path, keep=kept_rows)
+    except OSError as exc:
+        json_out.discard()
+        raise UsageFailure(f"cannot write results: {exc}") from None
+
+
+def _open_detector(model, backend, device, threads, threshold, batch, quiet) -> Detector:
+    if model is None:
+        if not (DEMO_DIR / MANIFEST_NAME).is_file():
+            raise UsageFailure(f"the embedded demo model is missing ({DEMO_DIR / MANIFEST_NAME}); pass --model PATH")
+        model = DEMO_DIR
+        if not quiet:
+            click.echo(f"{PROG}: {DEMO_NOTE}", err=True)
+    try:
+        return Detector(model, backend=backend, device=device, threads=threads, threshold=threshold, batch=batch)
+    except (ArtifactError, BackendUnavailable, ValueError) as exc:
+        raise UsageFailure(str(exc)) from None
+
+
+def _detect_all(detector: Detector, paths: list[str], names: dict[str, str], masks: str | None, overlays: str | None):
+    """Yield one record per path, in order. Workers decode the next batch while this one is inferred."""
+    size = detector.batch_size
+    chunks = [paths[i : i + size] for i in range(0, len(paths), size)]
+    workers = max(2, min(4, os.cpu_count() or 2))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
+        pending: list[Future] = [pool.submit(_decode, p, detector) for p in chunks[0]] if chunks else []
+        for index in range(len(chunks)):
+            current = [f.result() for f in pending]
+            pending = [pool.submit(_decode, p, detector) for p in chunks[index + 1]] if index + 1 < len(chunks) else []
+            yield from _answer_chunk(detector, current, names, masks, overlays)
+
+
+def _decode(path: str, detector: Detector) -> Decoded:
+    start = time.perf_counter()
+    try:
+        image = load_image(path)
+        sha256 = file_sha256(path)
+        prepared = detector.prepare(image)
+    except ImageLoadError as exc:
+        return Decoded(path, error=str(exc))
+    except (OSError, ValueError, MemoryError) as exc:
+        return Decoded(path, error=f"{path}: {type(exc).__name__}: {exc}")
+    return Decoded(path, sha256, image, prepared, ms=(time.perf_counter() - start) * 1e3 - prepared.ms)
+
+
+def _answer_chunk(detector: Detector, chunk: list[Decoded], names, masks, overlays):
+    decoded_ok = [d for d in chunk if d.error is None]
+    try:
+        answers = detector.detect_prepared([d.prepared for d in decoded_ok])
+        detections = {d.path: answer for d, answer in zip(decoded_ok, answers, strict=True)}
+    except Exception as exc:  # an inference failure fails this chunk's images, not the whole run
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        for d in decoded_ok:
+            d.error = f"{d.path}: inference failed: {reason}"
+    for decoded in chunk:
+        if decoded.error is not None:
+            yield {"path": decoded.path, "error": decoded.error}
+            continue
+        try:
+            yield _record(detector, decoded, detections[decoded.path], names[decoded.path], masks, overlays)
+        except OSError as exc:
+            yield {"path": decoded.path, "error": f"{decoded.path}: cannot write outputs: {exc}"}
+
+
+def _record(detector: Detector, decoded: Decoded, detection: Detection, stem: str, masks, overlays) -> dict:
+    start = time.perf_counter()
+    mask_path = overlay_path = None
+    if masks:
+        mask_path = os.path.join(masks, f"{stem}_mask.png")
+        save_mask_png(detection.mask, mask_path)
+    if overlays:
+        overlay_path = os.path.join(overlays, f"{stem}_overlay.png")
+        save_overlay_png(decoded.image, detection.mask, overlay_path)
+    writing_ms = (time.perf_counter() - start) * 1e3
+    return {
+        "path": decoded.path,
+        "sha256": decoded.sha256,
+        "width": detection.width,
+        "height": detection.height,
+        "fake_prob": round(detection.fake_prob, 6),
+        "verdict": detection.verdict,
+        "threshold": detection.threshold,
+        "mask_fraction": round(detection.mask_fraction, 6),
+        "mask": mask_path,
+        "overlay": overlay_path,
+        "backend": detector.backend,
+        "model_id": detector.model_id,
+        "ms": round(decoded.ms + detection.ms + writing_ms, 2),
+    }
+
+
+def _output_stems(paths: list[str]) -> dict[str, str]:
+    """Mask/overlay file stem per input: its own stem, plus a short path hash where two inputs share a stem."""
+    counts = Counter(Path(p).stem for p in paths)
+    stems = {}
+    for path in paths:
+        stem = Path(path).stem
+        if counts[stem] > 1:
+            stem = f"{stem}-{hashlib.sha1(path.encode()).hexdigest()[:8]}"
+        stems[path] = stem
+    return stems

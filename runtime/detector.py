@@ -1,0 +1,220 @@
+"""Detector: one artifact, one backend, PIL images in, per-image verdicts and original-size masks out.
+
+The artifact decides everything model-specific (preprocessing, threshold, graph chain, batch
+profile); the caller only picks where to run. Split artifacts (clip -> trunk -> heads) are
+chained by tensor name, so callers never see the difference from a fused graph.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from .artifact import Artifact, ArtifactError, load_artifact
+from .backends.base import BackendUnavailable, Runner
+from .preprocess import resize_and_normalize, resize_probability_map
+
+log = logging.getLogger("maskclip_runtime")
+
+BACKENDS = ("auto", "onnxruntime", "tensorrt")
+
+
+@dataclass(frozen=True)
+class Detection:
+    """The answer for one image."""
+
+    fake_prob: float  # probability that the image contains generated content
+    verdict: str  # "fake" when fake_prob > threshold, else "real"
+    mask: np.ndarray  # float32 [height, width]: per-pixel probability of being generated
+    mask_fraction: float  # share of pixels whose probability is > threshold
+    threshold: float
+    width: int
+    height: int
+    ms: float  # this image's share of the wall time: preprocess + inference + mask resize
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """An image resized and normalised for the model; made by Detector.prepare (thread-safe)."""
+
+    tensor: np.ndarray  # float32 [3, S, S]
+    width: int
+    height: int
+    ms: float
+
+
+class Detector:
+    """Run an exported MaskCLIP artifact.
+
+    path: artifact folder or its manifest.json. backend: "auto" (TensorRT engines when the artifact
+    has them and TensorRT is installed, else ONNX Runtime), "onnxruntime" or "tensorrt".
+    device: "cpu", "cuda", "cuda:N" (ONNX Runtime also takes "tensorrt[:N]" for its TensorRT
+    provider); None picks the GPU when the backend can use one. batch: images per forward pass,
+    capped by the artifact's profile (fixed-batch artifacts always run their own size).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        backend: str = "auto",
+        device: str | None = None,
+        threads: int | None = None,
+        threshold: float | None = None,
+        batch: int | None = None,
+    ):
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
+        if threshold is not None and not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
+        self.artifact: Artifact = load_artifact(path)
+        self.threshold = self.artifact.threshold if threshold is None else float(threshold)
+        self.batch_size = _batch_size(self.artifact, batch)
+        self._runners = _build_runners(self.artifact, backend, device, threads)
+        _check_chain(self._runners)
+
+    @property
+    def model_id(self) -> str:
+        return self.artifact.model_id
+
+    @property
+    def backend(self) -> str:
+        return self._runners[0].backend
+
+    def prepare(self, image: Image.Image) -> PreparedImage:
+        """Resize and normalise one image; safe to call from worker threads."""
+        start = time.perf_counter()
+        tensor = resize_and_normalize(image, self.artifact.preprocess)
+        return PreparedImage(tensor, image.width, image.height, (time.perf_counter() - start) * 1e3)
+
+    def detect(self, images: list[Image.Image]) -> list[Detection]:
+        """RGB PIL images (any sizes, any number) -> one Detection per image, in order."""
+        return self.detect_prepared([self.prepare(image) for image in images])
+
+    def detect_prepared(self, prepared: list[PreparedImage]) -> list[Detection]:
+        detections = []
+        for start in range(0, len(prepared), self.batch_size):
+            chunk = prepared[start : start + self.batch_size]
+            began = time.perf_counter()
+            fake_prob, masks = self.forward(np.stack([p.tensor for p in chunk]))
+            shared_ms = (time.perf_counter() - began) * 1e3 / len(chunk)
+            for item, prob, mask in zip(chunk, fake_prob, masks, strict=True):
+                detections.append(self._detection(item, float(prob), mask, shared_ms))
+        return detections
+
+    def forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """float32 [n,3,S,S] with n <= batch_size -> (fake_prob [n], mask probability [n,S',S'])."""
+        n = len(batch)
+        if n > self.batch_size:
+            raise ValueError(f"forward takes at most {self.batch_size} images, got {n}")
+        padded = max(n, self.artifact.batch.min) if self.artifact.batch.dynamic else self.artifact.batch.max
+        if padded > n:
+            # Fixed-batch graphs need full batches; repeating a real image keeps the filler in-distribution.
+            batch = np.concatenate([batch, np.repeat(batch[-1:], padded - n, axis=0)])
+        tensors = {"image": batch}
+        for runner in self._runners:
+            tensors.update(runner.infer({name: tensors[name] for name in runner.input_names}))
+        mask = tensors["mask"]
+        if mask.ndim == 4:  # [B,1,S,S] -> [B,S,S]
+            mask = mask[:, 0]
+        return tensors["fake_prob"].reshape(-1)[:n], mask[:n]
+
+    def _detection(self, item: PreparedImage, fake_prob: float, mask: np.ndarray, shared_ms: float) -> Detection:
+        start = time.perf_counter()
+        full = resize_probability_map(mask, item.width, item.height)
+        fraction = float(np.count_nonzero(full > self.threshold)) / full.size
+        ms = item.ms + shared_ms + (time.perf_counter() - start) * 1e3
+        verdict = "fake" if fake_prob > self.threshold else "real"
+        return Detection(fake_prob, verdict, full, fraction, self.threshold, item.width, item.height, ms)
+
+    def close(self) -> None:
+        for runner in self._runners:
+            runner.close()
+
+    def __enter__(self) -> Detector:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _batch_size(artifact: Artifact, requested: int | None) -> int:
+    profile = artifact.batch
+    if not profile.dynamic:
+        return profile.max
+    if requested is None:
+        return profile.opt
+    if requested < 1:
+        raise ValueError(f"batch must be >= 1, got {requested}")
+    return min(requested, profile.max)
+
+
+def _build_runners(artifact: Artifact, backend: str, device: str | None, threads: int | None) -> list[Runner]:
+    if backend == "auto":
+        if _tensorrt_preferred(artifact, device):
+            try:
+                return _tensorrt_runners(artifact, device)
+            except BackendUnavailable as exc:
+                log.warning(f"WARNING: TensorRT engines not usable ({exc}); falling back to ONNX Runtime")
+        backend = "onnxruntime"
+    if backend == "tensorrt":
+        return _tensorrt_runners(artifact, device)
+    return _onnxruntime_runners(artifact, device, threads)
+
+
+def _tensorrt_preferred(artifact: Artifact, device: str | None) -> bool:
+    on_cpu = device is not None and device.strip().lower() == "cpu"
+    return bool(artifact.engines) and not on_cpu and importlib.util.find_spec("tensorrt") is not None
+
+
+def _onnxruntime_runners(artifact: Artifact, device: str | None, threads: int | None) -> list[Runner]:
+    from .backends.onnxruntime import OnnxRuntimeRunner, default_device
+
+    device = device or default_device()
+    return [OnnxRuntimeRunner(artifact.file(g.file), device=device, threads=threads) for g in artifact.graphs]
+
+
+def _tensorrt_runners(artifact: Artifact, device: str | None) -> list[Runner]:
+    index = _cuda_index(device)
+    engines = artifact.engines
+    missing = [g.name for g in artifact.graphs if g.name not in engines]
+    if missing:
+        raise BackendUnavailable(
+            f"the artifact has no TensorRT engine for graph(s) {', '.join(missing)}; "
+            f"export with maskclip-export --trt or use --backend onnxruntime"
+        )
+    try:
+        from .backends.tensorrt import TensorRTRunner
+    except ImportError as exc:
+        raise BackendUnavailable(
+            f"TensorRT backend is not available ({exc}); install 'maskclip[gpu]' on a CUDA machine "
+            f"or use --backend onnxruntime"
+        ) from None
+    return [TensorRTRunner(engines[g.name], device=index) for g in artifact.graphs]
+
+
+def _cuda_index(device: str | None) -> int:
+    """TensorRT runs on a CUDA GPU: None/'cuda'/'tensorrt' -> 0, 'cuda:N' -> N."""
+    name = (device or "cuda").strip().lower()
+    kind, _, index = name.partition(":")
+    if kind not in ("cuda", "tensorrt") or (index and not index.isdigit()):
+        raise BackendUnavailable(f"TensorRT needs a CUDA device (cuda or cuda:N), not {device!r}")
+    return int(index or 0)
+
+
+def _check_chain(runners: list[Runner]) -> None:
+    """Every graph input must be the image or an earlier graph's output; the chain must end in fake_prob and mask."""
+    available = {"image"}
+    for runner in runners:
+        missing = [name for name in runner.input_names if name not in available]
+        if missing:
+            raise ArtifactError(f"graph inputs {missing} are produced by no earlier graph; re-export the artifact")
+        available.update(runner.output_names)
+    absent = [name for name in ("fake_prob", "mask") if name not in available]
+    if absent:
+        raise ArtifactError(f"the artifact's graphs produce no {absent}; re-export the artifact")

@@ -1,0 +1,141 @@
+"""Detector over the stand-in artifact: results, chaining, batching, backend choice, no torch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_runtime_standin import build_standin_artifact, expected_standin_output, sample_photos
+
+from maskclip_runtime.backends.base import BackendUnavailable
+from maskclip_runtime.detector import Detector
+
+
+@pytest.fixture(scope="module")
+def photos():
+    return list(sample_photos().values())
+
+
+@pytest.fixture(scope="module")
+def fused(tmp_path_factory):
+    return build_standin_artifact(tmp_path_factory.mktemp("fused"), "fused")
+
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory):
+    return build_standin_artifact(tmp_path_factory.mktemp("split"), "split")
+
+
+def test_detection_matches_independent_computation(fused, photos):
+    detector = Detector(fused, backend="onnxruntime", device="cpu")
+    assert detector.backend == "onnxruntime-cpu"
+    assert detector.model_id == "standin-fused"
+    for image, detection in zip(photos, detector.detect(photos), strict=True):
+        fake_prob, mask = expected_standin_output(image)
+        assert detection.fake_prob == pytest.approx(fake_prob, abs=1e-5)
+        assert detection.verdict == ("fake" if fake_prob > 0.5 else "real")
+        assert detection.mask.dtype == np.float32
+        assert detection.mask.shape == (image.height, image.width)  # original size, not SxS
+        assert (detection.width, detection.height) == image.size
+        assert detection.mask_fraction == pytest.approx(float((detection.mask > 0.5).mean()))
+        # The S x S model mask is brought back to the photo's size with a bilinear resize.
+        expected = np.asarray(Image.fromarray(mask.astype(np.float32)).resize(image.size, Image.Resampling.BILINEAR))
+        np.testing.assert_allclose(detection.mask, expected, atol=1e-4)
+        assert detection.ms > 0
+
+
+def test_split_artifact_is_chained_to_the_same_answers(fused, split, photos):
+    whole = Detector(fused, backend="onnxruntime").detect(photos)
+    chained = Detector(split / "manifest.json", backend="onnxruntime").detect(photos)
+    for a, b in zip(whole, chained, strict=True):
+        assert a.fake_prob == pytest.approx(b.fake_prob, abs=1e-6)
+        np.testing.assert_allclose(a.mask, b.mask, atol=1e-6)
+
+
+@pytest.mark.parametrize("topology", ["fused", "split"])
+def test_batch_1_and_batch_4_agree(topology, fused, split, photos):
+    artifact = fused if topology == "fused" else split
+    images = photos * 2  # 8 images: two full batches of 4
+    one = Detector(artifact, backend="onnxruntime", batch=1)
+    four = Detector(artifact, backend="onnxruntime", batch=4)
+    assert (one.batch_size, four.batch_size) == (1, 4)
+    for a, b in zip(one.detect(images), four.detect(images), strict=True):
+        assert a.fake_prob == pytest.approx(b.fake_prob, abs=1e-6)
+        np.testing.assert_allclose(a.mask, b.mask, atol=1e-6)
+
+
+def test_static_batch_artifact_is_padded_and_chunked(tmp_path, fused, photos):
+    static = build_standin_artifact(tmp_path / "static", "fused", batch={"dynamic": False, "size": 2})
+    detector = Detector(static, backend="onnxruntime", batch=8)
+    assert detector.batch_size == 2  # a fixed-batch graph always runs its own size
+    images = photos[:3]  # one full batch, one padded
+    reference = Detector(fused, backend="onnxruntime").detect(images)
+    for a, b in zip(detector.detect(images), reference, strict=True):
+        assert a.fake_prob == pytest.approx(b.fake_prob, abs=1e-6)
+        np.testing.assert_allclose(a.mask, b.mask, atol=1e-6)
+
+
+def test_batch_is_capped_by_the_artifact_profile(fused):
+    assert Detector(fused, backend="onnxruntime", batch=100).batch_size == 8
+    assert Detector(fused, backend="onnxruntime").batch_size == 4  # the profile's opt
+
+
+def test_threshold_override_changes_verdict_and_fraction(fused, photos):
+    default, strict = Detector(fused), Detector(fused, threshold=0.99)
+    assert default.threshold == 0.5 and strict.threshold == 0.99
+    for a, b in zip(default.detect(photos), strict.detect(photos), strict=True):
+        assert b.verdict == "real"  # the stand-in never reaches 0.99
+        assert b.mask_fraction <= a.mask_fraction
+    with pytest.raises(ValueError, match="threshold"):
+        Detector(fused, threshold=1.5)
+
+
+def test_auto_backend_without_engines_is_onnxruntime(fused):
+    assert Detector(fused, backend="auto", device="cpu").backend == "onnxruntime-cpu"
+    assert Detector(fused).backend.startswith("onnxruntime")
+
+
+def test_tensorrt_without_engines_is_a_clear_error(fused):
+    with pytest.raises(BackendUnavailable, match="no TensorRT engine.*--backend onnxruntime"):
+        Detector(fused, backend="tensorrt")
+
+
+def test_gpu_request_without_gpu_provider_warns_and_runs_on_cpu(fused, photos, caplog):
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this ONNX Runtime has CUDA")
+    with caplog.at_level("WARNING", logger="maskclip_runtime"):
+        detector = Detector(fused, backend="onnxruntime", device="cuda")
+    assert detector.backend == "onnxruntime-cpu"
+    assert "running on CPU" in caplog.text
+    assert len(detector.detect(photos[:1])) == 1
+
+
+def test_unknown_backend_and_device_are_rejected(fused):
+    with pytest.raises(ValueError, match="unknown backend"):
+        Detector(fused, backend="openvino")
+    with pytest.raises(ValueError, match="unknown device"):
+        Detector(fused, backend="onnxruntime", device="tpu")
+
+
+def test_runtime_never_imports_torch(fused, tmp_path):
+    """The whole runtime path (artifact, ONNX Runtime, detector, CLI module) in a fresh interpreter."""
+    script = f"""
+import sys
+from PIL import Image
+import maskclip_runtime.cli
+from maskclip_runtime.detector import Detector
+detections = Detector({str(fused)!r}, backend="auto").detect([Image.new("RGB", (40, 30), (200, 10, 10))])
+print(detections[0].mask.shape)
+print(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision", "open_clip", "timm")))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    shape, heavy = done.stdout.strip().splitlines()
+    assert shape == "(30, 40)"
+    assert json.loads(heavy.replace("'", '"')) == []
