@@ -1,0 +1,391 @@
+"""Build TensorRT engines from an exported artifact (`maskclip-export --trt`).
+
+Two ways to reduced precision, chosen per TensorRT version by `plan_precision`:
+- TensorRT 10 (JetPack 6) from an fp32 graph: weakly typed network + BuilderFlag.FP16 / INT8 (with an
+  IInt8EntropyCalibrator2 fed from --calib images), the manifest's fp32_ops pinned to fp32 under
+  OBEY_PRECISION_CONSTRAINTS (LayerNorm, Softmax and the final Sigmoid lose precision in fp16).
+- TensorRT 11 removed those flags and the calibrator: the precision is baked into the ONNX graph
+  (fp16 mixed-precision conversion, explicit Q/DQ for int8) and the network is strongly typed.
+  TensorRT 10 builds such graphs the same way.
+
+Each engine is written with its metadata header (runtime/engine_header.py), recorded in
+manifest["engines"] and hashed in manifest["files"]. TensorRT and cuda-python are imported only
+inside the functions that need them, so this module imports (and its planning logic is tested)
+without either.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from maskclip_runtime.artifact import Artifact, BatchSpec, GraphSpec, file_sha256, load_artifact
+from maskclip_runtime.backends.tensorrt import cuda_call, gpu_identity, import_cudart, import_tensorrt
+from maskclip_runtime.engine_header import write_engine
+from maskclip_runtime.preprocess import load_image, preprocess_batch
+
+PRECISIONS = ("fp32", "fp16", "int8")
+# ONNX op types whose TensorRT layer type is unambiguous; others are matched by node name.
+ONNX_OP_LAYER_TYPES = {
+    "LayerNormalization": "NORMALIZATION",
+    "GroupNormalization": "NORMALIZATION",
+    "InstanceNormalization": "NORMALIZATION",
+    "Softmax": "SOFTMAX",
+}
+
+
+class PrecisionPlanError(ValueError):
+    """The requested engine precision cannot be built from this graph with this TensorRT."""
+
+
+@dataclass(frozen=True)
+class PrecisionPlan:
+    """How one engine gets its precision: network typing, builder flags, calibration, fp32 pins."""
+
+    precision: str
+    strongly_typed: bool
+    builder_flags: tuple[str, ...] = ()  # trt.BuilderFlag names to set
+    cleared_flags: tuple[str, ...] = ()  # trt.BuilderFlag names to clear
+    calibrate: bool = False
+    fp32_ops: tuple[str, ...] = ()  # ONNX op types whose layers are pinned to fp32
+
+
+def _major(trt_version: str) -> int:
+    return int(str(trt_version).split(".")[0])
+
+
+def plan_precision(
+    trt_version: str, precision: str, graph_precision: str, fp32_ops: Sequence[str] = ()
+) -> PrecisionPlan:
+    """The build recipe for a `precision` engine from a `graph_precision` ONNX graph (pure; no TensorRT)."""
+    for name, value in (("engine", precision), ("graph", graph_precision)):
+        if value not in PRECISIONS:
+            raise PrecisionPlanError(f"unknown {name} precision {value!r} (expected one of {', '.join(PRECISIONS)})")
+    if graph_precision != "fp32":
+        if precision != graph_precision:
+            raise PrecisionPlanError(
+                f"the artifact's graphs are {graph_precision}; a {precision} engine needs an {precision} "
+                f"(or, on TensorRT 10, an fp32) export"
+            )
+        # Precision is already in the graph (Cast / Q-DQ nodes): build exactly what it says.
+        return PrecisionPlan(precision, strongly_typed=True)
+    if precision == "fp32":
+        # TF32 is on by default and rounds fp32 matmul inputs to 10 mantissa bits: not an fp32 engine.
+        return PrecisionPlan("fp32", strongly_typed=False, cleared_flags=("TF32",))
+    if _major(trt_version) >= 11:
+        raise PrecisionPlanError(
+            f"TensorRT {trt_version} has no fp16/int8 builder flags: export the {precision} graph first "
+            f"(maskclip-export --{precision} --trt) and the engine is built strongly typed from it"
+        )
+    flags = ("FP16",) if precision == "fp16" else ("INT8",)
+    return PrecisionPlan(
+        precision,
+        strongly_typed=False,
+        builder_flags=(*flags, "OBEY_PRECISION_CONSTRAINTS"),
+        cleared_flags=("TF32",),
+        calibrate=precision == "int8",
+        fp32_ops=tuple(fp32_ops),
+    )
+
+
+def profile_shapes(inputs: Iterable[GraphSpec | dict], batch: BatchSpec) -> dict[str, tuple[tuple[int, ...], ...]]:
+    """Input name -> (min, opt, max) shapes: the symbolic batch dim takes batch.min / opt / max."""
+    shapes = {}
+    for spec in inputs:
+        name, dims = (spec["name"], spec["shape"]) if isinstance(spec, dict) else (spec.name, spec.shape)
+        symbolic = [d for d in dims if not isinstance(d, int)]
+        if len(symbolic) > 1 or (symbolic and dims[0] != symbolic[0]):
+            raise ValueError(f"input {name!r} has shape {list(dims)}: only a leading batch dimension may be symbolic")
+        shapes[name] = tuple(
+            tuple(int(d) if isinstance(d, int) else size for d in dims) for size in (batch.min, batch.opt, batch.max)
+        )
+    return shapes
+
+
+def select_fp32_layers(layers: Iterable[tuple[str, str]], node_names: set[str], fp32_ops: Sequence[str]) -> list[str]:
+    """Names of network layers to pin to fp32.
+
+    layers: (layer name, trt.LayerType name) in network order; node_names: names of the ONNX nodes
+    whose op type is in fp32_ops (TensorRT's ONNX parser names a node's layer after the node).
+    """
+    layer_types = {ONNX_OP_LAYER_TYPES[op] for op in fp32_ops if op in ONNX_OP_LAYER_TYPES}
+    return [name for name, kind in layers if name in node_names or kind in layer_types]
+
+
+def onnx_node_names(onnx_path: str | os.PathLike, op_types: Sequence[str]) -> set[str]:
+    """Names of the nodes of these op types (weights are not loaded)."""
+    import onnx
+
+    model = onnx.load(os.fspath(onnx_path), load_external_data=False)
+    wanted = set(op_types)
+    return {node.name for node in model.graph.node if node.op_type in wanted and node.name}
+
+
+def engine_file_name(graph: GraphSpec, precision: str) -> str:
+    """'model.onnx' / 'model.fp16.onnx' -> 'model.fp16.engine' (one engine per graph and precision)."""
+    return f"{Path(graph.file).name.split('.')[0]}.{precision}.engine"
+
+
+def calibration_batches(
+    artifact: Artifact, graph_index: int, images: Sequence[str | os.PathLike], batch_size: int
+) -> Iterator[dict[str, np.ndarray]]:
+    """Feeds for graph `graph_index` from real images: preprocessed exactly as deployed, then run through
+    the earlier graphs of a split artifact (ONNX Runtime, CPU) so every input carries real activations.
+    Only full batches: int8 calibration runs at one fixed shape."""
+    from maskclip_runtime.backends.onnxruntime import OnnxRuntimeRunner
+
+    upstream = [OnnxRuntimeRunner(artifact.file(g.file)) for g in artifact.graphs[:graph_index]]
+    wanted = [t.name for t in artifact.graphs[graph_index].inputs]
+    try:
+        for start in range(0, len(images) - batch_size + 1, batch_size):
+            pictures = [load_image(p) for p in images[start : start + batch_size]]
+            tensors = {"image": preprocess_batch(pictures, artifact.preprocess)}
+            for runner in upstream:
+                tensors.update(runner.infer({n: tensors[n] for n in runner.input_names}))
+            yield {name: np.ascontiguousarray(tensors[name], dtype=np.float32) for name in wanted}
+    finally:
+        for runner in upstream:
+            runner.close()
+
+
+def make_entropy_calibrator(trt, batches: Iterable[dict[str, np.ndarray]], batch_size: int, cache_path: Path):
+    """An IInt8EntropyCalibrator2 that copies each feed to the GPU and caches its scales in cache_path."""
+    cudart = import_cudart()
+
+    class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
+        def __init__(self):
+            trt.IInt8EntropyCalibrator2.__init__(self)  # pybind trampolines need the explicit base init
+            self._batches = iter(batches)
+            self._device: dict[str, tuple[int, int]] = {}  # name -> (pointer, bytes)
+
+        def get_batch_size(self) -> int:
+            return batch_size
+
+        def get_batch(self, names):
+            feed = next(self._batches, None)
+            if feed is None:
+                self.free()
+                return None
+            pointers = []
+            for name in names:
+                array = np.ascontiguousarray(feed[name])
+                if name not in self._device or self._device[name][1] < array.nbytes:
+                    self._free_one(name)
+                    self._device[name] = (cuda_call(cudart, cudart.cudaMalloc(array.nbytes)), array.nbytes)
+                pointer = self._device[name][0]
+                kind = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
+                cuda_call(cudart, cudart.cudaMemcpy(pointer, array.ctypes.data, array.nbytes, kind))
+                pointers.append(pointer)
+            return pointers
+
+        def read_calibration_cache(self):
+            return cache_path.read_bytes() if cache_path.is_file() and cache_path.stat().st_size else None
+
+        def write_calibration_cache(self, cache):
+            _write_bytes_atomic(cache_path, bytes(cache))
+
+        def _free_one(self, name: str) -> None:
+            if name in self._device:
+                cuda_call(cudart, cudart.cudaFree(self._device.pop(name)[0]))
+
+        def free(self) -> None:
+            for name in list(self._device):
+                self._free_one(name)
+
+    return EntropyCalibrator()
+
+
+def _write_bytes_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _pin_fp32_layers(trt, network, onnx_path: Path, fp32_ops: Sequence[str]) -> list[str]:
+    node_names = onnx_node_names(onnx_path, fp32_ops)
+    layers = [network.get_layer(i) for i in range(network.num_layers)]
+    chosen = set(select_fp32_layers(((layer.name, layer.type.name) for layer in layers), node_names, fp32_ops))
+    floating = (trt.float32, trt.float16)
+    pinned = []
+    for layer in layers:
+        outputs = [layer.get_output(i) for i in range(layer.num_outputs)]
+        # Shape and index layers named like a pinned node carry no float data to keep in fp32.
+        if layer.name not in chosen or not all(t.dtype in floating for t in outputs):
+            continue
+        layer.precision = trt.float32
+        for i in range(layer.num_outputs):
+            layer.set_output_type(i, trt.float32)
+        pinned.append(layer.name)
+    return pinned
+
+
+def build_plan(
+    onnx_path: Path,
+    plan: PrecisionPlan,
+    shapes: dict[str, tuple[tuple[int, ...], ...]],
+    workspace_gb: float,
+    timing_cache: Path | None,
+    calibrator_factory: Callable[[], object] | None = None,
+    calibration_shapes: dict[str, tuple[int, ...]] | None = None,
+    log: Callable[[str], None] = print,
+) -> bytes:
+    """Parse one ONNX graph and build its serialized TensorRT plan."""
+    trt = import_tensorrt()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    # TensorRT 11 networks are always strongly typed (the flag is deprecated and ignored there).
+    flags = 0
+    if plan.strongly_typed and _major(trt.__version__) < 11:
+        flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    # parse_from_file resolves external weight files next to the graph (models over 2 GB).
+    if not parser.parse_from_file(os.fspath(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise RuntimeError(f"TensorRT could not parse {onnx_path.name}: {errors}")
+
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
+    for flag in plan.builder_flags:
+        config.set_flag(getattr(trt.BuilderFlag, flag))
+    for flag in plan.cleared_flags:
+        config.clear_flag(getattr(trt.BuilderFlag, flag))
+
+    profile = builder.create_optimization_profile()
+    for name, (low, opt, high) in shapes.items():
+        profile.set_shape(name, low, opt, high)
+    config.add_optimization_profile(profile)
+
+    if plan.fp32_ops:
+        pinned = _pin_fp32_layers(trt, network, onnx_path, plan.fp32_ops)
+        log(f"  {len(pinned)} layers pinned to fp32 ({', '.join(plan.fp32_ops)})")
+    if plan.calibrate:
+        if calibrator_factory is None or not calibration_shapes:
+            raise ValueError("an int8 build from an fp32 graph needs calibration images (--calib)")
+        # Calibration runs at one shape: a profile whose min = opt = max is that shape.
+        calibration_profile = builder.create_optimization_profile()
+        for name, shape in calibration_shapes.items():
+            calibration_profile.set_shape(name, shape, shape, shape)
+        config.set_calibration_profile(calibration_profile)
+        config.int8_calibrator = calibrator_factory()
+
+    if timing_cache is not None:
+        cache_bytes = timing_cache.read_bytes() if timing_cache.is_file() else b""
+        config.set_timing_cache(config.create_timing_cache(cache_bytes), ignore_mismatch=False)
+
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path.name} (see its log above)")
+    if timing_cache is not None:
+        _write_bytes_atomic(timing_cache, bytes(config.get_timing_cache().serialize()))
+    return bytes(serialized)
+
+
+def _write_manifest(artifact_dir: Path, manifest: dict) -> None:
+    _write_bytes_atomic(artifact_dir / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
+
+
+def build_engines(
+    artifact_dir: str | os.PathLike,
+    precision: str | None = None,
+    batch: BatchSpec | None = None,
+    workspace_gb: float = 4.0,
+    timing_cache: str | os.PathLike | None = None,
+    calib_images: Sequence[str | os.PathLike] = (),
+    device: int = 0,
+    log: Callable[[str], None] = print,
+) -> list[dict]:
+    """Build one engine per graph of the artifact, write each with its header, record them in the manifest.
+
+    precision defaults to the artifact's; batch to its manifest batch profile; timing_cache defaults to
+    `timing.cache` in the artifact folder (reused by later builds). Engines from an earlier build are
+    replaced. Returns the new manifest["engines"].
+    Raises BackendUnavailable (one line: what to install) when TensorRT or a GPU is missing.
+    """
+    trt = import_tensorrt()
+    artifact = load_artifact(artifact_dir)
+    directory = artifact.dir
+    manifest = dict(artifact.manifest)
+    graph_precision = manifest.get("precision", "fp32")
+    precision = precision or graph_precision
+    plan = plan_precision(trt.__version__, precision, graph_precision, manifest.get("fp32_ops", ()))
+    if plan.calibrate and not calib_images:
+        raise PrecisionPlanError("an int8 engine from an fp32 graph on TensorRT 10 needs --calib images")
+    gpu_name, compute_capability = gpu_identity(device)
+    cuda_call(import_cudart(), import_cudart().cudaSetDevice(device))
+    batch = batch or artifact.batch
+    cache_path = Path(timing_cache) if timing_cache else directory / "timing.cache"
+
+    # One engine per graph: a rebuild (another precision, GPU or profile) replaces the previous one.
+    files = dict(manifest["files"])
+    for old in manifest.get("engines", ()):
+        files.pop(old["file"], None)
+        (directory / old["file"]).unlink(missing_ok=True)
+    engines = []
+    source_files = dict(files)  # the graphs' hashes, recorded in every engine header
+    for index, graph in enumerate(artifact.graphs):
+        shapes = profile_shapes(graph.inputs, batch)
+        calibrator_factory = calibration_shapes = None
+        if plan.calibrate:
+            calib_batch = max(batch.min, min(batch.opt, len(calib_images)))
+            if len(calib_images) < calib_batch:
+                raise PrecisionPlanError(f"{len(calib_images)} calibration images, fewer than the batch {calib_batch}")
+            calibration_shapes = {name: (calib_batch, *low[1:]) for name, (low, _, _) in shapes.items()}
+            calib_cache = directory / f"{graph.name}.int8.calib"
+
+            def calibrator_factory(index=index, calib_batch=calib_batch, calib_cache=calib_cache):
+                feeds = calibration_batches(artifact, index, calib_images, calib_batch)
+                return make_entropy_calibrator(trt, feeds, calib_batch, calib_cache)
+
+        log(f"building {precision} engine for graph {graph.name!r} ({graph.file}) with TensorRT {trt.__version__}")
+        started = time.perf_counter()
+        serialized = build_plan(
+            directory / graph.file,
+            plan,
+            shapes,
+            workspace_gb,
+            cache_path,
+            calibrator_factory,
+            calibration_shapes,
+            log,
+        )
+        seconds = time.perf_counter() - started
+        profile = {name: {"min": list(s[0]), "opt": list(s[1]), "max": list(s[2])} for name, s in shapes.items()}
+        file_name = engine_file_name(graph, precision)
+        header = {
+            "format": "maskclip-trt-engine",
+            "tensorrt_version": trt.__version__,
+            "gpu_name": gpu_name,
+            "compute_capability": compute_capability,
+            "precision": precision,
+            "profile": profile,
+            "graph": graph.name,
+            "onnx_file": graph.file,
+            "strongly_typed": plan.strongly_typed,
+            "builder_flags": list(plan.builder_flags),
+            "fp32_ops": list(plan.fp32_ops),
+            "model_id": artifact.model_id,
+            "manifest_files": source_files,
+        }
+        write_engine(directory / file_name, header, serialized)
+        files[file_name] = file_sha256(directory / file_name)
+        entry = {k: header[k] for k in ("graph", "precision", "tensorrt_version", "gpu_name", "compute_capability")}
+        engines.append({"file": file_name, **entry, "profile": profile, "build_seconds": round(seconds, 1)})
+        log(f"  wrote {file_name} ({(directory / file_name).stat().st_size / 1e6:.1f} MB) in {seconds:.0f} s")
+
+    manifest["engines"] = engines
+    manifest["files"] = files
+    _write_manifest(directory, manifest)
+    return engines

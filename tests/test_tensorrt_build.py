@@ -1,0 +1,159 @@
+"""TensorRT build planning, profiles and the missing-TensorRT errors: everything that runs without TensorRT."""
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+from maskclip_export.tensorrt import (
+    PrecisionPlanError,
+    build_engines,
+    engine_file_name,
+    plan_precision,
+    profile_shapes,
+    select_fp32_layers,
+)
+from maskclip_runtime.artifact import BatchSpec, GraphSpec, TensorSpec
+from maskclip_runtime.backends.base import BackendUnavailable
+from maskclip_runtime.backends.tensorrt import (
+    ShapeOutsideProfile,
+    TensorRTRunner,
+    check_input_shape,
+    is_static_profile,
+)
+
+FP32_OPS = ("LayerNormalization", "Softmax", "Sigmoid")
+HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
+needs_no_tensorrt = pytest.mark.skipif(HAS_TENSORRT, reason="TensorRT is installed; this checks the error without it")
+
+
+def test_trt10_fp16_from_fp32_graph_uses_flags_and_pins():
+    plan = plan_precision("10.3.0", "fp16", "fp32", FP32_OPS)
+    assert not plan.strongly_typed
+    assert plan.builder_flags == ("FP16", "OBEY_PRECISION_CONSTRAINTS")
+    assert plan.cleared_flags == ("TF32",)
+    assert plan.fp32_ops == FP32_OPS
+    assert not plan.calibrate
+
+
+def test_trt10_int8_from_fp32_graph_calibrates():
+    plan = plan_precision("10.3.0", "int8", "fp32", FP32_OPS)
+    assert plan.builder_flags == ("INT8", "OBEY_PRECISION_CONSTRAINTS")
+    assert plan.calibrate and not plan.strongly_typed
+
+
+@pytest.mark.parametrize("version", ["10.3.0", "11.0.0"])
+def test_fp32_engine_clears_tf32(version):
+    plan = plan_precision(version, "fp32", "fp32", FP32_OPS)
+    assert plan.builder_flags == () and plan.cleared_flags == ("TF32",) and plan.fp32_ops == ()
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+@pytest.mark.parametrize("version", ["10.3.0", "11.0.0"])
+def test_reduced_precision_graph_builds_strongly_typed_without_flags(version, precision):
+    plan = plan_precision(version, precision, precision, FP32_OPS)
+    assert plan.strongly_typed
+    assert plan.builder_flags == () and plan.cleared_flags == () and not plan.calibrate and plan.fp32_ops == ()
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_trt11_refuses_flags_from_fp32_graph(precision):
+    with pytest.raises(PrecisionPlanError, match=f"no fp16/int8 builder flags.*--{precision} --trt"):
+        plan_precision("11.0.0", precision, "fp32", FP32_OPS)
+
+
+def test_mismatched_graph_precision_and_unknown_names():
+    with pytest.raises(PrecisionPlanError, match="graphs are fp16; a int8 engine"):
+        plan_precision("10.3.0", "int8", "fp16")
+    with pytest.raises(PrecisionPlanError, match="unknown engine precision 'bf16'"):
+        plan_precision("10.3.0", "bf16", "fp32")
+
+
+def test_profile_shapes_dynamic_batch():
+    inputs = (TensorSpec("image", ("batch", 3, 128, 128), "float32"), {"name": "clip_maps", "shape": ["batch", 7, 8]})
+    shapes = profile_shapes(inputs, BatchSpec(dynamic=True, min=1, opt=4, max=8))
+    assert shapes["image"] == ((1, 3, 128, 128), (4, 3, 128, 128), (8, 3, 128, 128))
+    assert shapes["clip_maps"] == ((1, 7, 8), (4, 7, 8), (8, 7, 8))
+
+
+def test_profile_shapes_static_batch_and_fixed_dims():
+    shapes = profile_shapes([TensorSpec("image", (2, 3, 64, 64), "float32")], BatchSpec(False, 2, 2, 2))
+    assert shapes["image"] == ((2, 3, 64, 64),) * 3
+    shapes = profile_shapes([TensorSpec("image", ("batch", 3, 64, 64), "float32")], BatchSpec(False, 2, 2, 2))
+    assert is_static_profile(shapes)
+
+
+def test_profile_shapes_refuses_other_symbolic_dims():
+    with pytest.raises(ValueError, match="only a leading batch"):
+        profile_shapes([TensorSpec("image", ("batch", 3, "height", 64), "float32")], BatchSpec(True, 1, 1, 4))
+
+
+def test_select_fp32_layers_by_node_name_and_layer_type():
+    layers = [
+        ("/clip/blocks.0/ln_2/LayerNormalization", "NORMALIZATION"),
+        ("/clip/blocks.0/attn/MatMul", "MATRIX_MULTIPLY"),
+        ("/clip/blocks.0/attn/Softmax", "SOFTMAX"),
+        ("(Unnamed Layer* 7) [Softmax]", "SOFTMAX"),
+        ("/Sigmoid", "ACTIVATION"),
+        ("/decoder/act/Gelu", "ACTIVATION"),
+    ]
+    chosen = select_fp32_layers(layers, {"/Sigmoid", "/clip/blocks.0/attn/Softmax"}, FP32_OPS)
+    assert chosen == [
+        "/clip/blocks.0/ln_2/LayerNormalization",
+        "/clip/blocks.0/attn/Softmax",
+        "(Unnamed Layer* 7) [Softmax]",
+        "/Sigmoid",
+    ]
+    assert select_fp32_layers(layers, set(), ()) == []
+
+
+def test_engine_file_name():
+    graph = GraphSpec("fused", "model.onnx", (), ())
+    assert engine_file_name(graph, "fp16") == "model.fp16.engine"
+    assert engine_file_name(GraphSpec("clip", "clip.int8.onnx", (), ()), "int8") == "clip.int8.engine"
+
+
+def test_input_shape_checked_against_profile():
+    profile = ((1, 3, 64, 64), (4, 3, 64, 64), (8, 3, 64, 64))
+    check_input_shape("image", (8, 3, 64, 64), profile)
+    with pytest.raises(ShapeOutsideProfile, match=r"\[9, 3, 64, 64\].*\[1, 3, 64, 64\] \.\. \[8, 3, 64, 64\]"):
+        check_input_shape("image", (9, 3, 64, 64), profile)
+    with pytest.raises(ShapeOutsideProfile, match="wider --batch"):
+        check_input_shape("image", (1, 3, 32, 32), profile)
+    with pytest.raises(ShapeOutsideProfile):
+        check_input_shape("image", (1, 3, 64), profile)
+    assert not is_static_profile({"image": profile})
+
+
+@needs_no_tensorrt
+def test_build_engines_without_tensorrt_says_what_to_install(tmp_path):
+    with pytest.raises(BackendUnavailable) as err:
+        build_engines(tmp_path, "fp16")
+    message = str(err.value)
+    assert "\n" not in message
+    assert "pip install 'maskclip[gpu]' (TensorRT 10+) or use the system TensorRT on JetPack" in message
+
+
+@needs_no_tensorrt
+def test_runner_without_tensorrt_says_what_to_install(tmp_path):
+    with pytest.raises(BackendUnavailable, match=r"TensorRT is not installed: pip install 'maskclip\[gpu\]'"):
+        TensorRTRunner(tmp_path / "model.fp16.engine")
+
+
+@pytest.mark.gpu
+def test_runner_matches_onnxruntime_on_tiny(tmp_path):
+    pytest.importorskip("tensorrt", reason="TensorRT is not installed")
+    from maskclip_export.tensorrt import build_engines as build
+    from maskclip_runtime.artifact import load_artifact
+    from maskclip_runtime.backends.onnxruntime import OnnxRuntimeRunner
+
+    export = pytest.importorskip("maskclip_export.onnx", reason="the ONNX exporter is not available")
+    artifact_dir = export.export_artifact("tiny", tmp_path / "tiny")
+    build(artifact_dir, "fp32")
+    artifact = load_artifact(artifact_dir)
+    image = np.random.default_rng(0).standard_normal((1, 3, 128, 128), dtype=np.float32)
+    graph = artifact.graphs[0]
+    with TensorRTRunner(artifact.engines[graph.name]) as trt_runner:
+        got = trt_runner.infer({"image": image})
+    expected = OnnxRuntimeRunner(artifact.file(graph.file)).infer({"image": image})
+    np.testing.assert_allclose(got["fake_prob"], expected["fake_prob"], atol=1e-3)
