@@ -24,11 +24,12 @@ class LayerNorm2d(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(channels))
         self.bias = nn.Parameter(torch.zeros(channels))
+        self.channels = channels  # a Python int: the ONNX exporter needs a constant normalized_shape
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.permute(0, 2, 3, 1)  # [B,H,W,C]
-        x = F.layer_norm(x, (x.shape[-1],), self.weight, self.bias, self.eps)
+        x = F.layer_norm(x, (self.channels,), self.weight, self.bias, self.eps)
         return x.permute(0, 3, 1, 2)  # [B,C,H,W]
 
 
