@@ -76,7 +76,9 @@ def _check_device(ctx, param, value: str | None) -> str | None:
 @click.pass_context
 def main(ctx: click.Context, **options) -> None:
     """Detect generated content in IMAGES (files, folders, globs, or - to read paths from stdin)."""
-    logging.basicConfig(level=logging.WARNING, format=f"{PROG}: %(message)s", stream=sys.stderr)
+    logger = logging.getLogger("maskclip_runtime")
+    handler = _StderrHandler()
+    logger.addHandler(handler)
     try:
         status = run(**options)
     except UsageFailure as exc:
@@ -88,7 +90,23 @@ def main(ctx: click.Context, **options) -> None:
     except Exception as exc:  # a bug or an environment failure: still one line, never a traceback
         click.echo(f"{PROG}: error: {type(exc).__name__}: {exc}", err=True)
         status = 1
+    finally:
+        logger.removeHandler(handler)
     ctx.exit(status)
+
+
+class _StderrHandler(logging.Handler):
+    """Library warnings (e.g. a GPU fallback) as "maskclip-run: ..." lines on the stderr of the moment.
+
+    Looked up at emit time, not bound once like logging.StreamHandler, so the CLI also behaves
+    when called in-process with a swapped stderr (tests, click's CliRunner).
+    """
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        tqdm.write(f"{PROG}: {record.getMessage()}", file=sys.stderr)
 
 
 def run(

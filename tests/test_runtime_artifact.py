@@ -1,0 +1,113 @@
+"""Artifact loading: what is accepted, and each way an artifact is refused."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+
+import pytest
+from test_runtime_standin import SIZE, build_standin_artifact, read_manifest, write_manifest
+
+from maskclip_runtime import __version__
+from maskclip_runtime.artifact import ArtifactError, file_sha256, load_artifact
+from maskclip_runtime.detector import Detector
+
+
+@pytest.fixture
+def artifact(tmp_path):
+    return build_standin_artifact(tmp_path / "artifact", "split", batch={"dynamic": False, "size": 2})
+
+
+def test_loads_folder_manifest_and_member_file(artifact):
+    for path in (artifact, artifact / "manifest.json", artifact / "heads.onnx"):
+        loaded = load_artifact(path)
+        assert loaded.dir == artifact
+        assert loaded.model_id == "standin-split"
+        assert loaded.preprocess.size == SIZE
+        assert loaded.threshold == 0.5
+        assert [g.name for g in loaded.graphs] == ["features", "heads"]
+        assert loaded.graphs[1].inputs[0].name == "feat"
+        assert (loaded.batch.dynamic, loaded.batch.max) == (False, 2)
+        assert loaded.engines == {}
+
+
+def test_tampered_file_is_refused(artifact):
+    data = bytearray((artifact / "heads.onnx").read_bytes())
+    data[-1] ^= 0xFF
+    (artifact / "heads.onnx").write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match=r"tampered or corrupted: heads\.onnx"):
+        load_artifact(artifact)
+    with pytest.raises(ArtifactError, match="tampered"):
+        Detector(artifact)
+
+
+def test_onnx_without_manifest_is_refused_with_export_hint(artifact, tmp_path):
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    shutil.copy(artifact / "heads.onnx", loose / "model.onnx")
+    for path in (loose / "model.onnx", loose):
+        with pytest.raises(ArtifactError, match="without a manifest.json.*maskclip-export"):
+            load_artifact(path)
+
+
+def test_missing_path_is_refused(tmp_path):
+    with pytest.raises(ArtifactError, match="no such file"):
+        load_artifact(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"format_version": 2}, "unknown artifact format_version 2"),
+        ({"format": "something-else"}, "not a MaskCLIP artifact"),
+        ({"package_version": f"{int(__version__.split('.')[0]) + 1}.0.0"}, "major versions differ"),
+        ({"files": {}}, "lists no file hashes"),
+    ],
+)
+def test_incompatible_manifest_is_refused(artifact, change, message):
+    write_manifest(artifact, {**read_manifest(artifact), **change})
+    with pytest.raises(ArtifactError, match=message):
+        load_artifact(artifact)
+
+
+def test_graph_file_missing_from_folder_is_refused(artifact):
+    (artifact / "features.onnx").unlink()
+    with pytest.raises(ArtifactError, match=r"missing artifact file: features\.onnx"):
+        load_artifact(artifact)
+
+
+def test_unhashed_graph_file_is_refused(artifact):
+    manifest = read_manifest(artifact)
+    del manifest["files"]["heads.onnx"]
+    write_manifest(artifact, manifest)
+    with pytest.raises(ArtifactError, match=r"not hashed: heads\.onnx"):
+        load_artifact(artifact)
+
+
+def test_listed_file_outside_the_folder_is_refused(artifact, tmp_path):
+    outside = tmp_path / "secret.txt"
+    outside.write_text("x")
+    manifest = read_manifest(artifact)
+    manifest["files"]["../secret.txt"] = hashlib.sha256(b"x").hexdigest()
+    write_manifest(artifact, manifest)
+    with pytest.raises(ArtifactError, match="outside the artifact"):
+        load_artifact(artifact)
+
+
+def test_broken_chain_is_refused(artifact):
+    manifest = read_manifest(artifact)
+    manifest["graphs"] = manifest["graphs"][1:]  # heads alone: nothing produces "feat"
+    write_manifest(artifact, manifest)
+    with pytest.raises(ArtifactError, match="needs.*feat.*produced by no earlier graph"):
+        load_artifact(artifact)
+
+
+def test_unreadable_manifest_is_refused(artifact):
+    (artifact / "manifest.json").write_text("{not json")
+    with pytest.raises(ArtifactError, match="unreadable manifest"):
+        load_artifact(artifact)
+
+
+def test_file_sha256_matches_hashlib(artifact):
+    path = artifact / "features.onnx"
+    assert file_sha256(path) == hashlib.sha256(path.read_bytes()).hexdigest()

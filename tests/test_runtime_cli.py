@@ -1,0 +1,359 @@
+"""maskclip-run end to end on the stand-in artifact: outputs checked against independent computation,
+every kind of bad input, exit codes, --resume and atomic writes."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+from test_runtime_standin import build_standin_artifact, expected_standin_output, sample_photos
+
+from maskclip_runtime import cli
+from maskclip_runtime.detector import Detector
+
+ORIENTATION = 0x0112
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory):
+    return build_standin_artifact(tmp_path_factory.mktemp("artifact"), "split")
+
+
+@pytest.fixture(scope="module")
+def photo_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("photos")
+    for name, image in sample_photos().items():
+        image.save(folder / f"{name}.jpg", quality=92)
+    return folder
+
+
+def run_cli(*args, stdin: str | None = None) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli.main, [str(a) for a in args], input=stdin)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def json_lines(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def temp_files(*folders: Path) -> list[Path]:
+    return [p for folder in folders for p in Path(folder).rglob("*.tmp")]
+
+
+# ---- outputs checked against independent computation
+
+
+def test_records_masks_overlays_and_csv_are_consistent(artifact, photo_dir, tmp_path):
+    out_json, out_csv, masks, overlays = tmp_path / "r.jsonl", tmp_path / "r.csv", tmp_path / "m", tmp_path / "o"
+    code, stdout, stderr = run_cli(
+        photo_dir, "--model", artifact, "--json", out_json, "--csv", out_csv, "--masks", masks, "--overlays", overlays
+    )
+    assert code == 0, stderr
+    assert stdout == ""  # the JSON lines went to the file
+    records = json_lines(out_json.read_text())
+    assert [Path(r["path"]).name for r in records] == sorted(p.name for p in photo_dir.iterdir())
+    for record in records:
+        path = Path(record["path"])
+        with Image.open(path) as image:
+            photo = image.convert("RGB")
+        assert record["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+        assert (record["width"], record["height"]) == photo.size
+        fake_prob, _ = expected_standin_output(photo)
+        assert record["fake_prob"] == pytest.approx(fake_prob, abs=1e-5)
+        assert record["verdict"] == ("fake" if record["fake_prob"] > record["threshold"] else "real")
+        assert record["threshold"] == 0.5
+        assert (record["backend"], record["model_id"]) == ("onnxruntime-cpu", "standin-split")
+        assert record["ms"] > 0
+        mask = np.asarray(Image.open(record["mask"]))
+        assert mask.dtype == np.uint8 and mask.shape == (photo.height, photo.width)
+        assert record["mask_fraction"] == pytest.approx(float((mask / 255.0 > 0.5).mean()), abs=1e-3)
+        with Image.open(record["overlay"]) as overlay:
+            assert overlay.size == photo.size and overlay.mode == "RGB"
+            # Where the mask is ~0 the photo shows through unchanged; where it is high the overlay is redder.
+            overlay_px, photo_px = np.asarray(overlay, np.int16), np.asarray(photo, np.int16)
+        calm, hot = mask < 30, mask > 230
+        assert np.abs(overlay_px[calm] - photo_px[calm]).max() <= 1
+        if hot.any():
+            assert (overlay_px[hot][:, 0] >= photo_px[hot][:, 0]).mean() > 0.95
+    with open(out_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(records)
+    for row, record in zip(rows, records, strict=True):
+        for key, value in record.items():
+            assert row[key] == ("" if value is None else str(value)), key
+        assert row["error"] == ""
+    assert temp_files(tmp_path) == []
+
+
+def test_json_to_stdout_by_default_with_progress_on_stderr(artifact, photo_dir):
+    code, stdout, stderr = run_cli(photo_dir, "--model", artifact)
+    assert code == 0
+    records = json_lines(stdout)
+    assert len(records) == 4 and all(r["mask"] is None and r["overlay"] is None for r in records)
+    assert "img" in stderr and "4 images, 0 failed" in stderr
+    code, stdout, stderr = run_cli(photo_dir, "--model", artifact, "--quiet")
+    assert code == 0 and len(json_lines(stdout)) == 4 and stderr == ""
+
+
+def test_paths_from_stdin_and_threshold_flag(artifact, photo_dir):
+    names = sorted(str(p) for p in photo_dir.glob("*.jpg"))[:2]
+    code, stdout, _ = run_cli("-", "--model", artifact, "--threshold", "0.1", "--quiet", stdin="\n".join(names) + "\n")
+    assert code == 0
+    records = json_lines(stdout)
+    assert [r["path"] for r in records] == names
+    assert all(r["threshold"] == 0.1 and r["verdict"] == ("fake" if r["fake_prob"] > 0.1 else "real") for r in records)
+
+
+@pytest.mark.parametrize("batch", ["1", "3"])
+def test_batch_flag_gives_the_same_answers(artifact, photo_dir, batch):
+    _, reference, _ = run_cli(photo_dir, "--model", artifact, "--quiet", "--batch", "4")
+    code, stdout, _ = run_cli(photo_dir, "--model", artifact, "--quiet", "--batch", batch)
+    assert code == 0
+    for a, b in zip(json_lines(stdout), json_lines(reference), strict=True):
+        assert a["fake_prob"] == pytest.approx(b["fake_prob"], abs=1e-6)
+        assert a["mask_fraction"] == pytest.approx(b["mask_fraction"], abs=1e-6)
+
+
+# ---- inputs that must fail cleanly, one line each, the batch continuing
+
+
+def _bomb_png(path: Path) -> None:
+    """A PNG whose header declares 100000 x 100000 pixels; the pixel data is never there."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b"")
+    )
+
+
+def _truncated_jpeg(path: Path) -> None:
+    full = path.with_suffix(".full.jpg")
+    sample_photos()["coffee"].save(full, quality=90)
+    path.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    full.unlink()
+
+
+BAD_INPUTS = {
+    "missing.jpg": (lambda p: None, "no such file"),
+    "empty.jpg": (lambda p: p.write_bytes(b""), "empty file"),
+    "truncated.jpg": (_truncated_jpeg, "cannot decode"),
+    "text.jpg": (lambda p: p.write_text("this is not a JPEG\n"), "not a readable image"),
+    "bomb.png": (_bomb_png, "decompression-bomb"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_INPUTS))
+def test_bad_input_is_reported_in_one_line(artifact, tmp_path, name):
+    make, message = BAD_INPUTS[name]
+    path = tmp_path / name
+    make(path)
+    code, stdout, stderr = run_cli(path, "--model", artifact, "--masks", tmp_path / "masks")
+    assert code == 1
+    (record,) = json_lines(stdout)
+    assert record["path"] == str(path) and message in record["error"] and set(record) == {"path", "error"}
+    assert stderr.strip().count("\n") == 0 and message in stderr and "Traceback" not in stderr
+    assert list((tmp_path / "masks").iterdir()) == []
+
+
+def _write_16bit_png(path: Path) -> Image.Image:
+    grey = np.asarray(sample_photos()["chelsea"].convert("L"), np.uint16) * 257
+    Image.fromarray(grey).save(path)
+    with Image.open(path) as check:
+        assert check.mode.startswith("I")  # really 16-bit on disk
+    return Image.fromarray((grey // 257).astype(np.uint8)).convert("RGB")
+
+
+def _write_rgba_png(path: Path) -> Image.Image:
+    photo = sample_photos()["astronaut"]
+    alpha = Image.linear_gradient("L").resize(photo.size)
+    rgba = photo.convert("RGBA")
+    rgba.putalpha(alpha)
+    rgba.save(path)
+    white = Image.new("RGBA", photo.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, rgba).convert("RGB")
+
+
+def _write_cmyk_jpeg(path: Path) -> Image.Image:
+    sample_photos()["rocket"].convert("CMYK").save(path, quality=95)
+    with Image.open(path) as check:
+        assert check.mode == "CMYK"
+        return check.convert("RGB")
+
+
+def _write_tiny_png(path: Path) -> Image.Image:
+    Image.new("RGB", (1, 1), (250, 240, 10)).save(path)
+    return Image.new("RGB", (1, 1), (250, 240, 10))
+
+
+UNUSUAL_INPUTS = {
+    "grey16.png": _write_16bit_png,
+    "alpha.png": _write_rgba_png,
+    "cmyk.jpg": _write_cmyk_jpeg,
+    "one_pixel.png": _write_tiny_png,
+}
+
+
+@pytest.mark.parametrize("name", sorted(UNUSUAL_INPUTS))
+def test_unusual_but_valid_images_are_converted(artifact, tmp_path, name):
+    path = tmp_path / name
+    as_rgb = UNUSUAL_INPUTS[name](path)
+    code, stdout, stderr = run_cli(path, "--model", artifact, "--masks", tmp_path / "masks")
+    assert code == 0, stderr
+    (record,) = json_lines(stdout)
+    assert (record["width"], record["height"]) == as_rgb.size
+    assert Image.open(record["mask"]).size == as_rgb.size
+    fake_prob, _ = expected_standin_output(as_rgb)  # the same image converted to 8-bit RGB independently
+    assert record["fake_prob"] == pytest.approx(fake_prob, abs=2e-3)
+
+
+def test_exif_rotated_photo_gets_an_upright_mask(artifact, tmp_path):
+    stored = sample_photos()["coffee"]  # 600 x 400 as stored; orientation 6 = display rotated 90 degrees clockwise
+    exif = Image.Exif()
+    exif[ORIENTATION] = 6
+    path = tmp_path / "phone.jpg"
+    stored.save(path, quality=95, exif=exif)
+    code, stdout, stderr = run_cli(path, "--model", artifact, "--masks", tmp_path / "masks")
+    assert code == 0, stderr
+    (record,) = json_lines(stdout)
+    assert (record["width"], record["height"]) == (400, 600)  # the displayed size
+    mask = np.asarray(Image.open(record["mask"]))
+    assert mask.shape == (600, 400)
+    # Reference: the raw decoded pixels rotated by numpy, not by Pillow's EXIF handling.
+    with Image.open(path) as raw:
+        upright = np.rot90(np.asarray(raw.convert("RGB")), k=-1)
+    (expected,) = Detector(artifact).detect([Image.fromarray(np.ascontiguousarray(upright))])
+    expected_png = np.rint(expected.mask * 255).astype(np.uint8)
+    assert np.abs(mask.astype(int) - expected_png).max() <= 1
+    assert record["fake_prob"] == pytest.approx(expected.fake_prob, abs=1e-6)
+
+
+def test_batch_with_bad_files_reports_them_and_finishes_the_rest(artifact, photo_dir, tmp_path):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for path in photo_dir.iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "notes.jpg").write_text("hello")
+    _bomb_png(folder / "bomb.png")
+    (folder / "readme.txt").write_text("not an image extension: skipped in folders")
+    out = tmp_path / "out.jsonl"
+    code, _, stderr = run_cli(folder, "--model", artifact, "--json", out, "--masks", tmp_path / "m", "--batch", "2")
+    assert code == 1
+    records = json_lines(out.read_text())
+    assert len(records) == 7
+    failed = sorted(Path(r["path"]).name for r in records if "error" in r)
+    assert failed == ["bomb.png", "empty.jpg", "notes.jpg"]
+    assert all(Path(r["mask"]).is_file() for r in records if "error" not in r)
+    assert sum(line.startswith("maskclip-run: ") and "/mixed/" in line for line in stderr.splitlines()) == 3
+    assert "Traceback" not in stderr
+    assert temp_files(tmp_path) == []
+
+
+# ---- --resume
+
+
+def test_resume_skips_done_images_and_retries_failed_ones(artifact, photo_dir, tmp_path):
+    photos = sorted(str(p) for p in photo_dir.glob("*.jpg"))
+    flaky = tmp_path / "later.jpg"  # broken in the first run, repaired before the second
+    flaky.write_text("not yet")
+    out, table = tmp_path / "out.jsonl", tmp_path / "out.csv"
+    code, _, _ = run_cli(*photos[:2], flaky, "--model", artifact, "--json", out, "--csv", table, "--quiet")
+    assert code == 1
+    first = out.read_text().splitlines()
+    assert len(first) == 3 and "error" in json.loads(first[2])
+
+    sample_photos()["chelsea"].save(flaky)
+    code, stdout, stderr = run_cli(*photos, flaky, "--model", artifact, "--json", out, "--csv", table, "--resume")
+    assert code == 0, stderr
+    assert "resuming: 2 of 5 images already done" in stderr
+    lines = out.read_text().splitlines()
+    assert lines[:2] == first[:2]  # kept verbatim, not recomputed
+    records = [json.loads(line) for line in lines]
+    assert sorted(r["path"] for r in records) == sorted([*photos, str(flaky)])
+    assert all("error" not in r for r in records)
+    with open(table, newline="") as f:
+        assert sorted(row["path"] for row in csv.DictReader(f)) == sorted([*photos, str(flaky)])
+
+    code, _, stderr = run_cli(*photos, flaky, "--model", artifact, "--json", out, "--resume")
+    assert code == 0 and "resuming: 5 of 5" in stderr
+    assert out.read_text().splitlines() == lines
+    assert temp_files(tmp_path) == []
+
+
+# ---- usage errors: exit 2, one line, no traceback
+
+
+def test_usage_errors_exit_2(artifact, photo_dir, tmp_path):
+    photo = next(photo_dir.glob("*.jpg"))
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    (tmp_path / "empty_folder").mkdir()
+    (loose / "model.onnx").write_bytes((artifact / "heads.onnx").read_bytes())
+    cases = {
+        "no inputs": ([tmp_path / "empty_folder", "--model", artifact], "no input images"),
+        "missing model": ([photo, "--model", tmp_path / "nope"], "no such file"),
+        "onnx without manifest": ([photo, "--model", loose / "model.onnx"], "maskclip-export"),
+        "resume to stdout": ([photo, "--model", artifact, "--resume"], "--resume needs --json FILE"),
+        "unwritable json": ([photo, "--model", artifact, "--json", tmp_path / "no" / "dir.jsonl"], "cannot write"),
+        "tensorrt without engines": ([photo, "--model", artifact, "--backend", "tensorrt"], "no TensorRT engine"),
+        "bad flag": ([photo, "--frobnicate"], "No such option"),
+        "bad device": ([photo, "--device", "tpu"], "unknown device"),
+        "bad threshold": ([photo, "--threshold", "2"], "--threshold"),
+    }
+    for case, (args, message) in cases.items():
+        code, stdout, stderr = run_cli(*args)
+        assert code == 2, case
+        assert message in stderr, case
+        assert "Traceback" not in stderr and stdout == "", case
+
+
+def test_tampered_model_exits_2(artifact, photo_dir, tmp_path):
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for path in artifact.iterdir():
+        (copy / path.name).write_bytes(path.read_bytes())
+    (copy / "features.onnx").write_bytes((copy / "features.onnx").read_bytes() + b"\0")
+    code, _, stderr = run_cli(next(photo_dir.glob("*.jpg")), "--model", copy)
+    assert code == 2 and "tampered or corrupted: features.onnx" in stderr
+
+
+def test_missing_demo_model_is_a_usage_error(photo_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(cli, "DEMO_DIR", tmp_path / "no_demo")
+    code, _, stderr = run_cli(next(photo_dir.glob("*.jpg")))
+    assert code == 2 and "embedded demo model is missing" in stderr and stderr.count("\n") == 1
+
+
+@pytest.mark.skipif(not (cli.DEMO_DIR / "manifest.json").is_file(), reason="demo artifact not shipped yet")
+def test_embedded_demo_model_runs(photo_dir):
+    code, stdout, stderr = run_cli(next(photo_dir.glob("*.jpg")))
+    assert code == 0, stderr
+    assert cli.DEMO_NOTE in stderr
+    (record,) = json_lines(stdout)
+    assert 0.0 <= record["fake_prob"] <= 1.0
+
+
+def test_console_script_in_a_subprocess(artifact, photo_dir):
+    """The installed entry point: JSON on stdout, and a bad flag is one line on stderr with status 2."""
+    script = Path(sys.executable).with_name("maskclip-run")
+    command = (
+        [str(script)] if script.exists() else [sys.executable, "-c", "from maskclip_runtime.cli import main; main()"]
+    )
+    photo = str(next(photo_dir.glob("*.jpg")))
+    done = subprocess.run([*command, photo, "--model", str(artifact)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["path"] == photo
+    done = subprocess.run([*command, photo, "--model", str(artifact), "--batch", "0"], capture_output=True, text=True)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
