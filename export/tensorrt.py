@@ -16,7 +16,6 @@ without either.
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import time
@@ -26,10 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
-from maskclip_runtime.artifact import Artifact, BatchSpec, GraphSpec, file_sha256, load_artifact
+from maskclip_runtime.artifact import Artifact, BatchSpec, GraphSpec, load_artifact
 from maskclip_runtime.backends.tensorrt import cuda_call, gpu_identity, import_cudart, import_tensorrt
 from maskclip_runtime.engine_header import write_engine
 from maskclip_runtime.preprocess import load_image, preprocess_batch
+
+from .manifest import write_manifest
+from .verify import Predictor, chain_predictor, verification_batch, verify
 
 PRECISIONS = ("fp32", "fp16", "int8")
 # ONNX op types whose TensorRT layer type is unambiguous; others are matched by node name.
@@ -293,10 +295,6 @@ def build_plan(
     return bytes(serialized)
 
 
-def _write_manifest(artifact_dir: Path, manifest: dict) -> None:
-    _write_bytes_atomic(artifact_dir / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
-
-
 def build_engines(
     artifact_dir: str | os.PathLike,
     precision: str | None = None,
@@ -329,12 +327,12 @@ def build_engines(
     cache_path = Path(timing_cache) if timing_cache else directory / "timing.cache"
 
     # One engine per graph: a rebuild (another precision, GPU or profile) replaces the previous one.
-    files = dict(manifest["files"])
-    for old in manifest.get("engines", ()):
-        files.pop(old["file"], None)
-        (directory / old["file"]).unlink(missing_ok=True)
+    old_engines = {e["file"] for e in manifest.get("engines", ())}
+    for name in old_engines:
+        (directory / name).unlink(missing_ok=True)
     engines = []
-    source_files = dict(files)  # the graphs' hashes, recorded in every engine header
+    # The hashes of the files the engines are built from, recorded in every engine header.
+    source_files = {name: digest for name, digest in manifest["files"].items() if name not in old_engines}
     for index, graph in enumerate(artifact.graphs):
         shapes = profile_shapes(graph.inputs, batch)
         calibrator_factory = calibration_shapes = None
@@ -380,12 +378,60 @@ def build_engines(
             "manifest_files": source_files,
         }
         write_engine(directory / file_name, header, serialized)
-        files[file_name] = file_sha256(directory / file_name)
         entry = {k: header[k] for k in ("graph", "precision", "tensorrt_version", "gpu_name", "compute_capability")}
         engines.append({"file": file_name, **entry, "profile": profile, "build_seconds": round(seconds, 1)})
         log(f"  wrote {file_name} ({(directory / file_name).stat().st_size / 1e6:.1f} MB) in {seconds:.0f} s")
 
     manifest["engines"] = engines
-    manifest["files"] = files
-    _write_manifest(directory, manifest)
+    write_manifest(directory, manifest)
     return engines
+
+
+def verify_engines(
+    artifact_dir: str | os.PathLike,
+    reference: Predictor | None = None,
+    images: str | None = None,
+    device: int = 0,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """The export gate on the engines: same images, comparison and per-precision tolerances as for ONNX.
+
+    reference: the PyTorch model's predictor when the caller has it; else the artifact's own ONNX
+    graphs on ONNX Runtime (CPU), which passed that gate against PyTorch at export. The report is
+    stored as manifest["engine_verification"]; returns it ("passed" inside).
+    """
+    from maskclip_runtime.backends.onnxruntime import OnnxRuntimeRunner
+    from maskclip_runtime.backends.tensorrt import TensorRTRunner
+
+    from .onnx_export import BatchSpec as ExportBatch
+
+    artifact = load_artifact(artifact_dir)
+    engines = artifact.manifest.get("engines", ())
+    if not engines:
+        raise ValueError(f"{artifact.dir}: no engines to verify; build them first")
+    precision = engines[0]["precision"]
+    largest = min(max(shape["max"][0] for shape in e["profile"].values()) for e in engines)
+    names, batch = verification_batch(artifact.preprocess, images)
+    onnx_runners = [] if reference else [OnnxRuntimeRunner(artifact.file(g.file)) for g in artifact.graphs]
+    trt_runners = [TensorRTRunner(artifact.engines[g.name], device=device) for g in artifact.graphs]
+    try:
+        report = verify(
+            reference or chain_predictor(onnx_runners),
+            chain_predictor(trt_runners),
+            batch,
+            names,
+            precision,
+            artifact.threshold,
+            ExportBatch(size=largest, dynamic=artifact.batch.dynamic),
+            progress=lambda side: log(f"  engine gate: running the {side}"),
+        )
+    finally:
+        for runner in (*onnx_runners, *trt_runners):
+            runner.close()
+    report["reference"] = "pytorch" if reference else "onnx graphs on onnxruntime-cpu"
+    manifest = dict(artifact.manifest)
+    manifest["engine_verification"] = report
+    write_manifest(artifact.dir, manifest)
+    verdict = "passed" if report["passed"] else "FAILED: " + "; ".join(report["failures"])
+    log(f"  engine gate ({precision}, {report['images']} images): {verdict}")
+    return report

@@ -1,0 +1,388 @@
+"""Measure every backend on the same images: latency, throughput, memory, size, build time, parity.
+
+A row is one (model, backend, batch size). Model-only latency times the forward pass on a ready
+batch (for artifacts: the runner chain, host<->device copies included); end-to-end times what a
+caller waits for: JPEG decode + preprocess + forward + mask resize to the original size. Parity
+compares each backend's outputs with PyTorch eager fp32 on the same preprocessed images through
+the export gate's comparison. A backend that cannot run here is a row that says why.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import platform
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from maskclip_runtime.backends.base import BackendUnavailable
+from maskclip_runtime.preprocess import load_image, preprocess_batch, resize_probability_map
+
+from .roofline import best_ceiling, count_model_flops, gflops
+
+#: backend id -> (runtime, precision); "torch" is the PyTorch eager fp32 baseline
+BACKENDS = {
+    "torch": ("torch", "fp32"),
+    "ort-fp32": ("onnxruntime", "fp32"),
+    "ort-int8": ("onnxruntime", "int8"),
+    "ort-fp16": ("onnxruntime", "fp16"),
+    "trt-fp32": ("tensorrt", "fp32"),
+    "trt-fp16": ("tensorrt", "fp16"),
+    "trt-int8": ("tensorrt", "int8"),
+}
+PARITY_IMAGES = 4
+
+
+def percentiles(samples_ms: Sequence[float]) -> dict:
+    """p50 / p90 / p99 / mean of latency samples in ms (numpy's linear interpolation)."""
+    values = np.asarray(samples_ms, dtype=np.float64)
+    p50, p90, p99 = np.percentile(values, [50, 90, 99])
+    return {"p50": float(p50), "p90": float(p90), "p99": float(p99), "mean": float(values.mean()), "n": len(values)}
+
+
+def time_calls(fn: Callable[[], object], warmup: int, iters: int) -> list[float]:
+    """Wall time of each of `iters` calls in ms, after `warmup` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - start) * 1e3)
+    return samples
+
+
+def achieved_gflops(flops_per_image: int, batch: int, p50_ms: float) -> float:
+    return gflops(flops_per_image * batch, p50_ms / 1e3)
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakMemory:
+    """Peak resident memory growth (MB) while the block runs, sampled every few ms in a thread."""
+
+    def __init__(self, interval_s: float = 0.005):
+        self._interval = interval_s
+        self._stop = threading.Event()
+        self.peak_mb = 0.0
+
+    def __enter__(self) -> PeakMemory:
+        gc.collect()
+        self._base = _rss_bytes()
+        self._peak = self._base
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self._interval):
+            self._peak = max(self._peak, _rss_bytes())
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._peak = max(self._peak, _rss_bytes())
+        self.peak_mb = (self._peak - self._base) / 1e6
+
+
+def sample_images(folder: Path, count: int, seed: int = 0) -> list[Path]:
+    """Photo-sized JPEGs (smooth gradients + noise, 640x480) for end-to-end timing."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    ys, xs = np.mgrid[0:480, 0:640].astype(np.float32)
+    paths = []
+    for i in range(count):
+        base = np.stack([xs / 640, ys / 480, (xs + ys) / 1120], axis=-1) * 255
+        pixels = np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
+        path = folder / f"sample_{i}.jpg"
+        Image.fromarray(np.roll(pixels, i * 37, axis=1)).save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+@dataclass
+class Session:
+    """A loaded backend: forward(batch [B,3,S,S] float32) -> (fake_prob [B], mask probability [B,S,S])."""
+
+    forward: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+    close: Callable[[], None]
+    artifact_mb: float | None = None
+    build_s: float | None = None
+
+
+def end_to_end(session: Session, paths: Sequence[Path], spec, threshold: float) -> list[tuple[float, np.ndarray]]:
+    """Decode + preprocess + forward + resize each mask to its image's size: what a caller gets."""
+    images = [load_image(p) for p in paths]
+    fake_prob, masks = session.forward(preprocess_batch(images, spec))
+    return [
+        (float(p), resize_probability_map(m, img.width, img.height) > threshold)
+        for p, m, img in zip(fake_prob, masks, images, strict=True)
+    ]
+
+
+def torch_session(model, device: str) -> Session:
+    import torch
+
+    model = model.to(device).eval()
+
+    def forward(batch: np.ndarray):
+        with torch.inference_mode():
+            out = model(torch.from_numpy(batch).to(device))
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+        return out["fake_prob"].float().cpu().numpy(), out["mask_prob"][:, 0].float().cpu().numpy()
+
+    return Session(forward, lambda: None)
+
+
+def artifact_session(artifact_dir: Path, runtime: str, device: str, batch: int) -> Session:
+    from maskclip_runtime.artifact import load_artifact
+    from maskclip_runtime.detector import Detector
+
+    ort_device = "cuda" if device.startswith("cuda") and runtime == "onnxruntime" else "cpu"
+    detector = Detector(
+        artifact_dir,
+        backend=runtime,
+        device=device if runtime == "tensorrt" else ort_device,
+        batch=batch,
+    )
+    files = load_artifact(artifact_dir).manifest["files"]
+    used = (
+        [f for f in files if f.endswith(".engine")]
+        if runtime == "tensorrt"
+        else [f for f in files if "engine" not in f]
+    )
+    size_mb = sum((artifact_dir / f).stat().st_size for f in used) / 1e6
+    return Session(detector.forward, detector.close, artifact_mb=size_mb)
+
+
+def environment(device: str) -> dict:
+    import onnxruntime
+    import torch
+
+    import maskclip_runtime
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    versions = {
+        "python": platform.python_version(),
+        "maskclip": maskclip_runtime.__version__,
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "numpy": np.__version__,
+    }
+    try:
+        import tensorrt
+
+        versions["tensorrt"] = tensorrt.__version__
+    except ImportError:
+        versions["tensorrt"] = "not installed"
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    if gpu:
+        versions["cuda"] = torch.version.cuda
+    return {
+        "device": device if device != "cpu" else f"CPU ({os.cpu_count()} cores)",
+        "cpu": cpu,
+        "cpu_cores": os.cpu_count(),
+        "gpu": gpu,
+        "platform": platform.platform(),
+        "versions": versions,
+    }
+
+
+@dataclass
+class BenchSettings:
+    backends: Sequence[str]
+    batch_sizes: Sequence[int]
+    warmup: int
+    iters: int
+    device: str  # "cpu" or "cuda[:N]"
+    workdir: Path
+
+
+class ModelBench:
+    """Everything measured for one model: its PyTorch reference, its artifacts, its rows."""
+
+    def __init__(self, name: str, model, description: str, settings: BenchSettings, export_fn, verify_fn):
+        self.name = name
+        self.model = model.eval()
+        self.description = description
+        self.settings = settings
+        self.size = model.config.image_size
+        self.spec = model.preprocess_spec()
+        self.threshold = model.config.threshold
+        self.flops = count_model_flops(model, self.size)
+        self._export = export_fn  # (model, precision, out_dir, max_batch) -> artifact dir
+        self._verify = verify_fn  # (model, artifact_dir, runtime, images) -> parity dict
+        self._artifacts: dict[str, tuple[Path, float]] = {}
+        self.images = sample_images(settings.workdir / "images", max(settings.batch_sizes))
+        self.parity_batch = preprocess_batch([load_image(p) for p in self.images[:PARITY_IMAGES]], self.spec)
+
+    def artifact(self, precision: str) -> tuple[Path, float]:
+        """The exported artifact for this precision and its export time (exported once, reused)."""
+        if precision not in self._artifacts:
+            out = self.settings.workdir / f"{self.name}-{precision}"
+            start = time.perf_counter()
+            path = self._export(self.model, precision, out, max(self.settings.batch_sizes))
+            self._artifacts[precision] = (Path(path), time.perf_counter() - start)
+        return self._artifacts[precision]
+
+    def prepare(self, backend: str) -> tuple[Path | None, float | None]:
+        """Export (and for TensorRT build) what the backend runs; kept out of its memory measurement."""
+        runtime, precision = BACKENDS[backend]
+        if runtime == "torch":
+            return None, None
+        artifact_dir, build_s = self.artifact(precision)
+        if runtime == "tensorrt":
+            from maskclip_export.tensorrt import build_engines
+
+            start = time.perf_counter()
+            build_engines(artifact_dir, precision, calib_images=[str(p) for p in self.images])
+            build_s += time.perf_counter() - start
+        return artifact_dir, build_s
+
+    def open(self, backend: str, artifact_dir: Path | None, build_s: float | None) -> Session:
+        runtime, _ = BACKENDS[backend]
+        if artifact_dir is None:
+            return torch_session(self.model, self.settings.device)
+        session = artifact_session(artifact_dir, runtime, self.settings.device, max(self.settings.batch_sizes))
+        session.build_s = build_s
+        return session
+
+    def rows(self, ceilings: list) -> list[dict]:
+        rows = []
+        for backend in self.settings.backends:
+            base = [{"model": self.name, "backend": backend, "batch": batch} for batch in self.settings.batch_sizes]
+            try:
+                artifact_dir, build_s = self.prepare(backend)
+                parity = None
+                if artifact_dir is not None:
+                    parity = self._verify(self.model, artifact_dir, BACKENDS[backend][0], self.parity_batch)
+                with PeakMemory() as memory:
+                    session = self.open(backend, artifact_dir, build_s)
+                    try:
+                        measured = [self._measure(session, backend, row["batch"], ceilings) for row in base]
+                    finally:
+                        session.close()
+                peak = self._peak_memory(memory)
+                rows += [
+                    {**row, **m, "parity": parity, "peak_memory_mb": peak}
+                    for row, m in zip(base, measured, strict=True)
+                ]
+            except BackendUnavailable as err:
+                rows += [{**row, "status": "unavailable", "reason": str(err).splitlines()[0]} for row in base]
+            except Exception as err:  # a failing backend is a row, not the end of the report
+                reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+                rows += [{**row, "status": "failed", "reason": reason} for row in base]
+        return rows
+
+    def _peak_memory(self, memory: PeakMemory) -> float:
+        if self.settings.device.startswith("cuda"):
+            import torch
+
+            return torch.cuda.max_memory_allocated() / 1e6 if torch.cuda.is_available() else memory.peak_mb
+        return memory.peak_mb
+
+    def _measure(self, session: Session, backend: str, batch: int, ceilings: list) -> dict:
+        rng = np.random.default_rng(batch)
+        ready = rng.standard_normal((batch, 3, self.size, self.size), dtype=np.float32)
+        model_ms = percentiles(time_calls(lambda: session.forward(ready), self.settings.warmup, self.settings.iters))
+        paths = self.images[:batch]
+        e2e_ms = percentiles(
+            time_calls(
+                lambda: end_to_end(session, paths, self.spec, self.threshold), self.settings.warmup, self.settings.iters
+            )
+        )
+        achieved = achieved_gflops(self.flops, batch, model_ms["p50"])
+        dtype = "float32" if BACKENDS[backend][1] in ("fp32", "int8") else "float16"
+        if self.settings.device == "cpu" and dtype == "float16":
+            dtype = "bfloat16"  # the CPU's reduced-precision GEMM peak
+        ceiling = best_ceiling(ceilings, dtype, self.settings.device)
+        return {
+            "status": "ok",
+            "model_ms": model_ms,
+            "e2e_ms": e2e_ms,
+            "images_per_s": batch * 1e3 / model_ms["p50"],
+            "gflops": achieved,
+            "ceiling": ceiling.to_dict() if ceiling else None,
+            "ceiling_fraction": achieved / ceiling.gflops if ceiling else None,
+            "artifact_mb": session.artifact_mb,
+            "build_s": session.build_s,
+        }
+
+
+def run(
+    models: Sequence[tuple[str, object, str]],
+    settings: BenchSettings,
+    ceilings: list,
+    export_fn,
+    verify_fn,
+    progress: Callable[[str], None] = print,
+) -> tuple[list[dict], list[dict]]:
+    """models: (name, torch model, description) -> (per-model summaries, rows)."""
+    summaries, rows = [], []
+    for name, model, description in models:
+        progress(f"{name}: counting FLOPs, preparing images")
+        bench = ModelBench(name, model, description, settings, export_fn, verify_fn)
+        summaries.append(
+            {
+                "name": name,
+                "description": description,
+                "image_size": bench.size,
+                "gflop_per_image": bench.flops / 1e9,
+            }
+        )
+        model_rows = bench.rows(ceilings)
+        for row in model_rows:
+            progress(f"{name} {row['backend']} batch {row['batch']}: {row['status']} {row.get('reason', '')}")
+        rows += model_rows
+    return summaries, rows
+
+
+def default_workdir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="maskclip-bench-"))
+
+
+def ort_op_profile(artifact_dir: Path, batch: np.ndarray, runs: int = 1) -> list[dict]:
+    """Share of ONNX Runtime kernel time per op type over the artifact's graphs (CPU, one batch)."""
+    import json
+
+    import onnxruntime as ort
+
+    from maskclip_runtime.artifact import load_artifact
+
+    artifact = load_artifact(artifact_dir)
+    totals: dict[str, float] = {}
+    tensors = {"image": batch}
+    for graph in artifact.graphs:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(tempfile.mkdtemp(prefix="ort-profile-")) / graph.name)
+        session = ort.InferenceSession(str(artifact.file(graph.file)), options, providers=["CPUExecutionProvider"])
+        feed = {i.name: tensors[i.name] for i in session.get_inputs()}
+        for _ in range(runs):
+            outputs = session.run(None, feed)
+        tensors.update({o.name: v for o, v in zip(session.get_outputs(), outputs, strict=True)})
+        events = json.loads(Path(session.end_profiling()).read_text())
+        for event in events:
+            if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
+                op = event.get("args", {}).get("op_name", "?")
+                totals[op] = totals.get(op, 0.0) + event["dur"] / 1e3 / runs
+    whole = sum(totals.values()) or 1.0
+    ranked = sorted(totals.items(), key=lambda item: -item[1])
+    return [{"op_type": op, "ms": round(ms, 2), "share": round(ms / whole, 4)} for op, ms in ranked]

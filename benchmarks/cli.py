@@ -1,0 +1,131 @@
+"""maskclip-bench: one table across backends for this device (latency, throughput, memory, parity, roofline)."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import click
+
+from .bench import BACKENDS, BenchSettings, default_workdir, environment, ort_op_profile, run
+from .report import TARGET_MODEL, evaluate_targets, render_markdown, write_atomic, write_json
+from .roofline import best_ceiling, measure_ceilings
+
+
+def _csv(kind):
+    def parse(ctx, param, value):
+        items = [item.strip() for item in value.split(",") if item.strip()]
+        try:
+            return [kind(item) for item in items]
+        except ValueError as err:
+            raise click.BadParameter(str(err)) from None
+
+    return parse
+
+
+def load_models(names: list[str]) -> list[tuple[str, object, str]]:
+    """Config names (random weights) or checkpoint paths -> (name, model, description)."""
+    from maskclip_core.checkpoint import load_checkpoint
+    from maskclip_core.config import get_config
+    from maskclip_core.model import build_model
+
+    models = []
+    for name in names:
+        if Path(name).exists():
+            model = load_checkpoint(name)
+            models.append((Path(name).stem, model, f"checkpoint {name} (config {model.config.name})"))
+            continue
+        get_config(name)  # unknown names fail here with the registry's message
+        models.append((name, build_model(name), f"config {name}, RANDOM weights (speed only; parity is still real)"))
+    return models
+
+
+def export_artifact(model, precision: str, out_dir: Path, max_batch: int) -> Path:
+    """The exporter's artifact for this precision, dynamic batch 1..max_batch, gate included."""
+    from maskclip_export.artifact import export_artifact as export
+
+    return export(model, out_dir, precision=precision, batch=max_batch, dynamic=True, calib_images=None)
+
+
+def parity_against_torch(model, artifact_dir: Path, runtime: str, batch) -> dict:
+    """The export gate's comparison of this backend with PyTorch on the same preprocessed images."""
+    from maskclip_export.verify import compare_artifact
+
+    return compare_artifact(model, artifact_dir, batch, backend=runtime).summary()
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("models", nargs=-1)
+@click.option("--config", "configs", multiple=True, help="Config name to benchmark (random weights); repeatable.")
+@click.option(
+    "--backends",
+    default="torch,ort-fp32,ort-int8,ort-fp16,trt-fp32,trt-fp16,trt-int8",
+    show_default=True,
+    callback=_csv(str),
+    help=f"Comma-separated, from {', '.join(BACKENDS)}.",
+)
+@click.option("--batch-sizes", default="1,8", show_default=True, callback=_csv(int), help="Comma-separated.")
+@click.option("--warmup", default=2, show_default=True, type=click.IntRange(0), help="Untimed calls per row.")
+@click.option("--iters", default=10, show_default=True, type=click.IntRange(1), help="Timed calls per row.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, or cuda[:N] for PyTorch CUDA / ORT CUDA / TRT.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Markdown report path.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="JSON report path.")
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), help="Where artifacts are exported.")
+@click.option("--profile/--no-profile", default=True, show_default=True, help="ORT per-op-type profile at batch 1.")
+@click.option("--note", "notes", multiple=True, help="A line for the report's notes; repeatable.")
+def main(models, configs, backends, batch_sizes, warmup, iters, device, out, json_path, workdir, profile, notes):
+    """Benchmark MODELS (config names, e.g. tiny opensdi-vitl14, or checkpoint paths; default tiny)."""
+    unknown = [b for b in backends if b not in BACKENDS]
+    if unknown:
+        raise click.BadParameter(f"unknown backend(s) {', '.join(unknown)}", param_hint="--backends")
+    if not batch_sizes or min(batch_sizes) < 1:
+        raise click.BadParameter("batch sizes must be >= 1", param_hint="--batch-sizes")
+    names = list(models) + list(configs) or ["tiny"]
+    settings = BenchSettings(backends, batch_sizes, warmup, iters, device, workdir or default_workdir())
+    say = lambda text: click.echo(text, err=True)  # noqa: E731 - progress goes to stderr
+
+    say("measuring the GEMM ceiling")
+    ceilings = measure_ceilings(device)
+    summaries, rows = run(load_models(names), settings, ceilings, export_artifact, parity_against_torch, say)
+    fp32_ceiling = best_ceiling(ceilings, "float32", device)
+    report = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(shlex.quote(arg) for arg in ["maskclip-bench", *sys.argv[1:]]),
+        "environment": environment(device),
+        "warmup": warmup,
+        "iters": iters,
+        "batch_sizes": list(batch_sizes),
+        "ceilings": [c.to_dict() for c in ceilings],
+        "ceiling_fp32_gflops": fp32_ceiling.gflops if fp32_ceiling else None,
+        "models": summaries,
+        "rows": rows,
+        "notes": list(notes),
+    }
+    if profile and device == "cpu":
+        report["op_profiles"] = _op_profiles(settings, rows)
+    if any(s["name"] == TARGET_MODEL for s in summaries) and 1 in batch_sizes:
+        report["targets"] = evaluate_targets(report)
+    markdown = render_markdown(report)
+    if json_path:
+        write_json(json_path, report)
+    if out:
+        write_atomic(out, markdown)
+    else:
+        click.echo(markdown)
+
+
+def _op_profiles(settings: BenchSettings, rows: list[dict]) -> dict:
+    import numpy as np
+
+    from maskclip_runtime.artifact import load_artifact
+
+    profiles = {}
+    for row in rows:
+        if row["status"] != "ok" or row["batch"] != min(settings.batch_sizes) or not row["backend"].startswith("ort-"):
+            continue
+        size = load_artifact(row["artifact"]).preprocess.size
+        batch = np.random.default_rng(0).standard_normal((row["batch"], 3, size, size), dtype=np.float32)
+        profiles[f"{row['model']} {row['backend']}"] = ort_op_profile(Path(row["artifact"]), batch)
+    return profiles

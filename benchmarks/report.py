@@ -1,0 +1,172 @@
+"""Benchmark report: one JSON document, rendered to Markdown for people. Both written atomically."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+# The deployment targets the CPU report must show for opensdi-vitl14 at batch 1.
+TARGET_MODEL = "opensdi-vitl14"
+ORT_FP32_SPEEDUP = 1.2  # ORT fp32 vs PyTorch eager
+ORT_INT8_SPEEDUP = 2.5  # ORT int8 vs ORT fp32
+CEILING_GAP = 1.3  # fp32 achieved GFLOP/s within this factor of the fp32 GEMM ceiling
+
+
+def write_atomic(path: str | os.PathLike, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | os.PathLike, report: dict) -> None:
+    write_atomic(path, json.dumps(report, indent=2, default=_jsonable) + "\n")
+
+
+def _jsonable(value):
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _row(rows: list[dict], model: str, backend: str, batch: int) -> dict | None:
+    for row in rows:
+        if row["model"] == model and row["backend"] == backend and row["batch"] == batch and row["status"] == "ok":
+            return row
+    return None
+
+
+def evaluate_targets(report: dict, model: str = TARGET_MODEL, batch: int = 1) -> list[dict]:
+    """The three CPU targets for `model` at `batch`: measured value, target, met or not, and by how much."""
+    rows = report["rows"]
+    torch_row = _row(rows, model, "torch", batch)
+    fp32 = _row(rows, model, "ort-fp32", batch)
+    int8 = _row(rows, model, "ort-int8", batch)
+    checks = []
+
+    def add(name: str, measured: float | None, target: float, higher_is_better: bool, missing: str):
+        if measured is None or math.isnan(measured):
+            checks.append({"name": name, "target": target, "measured": None, "met": False, "note": missing})
+            return
+        met = measured >= target if higher_is_better else measured <= target
+        gap = target / measured if higher_is_better else measured / target
+        note = "met" if met else f"missed by {gap:.2f}x"
+        checks.append({"name": name, "target": target, "measured": round(measured, 3), "met": met, "note": note})
+
+    add(
+        "ORT fp32 speed-up over PyTorch eager (p50)",
+        torch_row["model_ms"]["p50"] / fp32["model_ms"]["p50"] if torch_row and fp32 else None,
+        ORT_FP32_SPEEDUP,
+        True,
+        "a row is missing",
+    )
+    add(
+        "ORT int8 speed-up over ORT fp32 (p50)",
+        fp32["model_ms"]["p50"] / int8["model_ms"]["p50"] if fp32 and int8 else None,
+        ORT_INT8_SPEEDUP,
+        True,
+        "a row is missing",
+    )
+    ceiling = report.get("ceiling_fp32_gflops")
+    add(
+        "fp32 GEMM ceiling / ORT fp32 achieved GFLOP/s",
+        ceiling / fp32["gflops"] if fp32 and ceiling and fp32.get("gflops") else None,
+        CEILING_GAP,
+        False,
+        "no ORT fp32 row or no ceiling",
+    )
+    return checks
+
+
+def _fmt(value, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def _latency(stats: dict | None) -> str:
+    if not stats:
+        return "-"
+    return " / ".join(_fmt(stats[k]) for k in ("p50", "p90", "p99"))
+
+
+def _parity(row: dict) -> tuple[str, str, str]:
+    parity = row.get("parity")
+    if not parity:
+        return "-", "-", "-"
+    return _fmt(parity.get("max_prob_diff"), 5), _fmt(parity.get("flips")), _fmt(parity.get("mask_iou"), 4)
+
+
+def render_markdown(report: dict) -> str:
+    env = report["environment"]
+    lines = [
+        f"# maskclip-bench: {env['device']}",
+        "",
+        f"- date: {report['date']}",
+        f"- command: `{report['command']}`",
+        f"- device: {env['device']}; CPU: {env['cpu']} ({env['cpu_cores']} cores); GPU: {env.get('gpu') or 'none'}",
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()),
+        f"- settings: warm-up {report['warmup']}, {report['iters']} timed iterations per row, "
+        f"batch sizes {', '.join(map(str, report['batch_sizes']))}",
+        "",
+        "## Measured GEMM ceiling (one large square matmul, best of the repeats)",
+        "",
+        "| library | dtype | device | n | GFLOP/s |",
+        "|---|---|---|---|---|",
+    ]
+    for c in report["ceilings"]:
+        lines.append(f"| {c['library']} | {c['dtype']} | {c['device']} | {c['size']} | {_fmt(c['gflops'])} |")
+    for model in report["models"]:
+        lines += [
+            "",
+            f"## {model['name']}",
+            "",
+            f"{model['description']}. Counted compute: {_fmt(model['gflop_per_image'])} GFLOP per image "
+            f"({_fmt(model['gflop_per_image'] / 2)} GMACs) at {model['image_size']} px.",
+            "",
+            "| backend | batch | status | model-only ms p50 / p90 / p99 | end-to-end ms p50 / p90 / p99 | images/s "
+            "| GFLOP/s | of ceiling | peak memory MB | size MB | build s | max prob diff | flips | mask IoU |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for row in (r for r in report["rows"] if r["model"] == model["name"]):
+            if row["status"] != "ok":
+                lines.append(f"| {row['backend']} | {row['batch']} | {row['status']}: {row['reason']} |" + " - |" * 11)
+                continue
+            diff, flips, iou = _parity(row)
+            fraction = row.get("ceiling_fraction")
+            lines.append(
+                f"| {row['backend']} | {row['batch']} | ok | {_latency(row['model_ms'])} | {_latency(row['e2e_ms'])} "
+                f"| {_fmt(row['images_per_s'], 2)} | {_fmt(row.get('gflops'))} "
+                f"| {_fmt(fraction * 100 if fraction else None, 0)}% | {_fmt(row.get('peak_memory_mb'), 0)} "
+                f"| {_fmt(row.get('artifact_mb'))} | {_fmt(row.get('build_s'))} | {diff} | {flips} | {iou} |"
+            )
+    if report.get("targets"):
+        lines += ["", f"## Targets ({TARGET_MODEL}, batch 1)", "", "| check | target | measured | result |"]
+        lines.append("|---|---|---|---|")
+        for check in report["targets"]:
+            comparison = ">=" if "speed-up" in check["name"] else "<="
+            lines.append(
+                f"| {check['name']} | {comparison} {check['target']} | {_fmt(check['measured'], 2)} | {check['note']} |"
+            )
+    if report.get("op_profiles"):
+        lines += ["", "## Where the time goes (ONNX Runtime profile, batch 1, share of node time by op type)", ""]
+        for name, ops in report["op_profiles"].items():
+            top = ", ".join(f"{op['op_type']} {op['share'] * 100:.0f}%" for op in ops[:6])
+            lines.append(f"- {name}: {top}")
+    if report.get("notes"):
+        lines += ["", "## Notes", ""]
+        lines += [f"- {note}" for note in report["notes"]]
+    return "\n".join(lines) + "\n"
