@@ -149,13 +149,9 @@ def artifact_session(artifact_dir: Path, runtime: str, device: str, batch: int) 
     from maskclip_runtime.artifact import load_artifact
     from maskclip_runtime.detector import Detector
 
-    ort_device = "cuda" if device.startswith("cuda") and runtime == "onnxruntime" else "cpu"
-    detector = Detector(
-        artifact_dir,
-        backend=runtime,
-        device=device if runtime == "tensorrt" else ort_device,
-        batch=batch,
-    )
+    if runtime == "tensorrt" and not device.startswith("cuda"):
+        device = "cuda"  # engines only run on a GPU, whatever the other rows use
+    detector = Detector(artifact_dir, backend=runtime, device=device, batch=batch)
     files = load_artifact(artifact_dir).manifest["files"]
     used = (
         [f for f in files if f.endswith(".engine")]
@@ -164,6 +160,11 @@ def artifact_session(artifact_dir: Path, runtime: str, device: str, batch: int) 
     )
     size_mb = sum((artifact_dir / f).stat().st_size for f in used) / 1e6
     return Session(detector.forward, detector.close, artifact_mb=size_mb)
+
+
+def _cuda_index(device: str) -> int:
+    _, _, index = device.partition(":")
+    return int(index or 0)
 
 
 def environment(device: str) -> dict:
@@ -246,12 +247,23 @@ class ModelBench:
         runtime, precision = BACKENDS[backend]
         if runtime == "torch":
             return None, None
+        if runtime == "tensorrt":
+            from maskclip_runtime.backends.tensorrt import gpu_identity, import_tensorrt
+
+            import_tensorrt()  # say why before spending minutes on an export
+            gpu_identity(_cuda_index(self.settings.device))
         artifact_dir, build_s = self.artifact(precision)
         if runtime == "tensorrt":
             from maskclip_export.tensorrt import build_engines
 
             start = time.perf_counter()
-            build_engines(artifact_dir, precision, calib_images=[str(p) for p in self.images])
+            build_engines(
+                artifact_dir,
+                precision,
+                calib_images=[str(p) for p in self.images],
+                device=_cuda_index(self.settings.device),
+                log=lambda _: None,
+            )
             build_s += time.perf_counter() - start
         return artifact_dir, build_s
 

@@ -1,0 +1,178 @@
+"""maskclip-bench pieces: statistics, FLOP arithmetic, targets, report rendering, and a tiny end-to-end run."""
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+from maskclip_bench.bench import PeakMemory, achieved_gflops, percentiles, sample_images, time_calls
+from maskclip_bench.cli import main
+from maskclip_bench.report import evaluate_targets, render_markdown, write_atomic, write_json
+from maskclip_bench.roofline import GemmCeiling, best_ceiling, count_model_flops, gflops, matmul_flops
+
+
+def test_percentiles_match_numpy():
+    samples = np.random.default_rng(0).gamma(2.0, 10.0, size=101)
+    stats = percentiles(samples)
+    for key, q in (("p50", 50), ("p90", 90), ("p99", 99)):
+        assert stats[key] == pytest.approx(np.percentile(samples, q))
+    assert stats["mean"] == pytest.approx(samples.mean())
+    assert stats["n"] == 101
+
+
+def test_time_calls_counts_warmup_and_iterations():
+    calls = []
+    samples = time_calls(lambda: calls.append(1), warmup=2, iters=5)
+    assert len(calls) == 7 and len(samples) == 5 and all(s >= 0 for s in samples)
+
+
+def test_gflops_arithmetic():
+    assert matmul_flops(1000) == 2_000_000_000
+    assert gflops(2e9, 0.5) == pytest.approx(4.0)
+    # 500 GFLOP per image, batch 8, 4 s per batch -> 1000 GFLOP/s
+    assert achieved_gflops(500_000_000_000, 8, 4000.0) == pytest.approx(1000.0)
+
+
+def test_count_model_flops_counts_two_per_multiply_add():
+    class Probe(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 2, kernel_size=1, bias=False)
+
+        def forward(self, x):
+            return self.conv(x)
+
+    # 4x4 pixels x 3 in x 2 out multiply-adds = 96 MACs = 192 FLOPs
+    assert count_model_flops(Probe(), 4) == 192
+
+
+def test_best_ceiling_picks_fastest_of_dtype_and_device():
+    ceilings = [
+        GemmCeiling("numpy", "float32", "cpu", 2048, 0.1, 170.0),
+        GemmCeiling("torch", "float32", "cpu", 2048, 0.1, 160.0),
+        GemmCeiling("torch", "bfloat16", "cpu", 2048, 0.05, 400.0),
+        GemmCeiling("torch", "float16", "cuda:0", 8192, 0.01, 250_000.0),
+    ]
+    assert best_ceiling(ceilings, "float32", "cpu").library == "numpy"
+    assert best_ceiling(ceilings, "float16", "cuda").gflops == 250_000.0
+    assert best_ceiling(ceilings, "float16", "cpu") is None
+
+
+def test_peak_memory_sees_an_allocation():
+    with PeakMemory() as memory:
+        block = np.ones(64 * 1024 * 1024 // 8)  # 64 MB, touched
+        block.sum()
+    assert memory.peak_mb > 30
+    del block
+
+
+def _row(backend, p50, gflop_s=None, status="ok", reason=""):
+    row = {"model": "opensdi-vitl14", "backend": backend, "batch": 1, "status": status}
+    if status != "ok":
+        return {**row, "reason": reason}
+    stats = {"p50": p50, "p90": p50 * 1.1, "p99": p50 * 1.2, "mean": p50, "n": 5}
+    return {
+        **row,
+        "model_ms": stats,
+        "e2e_ms": stats,
+        "images_per_s": 1e3 / p50,
+        "gflops": gflop_s,
+        "ceiling_fraction": gflop_s / 200.0 if gflop_s else None,
+        "peak_memory_mb": 100.0,
+        "artifact_mb": 2000.0,
+        "build_s": 60.0,
+        "parity": {"max_prob_diff": 1e-6, "flips": 0, "mask_iou": 1.0} if backend != "torch" else None,
+    }
+
+
+def _report(rows):
+    return {
+        "date": "2026-11-29T00:00:00+00:00",
+        "command": "maskclip-bench opensdi-vitl14",
+        "environment": {
+            "device": "CPU (2 cores)",
+            "cpu": "Test CPU",
+            "cpu_cores": 2,
+            "gpu": None,
+            "versions": {"torch": "x", "onnxruntime": "y"},
+        },
+        "warmup": 1,
+        "iters": 5,
+        "batch_sizes": [1],
+        "ceilings": [GemmCeiling("numpy", "float32", "cpu", 2048, 0.1, 200.0).to_dict()],
+        "ceiling_fp32_gflops": 200.0,
+        "models": [{"name": "opensdi-vitl14", "description": "random", "image_size": 512, "gflop_per_image": 500.0}],
+        "rows": rows,
+        "notes": ["weights are random"],
+    }
+
+
+def test_targets_met_and_missed():
+    report = _report([_row("torch", 3000.0), _row("ort-fp32", 2400.0, 180.0), _row("ort-int8", 1200.0)])
+    checks = {c["name"]: c for c in evaluate_targets(report)}
+    speedup = checks["ORT fp32 speed-up over PyTorch eager (p50)"]
+    assert speedup["measured"] == pytest.approx(1.25) and speedup["met"]
+    int8 = checks["ORT int8 speed-up over ORT fp32 (p50)"]
+    assert int8["measured"] == pytest.approx(2.0) and not int8["met"] and int8["note"] == "missed by 1.25x"
+    ceiling = checks["fp32 GEMM ceiling / ORT fp32 achieved GFLOP/s"]
+    assert ceiling["measured"] == pytest.approx(1.111, abs=1e-3) and ceiling["met"]
+
+
+def test_targets_with_missing_row():
+    checks = evaluate_targets(_report([_row("torch", 3000.0)]))
+    assert all(not c["met"] and c["measured"] is None for c in checks)
+
+
+def test_markdown_has_every_row_and_the_unavailable_reason(tmp_path):
+    rows = [
+        _row("torch", 3000.0, 166.0),
+        _row("ort-fp32", 2400.0, 180.0),
+        _row("trt-fp16", None, status="unavailable", reason="TensorRT is not installed: pip install 'maskclip[gpu]'"),
+    ]
+    report = _report(rows)
+    report["targets"] = evaluate_targets(report)
+    markdown = render_markdown(report)
+    assert "| trt-fp16 | 1 | unavailable: TensorRT is not installed" in markdown
+    assert "| ort-fp32 | 1 | ok | 2,400.0 / 2,640.0 / 2,880.0 |" in markdown
+    assert "Test CPU (2 cores)" in markdown and "`maskclip-bench opensdi-vitl14`" in markdown
+    assert "## Targets" in markdown and "weights are random" in markdown
+    table_lines = [line for line in markdown.splitlines() if line.startswith("| t") or line.startswith("| o")]
+    assert len({line.count("|") for line in table_lines}) == 1  # every row has the header's column count
+    write_json(tmp_path / "r.json", report)
+    write_atomic(tmp_path / "r.md", markdown)
+    assert json.loads((tmp_path / "r.json").read_text())["rows"][2]["status"] == "unavailable"
+    assert (tmp_path / "r.md").read_text() == markdown
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json", "r.md"]
+
+
+def test_sample_images_are_decodable_jpegs(tmp_path):
+    from maskclip_runtime.preprocess import load_image
+
+    paths = sample_images(tmp_path, 2)
+    assert [load_image(p).size for p in paths] == [(640, 480), (640, 480)]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="checks the row without TensorRT")
+def test_cli_on_tiny_torch_row_and_unavailable_tensorrt_row(tmp_path):
+    torch.manual_seed(0)
+    args = ["tiny", "--backends", "torch,trt-fp16", "--batch-sizes", "1,2", "--warmup", "0", "--iters", "2"]
+    args += ["--out", str(tmp_path / "r.md"), "--json", str(tmp_path / "r.json"), "--workdir", str(tmp_path / "w")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    rows = {(r["backend"], r["batch"]): r for r in report["rows"]}
+    assert rows["torch", 1]["status"] == "ok" and rows["torch", 2]["status"] == "ok"
+    assert rows["torch", 2]["gflops"] > 0 and rows["torch", 2]["ceiling_fraction"] > 0
+    assert rows["trt-fp16", 1]["status"] == "unavailable"
+    assert "pip install 'maskclip[gpu]'" in rows["trt-fp16", 1]["reason"]
+    markdown = (tmp_path / "r.md").read_text()
+    assert "## tiny" in markdown and "unavailable: TensorRT is not installed" in markdown
+
+
+def test_cli_rejects_unknown_backend():
+    result = CliRunner().invoke(main, ["tiny", "--backends", "torch,tflite"])
+    assert result.exit_code != 0 and "unknown backend(s) tflite" in result.output
