@@ -130,7 +130,7 @@ def run(
     if not paths:
         raise UsageFailure("no input images (give files, folders, globs, or - to read paths from stdin)")
     detector = _open_detector(model, backend, device, threads, threshold, batch, quiet)
-    names = _output_stems(paths)
+    outputs = ImageOutputs(masks, overlays, _output_stems(paths))
     done: list[dict] = []
     if resume:
         done = [r for r in read_json_lines(json_target) if "error" not in r]
@@ -148,7 +148,7 @@ def run(
     started = time.perf_counter()
     progress = tqdm(total=len(paths), disable=quiet or len(paths) <= 1, file=sys.stderr, unit="img", desc=PROG)
     try:
-        for record in _detect_all(detector, paths, names, masks, overlays):
+        for record in _detect_all(detector, paths, outputs):
             if "error" in record:
                 failures += 1
                 progress.write(f"{PROG}: {record['error']}", file=sys.stderr)
@@ -201,17 +201,41 @@ def _open_detector(model, backend, device, threads, threshold, batch, quiet) -> 
         raise UsageFailure(str(exc)) from None
 
 
-def _detect_all(detector: Detector, paths: list[str], names: dict[str, str], masks: str | None, overlays: str | None):
-    """Yield one record per path, in order. Workers decode the next batch while this one is inferred."""
+@dataclass(frozen=True)
+class ImageOutputs:
+    """Where the per-image PNGs go: mask and overlay folders (None = not written) and each input's file stem."""
+
+    masks: str | None
+    overlays: str | None
+    stems: dict[str, str]
+
+    def mask_path(self, path: str) -> str | None:
+        return os.path.join(self.masks, f"{self.stems[path]}_mask.png") if self.masks else None
+
+    def overlay_path(self, path: str) -> str | None:
+        return os.path.join(self.overlays, f"{self.stems[path]}_overlay.png") if self.overlays else None
+
+
+def _detect_all(detector: Detector, paths: list[str], outputs: ImageOutputs):
+    """Yield one record per path, in input order.
+
+    A small thread pool keeps the model busy: while batch k is inferred, workers decode batch k+1
+    and write the PNGs of batch k-1 (Pillow and zlib release the GIL for both).
+    """
     size = detector.batch_size
     chunks = [paths[i : i + size] for i in range(0, len(paths), size)]
     workers = max(2, min(4, os.cpu_count() or 2))
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
-        pending: list[Future] = [pool.submit(_decode, p, detector) for p in chunks[0]] if chunks else []
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="maskclip-io") as pool:
+        decoding: list[Future] = [pool.submit(_decode, p, detector) for p in chunks[0]] if chunks else []
+        writing: list[Future] = []
         for index in range(len(chunks)):
-            current = [f.result() for f in pending]
-            pending = [pool.submit(_decode, p, detector) for p in chunks[index + 1]] if index + 1 < len(chunks) else []
-            yield from _answer_chunk(detector, current, names, masks, overlays)
+            decoded = [f.result() for f in decoding]
+            following = chunks[index + 1] if index + 1 < len(chunks) else []
+            decoding = [pool.submit(_decode, p, detector) for p in following]
+            answers = _infer(detector, decoded)
+            yield from (f.result() for f in writing)
+            writing = [pool.submit(_finish, detector, item, detection, outputs) for item, detection in answers]
+        yield from (f.result() for f in writing)
 
 
 def _decode(path: str, detector: Detector) -> Decoded:
@@ -227,34 +251,32 @@ def _decode(path: str, detector: Detector) -> Decoded:
     return Decoded(path, sha256, image, prepared, ms=(time.perf_counter() - start) * 1e3 - prepared.ms)
 
 
-def _answer_chunk(detector: Detector, chunk: list[Decoded], names, masks, overlays):
-    decoded_ok = [d for d in chunk if d.error is None]
+def _infer(detector: Detector, chunk: list[Decoded]) -> list[tuple[Decoded, Detection | None]]:
+    """Run the decodable images of a chunk; an inference failure fails this chunk, not the whole run."""
+    decodable = [d for d in chunk if d.error is None]
     try:
-        answers = detector.detect_prepared([d.prepared for d in decoded_ok])
-        detections = {d.path: answer for d, answer in zip(decoded_ok, answers, strict=True)}
-    except Exception as exc:  # an inference failure fails this chunk's images, not the whole run
+        answers = dict(zip(map(id, decodable), detector.detect_prepared([d.prepared for d in decodable]), strict=True))
+    except Exception as exc:  # ONNX Runtime / TensorRT raise their own exception classes
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        for d in decoded_ok:
+        for d in decodable:
             d.error = f"{d.path}: inference failed: {reason}"
-    for decoded in chunk:
-        if decoded.error is not None:
-            yield {"path": decoded.path, "error": decoded.error}
-            continue
-        try:
-            yield _record(detector, decoded, detections[decoded.path], names[decoded.path], masks, overlays)
-        except OSError as exc:
-            yield {"path": decoded.path, "error": f"{decoded.path}: cannot write outputs: {exc}"}
+        answers = {}
+    return [(d, answers.get(id(d))) for d in chunk]
 
 
-def _record(detector: Detector, decoded: Decoded, detection: Detection, stem: str, masks, overlays) -> dict:
+def _finish(detector: Detector, decoded: Decoded, detection: Detection | None, outputs: ImageOutputs) -> dict:
+    """Write the image's PNGs and return its JSON record (or its error record)."""
+    if detection is None:
+        return {"path": decoded.path, "error": decoded.error}
     start = time.perf_counter()
-    mask_path = overlay_path = None
-    if masks:
-        mask_path = os.path.join(masks, f"{stem}_mask.png")
-        save_mask_png(detection.mask, mask_path)
-    if overlays:
-        overlay_path = os.path.join(overlays, f"{stem}_overlay.png")
-        save_overlay_png(decoded.image, detection.mask, overlay_path)
+    mask_path, overlay_path = outputs.mask_path(decoded.path), outputs.overlay_path(decoded.path)
+    try:
+        if mask_path:
+            save_mask_png(detection.mask, mask_path)
+        if overlay_path:
+            save_overlay_png(decoded.image, detection.mask, overlay_path)
+    except OSError as exc:
+        return {"path": decoded.path, "error": f"{decoded.path}: cannot write outputs: {exc}"}
     writing_ms = (time.perf_counter() - start) * 1e3
     return {
         "path": decoded.path,

@@ -20,6 +20,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+# zlib level 1: about 4x faster than Pillow's default 6 for ~10% larger files; at 6, PNG encoding
+# of overlays, not the model, limited end-to-end throughput.
+PNG_COMPRESS_LEVEL = 1
+
 RECORD_FIELDS = (
     "path",
     "sha256",
@@ -80,7 +84,7 @@ def save_mask_png(prob: np.ndarray, path: str | os.PathLike) -> None:
     """Probability map [H,W] in 0..1 -> 8-bit greyscale PNG (0 = real, 255 = certainly generated)."""
     levels = np.clip(np.rint(np.asarray(prob, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
     with atomic_path(path) as temp:
-        Image.fromarray(levels, "L").save(temp, format="PNG")
+        Image.fromarray(levels, "L").save(temp, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
 
 
 def heat_overlay(image: Image.Image, prob: np.ndarray) -> Image.Image:
@@ -99,7 +103,7 @@ def heat_overlay(image: Image.Image, prob: np.ndarray) -> Image.Image:
 
 def save_overlay_png(image: Image.Image, prob: np.ndarray, path: str | os.PathLike) -> None:
     with atomic_path(path) as temp:
-        heat_overlay(image, prob).save(temp, format="PNG")
+        heat_overlay(image, prob).save(temp, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
 
 
 class JsonLinesOutput:
