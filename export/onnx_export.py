@@ -1,0 +1,288 @@
+"""MaskCLIP -> ONNX: export-friendly wrappers around the training model, and the export itself.
+
+The wrappers (segment-anything's utils/onnx.py approach) only re-wire the model's own stages
+(`clip_features`, `trunk`, `heads`); they never change its maths. The text embeddings T are computed
+once here and stored as a constant: no text tower in any deployed graph.
+
+Exporter: the TorchScript-based `torch.onnx.export(dynamo=False)`. The torch.export-based one needs
+onnxscript (not a dependency here) and has been seen to freeze the batch dimension silently. Every
+graph is traced with a batch of 2 and a symbolic batch axis; a static batch is then pinned into the
+graph and folded by onnxslim, and the resulting input shape is asserted either way.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import onnxslim
+import torch
+from torch import nn
+
+from maskclip_core.model import MaskCLIP
+
+OUTPUTS = ("logits", "fake_prob", "mask")
+EXAMPLE_BATCH = 2  # >= 2 so a batch axis frozen by the tracer cannot pass unnoticed
+BATCH_AXIS = "batch"
+# Above this many bytes of weights a graph is saved with its tensors in `<file>.data` (protobuf caps
+# one message at 2 GiB; the margin covers the graph itself).
+EXTERNAL_DATA_BYTES = 1 << 30
+
+
+@dataclass(frozen=True)
+class BatchSpec:
+    """Static batch `size`, or dynamic from 1 to `size` (the TensorRT profile max)."""
+
+    size: int = 1
+    dynamic: bool = False
+
+    def __post_init__(self) -> None:
+        if self.size < 1:
+            raise ValueError(f"batch must be >= 1, got {self.size}")
+
+    @property
+    def dim(self) -> int | str:
+        return BATCH_AXIS if self.dynamic else self.size
+
+    def to_manifest(self) -> dict:
+        if self.dynamic:
+            return {"dynamic": True, "min": 1, "opt": 1, "max": self.size}
+        return {"dynamic": False, "size": self.size}
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    name: str
+    file: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+
+class _WithText(nn.Module):
+    """Holds the model and T [2,D] (row 0 real, row 1 fake) as a constant buffer."""
+
+    def __init__(self, model: MaskCLIP):
+        super().__init__()
+        self.model = model
+        with torch.no_grad():
+            self.register_buffer("text", model.compute_text_embeddings().detach().clone())
+
+
+class FusedGraph(_WithText):
+    """image [B,3,S,S] -> logits [B,2], fake_prob [B], mask [B,1,S,S] (probability)."""
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        clip_cls, clip_maps = self.model.clip_features(image)
+        out = self.model.heads(self.model.trunk(image, clip_maps), clip_cls, self.text)
+        return out["logits"], out["fake_prob"], out["mask_prob"]
+
+
+class ClipGraph(nn.Module):
+    """image [B,3,S,S] -> clip_cls [B,T,Wc], clip_maps [B,T,Wc,g,g] (the 224 downsample is in-graph)."""
+
+    def __init__(self, model: MaskCLIP):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.clip_features(image)
+
+
+class TrunkGraph(nn.Module):
+    """image [B,3,S,S], clip_maps [B,T,Wc,g,g] -> features [B,Wm,G,G] (MAE side net + VCA)."""
+
+    def __init__(self, model: MaskCLIP):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor, clip_maps: torch.Tensor) -> torch.Tensor:
+        return self.model.trunk(image, clip_maps)
+
+
+class HeadsGraph(_WithText):
+    """features [B,Wm,G,G], clip_cls [B,T,Wc] -> logits, fake_prob, mask (pyramid + TVCA, VSA)."""
+
+    def forward(self, features: torch.Tensor, clip_cls: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.model.heads(features, clip_cls, self.text)
+        return out["logits"], out["fake_prob"], out["mask_prob"]
+
+
+FUSED = (GraphSpec("fused", "model.onnx", ("image",), OUTPUTS),)
+SPLIT = (
+    GraphSpec("clip", "clip.onnx", ("image",), ("clip_cls", "clip_maps")),
+    GraphSpec("trunk", "trunk.onnx", ("image", "clip_maps"), ("features",)),
+    GraphSpec("heads", "heads.onnx", ("features", "clip_cls"), OUTPUTS),
+)
+_WRAPPERS = {"fused": FusedGraph, "clip": ClipGraph, "trunk": TrunkGraph, "heads": HeadsGraph}
+
+
+def graph_specs(topology: str) -> tuple[GraphSpec, ...]:
+    if topology not in ("fused", "split"):
+        raise ValueError(f"topology must be 'fused' or 'split', got {topology!r}")
+    return FUSED if topology == "fused" else SPLIT
+
+
+def wrap(model: MaskCLIP, spec: GraphSpec) -> nn.Module:
+    return _WRAPPERS[spec.name](model).eval()
+
+
+@torch.no_grad()
+def example_feeds(model: MaskCLIP, specs: tuple[GraphSpec, ...], batch: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A random image batch and every intermediate tensor the graphs exchange, computed by the wrappers."""
+    size = model.config.image_size
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {"image": torch.randn(batch, 3, size, size, generator=generator)}
+    for spec in specs:
+        outputs = wrap(model, spec)(*(tensors[name] for name in spec.inputs))
+        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+        tensors.update(zip(spec.outputs, outputs, strict=True))
+    return tensors
+
+
+def weights_bytes(model: onnx.ModelProto) -> int:
+    return sum(len(t.raw_data) for t in model.graph.initializer)
+
+
+def save_onnx(model: onnx.ModelProto, path: Path) -> list[Path]:
+    """Save, with external data beside the file when the weights are large; returns the files written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if weights_bytes(model) <= EXTERNAL_DATA_BYTES:
+        onnx.save_model(model, str(path))
+        return [path]
+    data = path.with_name(path.name + ".data")
+    data.unlink(missing_ok=True)  # onnx appends to an existing data file
+    onnx.save_model(
+        model,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=data.name,
+        size_threshold=1024,
+    )
+    return [path, data]
+
+
+def graph_files(path: Path) -> list[Path]:
+    """The ONNX file and its external data file, if any."""
+    data = path.with_name(path.name + ".data")
+    return [path, data] if data.exists() else [path]
+
+
+def _set_io_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]], batch: BatchSpec) -> None:
+    """Declare every graph input/output as [batch, *static dims]; a static batch is pinned here and
+    onnxslim then folds the shape arithmetic. (The tracer leaves some output dims unnamed, e.g. the
+    mask after a Resize whose size it computed from shapes.)"""
+    for value in (*model.graph.input, *model.graph.output):
+        dims = value.type.tensor_type.shape.dim
+        del dims[:]
+        for i, size in enumerate((batch.dim, *shapes[value.name][1:])):
+            dim = dims.add()
+            if i == 0 and batch.dynamic:
+                dim.dim_param = BATCH_AXIS
+            else:
+                dim.dim_value = int(size)
+    del model.graph.value_info[:]
+
+
+def input_batch_dims(model: onnx.ModelProto) -> dict[str, int | str]:
+    """Graph input name -> its first dimension (int, or the symbol's name; '?' when unknown)."""
+    dims = {}
+    for value in model.graph.input:
+        dim = value.type.tensor_type.shape.dim[0]
+        dims[value.name] = dim.dim_value if dim.HasField("dim_value") else (dim.dim_param or "?")
+    return dims
+
+
+def check_batch_axis(model: onnx.ModelProto, batch: BatchSpec, graph_name: str) -> None:
+    """The exported inputs must carry exactly the batch that was asked for (fixed N or the symbol)."""
+    wrong = {name: dim for name, dim in input_batch_dims(model).items() if dim != batch.dim}
+    if wrong:
+        raise RuntimeError(f"{graph_name}: exported batch axis {wrong} != requested {batch.dim!r}")
+
+
+def _trace_to_onnx(module: nn.Module, args: tuple[torch.Tensor, ...], spec: GraphSpec, opset: int) -> onnx.ModelProto:
+    names = (*spec.inputs, *spec.outputs)
+    with tempfile.TemporaryDirectory(prefix="maskclip-trace-") as tmp, warnings.catch_warnings():
+        # The tracer warns about Python-side shape arithmetic; the batch checks below are the real guard.
+        warnings.simplefilter("ignore")
+        path = Path(tmp) / spec.file
+        torch.onnx.export(
+            module,
+            args,
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=list(spec.inputs),
+            output_names=list(spec.outputs),
+            dynamic_axes={name: {0: BATCH_AXIS} for name in names},
+            do_constant_folding=True,
+        )
+        return onnx.load(str(path))  # loads external data the exporter may have written for big graphs
+
+
+def export_graph(
+    module: nn.Module,
+    tensors: dict[str, torch.Tensor],
+    spec: GraphSpec,
+    path: Path,
+    batch: BatchSpec,
+    opset: int,
+) -> list[Path]:
+    """Trace one wrapper on example tensors (its inputs, and its outputs for their shapes), fix the IO
+    shapes and batch axis, slim, check; returns the files written."""
+    model = _trace_to_onnx(module, tuple(tensors[name] for name in spec.inputs), spec, opset)
+    _set_io_shapes(model, {name: tuple(tensors[name].shape) for name in (*spec.inputs, *spec.outputs)}, batch)
+    model = onnxslim.slim(model)
+    check_batch_axis(model, batch, spec.name)
+    files = save_onnx(model, path)
+    onnx.checker.check_model(str(path), full_check=True)
+    return files
+
+
+def export_graphs(
+    model: MaskCLIP,
+    out_dir: Path,
+    topology: str,
+    batch: BatchSpec,
+    opset: int,
+    on_graph: Callable[[str], None] | None = None,
+) -> dict[str, Path]:
+    """Export every graph of the topology into out_dir; returns {graph name: onnx path}.
+
+    on_graph(name) is called as each graph starts (progress display)."""
+    model = model.eval()
+    specs = graph_specs(topology)
+    feeds = example_feeds(model, specs, EXAMPLE_BATCH)
+    paths = {}
+    for spec in specs:
+        if on_graph is not None:
+            on_graph(spec.name)
+        path = out_dir / spec.file
+        export_graph(wrap(model, spec), feeds, spec, path, batch, opset)
+        paths[spec.name] = path
+    return paths
+
+
+def torch_reference(model: MaskCLIP, topology: str):
+    """The PyTorch model as a verification Predictor: image batch -> the outputs the graphs produce.
+
+    The final outputs come from `model(x)` itself, not from the wrappers, so the gate also checks the
+    wrappers. Split topologies get the intermediate tensors too, so each graph's error is reported.
+    """
+    model = model.eval()
+
+    @torch.no_grad()
+    def predict(images):
+        x = torch.from_numpy(images)
+        out = model(x)
+        result = {"logits": out["logits"], "fake_prob": out["fake_prob"], "mask": out["mask_prob"]}
+        if topology == "split":
+            clip_cls, clip_maps = model.clip_features(x)
+            result |= {"clip_cls": clip_cls, "clip_maps": clip_maps, "features": model.trunk(x, clip_maps)}
+        return {name: value.float().numpy() for name, value in result.items()}
+
+    return predict

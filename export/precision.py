@@ -1,0 +1,144 @@
+"""Reduced precision baked into the ONNX graph: mixed fp16, or static int8 with explicit Q/DQ nodes.
+
+Both keep fp32 graph inputs and outputs. TensorRT 11 has no fp16/int8 builder flags any more: the
+precision travels in the graph and the engine is built strongly typed, so it is decided here, where
+the verification gate can check it, and recorded in the manifest (`fp32_ops`).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quant_pre_process,
+    quantize_static,
+)
+from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+from .onnx_export import EXTERNAL_DATA_BYTES, graph_files, save_onnx, weights_bytes
+
+# Ops that overflow or lose too much in fp16 in ViT encoders (the deployment hazards of this model
+# family): normalisation statistics, attention softmax, and the sigmoid that makes mask probabilities.
+FP16_KEEP_FP32 = ("LayerNormalization", "Softmax", "Sigmoid")
+# The same normalisation when an exporter spells LayerNorm out instead of emitting the fused op.
+DECOMPOSED_LAYERNORM = ("ReduceMean", "Pow", "Sqrt", "Div")
+
+# Int8: only the weight-heavy ops are quantised; everything else stays fp32.
+INT8_OP_TYPES = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+INT8_KEEP_FP32 = ("LayerNormalization", "Softmax", "Sigmoid", "Resize")
+
+
+def op_types(model: onnx.ModelProto) -> set[str]:
+    return {node.op_type for node in model.graph.node}
+
+
+def fp16_block_list(model: onnx.ModelProto) -> list[str]:
+    """The op types this graph keeps in fp32 under --fp16."""
+    present = op_types(model)
+    keep = list(FP16_KEEP_FP32)
+    if "LayerNormalization" not in present:
+        keep += DECOMPOSED_LAYERNORM
+    return sorted(op for op in keep if op in present)
+
+
+def convert_to_fp16(src: Path, dst: Path) -> list[str]:
+    """fp32 graph -> mixed-precision graph with fp32 IO; returns the op types kept in fp32."""
+    model = onnx.load(str(src))
+    keep = fp16_block_list(model)
+    large = weights_bytes(model) > EXTERNAL_DATA_BYTES
+    if large:  # in-memory shape inference cannot serialise >2 GiB; infer from the file instead
+        with tempfile.TemporaryDirectory(prefix="maskclip-fp16-") as tmp:
+            inferred = Path(tmp) / "inferred.onnx"
+            onnx.shape_inference.infer_shapes_path(str(src), str(inferred))
+            model = onnx.load(str(inferred))
+    # ORT's default block list (ops without fp16 kernels) stays in; ours is added on top.
+    fp16 = convert_float_to_float16(
+        model, keep_io_types=True, op_block_list=[*DEFAULT_OP_BLOCK_LIST, *keep], disable_shape_infer=large
+    )
+    save_onnx(fp16, dst)
+    return keep
+
+
+class FeedCalibrationReader(CalibrationDataReader):
+    """Feeds precomputed input dicts (one per calibration batch) to ORT's calibrator."""
+
+    def __init__(self, feeds: Iterable[dict[str, np.ndarray]]):
+        self._feeds = list(feeds)
+        self._iter: Iterator[dict[str, np.ndarray]] = iter(self._feeds)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._iter, None)
+
+    def rewind(self) -> None:
+        self._iter = iter(self._feeds)
+
+    def __len__(self) -> int:
+        return len(self._feeds)
+
+
+def int8_excluded_nodes(model: onnx.ModelProto) -> list[str]:
+    """MatMul nodes left in fp32: activation x activation products (attention scores and values, whose
+    range changes per image) and any MatMul feeding a Softmax (attention logits, the detection head)."""
+    weights = {t.name for t in model.graph.initializer}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    excluded = []
+    for node in model.graph.node:
+        if node.op_type != "MatMul":
+            continue
+        feeds_softmax = any(c.op_type == "Softmax" for c in consumers.get(node.output[0], []))
+        weightless = not any(name in weights for name in node.input)
+        if feeds_softmax or weightless:
+            excluded.append(node.name)
+    return excluded
+
+
+def quantize_to_int8(
+    src: Path, dst: Path, calibration: FeedCalibrationReader, per_channel: bool = True
+) -> tuple[list[str], list[str]]:
+    """fp32 graph -> static QDQ int8 graph (symmetric int8: TensorRT needs zero points of 0).
+
+    Returns (op types kept in fp32, names of the MatMul nodes excluded from quantisation).
+    """
+    large = len(graph_files(src)) > 1
+    with tempfile.TemporaryDirectory(prefix="maskclip-int8-") as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        # Shape inference + ORT's standard-op graph optimisations give the quantiser full type info.
+        quant_pre_process(
+            str(src),
+            str(prepared),
+            skip_symbolic_shape=True,
+            save_as_external_data=large,
+            all_tensors_to_one_file=True,
+            external_data_location="prepared.onnx.data",
+        )
+        model = onnx.load(str(prepared), load_external_data=False)
+        excluded = int8_excluded_nodes(model)
+        quantized = Path(tmp) / "quantized.onnx"
+        quantize_static(
+            str(prepared),
+            str(quantized),
+            calibration,
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(INT8_OP_TYPES),
+            per_channel=per_channel,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=excluded,
+            use_external_data_format=large,
+            calibrate_method=CalibrationMethod.MinMax,
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+        )
+        save_onnx(onnx.load(str(quantized)), dst)
+    present = op_types(onnx.load(str(dst), load_external_data=False))
+    return sorted(op for op in present if op in INT8_KEEP_FP32), excluded

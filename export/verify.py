@@ -1,0 +1,249 @@
+"""The verification gate: does a deployed graph compute what the PyTorch model computes?
+
+Polygraphy-style: a reference and a candidate are both plain callables (image batch -> named
+outputs), run on the same preprocessed images, compared output by output with explicit statistics,
+then judged against per-precision tolerances. Any backend fits: ONNX Runtime sessions here, TensorRT
+engines in the TensorRT export (wrap its runners with `chain_predictor`).
+"""
+
+from __future__ import annotations
+
+import glob
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+from maskclip_runtime.backends.base import Runner
+from maskclip_runtime.preprocess import PreprocessSpec, load_image, preprocess_batch
+
+from .onnx_export import BatchSpec
+
+Predictor = Callable[[np.ndarray], dict[str, np.ndarray]]  # image batch [B,3,S,S] -> named outputs
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+MIN_VERIFICATION_IMAGES = 16
+# scikit-image's bundled samples (no download): photos, scans, textures, greyscale.
+SAMPLE_IMAGES = (
+    "astronaut", "coffee", "chelsea", "rocket", "camera", "clock", "coins", "colorwheel",
+    "hubble_deep_field", "immunohistochemistry", "moon", "page", "retina", "brick", "grass", "gravel",
+)  # fmt: skip
+EDITED_SAMPLES = ("astronaut", "coffee", "chelsea", "rocket")
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    """Gate limits; None = recorded, not gated."""
+
+    max_prob_diff: float | None
+    max_flip_rate: float
+    min_mask_iou: float | None
+
+
+GATES = {
+    "fp32": Tolerances(max_prob_diff=1e-4, max_flip_rate=0.0, min_mask_iou=None),
+    "fp16": Tolerances(max_prob_diff=None, max_flip_rate=0.005, min_mask_iou=0.98),
+    "int8": Tolerances(max_prob_diff=None, max_flip_rate=0.01, min_mask_iou=0.90),
+}
+
+
+class VerificationError(RuntimeError):
+    """The gate cannot run (no images, unreadable images); distinct from a gate that ran and failed."""
+
+
+# --- images ---------------------------------------------------------------------------------------
+def _as_rgb8(array: np.ndarray) -> np.ndarray:
+    array = np.asarray(array)
+    if array.dtype == bool:
+        array = array.astype(np.uint8) * 255
+    if array.ndim == 2:
+        array = np.stack([array] * 3, axis=-1)
+    return np.ascontiguousarray(array[..., :3].astype(np.uint8))
+
+
+def _edit_region(image: np.ndarray, index: int) -> np.ndarray:
+    """A synthetic local edit: a central box blurred (even index) or re-rendered at low resolution (odd)."""
+    pil = Image.fromarray(image)
+    w, h = pil.size
+    box = (w // 4, h // 4, w // 4 + w // 3, h // 4 + h // 3)
+    region = pil.crop(box)
+    if index % 2 == 0:
+        region = region.filter(ImageFilter.GaussianBlur(radius=max(2, w // 100)))
+    else:
+        small = (max(1, region.width // 6), max(1, region.height // 6))
+        region = region.resize(small, Image.Resampling.BILINEAR).resize(region.size, Image.Resampling.BICUBIC)
+    pil.paste(region, box)
+    return np.asarray(pil)
+
+
+def default_verification_images() -> list[tuple[str, np.ndarray]]:
+    """scikit-image's bundled sample photos plus locally edited copies: (name, HxWx3 uint8)."""
+    import skimage.data  # export-side dependency, imported only when the defaults are used
+
+    images = [(name, _as_rgb8(getattr(skimage.data, name)())) for name in SAMPLE_IMAGES]
+    by_name = dict(images)
+    images += [(f"{name}-edited", _edit_region(by_name[name], i)) for i, name in enumerate(EDITED_SAMPLES)]
+    return images
+
+
+def image_paths(pattern: str) -> list[Path]:
+    """A folder (its image files, sorted) or a glob pattern -> image paths."""
+    path = Path(pattern)
+    if path.is_dir():
+        candidates = sorted(path.iterdir())
+    else:
+        candidates = sorted(Path(p) for p in glob.glob(pattern, recursive=True))
+    return [p for p in candidates if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+
+
+def load_images(pattern: str, limit: int | None = None) -> list[tuple[str, Image.Image]]:
+    """Images named by a folder or glob, loaded through the shared loader; raises if there are none."""
+    paths = image_paths(pattern)[:limit]
+    if not paths:
+        raise VerificationError(f"no images found at {pattern!r} ({', '.join(IMAGE_SUFFIXES)})")
+    return [(p.name, load_image(p)) for p in paths]
+
+
+def verification_batch(spec: PreprocessSpec, pattern: str | None = None) -> tuple[list[str], np.ndarray]:
+    """(image names, preprocessed float32 [N,3,S,S]) for the gate."""
+    images = load_images(pattern) if pattern else default_verification_images()
+    return [name for name, _ in images], preprocess_batch([image for _, image in images], spec)
+
+
+# --- running --------------------------------------------------------------------------------------
+def chain_predictor(runners: Sequence[Runner]) -> Predictor:
+    """Run graphs in order, each fed by name from "image" and the previous graphs' outputs."""
+
+    def predict(images: np.ndarray) -> dict[str, np.ndarray]:
+        tensors = {"image": images}
+        for runner in runners:
+            tensors.update(runner.infer({name: tensors[name] for name in runner.input_names}))
+        del tensors["image"]
+        return tensors
+
+    return predict
+
+
+def batch_chunks(images: np.ndarray, batch: BatchSpec) -> Iterator[tuple[np.ndarray, int]]:
+    """(chunk, real count): chunks the graph accepts, up to the max (dynamic) or exactly N (static, the
+    last one padded by repeating its last image)."""
+    for start in range(0, len(images), batch.size):
+        chunk = images[start : start + batch.size]
+        count = len(chunk)
+        if not batch.dynamic and count < batch.size:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch.size - count, axis=0)])
+        yield np.ascontiguousarray(chunk), count
+
+
+def run_batched(predict: Predictor, images: np.ndarray, batch: BatchSpec) -> dict[str, np.ndarray]:
+    """Run a predictor over all images in graph-sized chunks; padding is dropped from the outputs."""
+    outputs: dict[str, list[np.ndarray]] = {}
+    for chunk, count in batch_chunks(images, batch):
+        for name, value in predict(chunk).items():
+            outputs.setdefault(name, []).append(np.asarray(value, dtype=np.float32)[:count])
+    return {name: np.concatenate(parts) for name, parts in outputs.items()}
+
+
+# --- comparing ------------------------------------------------------------------------------------
+def mask_iou(reference: np.ndarray, candidate: np.ndarray, threshold: float) -> np.ndarray:
+    """Per-image IoU of the thresholded masks [N,...]; two empty masks agree perfectly (IoU 1)."""
+    ref = reference.reshape(len(reference), -1) > threshold
+    cand = candidate.reshape(len(candidate), -1) > threshold
+    inter = np.logical_and(ref, cand).sum(axis=1)
+    union = np.logical_or(ref, cand).sum(axis=1)
+    return np.where(union == 0, 1.0, inter / np.maximum(union, 1))
+
+
+def output_errors(reference: np.ndarray, candidate: np.ndarray) -> dict:
+    """max abs error, and max rel error = max abs error / max |reference| (stable near zeros)."""
+    diff = np.abs(candidate.astype(np.float64) - reference.astype(np.float64))
+    scale = float(np.abs(reference).max())
+    max_abs = float(diff.max()) if diff.size else 0.0
+    return {
+        "max_abs": max_abs,
+        "mean_abs": float(diff.mean()) if diff.size else 0.0,
+        "max_rel": max_abs / scale if scale > 0 else max_abs,
+        "finite": bool(np.isfinite(candidate).all()),
+    }
+
+
+def compare(reference: dict, candidate: dict, names: Sequence[str], threshold: float) -> dict:
+    """Statistics of candidate vs reference outputs over the same images."""
+    common = [name for name in reference if name in candidate]
+    ref_prob, prob = reference["fake_prob"], candidate["fake_prob"]
+    flips = (ref_prob > threshold) != (prob > threshold)
+    ious = mask_iou(reference["mask"], candidate["mask"], threshold)
+    return {
+        "images": len(ref_prob),
+        "outputs": {name: output_errors(reference[name], candidate[name]) for name in common},
+        "max_prob_diff": float(np.abs(prob.astype(np.float64) - ref_prob).max()),
+        "flips": int(flips.sum()),
+        "flip_rate": float(flips.mean()),
+        "mask_iou_mean": float(ious.mean()),
+        "mask_iou_min": float(ious.min()),
+        "per_image": [
+            {
+                "image": name,
+                "reference_fake_prob": float(r),
+                "fake_prob": float(p),
+                "flip": bool(f),
+                "mask_iou": float(iou),
+            }
+            for name, r, p, f, iou in zip(names, ref_prob, prob, flips, ious, strict=True)
+        ],
+    }
+
+
+def gate_failures(stats: dict, tolerances: Tolerances) -> list[str]:
+    """Human-readable reasons the statistics fail the tolerances (empty: passed)."""
+    failures = [f"{name}: non-finite values" for name, err in stats["outputs"].items() if not err["finite"]]
+    if tolerances.max_prob_diff is not None and not stats["max_prob_diff"] <= tolerances.max_prob_diff:
+        failures.append(f"max |fake_prob| diff {stats['max_prob_diff']:.3g} > {tolerances.max_prob_diff:g}")
+    if not stats["flip_rate"] <= tolerances.max_flip_rate:
+        rate, limit = stats["flip_rate"], tolerances.max_flip_rate
+        failures.append(f"{stats['flips']}/{stats['images']} decision flips ({rate:.2%} > {limit:.2%})")
+    if tolerances.min_mask_iou is not None and not stats["mask_iou_mean"] >= tolerances.min_mask_iou:
+        failures.append(f"mean mask IoU {stats['mask_iou_mean']:.4f} < {tolerances.min_mask_iou}")
+    return failures
+
+
+def verify(
+    reference: Predictor,
+    candidate: Predictor,
+    images: np.ndarray,
+    names: Sequence[str],
+    precision: str,
+    threshold: float,
+    batch: BatchSpec,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """Run both on the images and judge the candidate; returns the JSON-ready report ("passed" inside).
+
+    The reference runs with the same batching as the candidate, so static graphs and the model see
+    identical inputs. `progress` (optional) is told when each side starts.
+    """
+    if len(images) == 0:
+        raise VerificationError("no verification images")
+    tolerances = GATES[precision]
+    if progress:
+        progress("reference")
+    ref_out = run_batched(reference, images, batch)
+    if progress:
+        progress("candidate")
+    cand_out = run_batched(candidate, images, batch)
+    missing = [name for name in ("logits", "fake_prob", "mask") if name not in cand_out]
+    if missing:
+        raise VerificationError(f"candidate does not produce {missing}")
+    stats = compare(ref_out, cand_out, names, threshold)
+    failures = gate_failures(stats, tolerances)
+    return {
+        "passed": not failures,
+        "failures": failures,
+        "precision": precision,
+        "threshold": threshold,
+        "tolerances": asdict(tolerances),
+        "mask_iou_of_two_empty_masks": 1.0,
+        **stats,
+    }
