@@ -140,8 +140,11 @@ def run(
             click.echo(f"{PROG}: resuming: {len(paths) - len(todo)} of {len(paths)} images already done", err=True)
         paths = todo
     for folder in (masks, overlays):
-        if folder:
-            Path(folder).mkdir(parents=True, exist_ok=True)
+        try:
+            if folder:
+                Path(folder).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageFailure(f"cannot create output folder: {exc}") from None
 
     json_out, csv_out = _open_tables(json_target, csv_path, done)
     failures = 0

@@ -12,6 +12,7 @@ from PIL import Image
 from test_runtime_standin import build_standin_artifact, expected_standin_output, sample_photos
 
 from maskclip_runtime.backends.base import BackendUnavailable
+from maskclip_runtime.backends.onnxruntime import providers_for
 from maskclip_runtime.detector import Detector
 
 
@@ -104,13 +105,32 @@ def test_tensorrt_without_engines_is_a_clear_error(fused):
         Detector(fused, backend="tensorrt")
 
 
-def test_gpu_request_without_gpu_provider_warns_and_runs_on_cpu(fused, photos, caplog):
+def test_providers_follow_the_device_and_fall_back_with_a_warning():
+    gpu_build = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert providers_for("cpu", gpu_build) == (["CPUExecutionProvider"], None)
+    assert providers_for("cuda:1", gpu_build) == (
+        [("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider"],
+        None,
+    )
+    providers, warning = providers_for("tensorrt", gpu_build)
+    assert [p[0] for p in providers[:2]] == ["TensorrtExecutionProvider", "CUDAExecutionProvider"] and warning is None
+    providers, warning = providers_for("tensorrt", gpu_build[1:])
+    assert providers[0][0] == "CUDAExecutionProvider" and "using CUDAExecutionProvider" in warning
+    providers, warning = providers_for("cuda", ["CPUExecutionProvider"])
+    assert providers == ["CPUExecutionProvider"] and "running on CPU" in warning
+
+
+def test_gpu_request_without_gpu_provider_warns_once_and_runs_on_cpu(split, photos, caplog):
     import onnxruntime
 
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         pytest.skip("this ONNX Runtime has CUDA")
+    from maskclip_runtime.backends import onnxruntime as runner_module
+
+    runner_module._warned.clear()
     with caplog.at_level("WARNING", logger="maskclip_runtime"):
-        detector = Detector(fused, backend="onnxruntime", device="cuda")
+        detector = Detector(split, backend="onnxruntime", device="cuda")
+    assert caplog.text.count("running on CPU") == 1  # two graphs, one warning
     assert detector.backend == "onnxruntime-cpu"
     assert "running on CPU" in caplog.text
     assert len(detector.detect(photos[:1])) == 1

@@ -74,6 +74,16 @@ def providers_for(device: str, available: list[str]) -> tuple[list, str | None]:
     return [*chosen, "CPUExecutionProvider"], warning
 
 
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """A split artifact opens one session per graph; its users need the fallback warning once, not three times."""
+    if message not in _warned:
+        _warned.add(message)
+        log.warning(message)
+
+
 def default_device() -> str:
     """The device used when none is named: CUDA when this ONNX Runtime build offers it, else CPU."""
     return "cuda" if "CUDAExecutionProvider" in _import_onnxruntime().get_available_providers() else "cpu"
@@ -86,7 +96,7 @@ class OnnxRuntimeRunner(Runner):
         ort = _import_onnxruntime()
         providers, warning = providers_for(device, ort.get_available_providers())
         if warning:
-            log.warning(warning)
+            _warn_once(warning)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
@@ -101,7 +111,7 @@ class OnnxRuntimeRunner(Runner):
         active = self._session.get_providers()[0]
         requested = providers[0] if isinstance(providers[0], str) else providers[0][0]
         if active != requested:
-            log.warning(f"WARNING: {requested} failed to initialise; running on {active}")
+            _warn_once(f"WARNING: {requested} failed to initialise; running on {active}")
         self.provider = active
         self.backend = "onnxruntime-" + _PROVIDER_IDS.get(active, active)
         self._inputs = {i.name: _NUMPY_DTYPES.get(i.type, np.float32) for i in self._session.get_inputs()}
