@@ -91,14 +91,19 @@ def heat_overlay(image: Image.Image, prob: np.ndarray) -> Image.Image:
     """Blend a red-to-yellow heat map over the photo where the mask probability is high.
 
     Below 0.25 the photo is left untouched, so the eye goes to the suspicious regions; the colour
-    runs red -> yellow and the opacity rises with the probability.
+    runs red -> yellow and the opacity (at most 0.7) rises with the probability. The blend is done
+    by Pillow on 8-bit planes: float RGB copies of a 50-megapixel photo would cost gigabytes.
     """
-    prob = np.asarray(prob, dtype=np.float32)[..., None]  # [H,W,1]
-    heat = np.concatenate([np.ones_like(prob), np.clip((prob - 0.5) * 2.0, 0.0, 1.0), np.zeros_like(prob)], axis=2)
-    alpha = 0.7 * np.clip((prob - 0.25) / 0.75, 0.0, 1.0)
-    photo = np.asarray(image.convert("RGB"), dtype=np.float32)
-    blended = photo * (1.0 - alpha) + heat * 255.0 * alpha
-    return Image.fromarray(np.clip(np.rint(blended), 0, 255).astype(np.uint8), "RGB")
+    prob = np.asarray(prob, dtype=np.float32)
+    opacity = _to_u8(np.clip((prob - 0.25) / 0.75, 0.0, 1.0) * (0.7 * 255.0))
+    green = _to_u8(np.clip((prob - 0.5) * 2.0, 0.0, 1.0) * 255.0)
+    size = (prob.shape[1], prob.shape[0])
+    heat = Image.merge("RGB", (Image.new("L", size, 255), Image.fromarray(green, "L"), Image.new("L", size, 0)))
+    return Image.composite(heat, image.convert("RGB"), Image.fromarray(opacity, "L"))
+
+
+def _to_u8(values: np.ndarray) -> np.ndarray:
+    return np.rint(values).astype(np.uint8)
 
 
 def save_overlay_png(image: Image.Image, prob: np.ndarray, path: str | os.PathLike) -> None:
