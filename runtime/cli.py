@@ -59,7 +59,10 @@ def _check_device(ctx, param, value: str | None) -> str | None:
     return value
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog="Exit status: 0 all images answered, 1 some images failed (each reported), 2 usage error.",
+)
 @click.argument("images", nargs=-1)
 @click.option("--model", type=click.Path(), help="Artifact folder or manifest.json (default: embedded demo model).")
 @click.option("--backend", type=click.Choice(["auto", "onnxruntime", "tensorrt"]), default="auto", show_default=True)
@@ -71,7 +74,7 @@ def _check_device(ctx, param, value: str | None) -> str | None:
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Also write a CSV table.")
 @click.option("--masks", type=click.Path(file_okay=False), help="Folder for 8-bit probability mask PNGs.")
 @click.option("--overlays", type=click.Path(file_okay=False), help="Folder for heat-overlay PNGs.")
-@click.option("--resume", is_flag=True, help="Skip images already answered in the --json file; append to it.")
+@click.option("--resume", is_flag=True, help="Skip images answered in the --json file (failed ones retried); append.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or notes on stderr (errors still shown).")
 @click.pass_context
 def main(ctx: click.Context, **options) -> None:

@@ -107,7 +107,8 @@ def test_json_to_stdout_by_default_with_progress_on_stderr(artifact, photo_dir):
 
 def test_paths_from_stdin_and_threshold_flag(artifact, photo_dir):
     names = sorted(str(p) for p in photo_dir.glob("*.jpg"))[:2]
-    code, stdout, _ = run_cli("-", "--model", artifact, "--threshold", "0.1", "--quiet", stdin="\n".join(names) + "\n")
+    stdin = "\n".join(names) + "\n"
+    code, stdout, _ = run_cli("-", "--model", artifact, "--threshold", "0.1", "--threads", "1", "-q", stdin=stdin)
     assert code == 0
     records = json_lines(stdout)
     assert [r["path"] for r in records] == names
