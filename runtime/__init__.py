@@ -1,3 +1,22 @@
-"""Torch-free MaskCLIP runtime: load an exported artifact and detect generated images and pixels."""
+"""Torch-free MaskCLIP runtime: load an exported artifact and detect generated images and pixels.
+
+from maskclip_runtime import Detector
+detections = Detector("artifact/").detect([PIL.Image.open("photo.jpg")])
+"""
 
 __version__ = "0.1.0"
+
+__all__ = ["Detection", "Detector", "load_artifact", "__version__"]
+
+
+def __getattr__(name: str):
+    # Lazy, so `import maskclip_runtime.preprocess` (done by training code) stays as light as it is.
+    if name in ("Detection", "Detector"):
+        from . import detector
+
+        return getattr(detector, name)
+    if name == "load_artifact":
+        from .artifact import load_artifact
+
+        return load_artifact
+    raise AttributeError(f"module 'maskclip_runtime' has no attribute {name!r}")

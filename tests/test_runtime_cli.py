@@ -20,6 +20,7 @@ from test_runtime_standin import build_standin_artifact, expected_standin_output
 
 from maskclip_runtime import cli
 from maskclip_runtime.detector import Detector
+from maskclip_runtime.inputs import images_in_folder
 
 ORIENTATION = 0x0112
 
@@ -254,7 +255,7 @@ def test_batch_with_bad_files_reports_them_and_finishes_the_rest(artifact, photo
     code, _, stderr = run_cli(folder, "--model", artifact, "--json", out, "--masks", tmp_path / "m", "--batch", "2")
     assert code == 1
     records = json_lines(out.read_text())
-    assert len(records) == 7
+    assert [r["path"] for r in records] == images_in_folder(folder)  # input order, across batches
     failed = sorted(Path(r["path"]).name for r in records if "error" in r)
     assert failed == ["bomb.png", "empty.jpg", "notes.jpg"]
     assert all(Path(r["mask"]).is_file() for r in records if "error" not in r)

@@ -148,9 +148,10 @@ def test_runtime_never_imports_torch(fused, tmp_path):
     script = f"""
 import sys
 from PIL import Image
+import maskclip_runtime
 import maskclip_runtime.cli
-from maskclip_runtime.detector import Detector
-detections = Detector({str(fused)!r}, backend="auto").detect([Image.new("RGB", (40, 30), (200, 10, 10))])
+detector = maskclip_runtime.Detector({str(fused)!r}, backend="auto")
+detections = detector.detect([Image.new("RGB", (40, 30), (200, 10, 10))])
 print(detections[0].mask.shape)
 print(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision", "open_clip", "timm")))
 """
