@@ -37,7 +37,6 @@ BACKENDS = {
     "trt-fp16": ("tensorrt", "fp16"),
     "trt-int8": ("tensorrt", "int8"),
 }
-PARITY_IMAGES = 4
 
 
 def percentiles(samples_ms: Sequence[float]) -> dict:
@@ -108,6 +107,73 @@ def sample_images(folder: Path, count: int, seed: int = 0) -> list[Path]:
         Image.fromarray(np.roll(pixels, i * 37, axis=1)).save(path, quality=90)
         paths.append(path)
     return paths
+
+
+def calibration_images(workdir: Path) -> list[Path]:
+    """The export gate's bundled sample photos (and edited copies) as PNG files, for int8 calibration."""
+    from maskclip_export.verify import default_verification_images
+
+    folder = workdir / "calib"
+    if not folder.is_dir():
+        folder.mkdir(parents=True)
+        for name, pixels in default_verification_images():
+            Image.fromarray(pixels).save(folder / f"{name}.png")
+    return sorted(folder.glob("*.png"))
+
+
+def export_artifact(model, precision: str, out: Path, max_batch: int, workdir: Path) -> None:
+    """The exporter's verified artifact: fused graph, dynamic batch 1..max_batch, its gate included."""
+    from maskclip_export.exporter import ExportOptions, ModelSource, export_artifact
+    from maskclip_export.manifest import state_dict_digest
+    from maskclip_export.onnx_export import BatchSpec
+
+    options = ExportOptions(
+        out=out,
+        precision=precision,
+        batch=BatchSpec(size=max_batch, dynamic=True),
+        calib=str(workdir / "calib") if precision == "int8" else None,
+    )
+    if precision == "int8":
+        calibration_images(workdir)
+    source = ModelSource(model, "benchmark model", state_dict_digest(model))
+    export_artifact(source, options, progress=False, log=lambda _: None)
+
+
+def reusable_export_seconds(out: Path, model, precision: str, max_batch: int) -> float | None:
+    """The recorded export time of an artifact already in `out` for these exact weights, precision and
+    batch range (a re-run in the same --workdir skips the export); None when it must be exported."""
+    import json
+
+    from maskclip_export.manifest import model_id, state_dict_digest
+
+    try:
+        manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    expected = model_id(model.config.name, state_dict_digest(model))
+    same = (
+        manifest.get("model", {}).get("model_id") == expected
+        and manifest.get("precision") == precision
+        and manifest.get("batch", {}).get("max") == max_batch
+    )
+    return float(sum(manifest.get("export_seconds", {}).values())) if same else None
+
+
+def gate_parity(artifact_dir: Path, runtime: str) -> dict:
+    """Parity with PyTorch from the export gate's report (ONNX Runtime CPU, or the engine gate for TensorRT)."""
+    from maskclip_runtime.artifact import load_artifact
+
+    manifest = load_artifact(artifact_dir).manifest
+    report = manifest.get("engine_verification" if runtime == "tensorrt" else "verification") or {}
+    if not report or report.get("skipped"):
+        return {}
+    return {
+        "max_prob_diff": report["max_prob_diff"],
+        "flips": report["flips"],
+        "mask_iou": report["mask_iou_mean"],
+        "images": report["images"],
+        "passed": report["passed"],
+    }
 
 
 @dataclass
@@ -218,7 +284,7 @@ class BenchSettings:
 class ModelBench:
     """Everything measured for one model: its PyTorch reference, its artifacts, its rows."""
 
-    def __init__(self, name: str, model, description: str, settings: BenchSettings, export_fn, verify_fn):
+    def __init__(self, name: str, model, description: str, settings: BenchSettings):
         self.name = name
         self.model = model.eval()
         self.description = description
@@ -227,19 +293,19 @@ class ModelBench:
         self.spec = model.preprocess_spec()
         self.threshold = model.config.threshold
         self.flops = count_model_flops(model, self.size)
-        self._export = export_fn  # (model, precision, out_dir, max_batch) -> artifact dir
-        self._verify = verify_fn  # (model, artifact_dir, runtime, images) -> parity dict
         self._artifacts: dict[str, tuple[Path, float]] = {}
         self.images = sample_images(settings.workdir / "images", max(settings.batch_sizes))
-        self.parity_batch = preprocess_batch([load_image(p) for p in self.images[:PARITY_IMAGES]], self.spec)
 
     def artifact(self, precision: str) -> tuple[Path, float]:
         """The exported artifact for this precision and its export time (exported once, reused)."""
         if precision not in self._artifacts:
             out = self.settings.workdir / f"{self.name}-{precision}"
-            start = time.perf_counter()
-            path = self._export(self.model, precision, out, max(self.settings.batch_sizes))
-            self._artifacts[precision] = (Path(path), time.perf_counter() - start)
+            seconds = reusable_export_seconds(out, self.model, precision, max(self.settings.batch_sizes))
+            if seconds is None:
+                start = time.perf_counter()
+                export_artifact(self.model, precision, out, max(self.settings.batch_sizes), self.settings.workdir)
+                seconds = time.perf_counter() - start
+            self._artifacts[precision] = (out, seconds)
         return self._artifacts[precision]
 
     def prepare(self, backend: str) -> tuple[Path | None, float | None]:
@@ -257,11 +323,14 @@ class ModelBench:
             from maskclip_export.tensorrt import build_engines
 
             start = time.perf_counter()
+            from maskclip_export.onnx_export import torch_reference
+
             build_engines(
                 artifact_dir,
                 precision,
-                calib_images=[str(p) for p in self.images],
+                calib_images=calibration_images(self.settings.workdir),
                 device=_cuda_index(self.settings.device),
+                reference=torch_reference(self.model, "fused"),
                 log=lambda _: None,
             )
             build_s += time.perf_counter() - start
@@ -281,20 +350,19 @@ class ModelBench:
             base = [{"model": self.name, "backend": backend, "batch": batch} for batch in self.settings.batch_sizes]
             try:
                 artifact_dir, build_s = self.prepare(backend)
-                parity = None
-                if artifact_dir is not None:
-                    parity = self._verify(self.model, artifact_dir, BACKENDS[backend][0], self.parity_batch)
+                parity = gate_parity(artifact_dir, BACKENDS[backend][0]) if artifact_dir else None
                 with PeakMemory() as memory:
                     session = self.open(backend, artifact_dir, build_s)
                     try:
                         measured = [self._measure(session, backend, row["batch"], ceilings) for row in base]
                     finally:
                         session.close()
-                peak = self._peak_memory(memory)
-                rows += [
-                    {**row, **m, "parity": parity, "peak_memory_mb": peak}
-                    for row, m in zip(base, measured, strict=True)
-                ]
+                extra = {
+                    "parity": parity,
+                    "peak_memory_mb": self._peak_memory(memory),
+                    "artifact": str(artifact_dir) if artifact_dir else None,
+                }
+                rows += [{**row, **m, **extra} for row, m in zip(base, measured, strict=True)]
             except BackendUnavailable as err:
                 rows += [{**row, "status": "unavailable", "reason": str(err).splitlines()[0]} for row in base]
             except Exception as err:  # a failing backend is a row, not the end of the report
@@ -341,15 +409,13 @@ def run(
     models: Sequence[tuple[str, object, str]],
     settings: BenchSettings,
     ceilings: list,
-    export_fn,
-    verify_fn,
     progress: Callable[[str], None] = print,
 ) -> tuple[list[dict], list[dict]]:
     """models: (name, torch model, description) -> (per-model summaries, rows)."""
     summaries, rows = [], []
     for name, model, description in models:
         progress(f"{name}: counting FLOPs, preparing images")
-        bench = ModelBench(name, model, description, settings, export_fn, verify_fn)
+        bench = ModelBench(name, model, description, settings)
         summaries.append(
             {
                 "name": name,

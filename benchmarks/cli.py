@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 from datetime import datetime, timezone
@@ -25,35 +26,32 @@ def _csv(kind):
     return parse
 
 
-def load_models(names: list[str]) -> list[tuple[str, object, str]]:
-    """Config names (random weights) or checkpoint paths -> (name, model, description)."""
+def load_models(names: list[str], seed: int) -> list[tuple[str, object, str]]:
+    """Model names -> (name, model, description): "demo", config names (random weights drawn from `seed`,
+    so a re-run reuses the artifacts in --workdir) or checkpoint paths."""
+    import torch
+
     from maskclip_core.checkpoint import load_checkpoint
     from maskclip_core.config import get_config
     from maskclip_core.model import build_model
 
     models = []
     for name in names:
+        if name == "demo":
+            from maskclip_core.demo import DEMO_CHECKPOINT, load_demo_model
+
+            models.append(
+                ("demo", load_demo_model(), f"the embedded demo model ({DEMO_CHECKPOINT.name}, trained weights)")
+            )
+            continue
         if Path(name).exists():
             model = load_checkpoint(name)
             models.append((Path(name).stem, model, f"checkpoint {name} (config {model.config.name})"))
             continue
         get_config(name)  # unknown names fail here with the registry's message
+        torch.manual_seed(seed)  # the same random weights every run: artifacts in --workdir are reused
         models.append((name, build_model(name), f"config {name}, RANDOM weights (speed only; parity is still real)"))
     return models
-
-
-def export_artifact(model, precision: str, out_dir: Path, max_batch: int) -> Path:
-    """The exporter's artifact for this precision, dynamic batch 1..max_batch, gate included."""
-    from maskclip_export.artifact import export_artifact as export
-
-    return export(model, out_dir, precision=precision, batch=max_batch, dynamic=True, calib_images=None)
-
-
-def parity_against_torch(model, artifact_dir: Path, runtime: str, batch) -> dict:
-    """The export gate's comparison of this backend with PyTorch on the same preprocessed images."""
-    from maskclip_export.verify import compare_artifact
-
-    return compare_artifact(model, artifact_dir, batch, backend=runtime).summary()
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -72,11 +70,18 @@ def parity_against_torch(model, artifact_dir: Path, runtime: str, batch) -> dict
 @click.option("--device", default="cpu", show_default=True, help="cpu, or cuda[:N] for PyTorch CUDA / ORT CUDA / TRT.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Markdown report path.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="JSON report path.")
-@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), help="Where artifacts are exported.")
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where artifacts are exported; an artifact already there for the same weights is reused.",
+)
 @click.option("--profile/--no-profile", default=True, show_default=True, help="ORT per-op-type profile at batch 1.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the random weights of config models.")
 @click.option("--note", "notes", multiple=True, help="A line for the report's notes; repeatable.")
-def main(models, configs, backends, batch_sizes, warmup, iters, device, out, json_path, workdir, profile, notes):
-    """Benchmark MODELS (config names, e.g. tiny opensdi-vitl14, or checkpoint paths; default tiny)."""
+def main(models, configs, backends, batch_sizes, warmup, iters, device, out, json_path, workdir, profile, seed, notes):
+    """Benchmark MODELS: demo, config names (tiny, opensdi-vitl14: random weights) or checkpoint paths.
+
+    Default: tiny."""
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown:
         raise click.BadParameter(f"unknown backend(s) {', '.join(unknown)}", param_hint="--backends")
@@ -86,9 +91,10 @@ def main(models, configs, backends, batch_sizes, warmup, iters, device, out, jso
     settings = BenchSettings(backends, batch_sizes, warmup, iters, device, workdir or default_workdir())
     say = lambda text: click.echo(text, err=True)  # noqa: E731 - progress goes to stderr
 
+    load_at_start = os.getloadavg()
     say("measuring the GEMM ceiling")
     ceilings = measure_ceilings(device)
-    summaries, rows = run(load_models(names), settings, ceilings, export_artifact, parity_against_torch, say)
+    summaries, rows = run(load_models(names, seed), settings, ceilings, say)
     fp32_ceiling = best_ceiling(ceilings, "float32", device)
     report = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -102,6 +108,7 @@ def main(models, configs, backends, batch_sizes, warmup, iters, device, out, jso
         "models": summaries,
         "rows": rows,
         "notes": list(notes),
+        "load_average": {"start": list(load_at_start), "end": list(os.getloadavg())},
     }
     if profile and device == "cpu":
         report["op_profiles"] = _op_profiles(settings, rows)

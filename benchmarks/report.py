@@ -121,6 +121,14 @@ def render_markdown(report: dict) -> str:
         "- versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()),
         f"- settings: warm-up {report['warmup']}, {report['iters']} timed iterations per row, "
         f"batch sizes {', '.join(map(str, report['batch_sizes']))}",
+    ]
+    if report.get("load_average"):
+        start, end = (" / ".join(f"{x:.1f}" for x in report["load_average"][k]) for k in ("start", "end"))
+        lines.append(
+            f"- machine load average (1 / 5 / 15 min): {start} at start, {end} at end "
+            f"(above {env['cpu_cores']} other processes competed for the cores)"
+        )
+    lines += [
         "",
         "## Measured GEMM ceiling (one large square matmul, best of the repeats)",
         "",

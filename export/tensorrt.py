@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +41,10 @@ ONNX_OP_LAYER_TYPES = {
     "InstanceNormalization": "NORMALIZATION",
     "Softmax": "SOFTMAX",
 }
+
+
+class EngineGateFailed(RuntimeError):
+    """The engines ran but their outputs differ from the reference beyond the precision's tolerances."""
 
 
 class PrecisionPlanError(ValueError):
@@ -135,26 +139,22 @@ def engine_file_name(graph: GraphSpec, precision: str) -> str:
     return f"{Path(graph.file).name.split('.')[0]}.{precision}.engine"
 
 
-def calibration_batches(
-    artifact: Artifact, graph_index: int, images: Sequence[str | os.PathLike], batch_size: int
-) -> Iterator[dict[str, np.ndarray]]:
-    """Feeds for graph `graph_index` from real images: preprocessed exactly as deployed, then run through
-    the earlier graphs of a split artifact (ONNX Runtime, CPU) so every input carries real activations.
-    Only full batches: int8 calibration runs at one fixed shape."""
-    from maskclip_runtime.backends.onnxruntime import OnnxRuntimeRunner
+def _calibration_feeds(
+    artifact: Artifact, calib_images: Sequence[str | os.PathLike], batch: BatchSpec
+) -> tuple[int, dict[str, list[dict[str, np.ndarray]]]]:
+    """(calibration batch size, graph name -> feeds): the images preprocessed exactly as deployed and run
+    through the earlier fp32 graphs (split artifacts), in full batches of one shape."""
+    from .exporter import calibration_feeds
+    from .onnx_export import BatchSpec as ExportBatch
+    from .onnx_export import graph_specs
 
-    upstream = [OnnxRuntimeRunner(artifact.file(g.file)) for g in artifact.graphs[:graph_index]]
-    wanted = [t.name for t in artifact.graphs[graph_index].inputs]
-    try:
-        for start in range(0, len(images) - batch_size + 1, batch_size):
-            pictures = [load_image(p) for p in images[start : start + batch_size]]
-            tensors = {"image": preprocess_batch(pictures, artifact.preprocess)}
-            for runner in upstream:
-                tensors.update(runner.infer({n: tensors[n] for n in runner.input_names}))
-            yield {name: np.ascontiguousarray(tensors[name], dtype=np.float32) for name in wanted}
-    finally:
-        for runner in upstream:
-            runner.close()
+    calib_batch = max(batch.min, min(batch.opt, len(calib_images)))
+    if len(calib_images) < calib_batch:
+        raise PrecisionPlanError(f"{len(calib_images)} calibration images, fewer than the batch {calib_batch}")
+    images = preprocess_batch([load_image(p) for p in calib_images], artifact.preprocess)
+    specs = graph_specs(artifact.manifest.get("topology", "fused"))
+    paths = {graph.name: artifact.file(graph.file) for graph in artifact.graphs}
+    return calib_batch, calibration_feeds(specs, paths, images, ExportBatch(size=calib_batch, dynamic=False))
 
 
 def make_entropy_calibrator(trt, batches: Iterable[dict[str, np.ndarray]], batch_size: int, cache_path: Path):
@@ -303,14 +303,19 @@ def build_engines(
     timing_cache: str | os.PathLike | None = None,
     calib_images: Sequence[str | os.PathLike] = (),
     device: int = 0,
+    verify: bool = True,
+    reference: Predictor | None = None,
+    verify_images: str | None = None,
     log: Callable[[str], None] = print,
 ) -> list[dict]:
-    """Build one engine per graph of the artifact, write each with its header, record them in the manifest.
+    """Build one engine per graph of the artifact, write each with its header, record them in the manifest,
+    then run the export gate on the engines (`verify_engines`; reference: see there).
 
     precision defaults to the artifact's; batch to its manifest batch profile; timing_cache defaults to
     `timing.cache` in the artifact folder (reused by later builds). Engines from an earlier build are
     replaced. Returns the new manifest["engines"].
-    Raises BackendUnavailable (one line: what to install) when TensorRT or a GPU is missing.
+    Raises BackendUnavailable (one line: what to install) when TensorRT or a GPU is missing, and
+    EngineGateFailed when the engines do not match the reference within the precision's tolerances.
     """
     trt = import_tensorrt()
     artifact = load_artifact(artifact_dir)
@@ -333,19 +338,17 @@ def build_engines(
     engines = []
     # The hashes of the files the engines are built from, recorded in every engine header.
     source_files = {name: digest for name, digest in manifest["files"].items() if name not in old_engines}
-    for index, graph in enumerate(artifact.graphs):
+    if plan.calibrate:
+        calib_batch, feeds = _calibration_feeds(artifact, calib_images, batch)
+    for graph in artifact.graphs:
         shapes = profile_shapes(graph.inputs, batch)
         calibrator_factory = calibration_shapes = None
         if plan.calibrate:
-            calib_batch = max(batch.min, min(batch.opt, len(calib_images)))
-            if len(calib_images) < calib_batch:
-                raise PrecisionPlanError(f"{len(calib_images)} calibration images, fewer than the batch {calib_batch}")
             calibration_shapes = {name: (calib_batch, *low[1:]) for name, (low, _, _) in shapes.items()}
-            calib_cache = directory / f"{graph.name}.int8.calib"
 
-            def calibrator_factory(index=index, calib_batch=calib_batch, calib_cache=calib_cache):
-                feeds = calibration_batches(artifact, index, calib_images, calib_batch)
-                return make_entropy_calibrator(trt, feeds, calib_batch, calib_cache)
+            def calibrator_factory(graph=graph):
+                cache = directory / f"{graph.name}.int8.calib"
+                return make_entropy_calibrator(trt, feeds[graph.name], calib_batch, cache)
 
         log(f"building {precision} engine for graph {graph.name!r} ({graph.file}) with TensorRT {trt.__version__}")
         started = time.perf_counter()
@@ -384,6 +387,10 @@ def build_engines(
 
     manifest["engines"] = engines
     write_manifest(directory, manifest)
+    if verify:
+        report = verify_engines(directory, reference, verify_images, device, log)
+        if not report["passed"]:
+            raise EngineGateFailed(f"TensorRT {precision} engines fail the gate: {'; '.join(report['failures'])}")
     return engines
 
 
