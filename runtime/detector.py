@@ -195,7 +195,18 @@ def _tensorrt_runners(artifact: Artifact, device: str | None) -> list[Runner]:
             f"TensorRT backend is not available ({exc}); install 'maskclip[gpu]' on a CUDA machine "
             f"or use --backend onnxruntime"
         ) from None
-    return [TensorRTRunner(engines[g.name], device=index) for g in artifact.graphs]
+    runners: list[Runner] = []
+    try:
+        for graph in artifact.graphs:
+            runners.append(TensorRTRunner(engines[graph.name], device=index))
+    except (RuntimeError, ValueError) as exc:  # incompatible or corrupt engine, CUDA error: one clear line
+        for runner in runners:
+            runner.close()
+        if isinstance(exc, BackendUnavailable):
+            raise
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise BackendUnavailable(f"TensorRT cannot run this artifact: {reason}") from None
+    return runners
 
 
 def _cuda_index(device: str | None) -> int:

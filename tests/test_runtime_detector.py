@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
-from test_runtime_standin import build_standin_artifact, expected_standin_output, sample_photos
+from test_runtime_standin import (
+    build_standin_artifact,
+    expected_standin_output,
+    read_manifest,
+    sample_photos,
+    sha256_of,
+    write_manifest,
+)
 
+from maskclip_runtime import detector as detector_module
+from maskclip_runtime.backends import tensorrt as tensorrt_backend
 from maskclip_runtime.backends.base import BackendUnavailable
-from maskclip_runtime.backends.onnxruntime import providers_for
+from maskclip_runtime.backends.onnxruntime import OnnxRuntimeRunner, providers_for
 from maskclip_runtime.detector import Detector
+from maskclip_runtime.engine_header import EngineIncompatibleError
 
 
 @pytest.fixture(scope="module")
@@ -160,3 +172,72 @@ print(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision
     shape, heavy = done.stdout.strip().splitlines()
     assert shape == "(30, 40)"
     assert json.loads(heavy.replace("'", '"')) == []
+
+
+# ---- TensorRT selection, without a GPU: the engine runner is replaced by a stand-in
+
+
+@pytest.fixture
+def with_engines(tmp_path):
+    """A split artifact whose manifest lists one (fake) engine per graph, hashed like any file."""
+    folder = build_standin_artifact(tmp_path / "engines", "split")
+    manifest = read_manifest(folder)
+    manifest["engines"] = []
+    for graph in manifest["graphs"]:
+        engine = folder / f"{graph['name']}.fp32.engine"
+        engine.write_bytes(b"MCLIPTRT-not-a-real-plan-" + graph["name"].encode())
+        manifest["engines"].append({"graph": graph["name"], "file": engine.name})
+        manifest["files"][engine.name] = sha256_of(engine)
+    write_manifest(folder, manifest)
+    return folder
+
+
+class OnnxBackedEngineRunner(OnnxRuntimeRunner):
+    """Pretends to be TensorRTRunner: runs the ONNX graph that sits next to the engine file."""
+
+    opened: list = []
+
+    def __init__(self, engine_path, device=0):
+        OnnxBackedEngineRunner.opened.append((Path(engine_path).name, device))
+        super().__init__(Path(engine_path).with_name(Path(engine_path).name.split(".")[0] + ".onnx"))
+        self.backend = "tensorrt"
+
+
+def test_tensorrt_backend_uses_one_engine_per_graph(with_engines, photos, monkeypatch):
+    monkeypatch.setattr(tensorrt_backend, "TensorRTRunner", OnnxBackedEngineRunner)
+    OnnxBackedEngineRunner.opened = []
+    detector = Detector(with_engines, backend="tensorrt", device="cuda:1")
+    assert detector.backend == "tensorrt"
+    assert OnnxBackedEngineRunner.opened == [("features.fp32.engine", 1), ("heads.fp32.engine", 1)]
+    reference = Detector(with_engines, backend="onnxruntime").detect(photos)
+    for a, b in zip(detector.detect(photos), reference, strict=True):
+        assert a.fake_prob == pytest.approx(b.fake_prob, abs=1e-6)
+
+
+def test_tensorrt_missing_is_one_clear_line(with_engines):
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("TensorRT is installed here")
+    assert Detector(with_engines, backend="auto").backend.startswith("onnxruntime")  # auto: engines need TensorRT
+    with pytest.raises(BackendUnavailable, match=r"TensorRT.*maskclip\[gpu\]") as caught:
+        Detector(with_engines, backend="tensorrt")
+    assert "\n" not in str(caught.value)
+    with pytest.raises(BackendUnavailable, match="CUDA device"):
+        Detector(with_engines, backend="tensorrt", device="cpu")
+
+
+def test_auto_falls_back_to_onnxruntime_when_engines_do_not_fit(with_engines, monkeypatch, caplog):
+    class IncompatibleEngine(OnnxBackedEngineRunner):
+        def __init__(self, engine_path, device=0):
+            raise EngineIncompatibleError(f"{engine_path}: built for another GPU; rebuild the engine\nmore detail")
+
+    monkeypatch.setattr(tensorrt_backend, "TensorRTRunner", IncompatibleEngine)
+    monkeypatch.setattr(detector_module, "_tensorrt_preferred", lambda artifact, device: True)
+    with caplog.at_level("WARNING", logger="maskclip_runtime"):
+        detector = Detector(with_engines, backend="auto")
+    assert detector.backend.startswith("onnxruntime")
+    assert "falling back to ONNX Runtime" in caplog.text and "built for another GPU" in caplog.text
+    with pytest.raises(
+        BackendUnavailable, match="TensorRT cannot run this artifact: .*built for another GPU"
+    ) as caught:
+        Detector(with_engines, backend="tensorrt")
+    assert "\n" not in str(caught.value)
