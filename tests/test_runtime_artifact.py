@@ -9,6 +9,7 @@ import pytest
 from test_runtime_standin import SIZE, build_standin_artifact, read_manifest, write_manifest
 
 from maskclip_runtime import __version__
+from maskclip_runtime import artifact as artifact_module
 from maskclip_runtime.artifact import ArtifactError, file_sha256, load_artifact
 from maskclip_runtime.detector import Detector
 
@@ -111,3 +112,22 @@ def test_unreadable_manifest_is_refused(artifact):
 def test_file_sha256_matches_hashlib(artifact):
     path = artifact / "features.onnx"
     assert file_sha256(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_hashes_are_cached_only_for_files_at_rest(artifact, monkeypatch):
+    hashed = []
+    real_hash = artifact_module._hash_file
+    monkeypatch.setattr(artifact_module, "_hash_file", lambda path: hashed.append(path) or real_hash(path))
+    monkeypatch.setattr(artifact_module, "_HASH_CACHE", {})
+    load_artifact(artifact)
+    load_artifact(artifact)
+    assert len(hashed) == 4  # just written: hashed at every load
+    monkeypatch.setattr(artifact_module, "SETTLED_NS", -1)  # now treat the files as long at rest
+    hashed.clear()
+    load_artifact(artifact)
+    load_artifact(artifact)
+    assert len(hashed) == 2  # once per file
+    with open(artifact / "heads.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(ArtifactError, match=r"tampered or corrupted: heads\.onnx"):
+        load_artifact(artifact)  # the edit changed the file's key: hashed again
