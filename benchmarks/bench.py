@@ -67,17 +67,33 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-class PeakMemory:
-    """Peak resident memory growth (MB) while the block runs, sampled every few ms in a thread."""
+def _gpu_used_bytes(index: int) -> int:
+    import torch
 
-    def __init__(self, interval_s: float = 0.005):
+    free, total = torch.cuda.mem_get_info(index)
+    return total - free
+
+
+class PeakMemory:
+    """Peak memory growth (MB) while the block runs, sampled every few ms in a thread: resident memory
+    on the CPU, device memory in use (every allocator: torch, ONNX Runtime, TensorRT) on a CUDA device."""
+
+    def __init__(self, device: str = "cpu", interval_s: float = 0.005):
         self._interval = interval_s
         self._stop = threading.Event()
+        if device.startswith("cuda"):
+            import torch
+
+            torch.cuda.empty_cache()  # the previous row's cached blocks are not this row's
+            index = _cuda_index(device)
+            self._read = lambda: _gpu_used_bytes(index)
+        else:
+            self._read = _rss_bytes
         self.peak_mb = 0.0
 
     def __enter__(self) -> PeakMemory:
         gc.collect()
-        self._base = _rss_bytes()
+        self._base = self._read()
         self._peak = self._base
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
@@ -85,12 +101,12 @@ class PeakMemory:
 
     def _sample(self) -> None:
         while not self._stop.wait(self._interval):
-            self._peak = max(self._peak, _rss_bytes())
+            self._peak = max(self._peak, self._read())
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
-        self._peak = max(self._peak, _rss_bytes())
+        self._peak = max(self._peak, self._read())
         self.peak_mb = (self._peak - self._base) / 1e6
 
 
@@ -351,7 +367,7 @@ class ModelBench:
             try:
                 artifact_dir, build_s = self.prepare(backend)
                 parity = gate_parity(artifact_dir, BACKENDS[backend][0]) if artifact_dir else None
-                with PeakMemory() as memory:
+                with PeakMemory(self.settings.device) as memory:
                     session = self.open(backend, artifact_dir, build_s)
                     try:
                         measured = [self._measure(session, backend, row["batch"], ceilings) for row in base]
@@ -359,7 +375,7 @@ class ModelBench:
                         session.close()
                 extra = {
                     "parity": parity,
-                    "peak_memory_mb": self._peak_memory(memory),
+                    "peak_memory_mb": memory.peak_mb,
                     "artifact": str(artifact_dir) if artifact_dir else None,
                 }
                 rows += [{**row, **m, **extra} for row, m in zip(base, measured, strict=True)]
@@ -369,13 +385,6 @@ class ModelBench:
                 reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
                 rows += [{**row, "status": "failed", "reason": reason} for row in base]
         return rows
-
-    def _peak_memory(self, memory: PeakMemory) -> float:
-        if self.settings.device.startswith("cuda"):
-            import torch
-
-            return torch.cuda.max_memory_allocated() / 1e6 if torch.cuda.is_available() else memory.peak_mb
-        return memory.peak_mb
 
     def _measure(self, session: Session, backend: str, batch: int, ceilings: list) -> dict:
         rng = np.random.default_rng(batch)

@@ -40,9 +40,8 @@ def load_models(names: list[str], seed: int) -> list[tuple[str, object, str]]:
         if name == "demo":
             from maskclip_core.demo import DEMO_CHECKPOINT, load_demo_model
 
-            models.append(
-                ("demo", load_demo_model(), f"the embedded demo model ({DEMO_CHECKPOINT.name}, trained weights)")
-            )
+            description = f"the embedded demo model ({DEMO_CHECKPOINT.name}: tiny config trained on synthetic edits)"
+            models.append(("demo", load_demo_model(), description))
             continue
         if Path(name).exists():
             model = load_checkpoint(name)

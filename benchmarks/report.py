@@ -129,6 +129,11 @@ def render_markdown(report: dict) -> str:
             f"(above {env['cpu_cores']} other processes competed for the cores)"
         )
     lines += [
+        "- columns: model-only = forward on a ready batch (host/device copies included); end-to-end = JPEG "
+        "decode + preprocess + forward + mask resize to the image size; GFLOP/s = counted model FLOPs x batch / "
+        "model-only p50, against the best measured matmul of the row's compute type; peak memory = growth of "
+        "resident memory (CPU) or device memory in use (CUDA) while the backend loads and runs (the PyTorch "
+        "weights are loaded before); parity = the export gate's comparison with PyTorch eager fp32",
         "",
         "## Measured GEMM ceiling (one large square matmul, best of the repeats)",
         "",

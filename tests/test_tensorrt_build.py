@@ -141,19 +141,26 @@ def test_runner_without_tensorrt_says_what_to_install(tmp_path):
 
 
 @pytest.mark.gpu
-def test_runner_matches_onnxruntime_on_tiny(tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_engines_pass_the_gate_on_tiny(tmp_path, precision):
     pytest.importorskip("tensorrt", reason="TensorRT is not installed")
-    from maskclip_export.tensorrt import build_engines as build
+    from maskclip_core.model import build_model
+    from maskclip_export.exporter import ExportOptions, ModelSource, export_artifact
+    from maskclip_export.manifest import state_dict_digest
+    from maskclip_export.onnx_export import BatchSpec as ExportBatch
+    from maskclip_export.onnx_export import torch_reference
     from maskclip_runtime.artifact import load_artifact
-    from maskclip_runtime.backends.onnxruntime import OnnxRuntimeRunner
 
-    export = pytest.importorskip("maskclip_export.onnx", reason="the ONNX exporter is not available")
-    artifact_dir = export.export_artifact("tiny", tmp_path / "tiny")
-    build(artifact_dir, "fp32")
-    artifact = load_artifact(artifact_dir)
-    image = np.random.default_rng(0).standard_normal((1, 3, 128, 128), dtype=np.float32)
-    graph = artifact.graphs[0]
-    with TensorRTRunner(artifact.engines[graph.name]) as trt_runner:
-        got = trt_runner.infer({"image": image})
-    expected = OnnxRuntimeRunner(artifact.file(graph.file)).infer({"image": image})
-    np.testing.assert_allclose(got["fake_prob"], expected["fake_prob"], atol=1e-3)
+    model = build_model("tiny").eval()
+    out = tmp_path / precision
+    options = ExportOptions(out=out, precision=precision, batch=ExportBatch(size=4, dynamic=True))
+    export_artifact(ModelSource(model, "test", state_dict_digest(model)), options, progress=False)
+    engines = build_engines(out, reference=torch_reference(model, "fused"), log=lambda _: None)
+    artifact = load_artifact(out)
+    assert artifact.manifest["engine_verification"]["passed"]
+    assert engines[0]["profile"]["image"]["max"][0] == 4
+    image = np.random.default_rng(0).standard_normal((3, 3, 128, 128), dtype=np.float32)
+    with TensorRTRunner(artifact.engines["fused"]) as runner:
+        assert runner.infer({"image": image})["mask"].shape == (3, 1, 128, 128)
+        with pytest.raises(ShapeOutsideProfile):
+            runner.infer({"image": np.zeros((5, 3, 128, 128), np.float32)})
