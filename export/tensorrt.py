@@ -43,6 +43,11 @@ ONNX_OP_LAYER_TYPES = {
 }
 
 
+# TF32 is on by default and rounds fp32 matmul inputs to 10 mantissa bits: the parts of a graph
+# that are fp32 (all of an fp32 graph, the kept ops of a reduced one) must stay fp32.
+NO_TF32 = ("TF32",)
+
+
 class EngineGateFailed(RuntimeError):
     """The engines ran but their outputs differ from the reference beyond the precision's tolerances."""
 
@@ -81,10 +86,9 @@ def plan_precision(
                 f"(or, on TensorRT 10, an fp32) export"
             )
         # Precision is already in the graph (Cast / Q-DQ nodes): build exactly what it says.
-        return PrecisionPlan(precision, strongly_typed=True)
+        return PrecisionPlan(precision, strongly_typed=True, cleared_flags=NO_TF32)
     if precision == "fp32":
-        # TF32 is on by default and rounds fp32 matmul inputs to 10 mantissa bits: not an fp32 engine.
-        return PrecisionPlan("fp32", strongly_typed=False, cleared_flags=("TF32",))
+        return PrecisionPlan("fp32", strongly_typed=False, cleared_flags=NO_TF32)
     if _major(trt_version) >= 11:
         raise PrecisionPlanError(
             f"TensorRT {trt_version} has no fp16/int8 builder flags: export the {precision} graph first "
@@ -95,7 +99,7 @@ def plan_precision(
         precision,
         strongly_typed=False,
         builder_flags=(*flags, "OBEY_PRECISION_CONSTRAINTS"),
-        cleared_flags=("TF32",),
+        cleared_flags=NO_TF32,
         calibrate=precision == "int8",
         fp32_ops=tuple(fp32_ops),
     )

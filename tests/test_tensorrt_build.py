@@ -53,7 +53,8 @@ def test_fp32_engine_clears_tf32(version):
 def test_reduced_precision_graph_builds_strongly_typed_without_flags(version, precision):
     plan = plan_precision(version, precision, precision, FP32_OPS)
     assert plan.strongly_typed
-    assert plan.builder_flags == () and plan.cleared_flags == () and not plan.calibrate and plan.fp32_ops == ()
+    assert plan.builder_flags == () and not plan.calibrate and plan.fp32_ops == ()
+    assert plan.cleared_flags == ("TF32",)
 
 
 @pytest.mark.parametrize("precision", ["fp16", "int8"])
