@@ -285,11 +285,14 @@ def build_plan(
         for name, shape in calibration_shapes.items():
             calibration_profile.set_shape(name, shape, shape, shape)
         config.set_calibration_profile(calibration_profile)
-        config.int8_calibrator = calibrator_factory()
+        calibrator = calibrator_factory()  # held here: the config does not keep the Python object alive
+        config.int8_calibrator = calibrator
 
     if timing_cache is not None:
         cache_bytes = timing_cache.read_bytes() if timing_cache.is_file() else b""
-        config.set_timing_cache(config.create_timing_cache(cache_bytes), ignore_mismatch=False)
+        if not config.set_timing_cache(config.create_timing_cache(cache_bytes), ignore_mismatch=False):
+            log(f"  {timing_cache.name} was made on another GPU or TensorRT version: starting a new one")
+            config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
 
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
