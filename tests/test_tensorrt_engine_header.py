@@ -4,6 +4,7 @@ import json
 import struct
 
 import pytest
+
 from maskclip_runtime.engine_header import (
     MAGIC,
     MAX_HEADER_BYTES,

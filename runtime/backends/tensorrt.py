@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Sequence
 
 import numpy as np
+
 from maskclip_runtime.backends.base import BackendUnavailable, Runner
 from maskclip_runtime.engine_header import check_engine_compatible, read_engine_header, read_plan
 
