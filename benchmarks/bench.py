@@ -360,9 +360,10 @@ class ModelBench:
         session.build_s = build_s
         return session
 
-    def rows(self, ceilings: list) -> list[dict]:
+    def rows(self, ceilings: list, progress: Callable[[str], None]) -> list[dict]:
         rows = []
         for backend in self.settings.backends:
+            progress(f"{self.name} {backend}: preparing and timing")
             base = [{"model": self.name, "backend": backend, "batch": batch} for batch in self.settings.batch_sizes]
             try:
                 artifact_dir, build_s = self.prepare(backend)
@@ -433,7 +434,7 @@ def run(
                 "gflop_per_image": bench.flops / 1e9,
             }
         )
-        model_rows = bench.rows(ceilings)
+        model_rows = bench.rows(ceilings, progress)
         for row in model_rows:
             progress(f"{name} {row['backend']} batch {row['batch']}: {row['status']} {row.get('reason', '')}")
         rows += model_rows
