@@ -101,6 +101,9 @@ class OnnxRuntimeRunner(Runner):
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             options.intra_op_num_threads = int(threads)
+        # Idle ORT threads otherwise busy-wait for the next run, taking the cores that decode the
+        # next batch meanwhile: measured 1.7x end-to-end images/s on 2 cores with spinning off.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3  # errors only; provider fallbacks are reported by us
         try:
             self._session = ort.InferenceSession(os.fspath(path), sess_options=options, providers=providers)
