@@ -17,10 +17,13 @@ from pathlib import Path
 import click
 import torch
 
+from maskclip_runtime.preprocess import ImageLoadError
+
 from .exporter import ExportError, ExportOptions, GateFailed, ModelSource, export_artifact
 from .manifest import state_dict_digest
 from .onnx_export import BatchSpec
 from .op_support import UnsupportedOpsError
+from .verify import VerificationError
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -126,7 +129,7 @@ def main(
         manifest = export_artifact(source, options, progress=not quiet, log=lambda m: click.echo(m, err=True))
     except GateFailed as exc:
         _fail(f"{exc}; report: {exc.report_path}", 2)
-    except (ExportError, UnsupportedOpsError) as exc:
+    except (ExportError, UnsupportedOpsError, VerificationError, ImageLoadError) as exc:
         _fail(str(exc))
     report = manifest["verification"]
     if report.get("skipped"):

@@ -13,6 +13,7 @@ import shutil
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -194,11 +195,15 @@ def _check_output_location(out: Path) -> None:
         raise ExportError(f"output folder {out.parent} is not writable")
 
 
-def _make_staging(out: Path) -> Path:
+def _make_staging(out: Path, kind: str) -> Path:
+    """A fresh hidden folder beside `out` (same filesystem, so the final move is a rename); unlike
+    mkdtemp it gets the usual umask permissions, which the installed artifact keeps."""
+    path = out.parent / f".{out.name}.{kind}-{uuid.uuid4().hex[:8]}"
     try:
-        return Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+        path.mkdir()
     except OSError as exc:
         raise ExportError(f"cannot write into {out.parent}: {exc.strerror or exc}") from None
+    return path
 
 
 def _install(staging: Path, out: Path) -> None:
@@ -247,8 +252,8 @@ def export_artifact(
     # export (+ convert) each graph, calibrate, op check, verify (2 sides), manifest
     total = len(specs) * (2 if converted else 1) + (options.precision == "int8") + 2 + 2 * options.verify
     steps = _Steps(total, progress)
-    staging = _make_staging(out)
-    work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.fp32-")) if converted else staging
+    staging = _make_staging(out, "partial")
+    work = _make_staging(out, "fp32") if converted else staging
     try:
         announce_graph = lambda name: steps.start(f"export {name}")  # noqa: E731
         fp32_paths = export_graphs(source.model, work, options.topology, options.batch, options.opset, announce_graph)

@@ -35,15 +35,18 @@ EDITED_SAMPLES = ("astronaut", "coffee", "chelsea", "rocket")
 
 @dataclass(frozen=True)
 class Tolerances:
-    """Gate limits; None = recorded, not gated."""
+    """Gate limits; None = recorded, not gated. Mask IoU limits apply to the mean over images."""
 
     max_prob_diff: float | None
     max_flip_rate: float
     min_mask_iou: float | None
+    max_mask_diff: float | None = None
 
 
+# fp32 also gates the mask: fake_prob depends on the CLIP branch only, so without a mask limit a
+# broken MAE/decoder path would pass an fp32 export.
 GATES = {
-    "fp32": Tolerances(max_prob_diff=1e-4, max_flip_rate=0.0, min_mask_iou=None),
+    "fp32": Tolerances(max_prob_diff=1e-4, max_flip_rate=0.0, min_mask_iou=0.99, max_mask_diff=1e-3),
     "fp16": Tolerances(max_prob_diff=None, max_flip_rate=0.005, min_mask_iou=0.98),
     "int8": Tolerances(max_prob_diff=None, max_flip_rate=0.01, min_mask_iou=0.90),
 }
@@ -204,6 +207,9 @@ def gate_failures(stats: dict, tolerances: Tolerances) -> list[str]:
     if not stats["flip_rate"] <= tolerances.max_flip_rate:
         rate, limit = stats["flip_rate"], tolerances.max_flip_rate
         failures.append(f"{stats['flips']}/{stats['images']} decision flips ({rate:.2%} > {limit:.2%})")
+    mask_diff = stats["outputs"]["mask"]["max_abs"]
+    if tolerances.max_mask_diff is not None and not mask_diff <= tolerances.max_mask_diff:
+        failures.append(f"max |mask| diff {mask_diff:.3g} > {tolerances.max_mask_diff:g}")
     if tolerances.min_mask_iou is not None and not stats["mask_iou_mean"] >= tolerances.min_mask_iou:
         failures.append(f"mean mask IoU {stats['mask_iou_mean']:.4f} < {tolerances.min_mask_iou}")
     return failures

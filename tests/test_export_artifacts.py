@@ -1,0 +1,259 @@
+"""maskclip-export on `tiny`: every topology/precision passes its gate, and the gate catches a broken graph.
+
+Exports are module-scoped and shared: each one costs seconds, the checks on it milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+from PIL import Image
+
+from maskclip_export.exporter import ExportOptions, GateFailed, ModelSource, export_artifact
+from maskclip_export.manifest import state_dict_digest
+from maskclip_export.onnx_export import BatchSpec, torch_reference
+from maskclip_export.verify import chain_predictor, default_verification_images, verify
+from maskclip_runtime.artifact import file_sha256, load_artifact
+from maskclip_runtime.backends.onnxruntime import OnnxRuntimeRunner
+from maskclip_runtime.preprocess import PreprocessSpec, preprocess_batch
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Two shared cores: torch's thread pool spinning against other processes costs 100x here."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def source(tiny_model):
+    return ModelSource(tiny_model, "random init (tiny)", state_dict_digest(tiny_model))
+
+
+@pytest.fixture(scope="module")
+def calib_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("calib")
+    for name, image in default_verification_images()[:6]:
+        Image.fromarray(image).save(folder / f"{name}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def images(tiny_model):
+    """A few preprocessed sample images (feeds for direct graph comparisons)."""
+    return preprocess_batch([image for _, image in default_verification_images()[:6]], tiny_model.preprocess_spec())
+
+
+def _export(source, out, **kw) -> dict:
+    return export_artifact(source, ExportOptions(out=out, **kw), progress=False)
+
+
+@pytest.fixture(scope="module")
+def fused_dynamic(source, tmp_path_factory):
+    out = tmp_path_factory.mktemp("art") / "fused-dyn"
+    return out, _export(source, out, batch=BatchSpec(4, dynamic=True))
+
+
+@pytest.fixture(scope="module")
+def split_static(source, tmp_path_factory):
+    out = tmp_path_factory.mktemp("art") / "split-b2"
+    return out, _export(source, out, topology="split", batch=BatchSpec(2))
+
+
+@pytest.fixture(scope="module")
+def fused_fp16(source, tmp_path_factory):
+    out = tmp_path_factory.mktemp("art") / "fused-fp16"
+    return out, _export(source, out, precision="fp16")
+
+
+@pytest.fixture(scope="module")
+def fused_int8(source, calib_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("art") / "fused-int8"
+    return out, _export(source, out, precision="int8", calib=str(calib_dir))
+
+
+@pytest.fixture(scope="module")
+def split_int8(source, calib_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("art") / "split-int8"
+    return out, _export(source, out, topology="split", precision="int8", calib=str(calib_dir), calib_count=4)
+
+
+@pytest.fixture(scope="module")
+def split_fp16(source, tmp_path_factory):
+    out = tmp_path_factory.mktemp("art") / "split-fp16"
+    return out, _export(source, out, topology="split", precision="fp16", batch=BatchSpec(2, dynamic=True))
+
+
+ALL = ["fused_dynamic", "split_static", "fused_fp16", "fused_int8", "split_int8", "split_fp16"]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_each_export_passes_its_gate_and_loads_in_the_runtime(name, request):
+    out, manifest = request.getfixturevalue(name)
+    report = manifest["verification"]
+    assert report["passed"], report["failures"]
+    assert report["images"] >= 16
+    assert report["flips"] == 0
+    assert report["mask_iou_mean"] >= {"fp32": 0.999, "fp16": 0.98, "int8": 0.90}[manifest["precision"]]
+    if manifest["precision"] == "fp32":
+        assert report["max_prob_diff"] <= 1e-4
+    artifact = load_artifact(out)  # hashes, chain and format accepted by the runtime
+    assert artifact.model_id == manifest["model"]["model_id"]
+    assert set(manifest["files"]) == {p.name for p in out.iterdir()} - {"manifest.json"}
+    for graph in manifest["graphs"]:
+        for tensor in graph["inputs"] + graph["outputs"]:
+            assert tensor["dtype"] == "float32", (graph["name"], tensor)  # reduced precision stays inside
+    assert not list(out.parent.glob(f".{out.name}.*")), "staging folders left behind"
+
+
+def test_manifest_records_the_contract_fields(fused_dynamic, tiny_model):
+    out, manifest = fused_dynamic
+    assert manifest["format"] == "maskclip-artifact" and manifest["format_version"] == 1
+    assert manifest["model"]["config"] == json.loads(tiny_model.config.to_json())
+    assert manifest["model"]["model_id"].startswith("tiny-") and len(manifest["model"]["model_id"]) == 17
+    assert PreprocessSpec.from_dict(manifest["preprocess"]) == tiny_model.preprocess_spec()
+    assert manifest["threshold"] == 0.5 and manifest["topology"] == "fused" and manifest["precision"] == "fp32"
+    assert manifest["batch"] == {"dynamic": True, "min": 1, "opt": 1, "max": 4}
+    assert set(manifest["versions"]) >= {"torch", "onnx", "onnxruntime", "opset", "maskclip"}
+    assert manifest["versions"]["opset"] == 17
+    assert manifest["files"]["model.onnx"] == file_sha256(out / "model.onnx")
+    (graph,) = manifest["graphs"]
+    assert graph["inputs"] == [{"name": "image", "shape": ["batch", 3, 128, 128], "dtype": "float32"}]
+    assert [(t["name"], t["shape"]) for t in graph["outputs"]] == [
+        ("logits", ["batch", 2]),
+        ("fake_prob", ["batch"]),
+        ("mask", ["batch", 1, 128, 128]),
+    ]
+
+
+def test_no_text_tower_in_the_graph(fused_dynamic, tiny_model):
+    """T is a constant: no token embedding table (vocab x width) among the initializers."""
+    out, _ = fused_dynamic
+    model = onnx.load(str(out / "model.onnx"))
+    vocab = tiny_model.config.clip.vocab_size
+    assert not [t.name for t in model.graph.initializer if vocab in t.dims]
+
+
+def test_dynamic_batch_1_and_3_through_the_same_graph(fused_dynamic, tiny_model, images):
+    out, _ = fused_dynamic
+    runner = OnnxRuntimeRunner(out / "model.onnx")
+    reference = torch_reference(tiny_model, "fused")
+    for batch in (1, 3):
+        got = runner.infer({"image": images[:batch]})
+        want = reference(images[:batch])
+        assert got["mask"].shape == (batch, 1, 128, 128) and got["fake_prob"].shape == (batch,)
+        np.testing.assert_allclose(got["fake_prob"], want["fake_prob"], atol=1e-5)
+        np.testing.assert_allclose(got["mask"], want["mask"], atol=1e-5)
+
+
+def test_static_batch_is_pinned_in_every_graph(split_static):
+    out, manifest = split_static
+    for graph in manifest["graphs"]:
+        model = onnx.load(str(out / graph["file"]))
+        assert [i.type.tensor_type.shape.dim[0].dim_value for i in model.graph.input] == [2] * len(graph["inputs"])
+
+
+def test_split_chain_equals_fused(split_static, fused_dynamic, images):
+    split_out, split_manifest = split_static
+    fused_out, _ = fused_dynamic
+    chain = chain_predictor([OnnxRuntimeRunner(split_out / g["file"]) for g in split_manifest["graphs"]])
+    fused = OnnxRuntimeRunner(fused_out / "model.onnx")
+    for start in range(0, 6, 2):
+        batch = images[start : start + 2]
+        got, want = chain(batch), fused.infer({"image": batch})
+        for name in ("logits", "fake_prob", "mask"):
+            np.testing.assert_allclose(got[name], want[name], atol=2e-5, err_msg=name)
+
+
+def test_split_report_has_per_graph_errors(split_static):
+    _, manifest = split_static
+    outputs = manifest["verification"]["outputs"]
+    assert {"clip_cls", "clip_maps", "features", "logits", "fake_prob", "mask"} <= set(outputs)
+
+
+def test_fp16_keeps_sensitive_ops_in_fp32(fused_fp16):
+    out, manifest = fused_fp16
+    assert {"LayerNormalization", "Softmax", "Sigmoid"} <= set(manifest["fp32_ops"])
+    model = onnx.load(str(out / "model.onnx"))
+    fp16_weights = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16]
+    assert fp16_weights, "no fp16 weights: conversion did nothing"
+
+
+def test_int8_graph_is_symmetric_qdq(fused_int8):
+    out, manifest = fused_int8
+    model = onnx.load(str(out / "model.onnx"))
+    ops = {n.op_type for n in model.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    zero_points = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer if "zero_point" in t.name}
+    assert zero_points and all(not z.any() for z in zero_points.values())
+    assert manifest["int8"]["calibration_images"] == 6
+    assert {"LayerNormalization", "Softmax", "Sigmoid"} <= set(manifest["fp32_ops"])
+
+
+def test_corrupted_graph_fails_the_gate(fused_dynamic, tiny_model, tmp_path):
+    out, _ = fused_dynamic
+    model = onnx.load(str(out / "model.onnx"))
+    weight = max(model.graph.initializer, key=lambda t: numpy_helper.to_array(t).size)
+    values = numpy_helper.to_array(weight).copy()
+    values.flat[: values.size // 4] *= 1.5  # a quarter of the largest weight off by 50%
+    weight.CopyFrom(numpy_helper.from_array(values, weight.name))
+    onnx.save(model, str(tmp_path / "corrupt.onnx"))
+    names, images = zip(*default_verification_images(), strict=True)
+    batch = preprocess_batch(list(images), tiny_model.preprocess_spec())
+    report = verify(
+        torch_reference(tiny_model, "fused"),
+        chain_predictor([OnnxRuntimeRunner(tmp_path / "corrupt.onnx")]),
+        batch,
+        names,
+        "fp32",
+        0.5,
+        BatchSpec(4, dynamic=True),
+    )
+    assert not report["passed"]
+    assert any("mask" in f for f in report["failures"]), report["failures"]
+
+
+def test_failed_gate_leaves_no_artifact_and_keeps_the_report(source, tmp_path, monkeypatch):
+    """End to end: a graph corrupted after export -> GateFailed, nothing at --out, report in <out>.failed."""
+    import maskclip_export.exporter as exporter
+
+    real_export = exporter.export_graphs
+
+    def export_then_corrupt(*args, **kwargs):
+        paths = real_export(*args, **kwargs)
+        model = onnx.load(str(paths["fused"]))
+        for tensor in model.graph.initializer:
+            if tensor.data_type == onnx.TensorProto.FLOAT and len(tensor.dims) == 2:
+                values = numpy_helper.to_array(tensor) * 1.2
+                tensor.CopyFrom(numpy_helper.from_array(values.astype(np.float32), tensor.name))
+        onnx.save(model, str(paths["fused"]))
+        return paths
+
+    monkeypatch.setattr(exporter, "export_graphs", export_then_corrupt)
+    out = tmp_path / "broken"
+    with pytest.raises(GateFailed) as caught:
+        _export(source, out)
+    assert not out.exists()
+    failed = tmp_path / "broken.failed"
+    assert caught.value.report_path == failed / "verification.json"
+    assert not (failed / "manifest.json").exists()  # nothing a runtime would load
+    report = json.loads(caught.value.report_path.read_text())
+    assert report["passed"] is False and report["failures"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.failed"]
+
+
+def test_reexport_replaces_an_existing_artifact(source, tmp_path):
+    out = tmp_path / "art"
+    first = _export(source, out, verify=False)
+    assert first["verification"] == {"skipped": True, "passed": None}
+    second = _export(source, out, verify=False, batch=BatchSpec(3))
+    assert second["batch"] == {"dynamic": False, "size": 3}
+    load_artifact(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]

@@ -1,0 +1,128 @@
+"""maskclip-export's command line: bad input fails in one line, non-zero, with nothing half-written."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from maskclip_core.checkpoint import save_checkpoint
+from maskclip_export.cli import main
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_model, tmp_path_factory):
+    return save_checkpoint(tiny_model, tmp_path_factory.mktemp("ckpt") / "tiny.safetensors")
+
+
+def _run(*args):
+    return CliRunner().invoke(main, ["--quiet", *map(str, args)])
+
+
+def _assert_one_line_error(result, *fragments):
+    assert result.exit_code != 0, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.output
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+
+
+def _nothing_written(folder):
+    assert list(folder.iterdir()) == [], sorted(p.name for p in folder.iterdir())
+
+
+def test_checkpoint_export_records_its_source(checkpoint, tmp_path):
+    out = tmp_path / "art"
+    result = _run("--checkpoint", checkpoint, "--config", "tiny", "--out", out, "--no-verify")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["model"]["source"] == str(checkpoint.resolve())
+    assert manifest["model"]["config_name"] == "tiny"
+    assert "verification: skipped" in result.output
+
+
+def test_missing_checkpoint(tmp_path):
+    _assert_one_line_error(_run("--checkpoint", tmp_path / "nope.safetensors", "--out", tmp_path / "a"), "not found")
+    _nothing_written(tmp_path)
+
+
+def test_checkpoint_of_another_config(checkpoint, tmp_path):
+    result = _run("--checkpoint", checkpoint, "--config", "opensdi-vitl14", "--out", tmp_path / "a")
+    _assert_one_line_error(result, "'tiny'", "'opensdi-vitl14'")
+    _nothing_written(tmp_path)
+
+
+def test_unknown_config(tmp_path):
+    _assert_one_line_error(_run("--config", "huge", "--out", tmp_path / "a"), "unknown config")
+    _nothing_written(tmp_path)
+
+
+def test_unwritable_output_folder(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    _assert_one_line_error(_run("--config", "tiny", "--out", blocker / "sub" / "art"), "cannot create output folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_output_folder_with_foreign_files_is_not_replaced(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "thesis.tex").write_text("precious")
+    _assert_one_line_error(_run("--config", "tiny", "--out", out), "not empty")
+    assert (out / "thesis.tex").read_text() == "precious"
+
+
+def test_empty_calibration_folder(tmp_path):
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    result = _run("--config", "tiny", "--out", tmp_path / "a", "--int8", "--calib", calib)
+    _assert_one_line_error(result, "no calibration images")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["calib"]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--int8"], "--calib"),
+        (["--fp16", "--int8", "--calib", "x"], "exclusive"),
+        (["--fp16", "--calib", "x"], "only used with --int8"),
+        (["--opset", "11"], "--opset"),
+        (["--batch", "0"], "batch"),
+        (["--no-verify", "--verify-images", "x"], "contradict"),
+    ],
+)
+def test_invalid_combinations_rejected_up_front(flags, message, tmp_path):
+    _assert_one_line_error(_run("--config", "tiny", "--out", tmp_path / "a", *flags), message)
+    _nothing_written(tmp_path)
+
+
+def test_verification_images_folder_without_images(tmp_path):
+    empty = tmp_path / "imgs"
+    empty.mkdir()
+    _assert_one_line_error(_run("--config", "tiny", "--out", tmp_path / "a", "--verify-images", empty), "no images")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["imgs"]
+
+
+def test_trt_without_tensorrt_keeps_the_onnx_and_says_so(tmp_path):
+    pytest.importorskip("onnxruntime")
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("TensorRT is installed here")
+    out = tmp_path / "art"
+    result = _run("--config", "tiny", "--out", out, "--no-verify", "--trt")
+    _assert_one_line_error(result, "TensorRT is not available")
+    assert (out / "manifest.json").is_file() and (out / "model.onnx").is_file()
