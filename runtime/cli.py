@@ -271,10 +271,11 @@ def _infer(detector: Detector, chunk: list[Decoded]) -> list[tuple[Decoded, Dete
 
 
 def _finish(detector: Detector, decoded: Decoded, detection: Detection | None, outputs: ImageOutputs) -> dict:
-    """Write the image's PNGs and return its JSON record (or its error record)."""
+    """Resize the mask, write the image's PNGs and return its JSON record (or its error record)."""
     if detection is None:
         return {"path": decoded.path, "error": decoded.error}
     start = time.perf_counter()
+    fraction = detection.mask_fraction  # resizes the mask to the photo's size, here in a worker thread
     mask_path, overlay_path = outputs.mask_path(decoded.path), outputs.overlay_path(decoded.path)
     try:
         if mask_path:
@@ -283,7 +284,7 @@ def _finish(detector: Detector, decoded: Decoded, detection: Detection | None, o
             save_overlay_png(decoded.image, detection.mask, overlay_path)
     except OSError as exc:
         return {"path": decoded.path, "error": f"{decoded.path}: cannot write outputs: {exc}"}
-    writing_ms = (time.perf_counter() - start) * 1e3
+    finishing_ms = (time.perf_counter() - start) * 1e3
     return {
         "path": decoded.path,
         "sha256": decoded.sha256,
@@ -292,12 +293,12 @@ def _finish(detector: Detector, decoded: Decoded, detection: Detection | None, o
         "fake_prob": round(detection.fake_prob, 6),
         "verdict": detection.verdict,
         "threshold": detection.threshold,
-        "mask_fraction": round(detection.mask_fraction, 6),
+        "mask_fraction": round(fraction, 6),
         "mask": mask_path,
         "overlay": overlay_path,
         "backend": detector.backend,
         "model_id": detector.model_id,
-        "ms": round(decoded.ms + detection.ms + writing_ms, 2),
+        "ms": round(decoded.ms + detection.ms + finishing_ms, 2),
     }
 
 

@@ -12,6 +12,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from PIL import Image
@@ -27,16 +28,29 @@ BACKENDS = ("auto", "onnxruntime", "tensorrt")
 
 @dataclass(frozen=True)
 class Detection:
-    """The answer for one image."""
+    """The answer for one image.
+
+    The original-size mask is made on first use: callers that only want the verdict skip the
+    resize, and the CLI does it in its worker threads instead of between two inference calls.
+    """
 
     fake_prob: float  # probability that the image contains generated content
     verdict: str  # "fake" when fake_prob > threshold, else "real"
-    mask: np.ndarray  # float32 [height, width]: per-pixel probability of being generated
-    mask_fraction: float  # share of pixels whose probability is > threshold
     threshold: float
     width: int
     height: int
-    ms: float  # this image's share of the wall time: preprocess + inference + mask resize
+    ms: float  # this image's share of the wall time: preprocess + inference
+    model_mask: np.ndarray  # float32 [S, S] as the model produced it
+
+    @cached_property
+    def mask(self) -> np.ndarray:
+        """float32 [height, width]: per-pixel probability of being generated, at the image's own size."""
+        return resize_probability_map(self.model_mask, self.width, self.height)
+
+    @cached_property
+    def mask_fraction(self) -> float:
+        """Share of pixels whose probability is > threshold."""
+        return float(np.count_nonzero(self.mask > self.threshold)) / self.mask.size
 
 
 @dataclass(frozen=True)
@@ -122,15 +136,13 @@ class Detector:
         mask = tensors["mask"]
         if mask.ndim == 4:  # [B,1,S,S] -> [B,S,S]
             mask = mask[:, 0]
-        return tensors["fake_prob"].reshape(-1)[:n], mask[:n]
+        # Copies: a runner may hand out views of buffers it reuses (TensorRT's pinned host memory),
+        # and Detections keep their mask beyond the next call.
+        return tensors["fake_prob"].reshape(-1)[:n].copy(), mask[:n].copy()
 
     def _detection(self, item: PreparedImage, fake_prob: float, mask: np.ndarray, shared_ms: float) -> Detection:
-        start = time.perf_counter()
-        full = resize_probability_map(mask, item.width, item.height)
-        fraction = float(np.count_nonzero(full > self.threshold)) / full.size
-        ms = item.ms + shared_ms + (time.perf_counter() - start) * 1e3
         verdict = "fake" if fake_prob > self.threshold else "real"
-        return Detection(fake_prob, verdict, full, fraction, self.threshold, item.width, item.height, ms)
+        return Detection(fake_prob, verdict, self.threshold, item.width, item.height, item.ms + shared_ms, mask)
 
     def close(self) -> None:
         for runner in self._runners:
