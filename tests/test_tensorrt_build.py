@@ -136,6 +136,21 @@ def test_build_engines_without_tensorrt_says_what_to_install(tmp_path):
 
 
 @needs_no_tensorrt
+def test_export_trt_without_tensorrt_keeps_onnx_and_exits_with_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from maskclip_export.cli import main as export_main
+
+    out = tmp_path / "tiny"
+    result = CliRunner().invoke(export_main, ["--config", "tiny", "--out", str(out), "--no-verify", "--quiet", "--trt"])
+    assert result.exit_code == 3, result.output
+    error_lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1
+    assert "pip install 'maskclip[gpu]' (TensorRT 10+) or use the system TensorRT on JetPack" in error_lines[0]
+    assert (out / "manifest.json").is_file() and (out / "model.onnx").is_file()
+
+
+@needs_no_tensorrt
 def test_runner_without_tensorrt_says_what_to_install(tmp_path):
     with pytest.raises(BackendUnavailable, match=r"TensorRT is not installed: pip install 'maskclip\[gpu\]'"):
         TensorRTRunner(tmp_path / "model.fp16.engine")
