@@ -50,9 +50,9 @@ class MaskCLIPDataset(Dataset):
     an item is the same on every rank, worker and resumed run; call `set_epoch` every epoch.
     """
 
-    def __init__(self, samples: list[Sample], image_size: int, train: bool = False, seed: int = 0):
+    def __init__(self, samples: list[Sample], spec: PreprocessSpec | int, train: bool = False, seed: int = 0):
         self.samples = samples
-        self.spec = PreprocessSpec(size=image_size)
+        self.spec = spec if isinstance(spec, PreprocessSpec) else PreprocessSpec(size=spec)
         self.train = train
         self.seed = seed
         self.epoch = 0

@@ -50,9 +50,9 @@ class SynthGenerator:
 
 
 GENERATORS: dict[str, SynthGenerator] = {
-    "sd15-like": SynthGenerator(8, 48, 2.0, "bicubic", "checker", 5.0),
-    "sdxl-like": SynthGenerator(4, 64, 1.5, "bilinear", "grid", 4.0),
-    "flux-like": SynthGenerator(8, 32, 3.0, "nearest+blur", "stripes", 4.0),
+    "sd15-like": SynthGenerator(8, 32, 2.0, "bicubic", "checker", 8.0),
+    "sdxl-like": SynthGenerator(4, 48, 1.5, "bilinear", "grid", 7.0),
+    "flux-like": SynthGenerator(8, 24, 3.0, "nearest+blur", "stripes", 7.0),
 }
 
 # Photos that ship inside scikit-image and scikit-learn (no download). Grey ones become RGB.
@@ -93,19 +93,18 @@ def load_photo(name: str) -> np.ndarray:
 
 
 def random_crop(photo: np.ndarray, rng: np.random.Generator, min_size: int, max_size: int) -> np.ndarray:
-    """Random crop (35-100% of the short side, aspect 3:4-4:3), flip, resized to a side in [min_size, max_size]."""
+    """Random square crop (35-100% of the short side), flip, resized to a side in [min_size, max_size].
+
+    Square, so that the model's square resize scales the generator's periodic trace evenly.
+    """
     h, w = photo.shape[:2]
-    side = rng.uniform(0.35, 1.0) * min(h, w)
-    aspect = rng.uniform(0.75, 4 / 3)
-    ch, cw = min(h, round(side * aspect**0.5)), min(w, round(side / aspect**0.5))
-    y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-    crop = photo[y : y + ch, x : x + cw]
+    side = round(rng.uniform(0.35, 1.0) * min(h, w))
+    y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+    crop = photo[y : y + side, x : x + side]
     if rng.random() < 0.5:
         crop = crop[:, ::-1]
-    long_side = int(rng.integers(min_size, max_size + 1))
-    scale = long_side / max(ch, cw)
-    size = (max(min_size // 2, round(cw * scale)), max(min_size // 2, round(ch * scale)))
-    return np.ascontiguousarray(cv2.resize(crop, size, interpolation=cv2.INTER_AREA))
+    size = int(rng.integers(min_size, max_size + 1))
+    return np.ascontiguousarray(cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA))
 
 
 def render(image: np.ndarray, gen: SynthGenerator, rng: np.random.Generator) -> np.ndarray:

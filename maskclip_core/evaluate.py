@@ -1,0 +1,111 @@
+"""Evaluation: any predictor, the same data pipeline and the same metric code (EVALUATION.md).
+
+A predictor maps a preprocessed batch float32 [B,3,S,S] to (fake_prob [B], mask_prob [B,S',S']).
+`TorchPredictor` wraps a PyTorch MaskCLIP; `ArtifactPredictor` wraps an exported artifact through
+maskclip_runtime's Detector (imported lazily), so a deployed model is scored exactly like its
+checkpoint. Images are preprocessed with the predictor's own PreprocessSpec; masks are scored at
+that size (the model's image size: 512 for the paper's model).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from maskclip_core.data import MaskCLIPDataset, Sample
+from maskclip_core.metrics import MetricAccumulator, format_table
+from maskclip_core.model import MaskCLIP
+from maskclip_runtime.preprocess import PreprocessSpec, resize_probability_map
+
+
+class Predictor(Protocol):
+    spec: PreprocessSpec
+    threshold: float
+    name: str
+
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+class TorchPredictor:
+    """A PyTorch MaskCLIP as a predictor (eval mode, inference mode)."""
+
+    def __init__(self, model: MaskCLIP, device: str | torch.device = "cpu", name: str = "pytorch"):
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.spec = model.preprocess_spec()
+        self.threshold = model.config.threshold
+        self.name = name
+
+    @torch.inference_mode()
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        out = self.model(torch.from_numpy(images).to(self.device))
+        return out["fake_prob"].float().cpu().numpy(), out["mask_prob"][:, 0].float().cpu().numpy()  # [B], [B,S,S]
+
+
+class ArtifactPredictor:
+    """An exported artifact run by maskclip_runtime's Detector (ONNX Runtime or TensorRT)."""
+
+    def __init__(self, path: str | Path, backend: str = "auto", device: str | None = None):
+        from maskclip_runtime.detector import Detector
+
+        self.detector = Detector(path, backend=backend, device=device)
+        self.spec = self.detector.artifact.preprocess
+        self.threshold = self.detector.threshold
+        self.name = f"artifact:{self.detector.backend}"
+
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        probs, masks = [], []
+        for start in range(0, len(images), self.detector.batch_size):
+            p, m = self.detector.forward(images[start : start + self.detector.batch_size])
+            probs.append(p)
+            masks.append(m)
+        return np.concatenate(probs), np.concatenate(masks)
+
+
+def _collate(items: list[dict]) -> dict:
+    return {
+        "image": np.stack([it["image"].numpy() for it in items]),
+        "mask": [it["mask"][0].numpy() for it in items],
+        "label": [int(it["label"]) for it in items],
+        "generator": [it["generator"] for it in items],
+        "kind": [it["kind"] for it in items],
+    }
+
+
+def evaluate(predictor: Predictor, samples: list[Sample], batch_size: int = 16, workers: int = 0) -> dict:
+    """Score a predictor on samples -> summary {generator: {iou, f1, acc, det_f1, auc, ...}, "AVG": ...}."""
+    dataset = MaskCLIPDataset(samples, predictor.spec)
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_collate)
+    size = predictor.spec.size
+    acc = MetricAccumulator(predictor.threshold)
+    for batch in tqdm(loader, desc="evaluate", dynamic_ncols=True):
+        fake_prob, mask_prob = predictor(batch["image"])
+        for i, prob in enumerate(fake_prob):
+            kind = batch["kind"][i]
+            pred = mask_prob[i]
+            if kind == "partial" and pred.shape != (size, size):
+                pred = resize_probability_map(pred, size, size)
+            acc.update(batch["generator"][i], batch["label"][i], float(prob), kind, pred, batch["mask"][i])
+    return acc.summary()
+
+
+def report(summary: dict, **context) -> dict:
+    """The JSON document `maskclip-eval` saves: context (model, data, ...) + the table + its text form."""
+    clean = {
+        g: {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+        for g, row in summary.items()
+    }
+    return {**context, "metrics": clean, "table": format_table(summary)}
+
+
+def save_report(doc: dict, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=2) + "\n")
