@@ -26,6 +26,8 @@ class CheckpointError(ValueError):
 def checkpoint_files(path: str | Path) -> tuple[Path, Path]:
     """-> (weights .safetensors, config .json) for a file or folder checkpoint path."""
     path = Path(path)
+    if path.name in ("model.safetensors", "config.json"):  # inside a folder checkpoint
+        return path.parent / "model.safetensors", path.parent / "config.json"
     if path.suffix == ".safetensors":
         return path, path.with_suffix(".json")
     if path.suffix == ".json":
