@@ -191,6 +191,9 @@ def test_checkpoint_round_trip(tmp_path, tiny_model):
         a, b = tiny_model(x), loaded(x)
     for k in a:
         torch.testing.assert_close(a[k], b[k])
+    folder = save_checkpoint(tiny_model, tmp_path / "ckpt").parent  # folder form: model.safetensors + config.json
+    for form in (folder, folder / "model.safetensors", folder / "config.json"):
+        assert load_checkpoint(form).config == tiny_model.config
     # the pickle-free format: a config of another model refuses the weights, naming the file
     doc = json.loads(path.with_suffix(".json").read_text())
     doc["config"]["mae"]["width"] = 48
