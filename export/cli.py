@@ -17,6 +17,7 @@ from pathlib import Path
 import click
 import torch
 
+from maskclip_runtime.backends.base import BackendUnavailable
 from maskclip_runtime.preprocess import ImageLoadError
 
 from .exporter import ExportError, ExportOptions, GateFailed, ModelSource, export_artifact
@@ -61,14 +62,15 @@ def load_source(checkpoint: str | None, config: str | None) -> ModelSource:
         raise ExportError(
             "no embedded demo model in this install; pass --checkpoint PATH or --config NAME (random init)"
         ) from None
-    model = load_demo_model().eval()
+    try:
+        model = load_demo_model().eval()
+    except CheckpointError as exc:
+        raise ExportError(f"embedded demo model unavailable ({exc}); pass --checkpoint or --config") from None
     return ModelSource(model, "embedded demo model", state_dict_digest(model))
 
 
 def _build_engines(out: Path, calib: str | None, calib_count: int) -> None:
     """--trt: engines into the installed artifact; TensorRT missing -> one line and exit 3 (ONNX kept)."""
-    from maskclip_runtime.backends.base import BackendUnavailable
-
     from .verify import image_paths
 
     try:
@@ -129,7 +131,7 @@ def main(
         manifest = export_artifact(source, options, progress=not quiet, log=lambda m: click.echo(m, err=True))
     except GateFailed as exc:
         _fail(f"{exc}; report: {exc.report_path}", 2)
-    except (ExportError, UnsupportedOpsError, VerificationError, ImageLoadError) as exc:
+    except (ExportError, UnsupportedOpsError, VerificationError, ImageLoadError, BackendUnavailable) as exc:
         _fail(str(exc))
     report = manifest["verification"]
     if report.get("skipped"):

@@ -109,6 +109,9 @@ class _Steps:
         self.bar.set_description(name)
         self._current = (name, time.perf_counter())
 
+    def start_export(self, graph: str) -> None:
+        self.start(f"export {graph}")
+
     def finish(self) -> None:
         if self._current:
             name, started = self._current
@@ -229,25 +232,75 @@ def _keep_failed(staging: Path, out: Path, report: dict) -> Path:
     return failed / "verification.json"
 
 
+def _write_graphs(
+    source: ModelSource, options: ExportOptions, staging: Path, work: Path, steps: _Steps
+) -> tuple[dict[str, Path], list[str], dict]:
+    """fp32 export into `work`, then the requested precision into `staging`.
+
+    Returns ({graph name: final path}, op types kept in fp32, manifest extras)."""
+    specs = graph_specs(options.topology)
+    fp32_paths = export_graphs(
+        source.model, work, options.topology, options.batch, options.opset, on_graph=steps.start_export
+    )
+    fp32_ops, extra = [], {}
+    if options.precision == "fp16":
+        fp32_ops = _to_fp16(specs, fp32_paths, staging, steps)
+    elif options.precision == "int8":
+        fp32_ops, extra = _to_int8(options, source, specs, fp32_paths, staging, steps)
+    return {spec.name: staging / spec.file for spec in specs}, fp32_ops, extra
+
+
+def _run_gate(
+    source: ModelSource,
+    options: ExportOptions,
+    paths: dict[str, Path],
+    names: list[str],
+    images: np.ndarray,
+    steps: _Steps,
+) -> dict:
+    """PyTorch vs ONNX Runtime on the verification images -> the gate report."""
+    steps.start(f"verify: PyTorch ({len(images)} images)")
+    runners = [OnnxRuntimeRunner(path) for path in paths.values()]
+
+    def announce(side: str) -> None:
+        if side == "candidate":
+            steps.start(f"verify: ONNX Runtime ({len(images)} images)")
+
+    try:
+        report = verify(
+            torch_reference(source.model, options.topology),
+            chain_predictor(runners),
+            images,
+            names,
+            options.precision,
+            source.model.config.threshold,
+            options.batch,
+            progress=announce,
+        )
+    finally:
+        for runner in runners:
+            runner.close()
+    return {**report, "candidate_backend": runners[0].backend}
+
+
 def export_artifact(
     source: ModelSource, options: ExportOptions, progress: bool = True, log: Callable[[str], None] = print
 ) -> dict:
     """Export, verify and install an artifact at options.out; returns its manifest.
 
     Raises ExportError (bad options or inputs, nothing written), GateFailed (report kept in <out>.failed),
-    UnsupportedOpsError (a graph TensorRT would reject).
+    UnsupportedOpsError (a graph TensorRT would reject), VerificationError (no usable verification images).
     """
     options.validate()
     out = Path(options.out)
     _check_output_location(out)
     if options.calib:
         calibration_paths(options.calib, options.calib_count)  # fail before any work
-    specs = graph_specs(options.topology)
-    preprocess = source.model.preprocess_spec()
     if options.verify:
-        names, images = verification_batch(preprocess, options.verify_images)
+        names, images = verification_batch(source.model.preprocess_spec(), options.verify_images)
         if len(images) < MIN_VERIFICATION_IMAGES:
             log(f"warning: verifying on {len(images)} images (fewer than {MIN_VERIFICATION_IMAGES})")
+    specs = graph_specs(options.topology)
     converted = options.precision != "fp32"
     # export (+ convert) each graph, calibrate, op check, verify (2 sides), manifest
     total = len(specs) * (2 if converted else 1) + (options.precision == "int8") + 2 + 2 * options.verify
@@ -255,38 +308,12 @@ def export_artifact(
     staging = _make_staging(out, "partial")
     work = _make_staging(out, "fp32") if converted else staging
     try:
-        announce_graph = lambda name: steps.start(f"export {name}")  # noqa: E731
-        fp32_paths = export_graphs(source.model, work, options.topology, options.batch, options.opset, announce_graph)
-        fp32_ops, extra = [], {}
-        if options.precision == "fp16":
-            fp32_ops = _to_fp16(specs, fp32_paths, staging, steps)
-        elif options.precision == "int8":
-            fp32_ops, extra = _to_int8(options, source, specs, fp32_paths, staging, steps)
-        paths = {spec.name: staging / spec.file for spec in specs}
+        paths, fp32_ops, extra = _write_graphs(source, options, staging, work, steps)
         steps.start("TensorRT op check")
         check_tensorrt_ops(paths)
-        report: dict = {"skipped": True, "passed": None}
+        report = {"skipped": True, "passed": None}
         if options.verify:
-            steps.start(f"verify: PyTorch ({len(images)} images)")
-            runners = [OnnxRuntimeRunner(paths[spec.name]) for spec in specs]
-
-            def announce(side: str) -> None:
-                if side == "candidate":
-                    steps.start(f"verify: ONNX Runtime ({len(images)} images)")
-
-            report = verify(
-                torch_reference(source.model, options.topology),
-                chain_predictor(runners),
-                images,
-                names,
-                options.precision,
-                source.model.config.threshold,
-                options.batch,
-                progress=announce,
-            )
-            report["candidate_backend"] = runners[0].backend
-            for runner in runners:
-                runner.close()
+            report = _run_gate(source, options, paths, names, images, steps)
         steps.start("manifest")
         manifest = build_manifest(
             source.model,
@@ -300,9 +327,7 @@ def export_artifact(
             options.opset,
             extra,
         )
-        manifest["verification"] = report
-        manifest["export_seconds"] = steps.timings
-        write_manifest(staging, manifest)
+        write_manifest(staging, {**manifest, "verification": report, "export_seconds": steps.timings})
         load_artifact(staging)  # the runtime must accept what was written
         steps.close()
         if report["passed"] is False:

@@ -12,6 +12,7 @@ graph and folded by onnxslim, and the resulting input shape is asserted either w
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -163,6 +164,7 @@ def save_onnx(model: onnx.ModelProto, path: Path) -> list[Path]:
         location=data.name,
         size_threshold=1024,
     )
+    shutil.copymode(path, data)  # onnx creates the data file owner-only; the artifact is shared like the graph
     return [path, data]
 
 

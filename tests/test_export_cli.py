@@ -112,17 +112,3 @@ def test_verification_images_folder_without_images(tmp_path):
     empty.mkdir()
     _assert_one_line_error(_run("--config", "tiny", "--out", tmp_path / "a", "--verify-images", empty), "no images")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["imgs"]
-
-
-def test_trt_without_tensorrt_keeps_the_onnx_and_says_so(tmp_path):
-    pytest.importorskip("onnxruntime")
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("TensorRT is installed here")
-    out = tmp_path / "art"
-    result = _run("--config", "tiny", "--out", out, "--no-verify", "--trt")
-    _assert_one_line_error(result, "TensorRT is not available")
-    assert (out / "manifest.json").is_file() and (out / "model.onnx").is_file()
