@@ -213,6 +213,7 @@ def end_to_end(session: Session, paths: Sequence[Path], spec, threshold: float) 
 
 
 def torch_session(model, device: str) -> Session:
+    """PyTorch eager fp32 on `device` (the baseline row); closing moves the model back to the CPU."""
     import torch
 
     model = model.to(device).eval()
@@ -224,7 +225,12 @@ def torch_session(model, device: str) -> Session:
                 torch.cuda.synchronize()
         return out["fake_prob"].float().cpu().numpy(), out["mask_prob"][:, 0].float().cpu().numpy()
 
-    return Session(forward, lambda: None)
+    def close() -> None:
+        model.to("cpu")  # the exports that follow trace the model on the CPU
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+
+    return Session(forward, close)
 
 
 def artifact_session(artifact_dir: Path, runtime: str, device: str, batch: int) -> Session:
