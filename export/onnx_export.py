@@ -148,10 +148,14 @@ def weights_bytes(model: onnx.ModelProto) -> int:
     return sum(len(t.raw_data) for t in model.graph.initializer)
 
 
+def needs_external_data(model: onnx.ModelProto) -> bool:
+    return weights_bytes(model) > EXTERNAL_DATA_BYTES
+
+
 def save_onnx(model: onnx.ModelProto, path: Path) -> list[Path]:
     """Save, with external data beside the file when the weights are large; returns the files written."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    if weights_bytes(model) <= EXTERNAL_DATA_BYTES:
+    if not needs_external_data(model):
         onnx.save_model(model, str(path))
         return [path]
     data = path.with_name(path.name + ".data")

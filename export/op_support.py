@@ -42,12 +42,12 @@ def tensorrt_op_table() -> dict:
     return json.loads(text)
 
 
-def _zero_point_is_zero(node: onnx.NodeProto, constants: dict[str, onnx.TensorProto]) -> bool:
+def _zero_point_is_zero(node: onnx.NodeProto, constants: dict[str, onnx.TensorProto], base_dir: str) -> bool:
     """TensorRT needs symmetric quantisation: a Q/DQ zero point, when given, must be all zeros."""
     if len(node.input) < 3 or not node.input[2]:
         return True
     tensor = constants.get(node.input[2])
-    return tensor is not None and not numpy_helper.to_array(tensor).any()
+    return tensor is not None and not numpy_helper.to_array(tensor, base_dir).any()
 
 
 def _resize_issue(node: onnx.NodeProto) -> str | None:
@@ -70,8 +70,10 @@ def _node_constants(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
     return constants
 
 
-def find_unsupported_ops(model: onnx.ModelProto, graph_name: str = "graph") -> list[OpIssue]:
-    """Every node (subgraphs included) whose op or settings TensorRT would reject."""
+def find_unsupported_ops(model: onnx.ModelProto, graph_name: str = "graph", base_dir: str = "") -> list[OpIssue]:
+    """Every node (subgraphs included) whose op or settings TensorRT would reject.
+
+    base_dir: the model file's folder, for tensors kept in external data (large per-channel zero points)."""
     table = tensorrt_op_table()
     supported = table["supported"]
     opset = next((o.version for o in model.opset_import if o.domain in DEFAULT_DOMAINS), None)
@@ -87,7 +89,7 @@ def find_unsupported_ops(model: onnx.ModelProto, graph_name: str = "graph") -> l
                 issues.append(OpIssue(graph_name, node.name, f"{node.domain}.{node.op_type}", "custom domain"))
             elif node.op_type not in supported:
                 issues.append(OpIssue(graph_name, node.name, node.op_type, "not in TensorRT's ONNX operator list"))
-            elif node.op_type in QDQ_OPS and not _zero_point_is_zero(node, constants):
+            elif node.op_type in QDQ_OPS and not _zero_point_is_zero(node, constants, base_dir):
                 issues.append(OpIssue(graph_name, node.name, node.op_type, "non-zero zero point"))
             elif node.op_type == "Resize" and (reason := _resize_issue(node)):
                 issues.append(OpIssue(graph_name, node.name, node.op_type, reason))
@@ -103,7 +105,7 @@ def check_tensorrt_ops(paths: dict[str, Path]) -> None:
     """Raise UnsupportedOpsError naming every offending op across the graphs {graph name: onnx path}."""
     issues: list[OpIssue] = []
     for name, path in paths.items():
-        issues += find_unsupported_ops(onnx.load(str(path), load_external_data=False), name)
+        issues += find_unsupported_ops(onnx.load(str(path), load_external_data=False), name, str(path.parent))
     if issues:
         version = tensorrt_op_table()["tensorrt_version"]
         ops = sorted({f"{i.graph}: {i.op_type}" for i in issues})

@@ -23,7 +23,7 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
-from .onnx_export import EXTERNAL_DATA_BYTES, graph_files, save_onnx, weights_bytes
+from .onnx_export import graph_files, needs_external_data, save_onnx
 
 # Ops that overflow or lose too much in fp16 in ViT encoders (the deployment hazards of this model
 # family): normalisation statistics, attention softmax, and the sigmoid that makes mask probabilities.
@@ -53,12 +53,14 @@ def convert_to_fp16(src: Path, dst: Path) -> list[str]:
     """fp32 graph -> mixed-precision graph with fp32 IO; returns the op types kept in fp32."""
     model = onnx.load(str(src))
     keep = fp16_block_list(model)
-    large = weights_bytes(model) > EXTERNAL_DATA_BYTES
-    if large:  # in-memory shape inference cannot serialise >2 GiB; infer from the file instead
-        with tempfile.TemporaryDirectory(prefix="maskclip-fp16-") as tmp:
-            inferred = Path(tmp) / "inferred.onnx"
-            onnx.shape_inference.infer_shapes_path(str(src), str(inferred))
-            model = onnx.load(str(inferred))
+    large = needs_external_data(model)
+    if large:
+        # In-memory shape inference cannot serialise > 2 GiB: infer from the file, writing the result
+        # beside it so its external-data reference still resolves.
+        inferred = src.with_name(f"{src.stem}.shapes.onnx")
+        onnx.shape_inference.infer_shapes_path(str(src), str(inferred))
+        model = onnx.load(str(inferred))
+        inferred.unlink()
     # ORT's default block list (ops without fp16 kernels) stays in; ours is added on top.
     fp16 = convert_float_to_float16(
         model, keep_io_types=True, op_block_list=[*DEFAULT_OP_BLOCK_LIST, *keep], disable_shape_infer=large

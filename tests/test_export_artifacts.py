@@ -257,3 +257,18 @@ def test_reexport_replaces_an_existing_artifact(source, tmp_path):
     assert second["batch"] == {"dynamic": False, "size": 3}
     load_artifact(out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_large_graphs_travel_with_external_data(precision, source, calib_dir, tmp_path, monkeypatch):
+    """The >1 GiB path of opensdi-vitl14 (weights in <file>.data), exercised on tiny with a low limit."""
+    import maskclip_export.onnx_export as onnx_export
+
+    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_BYTES", 100_000)
+    out = tmp_path / precision
+    calib = str(calib_dir) if precision == "int8" else None
+    manifest = _export(source, out, precision=precision, calib=calib, calib_count=2)
+    assert manifest["verification"]["passed"], manifest["verification"]["failures"]
+    assert {"model.onnx", "model.onnx.data"} <= set(manifest["files"])
+    load_artifact(out)
+    assert OnnxRuntimeRunner(out / "model.onnx").infer({"image": np.zeros((1, 3, 128, 128), np.float32)})
