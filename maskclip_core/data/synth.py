@@ -50,9 +50,9 @@ class SynthGenerator:
 
 
 GENERATORS: dict[str, SynthGenerator] = {
-    "sd15-like": SynthGenerator(8, 32, 2.0, "bicubic", "checker", 8.0),
-    "sdxl-like": SynthGenerator(4, 48, 1.5, "bilinear", "grid", 7.0),
-    "flux-like": SynthGenerator(8, 24, 3.0, "nearest+blur", "stripes", 7.0),
+    "sd15-like": SynthGenerator(8, 32, 2.0, "bicubic", "checker", 18.0),
+    "sdxl-like": SynthGenerator(4, 48, 1.5, "bilinear", "grid", 16.0),
+    "flux-like": SynthGenerator(8, 24, 3.0, "nearest+blur", "stripes", 16.0),
 }
 
 # Photos that ship inside scikit-image and scikit-learn (no download). Grey ones become RGB.
