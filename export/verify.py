@@ -159,6 +159,14 @@ def mask_iou(reference: np.ndarray, candidate: np.ndarray, threshold: float) -> 
     return np.where(union == 0, 1.0, inter / np.maximum(union, 1))
 
 
+def mask_agreement(reference: np.ndarray, candidate: np.ndarray, threshold: float) -> np.ndarray:
+    """Per-image fraction of pixels on the same side of the threshold (well-conditioned where IoU is not:
+    a reference mask of a few pixels gives IoU 0 for one pixel of difference)."""
+    ref = reference.reshape(len(reference), -1) > threshold
+    cand = candidate.reshape(len(candidate), -1) > threshold
+    return (ref == cand).mean(axis=1)
+
+
 def output_errors(reference: np.ndarray, candidate: np.ndarray) -> dict:
     """max abs error, and max rel error = max abs error / max |reference| (stable near zeros)."""
     diff = np.abs(candidate.astype(np.float64) - reference.astype(np.float64))
@@ -178,6 +186,7 @@ def compare(reference: dict, candidate: dict, names: Sequence[str], threshold: f
     ref_prob, prob = reference["fake_prob"], candidate["fake_prob"]
     flips = (ref_prob > threshold) != (prob > threshold)
     ious = mask_iou(reference["mask"], candidate["mask"], threshold)
+    areas = (reference["mask"].reshape(len(ious), -1) > threshold).mean(axis=1)
     return {
         "images": len(ref_prob),
         "outputs": {name: output_errors(reference[name], candidate[name]) for name in common},
@@ -186,6 +195,8 @@ def compare(reference: dict, candidate: dict, names: Sequence[str], threshold: f
         "flip_rate": float(flips.mean()),
         "mask_iou_mean": float(ious.mean()),
         "mask_iou_min": float(ious.min()),
+        "mask_pixel_agreement_min": float(mask_agreement(reference["mask"], candidate["mask"], threshold).min()),
+        "reference_mask_area_min": float(areas.min()),
         "per_image": [
             {
                 "image": name,
@@ -193,8 +204,9 @@ def compare(reference: dict, candidate: dict, names: Sequence[str], threshold: f
                 "fake_prob": float(p),
                 "flip": bool(f),
                 "mask_iou": float(iou),
+                "reference_mask_area": float(area),
             }
-            for name, r, p, f, iou in zip(names, ref_prob, prob, flips, ious, strict=True)
+            for name, r, p, f, iou, area in zip(names, ref_prob, prob, flips, ious, areas, strict=True)
         ],
     }
 
