@@ -13,14 +13,16 @@ import click
 
 from maskclip_core.checkpoint import CheckpointError
 from maskclip_core.data import DataError
+from maskclip_core.weights import WeightsUnavailableError
 
 
 def _fail(exc: Exception) -> None:
-    click.echo(f"error: {exc}", err=True)
+    message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc  # KeyError's str() adds quotes
+    click.echo(f"error: {message}", err=True)
     sys.exit(2)
 
 
-USER_ERRORS = (DataError, CheckpointError, FileNotFoundError, KeyError, ValueError)
+USER_ERRORS = (DataError, CheckpointError, FileNotFoundError, KeyError, ValueError, WeightsUnavailableError)
 
 
 @click.command(context_settings={"show_default": True})
@@ -112,7 +114,7 @@ def evaluate(data, split, checkpoint, artifact, backend, device, batch_size, wor
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder (train/, test/).")
 @click.option("--seed", default=0, type=int)
 @click.option("--count", default=800, type=int, help="Training images per generator (half real).")
-@click.option("--test-count", default=200, type=int, help="Held-out images per generator (other photos).")
+@click.option("--test-count", default=200, type=int, help="Held-out images per generator (own crops and edits).")
 @click.option("--generators", default=None, help="Comma-separated subset of sd15-like, sdxl-like, flux-like.")
 @click.option("--min-size", default=128, type=int, help="Shortest long side of an image.")
 @click.option("--max-size", default=192, type=int, help="Longest long side of an image.")

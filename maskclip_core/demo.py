@@ -119,7 +119,7 @@ def main(work, clip_steps, epochs, lr, workers, install):
     work = Path(work)
     timings = {}
     start = time.time()
-    data = synthesize(work / "synth", seed=0, train_count=800, test_count=200, min_size=128, max_size=160)
+    data = synthesize(work / "synth", seed=0, train_count=800, test_count=200, min_size=128, max_size=128)
     timings["synth_s"] = time.time() - start
     start = time.time()
     clip = pretrain_clip(str(data), "train", work / "clip-tiny-proxy.safetensors", steps=clip_steps, workers=workers)

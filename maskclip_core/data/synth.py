@@ -20,7 +20,9 @@ Layout written (OpenSDID's columns; HF image structs {bytes, path}):
   keys: real/<generator>/real/000123.jpg, partial/<generator>/fake/000124.jpg,
         full/<generator>/fake/000125.jpg  (mask: PNG for partial fakes, None otherwise)
 Each generator's file holds its own real images, so per-generator detection scores have both
-classes. Train and test use disjoint source photos. Output is byte-identical for a given seed.
+classes. Only 15 photos ship offline, so train and test share source photos but never an image:
+each split draws its own crops, regions and noise from its own random stream. Output is
+byte-identical for a given seed.
 """
 
 from __future__ import annotations
@@ -56,9 +58,11 @@ GENERATORS: dict[str, SynthGenerator] = {
 }
 
 # Photos that ship inside scikit-image and scikit-learn (no download). Grey ones become RGB.
-TRAIN_PHOTOS = (
+PHOTOS = (
     "astronaut",
     "chelsea",
+    "coffee",
+    "rocket",
     "hubble_deep_field",
     "immunohistochemistry",
     "camera",
@@ -67,9 +71,10 @@ TRAIN_PHOTOS = (
     "moon",
     "brick",
     "grass",
+    "gravel",
     "sklearn:china.jpg",
+    "sklearn:flower.jpg",
 )
-TEST_PHOTOS = ("coffee", "rocket", "gravel", "sklearn:flower.jpg")
 
 _UPSAMPLE = {"bicubic": cv2.INTER_CUBIC, "bilinear": cv2.INTER_LINEAR, "nearest+blur": cv2.INTER_NEAREST}
 # Shares of each generator's images: real, partial edit, full synthesis.
@@ -232,9 +237,9 @@ def synthesize(
     unknown = [g for g in generators if g not in GENERATORS]
     if unknown:
         raise ValueError(f"unknown synthetic generator(s) {', '.join(unknown)}; known: {', '.join(GENERATORS)}")
-    for split, names, count in (("train", TRAIN_PHOTOS, train_count), ("test", TEST_PHOTOS, test_count)):
+    photos = [load_photo(n) for n in PHOTOS]
+    for split, count in (("train", train_count), ("test", test_count)):
         if count > 0:
-            photos = [load_photo(n) for n in names]
             write_split(out, split, photos, count, seed, generators, min_size, max_size, progress)
     settings = {
         "proxy": "synthetic edits, NOT OpenSDID (see maskclip_core/data/synth.py)",
@@ -243,8 +248,7 @@ def synthesize(
         "test_count_per_generator": test_count,
         "sizes": [min_size, max_size],
         "composition": dict(COMPOSITION),
-        "train_photos": list(TRAIN_PHOTOS),
-        "test_photos": list(TEST_PHOTOS),
+        "photos": list(PHOTOS),
         "generators": {g: asdict(GENERATORS[g]) for g in generators},
     }
     (out / "synth.json").write_text(json.dumps(settings, indent=2) + "\n")
