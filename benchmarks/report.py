@@ -126,7 +126,7 @@ def render_markdown(report: dict) -> str:
         start, end = (" / ".join(f"{x:.1f}" for x in report["load_average"][k]) for k in ("start", "end"))
         lines.append(
             f"- machine load average (1 / 5 / 15 min): {start} at start, {end} at end "
-            f"(above {env['cpu_cores']} other processes competed for the cores)"
+            f"(a load above the {env['cpu_cores']} cores means other processes competed for them)"
         )
     lines += [
         "- columns: model-only = forward on a ready batch (host/device copies included); end-to-end = JPEG "
