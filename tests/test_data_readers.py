@@ -70,7 +70,7 @@ def test_parquet_mask_rules(tmp_path, struct):
 
 def test_dataset_item_uses_shared_preprocessing(tmp_path):
     samples = open_samples(_write_parquet(tmp_path / "sd15.parquet"))
-    item = MaskCLIPDataset(samples, image_size=32)[1]
+    item = MaskCLIPDataset(samples, 32)[1]
     assert item["image"].shape == (3, 32, 32) and item["mask"].shape == item["edge"].shape == (1, 32, 32)
     image, _ = load_sample(samples[1])
     np.testing.assert_array_equal(item["image"].numpy(), resize_and_normalize(image, PreprocessSpec(size=32)))

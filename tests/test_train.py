@@ -23,11 +23,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    # 8 small images (4 real, 3 partial, 1 full) of one generator.
+    # 4 small images (2 real, 2 partial) of one generator: 2 steps per epoch at batch 2.
     return synthesize(
         tmp_path_factory.mktemp("synth"),
         seed=0,
-        train_count=8,
+        train_count=4,
         test_count=0,
         generators=["sd15-like"],
         min_size=64,
