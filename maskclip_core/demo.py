@@ -32,6 +32,7 @@ from maskclip_core.config import get_config
 from maskclip_core.data import MaskCLIPDataset, open_samples
 from maskclip_core.model import MaskCLIP
 from maskclip_core.model.clip_tower import ClipTower
+from maskclip_core.train import cosine_lr
 
 DEMO_CHECKPOINT = Path(__file__).resolve().parent / "weights" / "maskclip-tiny-demo.safetensors"
 DEMO_MODEL_CARD = DEMO_CHECKPOINT.parent / "MODEL_CARD.md"
@@ -60,7 +61,7 @@ def pretrain_clip(
     tower.model.visual.requires_grad_(True)
     width = cfg.clip.width
     heads = nn.ModuleDict({"image": nn.Linear(width, 2), "patch": nn.Linear(width, 1)})
-    params = [p for p in tower.model.visual.parameters()] + list(heads.parameters())
+    params = [*tower.model.visual.parameters(), *heads.parameters()]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
     dataset = MaskCLIPDataset(open_samples(data, split), cfg.image_size, train=True, seed=seed)
     grid = cfg.clip.grid
@@ -88,7 +89,7 @@ def pretrain_clip(
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 for group in optimizer.param_groups:
-                    group["lr"] = 0.5 * lr * (1 + torch.cos(torch.tensor(torch.pi * step / steps)).item())
+                    group["lr"] = cosine_lr(lr, step, steps)
                 optimizer.step()
                 step += 1
                 bar.update(1)
