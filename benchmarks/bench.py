@@ -366,7 +366,7 @@ class ModelBench:
         session.build_s = build_s
         return session
 
-    def rows(self, ceilings: list, progress: Callable[[str], None]) -> list[dict]:
+    def rows(self, progress: Callable[[str], None]) -> list[dict]:
         rows = []
         for backend in self.settings.backends:
             progress(f"{self.name} {backend}: preparing and timing")
@@ -377,7 +377,7 @@ class ModelBench:
                 with PeakMemory(self.settings.device) as memory:
                     session = self.open(backend, artifact_dir, build_s)
                     try:
-                        measured = [self._measure(session, backend, row["batch"], ceilings) for row in base]
+                        measured = [self._measure(session, backend, row["batch"]) for row in base]
                     finally:
                         session.close()
                 extra = {
@@ -393,7 +393,7 @@ class ModelBench:
                 rows += [{**row, "status": "failed", "reason": reason} for row in base]
         return rows
 
-    def _measure(self, session: Session, backend: str, batch: int, ceilings: list) -> dict:
+    def _measure(self, session: Session, backend: str, batch: int) -> dict:
         rng = np.random.default_rng(batch)
         ready = rng.standard_normal((batch, 3, self.size, self.size), dtype=np.float32)
         model_ms = percentiles(time_calls(lambda: session.forward(ready), self.settings.warmup, self.settings.iters))
@@ -403,28 +403,33 @@ class ModelBench:
                 lambda: end_to_end(session, paths, self.spec, self.threshold), self.settings.warmup, self.settings.iters
             )
         )
-        achieved = achieved_gflops(self.flops, batch, model_ms["p50"])
         dtype = "float32" if BACKENDS[backend][1] in ("fp32", "int8") else "float16"
         if self.settings.device == "cpu" and dtype == "float16":
             dtype = "bfloat16"  # the CPU's reduced-precision GEMM peak
-        ceiling = best_ceiling(ceilings, dtype, self.settings.device)
         return {
             "status": "ok",
             "model_ms": model_ms,
             "e2e_ms": e2e_ms,
             "images_per_s": batch * 1e3 / model_ms["p50"],
-            "gflops": achieved,
-            "ceiling": ceiling.to_dict() if ceiling else None,
-            "ceiling_fraction": achieved / ceiling.gflops if ceiling else None,
+            "gflops": achieved_gflops(self.flops, batch, model_ms["p50"]),
+            "compute_dtype": dtype,
             "artifact_mb": session.artifact_mb,
             "build_s": session.build_s,
         }
 
 
+def attach_ceilings(rows: list[dict], ceilings: list, device: str) -> None:
+    """Each measured row's ceiling (best matmul of its compute dtype) and its fraction of it."""
+    for row in rows:
+        ceiling = best_ceiling(ceilings, row["compute_dtype"], device) if row["status"] == "ok" else None
+        if ceiling:
+            row["ceiling"] = ceiling.to_dict()
+            row["ceiling_fraction"] = row["gflops"] / ceiling.gflops
+
+
 def run(
     models: Sequence[tuple[str, object, str]],
     settings: BenchSettings,
-    ceilings: list,
     progress: Callable[[str], None] = print,
 ) -> tuple[list[dict], list[dict]]:
     """models: (name, torch model, description) -> (per-model summaries, rows)."""
@@ -440,7 +445,7 @@ def run(
                 "gflop_per_image": bench.flops / 1e9,
             }
         )
-        model_rows = bench.rows(ceilings, progress)
+        model_rows = bench.rows(progress)
         for row in model_rows:
             progress(f"{name} {row['backend']} batch {row['batch']}: {row['status']} {row.get('reason', '')}")
         rows += model_rows

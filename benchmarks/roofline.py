@@ -82,6 +82,17 @@ def measure_ceilings(device: str = "cpu", n: int = 2048, repeats: int = 5) -> li
     return ceilings
 
 
+def best_of(*runs: list[GemmCeiling]) -> list[GemmCeiling]:
+    """Per (library, dtype, device) the fastest of several measurements: on a shared machine a ceiling
+    measured once can be depressed by other processes, and the ceiling is what the device can reach."""
+    best: dict[tuple[str, str, str], GemmCeiling] = {}
+    for ceiling in (c for run in runs for c in run):
+        key = (ceiling.library, ceiling.dtype, ceiling.device)
+        if key not in best or ceiling.gflops > best[key].gflops:
+            best[key] = ceiling
+    return list(best.values())
+
+
 def best_ceiling(ceilings: list[GemmCeiling], dtype: str, device: str) -> GemmCeiling | None:
     """The fastest measured matmul of this dtype on this kind of device ("cpu" / "cuda")."""
     kind = device.split(":")[0]
