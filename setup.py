@@ -42,7 +42,7 @@ setup(
     package_data={
         "maskclip_core": ["weights/*.safetensors", "weights/*.json", "weights/*.md"],
         "maskclip_export": ["tensorrt_onnx_ops.json"],
-        "maskclip_runtime": ["demo/*"],
+        "maskclip_runtime": ["demo/*.json", "demo/*.onnx", "demo/examples/*.jpg"],
         "maskclip_bench": ["gpu_check.sh"],
     },
     install_requires=RUNTIME,
