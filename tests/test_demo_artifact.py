@@ -35,5 +35,7 @@ def test_demo_artifact_computes_what_the_checkpoint_computes():
     got = np.array([d.fake_prob for d in detections])
     np.testing.assert_allclose(got, ref["fake_prob"].numpy(), atol=1e-4)
     # the examples are labelled by their file names; the demo gets these three right
-    verdicts = {Path(p).stem: d.verdict for p, d in zip(sorted((DEMO_DIR / "examples").glob("*.jpg")), detections)}
+    verdicts = {
+        Path(p).stem: d.verdict for p, d in zip(sorted((DEMO_DIR / "examples").glob("*.jpg")), detections, strict=True)
+    }
     assert verdicts == {"fully_generated": "fake", "partially_edited": "fake", "real_photo": "real"}
