@@ -13,3 +13,12 @@ def tiny_model():
 
     torch.manual_seed(0)
     return build_model("tiny").eval()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Two shared cores: torch's thread pool spinning against other processes costs 100x here."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -10,7 +10,6 @@ import json
 import numpy as np
 import onnx
 import pytest
-import torch
 from onnx import numpy_helper
 from PIL import Image
 
@@ -22,14 +21,7 @@ from maskclip_runtime.artifact import file_sha256, load_artifact
 from maskclip_runtime.backends.onnxruntime import OnnxRuntimeRunner
 from maskclip_runtime.preprocess import PreprocessSpec, preprocess_batch
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Two shared cores: torch's thread pool spinning against other processes costs 100x here."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
