@@ -13,6 +13,7 @@ TARGET_MODEL = "opensdi-vitl14"
 ORT_FP32_SPEEDUP = 1.2  # ORT fp32 vs PyTorch eager
 ORT_INT8_SPEEDUP = 2.5  # ORT int8 vs ORT fp32
 CEILING_GAP = 1.3  # fp32 achieved GFLOP/s within this factor of the fp32 GEMM ceiling
+INT8_BACKENDS = ("ort-int8", "ort-int8-cpu")
 
 
 def write_atomic(path: str | os.PathLike, text: str) -> None:
@@ -52,7 +53,9 @@ def evaluate_targets(report: dict, model: str = TARGET_MODEL, batch: int = 1) ->
     rows = report["rows"]
     torch_row = _row(rows, model, "torch", batch)
     fp32 = _row(rows, model, "ort-fp32", batch)
-    int8 = _row(rows, model, "ort-int8", batch)
+    # The faster of the two int8 graphs: the TensorRT-portable QDQ one and the CPU-specific one.
+    int8_rows = [r for r in (_row(rows, model, b, batch) for b in INT8_BACKENDS) if r]
+    int8 = min(int8_rows, key=lambda r: r["model_ms"]["p50"], default=None)
     checks = []
 
     def add(name: str, measured: float | None, target: float, higher_is_better: bool, missing: str):
@@ -72,7 +75,7 @@ def evaluate_targets(report: dict, model: str = TARGET_MODEL, batch: int = 1) ->
         "a row is missing",
     )
     add(
-        "ORT int8 speed-up over ORT fp32 (p50)",
+        f"ORT int8 ({int8['backend'] if int8 else 'ort-int8 / ort-int8-cpu'}) speed-up over ORT fp32 (p50)",
         fp32["model_ms"]["p50"] / int8["model_ms"]["p50"] if fp32 and int8 else None,
         ORT_INT8_SPEEDUP,
         True,
@@ -108,6 +111,21 @@ def _parity(row: dict) -> tuple[str, str, str]:
     if not parity:
         return "-", "-", "-"
     return _fmt(parity.get("max_prob_diff"), 5), _fmt(parity.get("flips")), _fmt(parity.get("mask_iou"), 4)
+
+
+def _gate_refusals(rows: list[dict]) -> list[str]:
+    """One line per artifact the export gate refused (timed anyway: speed does not depend on parity)."""
+    seen, lines = set(), []
+    for row in rows:
+        parity = row.get("parity") or {}
+        if parity.get("passed") is False and (row["model"], row["backend"]) not in seen:
+            seen.add((row["model"], row["backend"]))
+            failures = "; ".join(parity.get("failures") or ["no details"])
+            lines.append(
+                f"{row['model']} {row['backend']}: the export gate refused this artifact ({failures}); it is "
+                "timed anyway, and would not be installed by maskclip-export"
+            )
+    return lines
 
 
 def render_markdown(report: dict) -> str:
@@ -160,8 +178,10 @@ def render_markdown(report: dict) -> str:
                 continue
             diff, flips, iou = _parity(row)
             fraction = row.get("ceiling_fraction")
+            status = "ok, gate refused" if (row.get("parity") or {}).get("passed") is False else "ok"
             lines.append(
-                f"| {row['backend']} | {row['batch']} | ok | {_latency(row['model_ms'])} | {_latency(row['e2e_ms'])} "
+                f"| {row['backend']} | {row['batch']} | {status} | {_latency(row['model_ms'])} "
+                f"| {_latency(row['e2e_ms'])} "
                 f"| {_fmt(row['images_per_s'], 2)} | {_fmt(row.get('gflops'))} "
                 f"| {_fmt(fraction * 100 if fraction else None, 0)}% | {_fmt(row.get('peak_memory_mb'), 0)} "
                 f"| {_fmt(row.get('artifact_mb'))} | {_fmt(row.get('build_s'))} | {diff} | {flips} | {iou} |"
@@ -179,7 +199,8 @@ def render_markdown(report: dict) -> str:
         for name, ops in report["op_profiles"].items():
             top = ", ".join(f"{op['op_type']} {op['share'] * 100:.0f}%" for op in ops[:6])
             lines.append(f"- {name}: {top}")
-    if report.get("notes"):
+    refusals = _gate_refusals(report["rows"])
+    if report.get("notes") or refusals:
         lines += ["", "## Notes", ""]
-        lines += [f"- {note}" for note in report["notes"]]
+        lines += [f"- {note}" for note in [*refusals, *report.get("notes", [])]]
     return "\n".join(lines) + "\n"

@@ -98,15 +98,3 @@ def best_ceiling(ceilings: list[GemmCeiling], dtype: str, device: str) -> GemmCe
     kind = device.split(":")[0]
     matching = [c for c in ceilings if c.dtype == dtype and c.device.split(":")[0] == kind]
     return max(matching, key=lambda c: c.gflops, default=None)
-
-
-def count_model_flops(model, image_size: int) -> int:
-    """FLOPs of one forward pass on one image, counted by torch's FlopCounterMode (2 per multiply-add)."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    x = torch.zeros(1, 3, image_size, image_size)
-    counter = FlopCounterMode(display=False)
-    with torch.inference_mode(), counter:
-        model(x)
-    return int(counter.get_total_flops())

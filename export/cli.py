@@ -6,6 +6,8 @@ Formats and the flags each takes (Ultralytics-style table; invalid combinations 
   fp32       (default)                           plain fp32 ONNX
   fp16       --fp16                              mixed precision, LayerNorm/Softmax/Sigmoid in fp32
   int8       --int8 --calib DIR [--calib-count]  static QDQ, symmetric (TensorRT-compatible)
+  int8-cpu   --int8-cpu --calib DIR              ONNX Runtime CPU: dynamic int8 linear layers, static
+                                                 int8 convolutions (fastest on CPU; not for TensorRT)
   + --split (CLIP / trunk / heads graphs), --dynamic (batch 1..N), --trt (engines on a GPU machine)
 """
 
@@ -96,7 +98,13 @@ def _build_engines(out: Path, calib: str | None, calib_count: int) -> None:
 @click.option("--dynamic", is_flag=True, help="Dynamic batch from 1 to --batch.")
 @click.option("--fp16", is_flag=True, help="Mixed-precision fp16 graph (sensitive ops in fp32).")
 @click.option("--int8", is_flag=True, help="Static int8 QDQ graph; needs --calib.")
-@click.option("--calib", help="Calibration images for --int8: folder or glob.")
+@click.option(
+    "--int8-cpu",
+    is_flag=True,
+    help="Int8 graph for ONNX Runtime on CPU (dynamic linear layers, static convolutions); needs --calib. "
+    "Not buildable by TensorRT: use --int8 there.",
+)
+@click.option("--calib", help="Calibration images for --int8 / --int8-cpu: folder or glob.")
 @click.option("--calib-count", default=32, show_default=True, type=int, help="Calibration images to use.")
 @click.option("--split", is_flag=True, help="Separate CLIP / trunk / heads graphs instead of one fused graph.")
 @click.option("--verify-images", help="Verification images: folder or glob (default: bundled samples + edits).")
@@ -104,16 +112,21 @@ def _build_engines(out: Path, calib: str | None, calib_count: int) -> None:
 @click.option("--trt", is_flag=True, help="Also build TensorRT engines (needs TensorRT and a GPU).")
 @click.option("--quiet", is_flag=True, help="No progress display.")
 def main(
-    checkpoint, config_name, out, opset, batch, dynamic, fp16, int8, calib, calib_count, split, verify_images,
-    no_verify, trt, quiet,
+    checkpoint, config_name, out, opset, batch, dynamic, fp16, int8, int8_cpu, calib, calib_count, split,
+    verify_images, no_verify, trt, quiet,
 ):  # fmt: skip
     """Export MaskCLIP to a verified ONNX artifact folder (manifest.json + graphs)."""
-    if fp16 and int8:
-        _fail("--fp16 and --int8 are exclusive: pick one precision")
+    chosen = [flag for flag, on in (("--fp16", fp16), ("--int8", int8), ("--int8-cpu", int8_cpu)) if on]
+    if len(chosen) > 1:
+        _fail(f"{' and '.join(chosen)} are exclusive: pick one precision")
+    if int8_cpu and trt:
+        _fail(
+            "--int8-cpu graphs use ONNX Runtime's dynamic quantisation, which TensorRT cannot build: use --int8 --trt"
+        )
     try:
         options = ExportOptions(
             out=Path(out),
-            precision="int8" if int8 else "fp16" if fp16 else "fp32",
+            precision=chosen[0].lstrip("-") if chosen else "fp32",
             topology="split" if split else "fused",
             batch=BatchSpec(size=batch, dynamic=dynamic),
             opset=opset,

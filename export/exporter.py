@@ -29,7 +29,7 @@ from maskclip_runtime.preprocess import load_image, preprocess_batch
 from .manifest import build_manifest, write_manifest
 from .onnx_export import BatchSpec, GraphSpec, export_graphs, graph_specs, torch_reference
 from .op_support import check_tensorrt_ops
-from .precision import FeedCalibrationReader, convert_to_fp16, quantize_to_int8
+from .precision import FeedCalibrationReader, convert_to_fp16, quantize_for_cpu, quantize_to_int8
 from .verify import (
     MIN_VERIFICATION_IMAGES,
     batch_chunks,
@@ -39,7 +39,14 @@ from .verify import (
     verify,
 )
 
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8", "int8-cpu")
+INT8_PRECISIONS = ("int8", "int8-cpu")  # both calibrate
+# How each int8 precision is built (recorded in the manifest's "int8" block).
+INT8_SCHEMES = {
+    "int8": "static QDQ, symmetric int8 activations and per-channel weights (TensorRT-compatible)",
+    "int8-cpu": "linear layers: dynamic (uint8 activations per call, int8 per-channel weights); "
+    "convolutions: static QDQ (uint8 activations, int8 per-channel weights); for ONNX Runtime on CPU",
+}
 TOPOLOGIES = ("fused", "split")
 OPSET_RANGE = (17, 20)  # LayerNormalization needs 17; the TorchScript exporter stops at 20
 FAILED_SUFFIX = ".failed"
@@ -77,10 +84,10 @@ class ExportOptions:
             raise ExportError(f"topology must be one of {', '.join(TOPOLOGIES)}, got {self.topology!r}")
         if not OPSET_RANGE[0] <= self.opset <= OPSET_RANGE[1]:
             raise ExportError(f"--opset must be between {OPSET_RANGE[0]} and {OPSET_RANGE[1]}, got {self.opset}")
-        if self.precision == "int8" and not self.calib:
-            raise ExportError("--int8 needs calibration images: --calib DIR_OR_GLOB")
-        if self.calib and self.precision != "int8":
-            raise ExportError("--calib is only used with --int8")
+        if self.precision in INT8_PRECISIONS and not self.calib:
+            raise ExportError(f"--{self.precision} needs calibration images: --calib DIR_OR_GLOB")
+        if self.calib and self.precision not in INT8_PRECISIONS:
+            raise ExportError("--calib is only used with --int8 / --int8-cpu")
         if self.calib_count < 1:
             raise ExportError(f"--calib-count must be >= 1, got {self.calib_count}")
         if self.verify_images and not self.verify:
@@ -164,20 +171,22 @@ def _to_int8(
     steps.start(f"calibrate ({len(paths)} images)")
     images = preprocess_batch([load_image(p) for p in paths], source.model.preprocess_spec())
     feeds = calibration_feeds(specs, fp32_paths, images, options.batch)
+    quantize = quantize_to_int8 if options.precision == "int8" else quantize_for_cpu
     fp32_ops: set[str] = set()
     excluded: dict[str, list[str]] = {}
     for spec in specs:
-        steps.start(f"int8 {spec.name}")
+        steps.start(f"{options.precision} {spec.name}")
         reader = FeedCalibrationReader(feeds[spec.name])
-        ops, excluded[spec.name] = quantize_to_int8(fp32_paths[spec.name], staging / spec.file, reader)
+        ops, excluded[spec.name] = quantize(fp32_paths[spec.name], staging / spec.file, reader)
         fp32_ops |= set(ops)
     if any(excluded.values()):
         fp32_ops.add("MatMul")  # some MatMuls only: see int8.fp32_nodes
     extra = {
         "int8": {
+            "scheme": INT8_SCHEMES[options.precision],
             "calibration_images": len(paths),
             "calibration_method": "MinMax",
-            "symmetric": True,
+            "symmetric": options.precision == "int8",
             "per_channel_weights": True,
             "fp32_nodes": excluded,  # MatMuls left unquantised: attention products, detection head
         }
@@ -245,7 +254,7 @@ def _write_graphs(
     fp32_ops, extra = [], {}
     if options.precision == "fp16":
         fp32_ops = _to_fp16(specs, fp32_paths, staging, steps)
-    elif options.precision == "int8":
+    elif options.precision in INT8_PRECISIONS:
         fp32_ops, extra = _to_int8(options, source, specs, fp32_paths, staging, steps)
     return {spec.name: staging / spec.file for spec in specs}, fp32_ops, extra
 
@@ -303,14 +312,22 @@ def export_artifact(
     specs = graph_specs(options.topology)
     converted = options.precision != "fp32"
     # export (+ convert) each graph, calibrate, op check, verify (2 sides), manifest
-    total = len(specs) * (2 if converted else 1) + (options.precision == "int8") + 2 + 2 * options.verify
+    tensorrt_graph = options.precision != "int8-cpu"  # int8-cpu holds ORT-only dynamic quantisation
+    total = (
+        len(specs) * (2 if converted else 1)
+        + (options.precision in INT8_PRECISIONS)
+        + 1
+        + tensorrt_graph
+        + 2 * options.verify
+    )
     steps = _Steps(total, progress)
     staging = _make_staging(out, "partial")
     work = _make_staging(out, "fp32") if converted else staging
     try:
         paths, fp32_ops, extra = _write_graphs(source, options, staging, work, steps)
-        steps.start("TensorRT op check")
-        check_tensorrt_ops(paths)
+        if tensorrt_graph:
+            steps.start("TensorRT op check")
+            check_tensorrt_ops(paths)
         report = {"skipped": True, "passed": None}
         if options.verify:
             report = _run_gate(source, options, paths, names, images, steps)

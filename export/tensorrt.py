@@ -76,6 +76,11 @@ def plan_precision(
     trt_version: str, precision: str, graph_precision: str, fp32_ops: Sequence[str] = ()
 ) -> PrecisionPlan:
     """The build recipe for a `precision` engine from a `graph_precision` ONNX graph (pure; no TensorRT)."""
+    if graph_precision == "int8-cpu":
+        raise PrecisionPlanError(
+            "this artifact is int8-cpu (ONNX Runtime's dynamic quantisation, which TensorRT cannot build): "
+            "build engines from an fp32 or --int8 export"
+        )
     for name, value in (("engine", precision), ("graph", graph_precision)):
         if value not in PRECISIONS:
             raise PrecisionPlanError(f"unknown {name} precision {value!r} (expected one of {', '.join(PRECISIONS)})")

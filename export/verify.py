@@ -50,6 +50,7 @@ GATES = {
     "fp16": Tolerances(max_prob_diff=None, max_flip_rate=0.005, min_mask_iou=0.98),
     "int8": Tolerances(max_prob_diff=None, max_flip_rate=0.01, min_mask_iou=0.90),
 }
+GATES["int8-cpu"] = GATES["int8"]
 
 
 class VerificationError(RuntimeError):

@@ -7,12 +7,11 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from torch import nn
 
 from maskclip_bench.bench import PeakMemory, achieved_gflops, percentiles, sample_images, time_calls
 from maskclip_bench.cli import main
 from maskclip_bench.report import evaluate_targets, render_markdown, write_atomic, write_json
-from maskclip_bench.roofline import GemmCeiling, best_ceiling, count_model_flops, gflops, matmul_flops
+from maskclip_bench.roofline import GemmCeiling, best_ceiling, gflops, matmul_flops
 
 
 def test_percentiles_match_numpy():
@@ -37,17 +36,22 @@ def test_gflops_arithmetic():
     assert achieved_gflops(500_000_000_000, 8, 4000.0) == pytest.approx(1000.0)
 
 
-def test_count_model_flops_counts_two_per_multiply_add():
-    class Probe(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(3, 2, kernel_size=1, bias=False)
+def test_image_flops_are_one_cached_eager_forward(tiny_model):
+    """The per-image count equals FlopCounterMode on an eager forward once the text embeddings are cached
+    (what the graphs compute: T is a constant there), and leaves the one-off text pass out."""
+    from torch.utils.flop_counter import FlopCounterMode
 
-        def forward(self, x):
-            return self.conv(x)
+    from maskclip_bench.bench import image_flops
 
-    # 4x4 pixels x 3 in x 2 out multiply-adds = 96 MACs = 192 FLOPs
-    assert count_model_flops(Probe(), 4) == 192
+    x = torch.zeros(1, 3, tiny_model.config.image_size, tiny_model.config.image_size)
+    with torch.inference_mode():
+        tiny_model(x)  # fills the text cache
+        with FlopCounterMode(display=False) as counter:
+            tiny_model(x)
+        with FlopCounterMode(display=False) as text:
+            tiny_model.compute_text_embeddings()
+    assert image_flops(tiny_model) == counter.get_total_flops()
+    assert text.get_total_flops() > 0
 
 
 def test_best_ceiling_picks_fastest_of_dtype_and_device():
@@ -116,10 +120,45 @@ def test_targets_met_and_missed():
     checks = {c["name"]: c for c in evaluate_targets(report)}
     speedup = checks["ORT fp32 speed-up over PyTorch eager (p50)"]
     assert speedup["measured"] == pytest.approx(1.25) and speedup["met"]
-    int8 = checks["ORT int8 speed-up over ORT fp32 (p50)"]
+    int8 = checks["ORT int8 (ort-int8) speed-up over ORT fp32 (p50)"]
     assert int8["measured"] == pytest.approx(2.0) and not int8["met"] and int8["note"] == "missed by 1.25x"
     ceiling = checks["fp32 GEMM ceiling / ORT fp32 achieved GFLOP/s"]
     assert ceiling["measured"] == pytest.approx(1.111, abs=1e-3) and ceiling["met"]
+
+
+def test_int8_target_takes_the_faster_int8_graph():
+    rows = [_row("ort-fp32", 3000.0, 180.0), _row("ort-int8", 1800.0), _row("ort-int8-cpu", 1150.0)]
+    checks = evaluate_targets(_report(rows))
+    int8 = next(c for c in checks if c["name"].startswith("ORT int8"))
+    assert int8["name"] == "ORT int8 (ort-int8-cpu) speed-up over ORT fp32 (p50)"
+    assert int8["measured"] == pytest.approx(3000 / 1150, abs=1e-3) and int8["met"]
+
+
+def test_a_refused_artifact_is_marked_in_its_row_and_the_notes():
+    refused = _row("ort-int8", 1200.0)
+    refused["parity"] = {"max_prob_diff": 0.01, "flips": 0, "mask_iou": 0.86, "passed": False,
+                         "failures": ["mask IoU mean 0.8600 < 0.9"]}  # fmt: skip
+    markdown = render_markdown(_report([_row("ort-fp32", 2400.0, 180.0), refused]))
+    assert "| ort-int8 | 1 | ok, gate refused | 1,200.0" in markdown
+    assert "opensdi-vitl14 ort-int8: the export gate refused this artifact (mask IoU mean 0.8600 < 0.9)" in markdown
+    assert "| ort-fp32 | 1 | ok |" in markdown
+
+
+def test_bench_times_an_artifact_its_gate_refused(tmp_path, monkeypatch):
+    """A refused export is installed in the work folder with its refusal, loads, and reports passed: false."""
+    from maskclip_bench.bench import export_artifact, gate_parity
+    from maskclip_core.model import build_model
+    from maskclip_export.verify import GATES, Tolerances
+    from maskclip_runtime.artifact import load_artifact
+
+    monkeypatch.setitem(GATES, "fp32", Tolerances(max_prob_diff=-1.0, max_flip_rate=0.0, min_mask_iou=None))
+    torch.manual_seed(0)
+    out = tmp_path / "tiny-fp32"
+    export_artifact(build_model("tiny").eval(), "fp32", out, 1, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny-fp32"]
+    load_artifact(out)
+    parity = gate_parity(out, "onnxruntime")
+    assert parity["passed"] is False and parity["failures"][0].startswith("max |fake_prob| diff")
 
 
 def test_targets_with_missing_row():

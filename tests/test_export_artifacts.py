@@ -72,6 +72,12 @@ def fused_int8(source, calib_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def fused_int8_cpu(source, calib_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("art") / "fused-int8-cpu"
+    return out, _export(source, out, precision="int8-cpu", calib=str(calib_dir), batch=BatchSpec(4, dynamic=True))
+
+
+@pytest.fixture(scope="module")
 def split_int8(source, calib_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("art") / "split-int8"
     return out, _export(source, out, topology="split", precision="int8", calib=str(calib_dir), calib_count=4)
@@ -83,7 +89,8 @@ def split_fp16(source, tmp_path_factory):
     return out, _export(source, out, topology="split", precision="fp16", batch=BatchSpec(2, dynamic=True))
 
 
-ALL = ["fused_dynamic", "split_static", "fused_fp16", "fused_int8", "split_int8", "split_fp16"]
+ALL = ["fused_dynamic", "split_static", "fused_fp16", "fused_int8", "fused_int8_cpu", "split_int8", "split_fp16"]
+MIN_MASK_IOU = {"fp32": 0.999, "fp16": 0.98, "int8": 0.90, "int8-cpu": 0.90}
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -93,7 +100,7 @@ def test_each_export_passes_its_gate_and_loads_in_the_runtime(name, request):
     assert report["passed"], report["failures"]
     assert report["images"] >= 16
     assert report["flips"] == 0
-    assert report["mask_iou_mean"] >= {"fp32": 0.999, "fp16": 0.98, "int8": 0.90}[manifest["precision"]]
+    assert report["mask_iou_mean"] >= MIN_MASK_IOU[manifest["precision"]]
     if manifest["precision"] == "fp32":
         assert report["max_prob_diff"] <= 1e-4
     artifact = load_artifact(out)  # hashes, chain and format accepted by the runtime
@@ -189,6 +196,57 @@ def test_int8_graph_is_symmetric_qdq(fused_int8):
     assert {"LayerNormalization", "Softmax", "Sigmoid"} <= set(manifest["fp32_ops"])
 
 
+def _optimized_op_types(path, tmp_path) -> set[str]:
+    """Op types after ONNX Runtime's load-time optimisation (what actually runs)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return {n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node}
+
+
+def test_int8_cpu_graph_runs_linear_layers_dynamic_and_convolutions_static(fused_int8_cpu, fused_int8, tmp_path):
+    out, manifest = fused_int8_cpu
+    model = onnx.load(str(out / "model.onnx"))
+    ops = {n.op_type for n in model.graph.node}
+    assert {"DynamicQuantizeLinear", "MatMulInteger", "QuantizeLinear", "DequantizeLinear"} <= ops
+    assert "ConvInteger" not in ops  # dynamic convolutions are slower than fp32 in ORT
+    excluded = manifest["int8"]["fp32_nodes"]["fused"]
+    assert sorted(excluded) == sorted(fused_int8[1]["int8"]["fp32_nodes"]["fused"])  # the same products stay fp32
+    # Every other product with a 2-D weight matrix (a linear layer) became a MatMulInteger.
+    weights = {t.name: len(t.dims) for t in model.graph.initializer}
+    fp32_linear = [
+        n.name
+        for n in model.graph.node
+        if n.op_type == "MatMul" and [weights[i] for i in n.input if i in weights] == [2] and n.name not in excluded
+    ]
+    assert not fp32_linear, f"linear layers left in fp32: {fp32_linear}"
+    assert sum(n.op_type == "MatMulInteger" for n in model.graph.node) > len(excluded) / 2
+    assert not manifest["int8"]["symmetric"] and manifest["int8"]["calibration_images"] == 6
+    assert {"ConvTranspose", "LayerNormalization", "Softmax", "Sigmoid"} <= set(manifest["fp32_ops"])
+    # Convolutions: uint8 activations (asymmetric), int8 weights.
+    activation_q = [n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in weights]
+    zero_points = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    assert activation_q and all(zero_points[n.input[2]].dtype == np.uint8 for n in activation_q)
+    # What ONNX Runtime runs: the fused u8 x s8 kernels.
+    assert {"DynamicQuantizeMatMul", "QLinearConv"} <= _optimized_op_types(out / "model.onnx", tmp_path)
+
+
+def test_int8_cpu_artifact_runs_any_batch_size(fused_int8_cpu, images):
+    """Activation scales are computed per call over the whole batch, so an image's outputs depend a
+    little on its batch mates: close to, not equal to, its batch-1 outputs."""
+    out, _ = fused_int8_cpu
+    runner = OnnxRuntimeRunner(out / "model.onnx")
+    alone = runner.infer({"image": images[:1]})
+    together = runner.infer({"image": images[:3]})
+    assert together["mask"].shape == (3, *alone["mask"].shape[1:])
+    assert np.abs(together["fake_prob"][0] - alone["fake_prob"][0]) < 0.02
+    agree = ((together["mask"][0] > 0.5) == (alone["mask"][0] > 0.5)).mean()
+    assert agree > 0.98
+
+
 def test_corrupted_graph_fails_the_gate(fused_dynamic, tiny_model, tmp_path):
     out, _ = fused_dynamic
     model = onnx.load(str(out / "model.onnx"))
@@ -251,14 +309,14 @@ def test_reexport_replaces_an_existing_artifact(source, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]
 
 
-@pytest.mark.parametrize("precision", ["fp16", "int8"])
+@pytest.mark.parametrize("precision", ["fp16", "int8", "int8-cpu"])
 def test_large_graphs_travel_with_external_data(precision, source, calib_dir, tmp_path, monkeypatch):
     """The >1 GiB path of opensdi-vitl14 (weights in <file>.data), exercised on tiny with a low limit."""
     import maskclip_export.onnx_export as onnx_export
 
     monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_BYTES", 100_000)
     out = tmp_path / precision
-    calib = str(calib_dir) if precision == "int8" else None
+    calib = str(calib_dir) if precision.startswith("int8") else None
     manifest = _export(source, out, precision=precision, calib=calib, calib_count=2)
     assert manifest["verification"]["passed"], manifest["verification"]["failures"]
     assert {"model.onnx", "model.onnx.data"} <= set(manifest["files"])

@@ -9,6 +9,7 @@ from onnx import TensorProto, helper
 
 from maskclip_export.onnx_export import BatchSpec
 from maskclip_export.op_support import UnsupportedOpsError, check_tensorrt_ops, find_unsupported_ops, tensorrt_op_table
+from maskclip_export.precision import int8_excluded_nodes
 from maskclip_export.verify import GATES, compare, gate_failures, mask_iou, run_batched
 
 
@@ -116,3 +117,20 @@ def test_gate_rejects_non_finite_outputs():
     candidate["logits"][0, 0] = np.nan
     stats = compare(_outputs([0.2], masks), candidate, ["a"], 0.5)
     assert "logits: non-finite values" in gate_failures(stats, GATES["fp16"])
+
+
+def test_int8_quantises_only_linear_layer_matmuls():
+    """Linear layers (x @ 2-D weight) are quantised; attention products, Softmax inputs and products with
+    3-D position tables stay fp32 (the decomposed relative-position bias of the MAE)."""
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [4, 4], [0.1] * 16)
+    table = helper.make_tensor("rel_pos", TensorProto.FLOAT, [2, 4, 2], [0.1] * 16)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"], name="linear"),
+        helper.make_node("MatMul", ["h", "h_t"], ["scores"], name="q_k"),
+        helper.make_node("MatMul", ["x", "w"], ["logits"], name="head"),
+        helper.make_node("Softmax", ["logits"], ["p"], name="softmax"),
+        helper.make_node("MatMul", ["h", "rel_pos"], ["bias"], name="position"),
+        helper.make_node("Transpose", ["h"], ["h_t"], name="t"),
+    ]
+    model = _graph(nodes, [weight, table])
+    assert sorted(int8_excluded_nodes(model)) == ["head", "position", "q_k"]

@@ -89,6 +89,9 @@ def test_empty_calibration_folder(tmp_path):
     [
         (["--int8"], "--calib"),
         (["--fp16", "--int8", "--calib", "x"], "exclusive"),
+        (["--int8", "--int8-cpu", "--calib", "x"], "--int8 and --int8-cpu are exclusive"),
+        (["--int8-cpu"], "--int8-cpu needs calibration images"),
+        (["--int8-cpu", "--calib", "x", "--trt"], "TensorRT cannot build: use --int8 --trt"),
         (["--fp16", "--calib", "x"], "only used with --int8"),
         (["--opset", "11"], "--opset"),
         (["--batch", "0"], "batch"),

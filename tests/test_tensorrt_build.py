@@ -70,6 +70,12 @@ def test_mismatched_graph_precision_and_unknown_names():
         plan_precision("10.3.0", "bf16", "fp32")
 
 
+@pytest.mark.parametrize("engine", ["fp32", "int8"])
+def test_int8_cpu_graphs_are_refused_for_engines(engine):
+    with pytest.raises(PrecisionPlanError, match="int8-cpu.*TensorRT cannot build.*--int8 export"):
+        plan_precision("10.3.0", engine, "int8-cpu")
+
+
 def test_profile_shapes_dynamic_batch():
     inputs = (TensorSpec("image", ("batch", 3, 128, 128), "float32"), {"name": "clip_maps", "shape": ["batch", 7, 8]})
     shapes = profile_shapes(inputs, BatchSpec(dynamic=True, min=1, opt=4, max=8))
