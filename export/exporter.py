@@ -142,10 +142,13 @@ def calibration_paths(pattern: str, count: int) -> list[Path]:
 def calibration_feeds(
     specs: tuple[GraphSpec, ...], fp32_paths: dict[str, Path], images: np.ndarray, batch: BatchSpec
 ) -> dict[str, list[dict[str, np.ndarray]]]:
-    """Each graph's calibration inputs: images through the fp32 graphs before it (split: real CLIP maps)."""
+    """Each graph's calibration inputs: images through the fp32 graphs before it (split: real CLIP maps).
+
+    A dynamic graph is calibrated one image at a time: ORT's histogram calibrator (int8-cpu) stacks the
+    batches and needs them all the same size, which a short last batch would break."""
     runners = [OnnxRuntimeRunner(fp32_paths[spec.name]) for spec in specs]
     feeds: dict[str, list[dict[str, np.ndarray]]] = {spec.name: [] for spec in specs}
-    for chunk, _ in batch_chunks(images, batch):
+    for chunk, _ in batch_chunks(images, BatchSpec(size=1, dynamic=True) if batch.dynamic else batch):
         tensors = {"image": chunk}
         for spec, runner in zip(specs, runners, strict=True):
             feed = {name: tensors[name] for name in spec.inputs}
@@ -179,16 +182,14 @@ def _to_int8(
         reader = FeedCalibrationReader(feeds[spec.name])
         ops, excluded[spec.name] = quantize(fp32_paths[spec.name], staging / spec.file, reader)
         fp32_ops |= set(ops)
-    if any(excluded.values()):
-        fp32_ops.add("MatMul")  # some MatMuls only: see int8.fp32_nodes
     extra = {
         "int8": {
             "scheme": INT8_SCHEMES[options.precision],
             "calibration_images": len(paths),
-            "calibration_method": "MinMax",
+            "calibration_method": "MinMax" if options.precision == "int8" else "Percentile 99.999",
             "symmetric": options.precision == "int8",
             "per_channel_weights": True,
-            "fp32_nodes": excluded,  # MatMuls left unquantised: attention products, detection head
+            "fp32_nodes": excluded,  # attention products, position tables, detection and mask heads
         }
     }
     return sorted(fp32_ops), extra

@@ -120,11 +120,16 @@ def test_gate_rejects_non_finite_outputs():
 
 
 def test_int8_quantises_only_linear_layer_matmuls():
-    """Linear layers (x @ 2-D weight) are quantised; attention products, Softmax inputs and products with
-    3-D position tables stay fp32 (the decomposed relative-position bias of the MAE)."""
+    """Linear layers (x @ 2-D weight) and convolutions are quantised; attention products, Softmax inputs,
+    products with 3-D position tables (the MAE's relative-position bias) and 1-channel prediction heads
+    stay fp32."""
     weight = helper.make_tensor("w", TensorProto.FLOAT, [4, 4], [0.1] * 16)
     table = helper.make_tensor("rel_pos", TensorProto.FLOAT, [2, 4, 2], [0.1] * 16)
+    kernel = helper.make_tensor("k", TensorProto.FLOAT, [4, 4, 1, 1], [0.1] * 16)
+    head = helper.make_tensor("k_head", TensorProto.FLOAT, [1, 4, 1, 1], [0.1] * 4)
     nodes = [
+        helper.make_node("Conv", ["img", "k"], ["c"], name="conv"),
+        helper.make_node("Conv", ["c", "k_head"], ["mask"], name="mask_head"),
         helper.make_node("MatMul", ["x", "w"], ["h"], name="linear"),
         helper.make_node("MatMul", ["h", "h_t"], ["scores"], name="q_k"),
         helper.make_node("MatMul", ["x", "w"], ["logits"], name="head"),
@@ -132,5 +137,5 @@ def test_int8_quantises_only_linear_layer_matmuls():
         helper.make_node("MatMul", ["h", "rel_pos"], ["bias"], name="position"),
         helper.make_node("Transpose", ["h"], ["h_t"], name="t"),
     ]
-    model = _graph(nodes, [weight, table])
-    assert sorted(int8_excluded_nodes(model)) == ["head", "position", "q_k"]
+    model = _graph(nodes, [weight, table, kernel, head])
+    assert sorted(int8_excluded_nodes(model)) == ["head", "mask_head", "position", "q_k"]
