@@ -9,6 +9,7 @@ the export gate's comparison. A backend that cannot run here is a row that says 
 
 from __future__ import annotations
 
+import functools
 import gc
 import os
 import platform
@@ -332,6 +333,7 @@ class BenchSettings:
     iters: int
     device: str  # "cpu" or "cuda[:N]"
     workdir: Path
+    pairs: int = 0  # alternating calls per paired speed-up (0: none)
 
 
 class ModelBench:
@@ -424,6 +426,27 @@ class ModelBench:
                 rows += [{**row, "status": "failed", "reason": reason} for row in base]
         return rows
 
+    def paired_speedups(self, rows: list[dict], progress: Callable[[str], None]) -> list[dict]:
+        """PAIRINGS at the smallest batch size, between backends whose rows ran (artifacts are reused)."""
+        batch = min(self.settings.batch_sizes)
+        ok = {r["backend"]: r for r in rows if r["batch"] == batch and r["status"] == "ok"}
+        ready = np.random.default_rng(batch).standard_normal((batch, 3, self.size, self.size), dtype=np.float32)
+        results = []
+        for slow, candidates in PAIRINGS:
+            fast = min((b for b in candidates if b in ok), key=lambda b: ok[b]["model_ms"]["p50"], default=None)
+            if slow not in ok or fast is None:
+                continue
+            progress(f"{self.name}: {slow} vs {fast}, {self.settings.pairs} alternating pairs")
+            sessions = [self.open(b, *self.prepare(b)) for b in (slow, fast)]
+            try:
+                calls = [functools.partial(session.forward, ready) for session in sessions]
+                measured = paired_speedup(*calls, self.settings.pairs)
+            finally:
+                for session in sessions:
+                    session.close()
+            results.append({"slow": slow, "fast": fast, "batch": batch, **measured})
+        return results
+
     def _measure(self, session: Session, backend: str, batch: int) -> dict:
         rng = np.random.default_rng(batch)
         ready = rng.standard_normal((batch, 3, self.size, self.size), dtype=np.float32)
@@ -480,7 +503,40 @@ def run(
         for row in model_rows:
             progress(f"{name} {row['backend']} batch {row['batch']}: {row['status']} {row.get('reason', '')}")
         rows += model_rows
+        if settings.pairs:
+            summaries[-1]["paired"] = bench.paired_speedups(model_rows, progress)
     return summaries, rows
+
+
+#: The comparisons the targets are about: (slower backend, faster backends: the fastest ok row is used).
+PAIRINGS = (("torch", ("ort-fp32",)), ("ort-fp32", ("ort-int8", "ort-int8-cpu")))
+
+
+def paired_speedup(slow: Callable[[], object], fast: Callable[[], object], pairs: int) -> dict:
+    """slow/fast time ratio measured on alternating calls, the order flipped every pair.
+
+    Rows are timed one after another, so on a shared machine a burst of load can land on one row and
+    not the other; a pair's two calls run back to back under the same conditions, and the median of
+    the per-pair ratios is robust to the bursts."""
+    slow(), fast()  # warm both
+    ratios, slow_ms, fast_ms = [], [], []
+    for i in range(pairs):
+        timed = {}
+        for name, fn in (("slow", slow), ("fast", fast)) if i % 2 == 0 else (("fast", fast), ("slow", slow)):
+            start = time.perf_counter()
+            fn()
+            timed[name] = (time.perf_counter() - start) * 1e3
+        slow_ms.append(timed["slow"])
+        fast_ms.append(timed["fast"])
+        ratios.append(timed["slow"] / timed["fast"])
+    return {
+        "pairs": pairs,
+        "speedup_median": float(np.median(ratios)),
+        "speedup_min": float(np.min(ratios)),
+        "speedup_max": float(np.max(ratios)),
+        "slow_ms_median": float(np.median(slow_ms)),
+        "fast_ms_median": float(np.median(fast_ms)),
+    }
 
 
 def default_workdir() -> Path:

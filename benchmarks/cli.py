@@ -74,10 +74,19 @@ def load_models(names: list[str], seed: int) -> list[tuple[str, object, str]]:
     type=click.Path(file_okay=False, path_type=Path),
     help="Where artifacts are exported; an artifact already there for the same weights is reused.",
 )
+@click.option(
+    "--pairs",
+    default=7,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Alternating call pairs per paired speed-up (PyTorch vs ORT fp32, ORT fp32 vs int8); 0: none.",
+)
 @click.option("--profile/--no-profile", default=True, show_default=True, help="ORT per-op-type profile at batch 1.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the random weights of config models.")
 @click.option("--note", "notes", multiple=True, help="A line for the report's notes; repeatable.")
-def main(models, configs, backends, batch_sizes, warmup, iters, device, out, json_path, workdir, profile, seed, notes):
+def main(
+    models, configs, backends, batch_sizes, warmup, iters, device, out, json_path, workdir, pairs, profile, seed, notes
+):
     """Benchmark MODELS: demo, config names (tiny, opensdi-vitl14: random weights) or checkpoint paths.
 
     Default: tiny."""
@@ -87,7 +96,7 @@ def main(models, configs, backends, batch_sizes, warmup, iters, device, out, jso
     if not batch_sizes or min(batch_sizes) < 1:
         raise click.BadParameter("batch sizes must be >= 1", param_hint="--batch-sizes")
     names = list(models) + list(configs) or ["tiny"]
-    settings = BenchSettings(backends, batch_sizes, warmup, iters, device, workdir or default_workdir())
+    settings = BenchSettings(backends, batch_sizes, warmup, iters, device, workdir or default_workdir(), pairs)
     say = lambda text: click.echo(text, err=True)  # noqa: E731 - progress goes to stderr
 
     load_at_start = os.getloadavg()

@@ -81,7 +81,9 @@ step "maskclip-export --fp16 --trt (the CLI path, tiny)"
 maskclip-export --config tiny --fp16 --dynamic --batch 8 --trt --quiet --out "$OUT/artifacts/tiny-fp16-cli" || true
 
 step "benchmark: tiny, then opensdi-vitl14 (exports, engine builds, engine gates, timings)"
-TIMING_FLAGS=(--device cuda --batch-sizes "1,8" --warmup 10 --iters 50 --workdir "$OUT/artifacts")
+# int8-cpu is left out: its dynamic quantisation has CPU kernels only.
+TIMING_FLAGS=(--device cuda --backends torch,ort-fp32,ort-int8,ort-fp16,trt-fp32,trt-fp16,trt-int8
+              --batch-sizes "1,8" --warmup 10 --iters 50 --workdir "$OUT/artifacts")
 maskclip-bench tiny "${TIMING_FLAGS[@]}" --out "$OUT/tiny.md" --json "$OUT/tiny.json" \
     --note "GPU check run by benchmarks/gpu_check.sh"
 maskclip-bench opensdi-vitl14 "${TIMING_FLAGS[@]}" --out "$OUT/opensdi-vitl14.md" --json "$OUT/opensdi-vitl14.json" \

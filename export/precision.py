@@ -9,6 +9,7 @@ the verification gate can check it, and recorded in the manifest (`fp32_ops`).
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -172,12 +173,14 @@ def quantize_to_int8(
 
 @contextlib.contextmanager
 def _expected_quantizer_advice():
-    """Silence ORT's quantizer advice, which is logged as warnings but expected here: pre-processing is
-    not run (ORT optimises the graph at load), and the dynamic pass sees the convolutions' Q/DQ nodes
-    from the static pass ("already quantized?")."""
+    """Silence ORT's quantizer chatter: advice logged as warnings but expected here (pre-processing is
+    not run, as ORT optimises the graph at load; the dynamic pass sees the convolutions' Q/DQ nodes
+    from the static pass: "already quantized?"), and the percentile calibrator's progress, printed to
+    stdout, where maskclip-export's own result goes."""
     logging.disable(logging.WARNING)
     try:
-        yield
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
     finally:
         logging.disable(logging.NOTSET)
 

@@ -45,6 +45,26 @@ def test_checkpoint_export_records_its_source(checkpoint, tmp_path):
     assert "verification: skipped" in result.output
 
 
+def test_int8_cpu_export_prints_only_its_result(checkpoint, tmp_path):
+    """ORT's quantiser logs advice and prints calibration progress; none of it reaches the output."""
+    from PIL import Image
+
+    from maskclip_export.verify import default_verification_images
+
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for name, image in default_verification_images()[:3]:
+        Image.fromarray(image).save(calib / f"{name}.png")
+    out = tmp_path / "art"
+    result = CliRunner().invoke(
+        main, ["--quiet", "--checkpoint", str(checkpoint), "--out", str(out), "--int8-cpu", "--calib", str(calib)]
+    )
+    assert result.exit_code == 0, result.output
+    model_id = json.loads((out / "manifest.json").read_text())["model"]["model_id"]
+    assert result.stdout.splitlines() == [f"wrote {out} (int8-cpu, fused, {model_id})"]
+    assert "WARNING" not in result.stderr and "percentile" not in result.stderr, result.stderr
+
+
 def test_missing_checkpoint(tmp_path):
     _assert_one_line_error(_run("--checkpoint", tmp_path / "nope.safetensors", "--out", tmp_path / "a"), "not found")
     _nothing_written(tmp_path)
