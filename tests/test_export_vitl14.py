@@ -1,4 +1,4 @@
-"""The paper-size model (opensdi-vitl14, ~550M parameters, random init) exports in fp32 and int8 on a CPU.
+"""The paper-size model (opensdi-vitl14, ~550M parameters, random init) exports in fp32, int8 and int8-cpu on a CPU.
 
 Slow (many minutes each on 2 cores, ~13 GB RAM): `pytest -m slow tests/test_export_vitl14.py -s`.
 Records export time, file sizes and ONNX Runtime CPU latency at batch 1; the figures are printed and,
@@ -48,7 +48,7 @@ def _record(precision: str, result: dict) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("precision", ["fp32", "int8"])
+@pytest.mark.parametrize("precision", ["fp32", "int8", "int8-cpu"])
 def test_opensdi_vitl14_exports(precision, tmp_path):
     from maskclip_core.model import build_model
 
@@ -57,7 +57,7 @@ def test_opensdi_vitl14_exports(precision, tmp_path):
     model = build_model("opensdi-vitl14").eval()
     source = ModelSource(model, "random init (opensdi-vitl14)", state_dict_digest(model))
     calib = None
-    if precision == "int8":
+    if precision.startswith("int8"):
         calib = tmp_path / "calib"
         calib.mkdir()
         for name, image in default_verification_images()[:4]:
@@ -70,10 +70,12 @@ def test_opensdi_vitl14_exports(precision, tmp_path):
     except GateFailed as failed:
         # Random weights put the mask probabilities of opensdi-vitl14 within a few hundredths of the
         # threshold (reference masks of 0-2% of the pixels), where mask IoU is ill-conditioned: int8's
-        # ~0.003 probability noise moves the IoU far more than it moves anything else. The gate is right
-        # to refuse such a model; int8 must be judged on trained weights. What is required here: every
-        # step ran, the detection output held, and the only failure is the mask IoU.
-        assert precision == "int8", failed
+        # ~0.003 probability noise moves the IoU far more than it moves anything else. With 20
+        # calibration images both int8 graphs pass (mask IoU 0.92 / 0.93, benchmarks/results); with the
+        # 4 used here the gate may still refuse, and is right to: int8 must be judged on trained weights.
+        # What is required here: every step ran, the detection output held, and the only failure is
+        # the mask IoU.
+        assert precision != "fp32", failed
         out = failed.report_path.parent
         manifest = json.loads((out / "manifest.failed.json").read_text())
         manifest["verification"] = json.loads(failed.report_path.read_text())
