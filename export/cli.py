@@ -97,7 +97,7 @@ def _build_engines(out: Path, calib: str | None, calib_count: int) -> None:
 @click.option("--batch", default=1, show_default=True, type=int, help="Batch size (static), or the max with --dynamic.")
 @click.option("--dynamic", is_flag=True, help="Dynamic batch from 1 to --batch.")
 @click.option("--fp16", is_flag=True, help="Mixed-precision fp16 graph (sensitive ops in fp32).")
-@click.option("--int8", is_flag=True, help="Static int8 QDQ graph; needs --calib.")
+@click.option("--int8", is_flag=True, help="Static int8 QDQ graph, symmetric: the TensorRT int8 graph; needs --calib.")
 @click.option(
     "--int8-cpu",
     is_flag=True,
