@@ -84,12 +84,28 @@ def split_int8(source, calib_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def split_int8_cpu(source, calib_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("art") / "split-int8-cpu"
+    options = {"calib": str(calib_dir), "calib_count": 5, "batch": BatchSpec(2, dynamic=True)}
+    return out, _export(source, out, topology="split", precision="int8-cpu", **options)
+
+
+@pytest.fixture(scope="module")
 def split_fp16(source, tmp_path_factory):
     out = tmp_path_factory.mktemp("art") / "split-fp16"
     return out, _export(source, out, topology="split", precision="fp16", batch=BatchSpec(2, dynamic=True))
 
 
-ALL = ["fused_dynamic", "split_static", "fused_fp16", "fused_int8", "fused_int8_cpu", "split_int8", "split_fp16"]
+ALL = [
+    "fused_dynamic",
+    "split_static",
+    "fused_fp16",
+    "fused_int8",
+    "fused_int8_cpu",
+    "split_int8",
+    "split_int8_cpu",
+    "split_fp16",
+]
 MIN_MASK_IOU = {"fp32": 0.999, "fp16": 0.98, "int8": 0.90, "int8-cpu": 0.90}
 
 
