@@ -27,6 +27,7 @@ from PIL import Image
 from maskclip_runtime.backends.base import BackendUnavailable
 from maskclip_runtime.preprocess import load_image, preprocess_batch, resize_probability_map
 
+from .report import INT8_BACKENDS
 from .roofline import best_ceiling, gflops
 
 #: backend id -> (runtime, precision); "torch" is the PyTorch eager fp32 baseline
@@ -176,11 +177,12 @@ def export_artifact(model, precision: str, out: Path, max_batch: int, workdir: P
 
 
 def adopt_refused_artifact(failed: Path, out: Path) -> None:
-    """`<out>.failed/` (graphs + manifest.failed.json, whose verification says passed: false) -> `out`,
+    """`<out>.failed/` (graphs + the failed manifest, whose verification says passed: false) -> `out`,
     loadable for timing. Only the benchmark does this, inside its own work folder."""
+    from maskclip_export.exporter import FAILED_MANIFEST_NAME
     from maskclip_runtime.artifact import MANIFEST_NAME
 
-    os.replace(failed / "manifest.failed.json", failed / MANIFEST_NAME)
+    os.replace(failed / FAILED_MANIFEST_NAME, failed / MANIFEST_NAME)
     if out.exists():
         shutil.rmtree(out)
     os.replace(failed, out)
@@ -457,7 +459,7 @@ class ModelBench:
                 lambda: end_to_end(session, paths, self.spec, self.threshold), self.settings.warmup, self.settings.iters
             )
         )
-        dtype = "float32" if BACKENDS[backend][1] in ("fp32", "int8", "int8-cpu") else "float16"
+        dtype = "float16" if BACKENDS[backend][1] == "fp16" else "float32"
         if self.settings.device == "cpu" and dtype == "float16":
             dtype = "bfloat16"  # the CPU's reduced-precision GEMM peak
         return {
@@ -509,7 +511,7 @@ def run(
 
 
 #: The comparisons the targets are about: (slower backend, faster backends: the fastest ok row is used).
-PAIRINGS = (("torch", ("ort-fp32",)), ("ort-fp32", ("ort-int8", "ort-int8-cpu")))
+PAIRINGS = (("torch", ("ort-fp32",)), ("ort-fp32", INT8_BACKENDS))
 
 
 def paired_speedup(slow: Callable[[], object], fast: Callable[[], object], pairs: int) -> dict:

@@ -29,7 +29,7 @@ from maskclip_runtime.preprocess import load_image, preprocess_batch
 from .manifest import build_manifest, write_manifest
 from .onnx_export import BatchSpec, GraphSpec, export_graphs, graph_specs, torch_reference
 from .op_support import check_tensorrt_ops
-from .precision import FeedCalibrationReader, convert_to_fp16, quantize_for_cpu, quantize_to_int8
+from .precision import INT8_SCHEMES, FeedCalibrationReader, convert_to_fp16
 from .verify import (
     MIN_VERIFICATION_IMAGES,
     batch_chunks,
@@ -40,16 +40,11 @@ from .verify import (
 )
 
 PRECISIONS = ("fp32", "fp16", "int8", "int8-cpu")
-INT8_PRECISIONS = ("int8", "int8-cpu")  # both calibrate
-# How each int8 precision is built (recorded in the manifest's "int8" block).
-INT8_SCHEMES = {
-    "int8": "static QDQ, symmetric int8 activations and per-channel weights (TensorRT-compatible)",
-    "int8-cpu": "linear layers: dynamic (uint8 activations per call, int8 per-channel weights); "
-    "convolutions: static QDQ (uint8 activations, int8 per-channel weights); for ONNX Runtime on CPU",
-}
+INT8_PRECISIONS = tuple(INT8_SCHEMES)  # both calibrate
 TOPOLOGIES = ("fused", "split")
 OPSET_RANGE = (17, 20)  # LayerNormalization needs 17; the TorchScript exporter stops at 20
 FAILED_SUFFIX = ".failed"
+FAILED_MANIFEST_NAME = "manifest.failed.json"  # a refused export's manifest: no runtime looks for it
 
 
 class ExportError(RuntimeError):
@@ -174,20 +169,20 @@ def _to_int8(
     steps.start(f"calibrate ({len(paths)} images)")
     images = preprocess_batch([load_image(p) for p in paths], source.model.preprocess_spec())
     feeds = calibration_feeds(specs, fp32_paths, images, options.batch)
-    quantize = quantize_to_int8 if options.precision == "int8" else quantize_for_cpu
+    scheme = INT8_SCHEMES[options.precision]
     fp32_ops: set[str] = set()
     excluded: dict[str, list[str]] = {}
     for spec in specs:
         steps.start(f"{options.precision} {spec.name}")
         reader = FeedCalibrationReader(feeds[spec.name])
-        ops, excluded[spec.name] = quantize(fp32_paths[spec.name], staging / spec.file, reader)
+        ops, excluded[spec.name] = scheme.quantize(fp32_paths[spec.name], staging / spec.file, reader)
         fp32_ops |= set(ops)
     extra = {
         "int8": {
-            "scheme": INT8_SCHEMES[options.precision],
+            "scheme": scheme.description,
             "calibration_images": len(paths),
-            "calibration_method": "MinMax" if options.precision == "int8" else "Percentile 99.999",
-            "symmetric": options.precision == "int8",
+            "calibration_method": scheme.calibration_method,
+            "symmetric": scheme.symmetric,
             "per_channel_weights": True,
             "fp32_nodes": excluded,  # attention products, position tables, detection and mask heads
         }
@@ -234,7 +229,7 @@ def _keep_failed(staging: Path, out: Path, report: dict) -> Path:
     """Graphs and report of a failed gate -> <out>.failed/, with no manifest.json (nothing loads it)."""
     failed = out.with_name(out.name + FAILED_SUFFIX)
     manifest = staging / MANIFEST_NAME
-    os.replace(manifest, staging / "manifest.failed.json")
+    os.replace(manifest, staging / FAILED_MANIFEST_NAME)
     (staging / "verification.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     if failed.exists():
         shutil.rmtree(failed)

@@ -12,7 +12,8 @@ import contextlib
 import io
 import logging
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -237,3 +238,30 @@ def quantize_for_cpu(src: Path, dst: Path, calibration: FeedCalibrationReader) -
         save_onnx(onnx.load(str(quantized)), dst)
     present = op_types(onnx.load(str(dst), load_external_data=False))
     return sorted({op for op in present if op in (*INT8_KEEP_FP32, "ConvTranspose")} | excluded_ops), excluded
+
+
+@dataclass(frozen=True)
+class Int8Scheme:
+    """How one int8 precision is built; everything but `quantize` goes into the manifest's "int8" block."""
+
+    quantize: Callable[[Path, Path, FeedCalibrationReader], tuple[list[str], list[str]]]
+    description: str
+    calibration_method: str
+    symmetric: bool
+
+
+INT8_SCHEMES = {
+    "int8": Int8Scheme(
+        quantize_to_int8,
+        "static QDQ, symmetric int8 activations and per-channel weights (TensorRT-compatible)",
+        "MinMax",
+        symmetric=True,
+    ),
+    "int8-cpu": Int8Scheme(
+        quantize_for_cpu,
+        "linear layers: dynamic (uint8 activations per call, int8 per-channel weights); "
+        "convolutions: static QDQ (uint8 activations, int8 per-channel weights); for ONNX Runtime on CPU",
+        "Percentile 99.999",
+        symmetric=False,
+    ),
+}
