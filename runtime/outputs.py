@@ -37,6 +37,7 @@ RECORD_FIELDS = (
     "overlay",
     "backend",
     "model_id",
+    "self_check",
     "ms",
     "error",
 )
