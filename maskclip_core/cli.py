@@ -43,6 +43,11 @@ USER_ERRORS = (DataError, CheckpointError, FileNotFoundError, KeyError, ValueErr
 @click.option("--workers", default=2, type=int, help="Data loader processes per training process.")
 @click.option("--bf16/--no-bf16", default=False, help="bf16 autocast (CLIP stays fp32).")
 @click.option("--clip-grad", default=None, type=float, help="Clip the gradient norm to this value.")
+@click.option(
+    "--skip-nonfinite/--no-skip-nonfinite",
+    default=True,
+    help="Skip steps whose gradients hold inf/NaN, as the authors' GradScaler does.",
+)
 @click.option("--max-steps", default=None, type=int, help="Stop after this many steps (schedule unchanged).")
 @click.option("--save-every", default=500, type=int, help="Steps between checkpoints of OUT/last.")
 @click.option("--log-every", default=10, type=int)

@@ -39,7 +39,9 @@ class MaskCLIPDataset(Dataset):
     """Samples -> dict(image [3,S,S] f32, mask [1,S,S] f32, edge [1,S,S] f32, label long, key, generator, kind).
 
     With `train=True` each item is augmented with a generator seeded by (seed, epoch, index), so
-    an item is the same on every rank, worker and resumed run; call `set_epoch` every epoch.
+    an item is the same on every rank, worker and resumed run; call `set_epoch` every epoch. As in
+    the authors' training, its label is then re-derived from the augmented mask (1 when any pixel
+    is set: a random down-scale can drop a tiny edit); evaluation keeps the data set's label.
     Pass the model's `preprocess_spec()`; a bare size means a spec with the default resize.
     """
 
@@ -59,15 +61,17 @@ class MaskCLIPDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         sample = self.samples[index]
         image, mask = load_sample(sample)  # native size
+        label = sample.label
         if self.train:
             rng = np.random.default_rng((self.seed, self.epoch, index))
             image, mask = augment(image, mask, rng)
+            label = int(mask.any())
         edge = edge_map(mask)  # at the augmented native size, before the resize
         return {
             "image": torch.from_numpy(resize_and_normalize(image, self.spec)),  # [3,S,S]
             "mask": torch.from_numpy(resize_mask(mask, self.spec)).float()[None],  # [1,S,S]
             "edge": torch.from_numpy(resize_mask(edge, self.spec)).float()[None],  # [1,S,S]
-            "label": torch.tensor(sample.label, dtype=torch.long),
+            "label": torch.tensor(label, dtype=torch.long),
             "key": sample.key,
             "generator": sample.generator,
             "kind": sample.kind,
