@@ -59,6 +59,7 @@ setup(
             "maskclip-train=maskclip_core.cli:train",
             "maskclip-eval=maskclip_core.cli:evaluate",
             "maskclip-synth=maskclip_core.cli:synth",
+            "maskclip-import=maskclip_core.cli:import_checkpoint",
             "maskclip-export=maskclip_export.cli:main",
             "maskclip-run=maskclip_runtime.cli:main",
             "maskclip-bench=maskclip_bench.cli:main",
