@@ -196,6 +196,8 @@ def render_markdown(report: dict) -> str:
             diff, flips, iou = _parity(row)
             fraction = row.get("ceiling_fraction")
             status = "ok, gate refused" if (row.get("parity") or {}).get("passed") is False else "ok"
+            if row.get("fell_back"):
+                status += f", ran on {row['ran_on']}"
             lines.append(
                 f"| {row['backend']} | {row['batch']} | {status} | {_latency(row['model_ms'])} "
                 f"| {_latency(row['e2e_ms'])} "

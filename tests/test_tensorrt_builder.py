@@ -22,7 +22,6 @@ from maskclip_export.tensorrt import (
     plan_precision,
 )
 from maskclip_runtime.artifact import MANIFEST_NAME, GraphSpec, load_artifact
-from maskclip_runtime.backends.onnxruntime import OnnxRuntimeRunner
 from maskclip_runtime.engine_header import read_engine_metadata, read_plan, sidecar_path
 from maskclip_runtime.preprocess import PreprocessSpec
 
@@ -84,28 +83,12 @@ def _calibration_images(folder, count=3):
     return sorted(folder.iterdir())
 
 
-class OnnxEngineRunner(OnnxRuntimeRunner):
-    """Stands in for TensorRTRunner in the engine gate: runs the ONNX graph the engine was built from,
-    its mask inverted when `broken` (a miscompiled engine)."""
-
-    broken = False
-
-    def __init__(self, engine_path, device=0):
-        read_engine_metadata(engine_path)  # a real engine file with its sidecar must be there
-        super().__init__(engine_path.with_name("model.onnx"))
-
-    def infer(self, feed):
-        out = super().infer(feed)
-        return {**out, "mask": 1 - out["mask"]} if self.broken else out
-
-
 @pytest.fixture
 def standins(monkeypatch):
-    def install(version="10.3.0", **options):
+    def install(version="10.3.0", broken_engines=False, **options):
         import maskclip_runtime.backends.tensorrt as runtime_backend
 
-        monkeypatch.setattr(runtime_backend, "TensorRTRunner", OnnxEngineRunner)
-        monkeypatch.setattr(OnnxEngineRunner, "broken", False)
+        monkeypatch.setattr(runtime_backend, "TensorRTRunner", trt_standin.onnx_engine_runner(broken_engines))
         return trt_standin.install(monkeypatch, version, **options)
 
     return install
@@ -219,10 +202,9 @@ def test_failed_build_leaves_the_old_artifact_loadable(tmp_path, standins, monke
 
 
 def test_refused_engines_are_never_recorded(tmp_path, standins):
-    standins("10.3.0")
+    standins("10.3.0", broken_engines=True)
     folder = _artifact(tmp_path / "art")
     before = (folder / MANIFEST_NAME).read_bytes()
-    OnnxEngineRunner.broken = True
     with pytest.raises(EngineGateFailed, match="mask IoU") as refused:
         build_engines(folder, **quiet)
     assert (folder / MANIFEST_NAME).read_bytes() == before  # so --backend auto cannot pick them

@@ -21,6 +21,7 @@ import enum
 import importlib.machinery
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 
@@ -399,3 +400,24 @@ def install(monkeypatch, version: str = "10.3.0", cudart: FakeCudart | None = No
     else:
         monkeypatch.setattr(export_tensorrt, "import_cudart", lambda: cudart)
     return types.SimpleNamespace(trt=trt, cudart=cudart, record=record)
+
+
+def onnx_engine_runner(broken: bool = False):
+    """A TensorRTRunner stand-in for the engine gate and the Detector: it checks the engine file and its
+    sidecar, then runs the ONNX graph the engine was built from on ONNX Runtime (CPU); `broken` inverts
+    its mask, like a miscompiled engine."""
+    from maskclip_runtime.backends.onnxruntime import OnnxRuntimeRunner
+    from maskclip_runtime.engine_header import read_engine_metadata, read_plan
+
+    class OnnxEngineRunner(OnnxRuntimeRunner):
+        def __init__(self, engine_path, device=0):
+            metadata = read_engine_metadata(engine_path)
+            read_plan(engine_path, metadata)
+            super().__init__(Path(engine_path).with_name(metadata["onnx_file"]))
+            self.backend = "tensorrt"
+
+        def infer(self, feed):
+            out = super().infer(feed)
+            return {**out, "mask": 1 - out["mask"]} if broken else out
+
+    return OnnxEngineRunner
