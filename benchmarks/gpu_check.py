@@ -379,9 +379,11 @@ def pin_platform_torch(python: str, out: Path) -> str:
 
 
 def fetch_wheels(folder: Path) -> int:
-    """Download OFFLINE_WHEELS (pure Python: any platform, any Python 3) into `folder`."""
+    """Download OFFLINE_WHEELS into `folder`: pure-Python wheels only (platform "any"), so whatever machine
+    fetches them, they install on the GPU machine (python_requires is checked for Python 3.12)."""
     folder.mkdir(parents=True, exist_ok=True)
-    argv = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", str(folder)]
+    argv = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--platform", "any"]
+    argv += ["--python-version", "3.12", "-d", str(folder)]
     argv += [f"{name}=={version}" for name, version in OFFLINE_WHEELS.items()]
     print(" ".join(argv), flush=True)
     return subprocess.call(argv)
