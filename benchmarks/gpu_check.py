@@ -99,12 +99,14 @@ class Step:
 class Checker:
     """Runs steps one after another: a step that fails is recorded, and the next one runs all the same."""
 
-    def __init__(self, out: Path, budget_s: float):
-        self.out = out
+    def __init__(self, out: Path, budget_s: float, work: Path | None = None):
+        self.out = out  # the report: a handful of files
+        self.work = work or out / "work"  # venv / installed packages, artifacts, engines, images
         self.started = time.monotonic()
         self.budget_s = budget_s
         self.steps: list[Step] = []
         out.mkdir(parents=True, exist_ok=True)
+        self.work.mkdir(parents=True, exist_ok=True)
         self._log = (out / "log.txt").open("a", encoding="utf-8")
 
     def say(self, text: str) -> None:
@@ -178,17 +180,19 @@ class Checker:
         return self._record(name, "ok", began, detail)
 
     def finish(self, facts: dict) -> dict:
+        """summary.md (the steps), then summary.json (steps, report files, facts); closes the log."""
+        seconds = round(time.monotonic() - self.started, 1)
+        lines = [f"# GPU check: {seconds:.0f} s", "", "| step | status | s | detail |", "|---|---|---|---|"]
+        lines += [f"| {s.name} | {s.status} | {s.seconds:.0f} | {s.detail.replace('|', '/')} |" for s in self.steps]
+        (self.out / "summary.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        self.say("\n" + "\n".join(lines))
         summary = {
-            "seconds": round(time.monotonic() - self.started, 1),
+            "seconds": seconds,
             "steps": [asdict(step) for step in self.steps],
             "files": sorted(p.name for p in self.out.iterdir() if p.is_file() and p.name != "summary.json"),
             **facts,
         }
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-        lines = [f"# GPU check: {summary['seconds']:.0f} s", "", "| step | status | s | detail |", "|---|---|---|---|"]
-        lines += [f"| {s.name} | {s.status} | {s.seconds:.0f} | {s.detail.replace('|', '/')} |" for s in self.steps]
-        (self.out / "summary.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-        self.say("\n" + "\n".join(lines))
         self._log.close()
         return summary
 
@@ -245,19 +249,18 @@ def probe_step(check: Checker, python: str, env: dict) -> dict:
         if line.startswith("{"):
             found = json.loads(line)
             break
-    (check.out / "environment.json").write_text(json.dumps(found, indent=2) + "\n", encoding="utf-8")
     return found
 
 
 def bench_command(
-    python: str, model: str, out: Path, device: str, backends: str, iters: int, pairs: int, report: str = ""
+    python: str, model: str, check: Checker, device: str, backends: str, iters: int, pairs: int, report: str = ""
 ) -> list[str]:
     """maskclip-bench through the interpreter (no console script needed); report: the report files' stem."""
-    report = report or model
+    report, out = report or model, check.out
     return [
         python, "-c", "from maskclip_bench.cli import main; main()", model, "--device", device,
         "--backends", backends, "--batch-sizes", "1,8", "--warmup", "10", "--iters", str(iters),
-        "--pairs", str(pairs), "--no-profile", "--workdir", str(out / "artifacts"),
+        "--pairs", str(pairs), "--no-profile", "--workdir", str(check.work / "artifacts"),
         "--out", str(out / f"{report}.md"), "--json", str(out / f"{report}.json"),
         "--note", "GPU check run by benchmarks/gpu_check.py; random weights",
     ]  # fmt: skip
@@ -265,7 +268,7 @@ def bench_command(
 
 def run_offline(args, check: Checker) -> dict:
     python = args.python
-    site = check.out / "site"
+    site = check.work / "site"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
     gpu_step(check)
     found = probe_step(check, python, env)
@@ -281,7 +284,7 @@ def run_offline(args, check: Checker) -> dict:
         check.command("wheels (missing pure-Python packages)", [*pip, *map(str, wheels)], timeout_s=120)
     if unavailable:
         check.skip(
-            "wheels (missing pure-Python packages)",
+            "wheels (not in the folder)",
             f"no wheel for {', '.join(unavailable)} in {args.wheels}: run `python3 benchmarks/gpu_check.py "
             "--fetch-wheels` where a package index is reachable",
         )
@@ -307,7 +310,7 @@ def run_offline(args, check: Checker) -> dict:
         if backends:
             check.command(
                 f"benchmark {args.model} {report.removeprefix(args.model).lstrip('-') or 'pytorch'} ({args.device})",
-                bench_command(python, args.model, check.out, args.device, backends, args.iters, 0, report),
+                bench_command(python, args.model, check, args.device, backends, args.iters, 0, report),
                 env=env,
             )
     return {"mode": "offline", "python": python, "environment": found, "wheels_installed": [w.name for w in wheels]}
@@ -324,14 +327,14 @@ def run_online(args, check: Checker) -> dict:
     smi = gpu_step(check)
     target = args.target if args.target != "auto" else choose_target(smi, TEGRA_RELEASE.is_file())
     check.say(f"target: {target} (extra [{TARGET_EXTRAS[target]}])")
-    venv = check.out / "venv"
+    venv = check.work / "venv"
     # System site packages: JetPack's TensorRT, CUDA Python bindings and torch live there.
     check.command(
         "venv (system site packages visible)", [args.python, "-m", "venv", "--system-site-packages", str(venv)]
     )
     python = str(venv / "bin" / "python")
-    check.call("constraints (platform torch pinned to itself)", lambda: pin_platform_torch(python, check.out))
-    constraints = ["-c", str(check.out / "constraints.txt")]
+    check.call("constraints (platform torch pinned to itself)", lambda: pin_platform_torch(python, check.work))
+    constraints = ["-c", str(check.work / "constraints.txt")]
     extras = f".[{TARGET_EXTRAS[target]},export,dev]"
     ok, _ = check.command("install maskclip", [python, "-m", "pip", "install", "-q", *constraints, "-e", extras])
     if not ok and target != "jetson":
@@ -340,7 +343,13 @@ def run_online(args, check: Checker) -> dict:
             "install maskclip (no TensorRT)",
             [python, "-m", "pip", "install", "-q", *constraints, "-e", ".[cpu,export,dev]"],
         )
-    probe_step(check, python, dict(os.environ))
+    found = probe_step(check, python, dict(os.environ))
+    if str(found.get("modules", {}).get("onnxruntime", "MISSING")).startswith("MISSING"):
+        # JetPack ships no onnxruntime wheel on PyPI: the CPU build, only where no onnxruntime-gpu is installed.
+        check.command(
+            "onnxruntime (CPU; none installed)",
+            [python, "-m", "pip", "install", "-q", *constraints, "onnxruntime>=1.17"],
+        )
     check.command(
         "GPU tests (pytest -m gpu)",
         [python, "-m", "pytest", "-q", "-m", "gpu", "-rs", "-p", "no:cacheprovider", "tests/test_tensorrt_build.py"],
@@ -349,13 +358,13 @@ def run_online(args, check: Checker) -> dict:
     check.command(
         "maskclip-export --fp16 --trt (the CLI path, tiny)",
         [python, "-c", "from maskclip_export.cli import main; main()", "--config", "tiny", "--fp16", "--dynamic",
-         "--batch", "8", "--trt", "--quiet", "--out", str(check.out / "artifacts" / "tiny-fp16-cli")],
+         "--batch", "8", "--trt", "--quiet", "--out", str(check.work / "artifacts" / "tiny-fp16-cli")],
         timeout_s=600,
     )  # fmt: skip
     backends = args.backends or ALL_BACKENDS
     for model in ("tiny", args.model):
         check.command(
-            f"benchmark {model} ({args.device})", bench_command(python, model, check.out, args.device, backends, 50, 7)
+            f"benchmark {model} ({args.device})", bench_command(python, model, check, args.device, backends, 50, 7)
         )
     return {"mode": "online", "target": target, "python": python}
 
@@ -396,6 +405,7 @@ def parse_args(argv=None):
     parser.add_argument(
         "--out", type=Path, default=Path(f"gpu-report-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
     )
+    parser.add_argument("--work", type=Path, help="installs, artifacts and engines (default: <out>/work)")
     parser.add_argument(
         "--offline", action="store_true", help="no package index: use --python as it is, wheels from --wheels"
     )
@@ -423,7 +433,7 @@ def main(argv=None) -> int:
     if args.fetch_wheels:
         return fetch_wheels(args.wheels)
     budget = args.budget_s or (570 if args.offline else float("inf"))
-    check = Checker(args.out.resolve(), budget)
+    check = Checker(args.out.resolve(), budget, args.work.resolve() if args.work else None)
     facts = run_offline(args, check) if args.offline else run_online(args, check)
     check.finish(facts)
     # Exit 0 when the benchmark wrote its report, whatever else failed: the report says what did not run.

@@ -126,8 +126,8 @@ def test_offline_mode_end_to_end_on_a_simulated_offline_machine(tmp_path):
     env["PIP_NO_INDEX"] = "1"  # no package index, as on the offline machine
     done = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--offline", "--python", str(python),
-         "--wheels", str(wheels), "--out", str(out), "--model", "tiny", "--device", "cpu", "--iters", "2",
-         "--backends", "torch,torch-bf16,torch-graph,trt-fp16"],
+         "--wheels", str(wheels), "--out", str(out), "--work", str(tmp_path / "work"), "--model", "tiny",
+         "--device", "cpu", "--iters", "2", "--backends", "torch,torch-bf16,torch-graph,trt-fp16"],
         capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:]
@@ -137,7 +137,10 @@ def test_offline_mode_end_to_end_on_a_simulated_offline_machine(tmp_path):
     assert status["install maskclip (--no-build-isolation --no-deps)"] == "ok"
     assert status["import check"] == "ok"
     assert sorted(summary["wheels_installed"]) == sorted(p.name for p in wheels.iterdir())
-    assert {"tiny.json", "tiny.md", "tiny-artifacts.json", "log.txt", "environment.json"} <= set(summary["files"])
+    files = {"tiny.json", "tiny.md", "tiny-artifacts.json", "tiny-artifacts.md", "log.txt", "summary.md"}
+    assert set(summary["files"]) == files and (out / "summary.json").is_file()
+    assert summary["environment"]["modules"]["tensorrt"].startswith("MISSING")
+    assert (tmp_path / "work" / "site" / "maskclip_bench").is_dir()  # installs went to the work folder
     rows = {(r["backend"], r["batch"]): r for r in json.loads((out / "tiny.json").read_text())["rows"]}
     assert rows["torch", 8]["status"] == "ok" and rows["torch-bf16", 1]["parity"]["images"] > 0
     assert rows["torch-graph", 1]["status"] == "unavailable"  # no CUDA here: says why
