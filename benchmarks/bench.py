@@ -394,7 +394,9 @@ def artifact_session(artifact_dir: Path, runtime: str, device: str, batch: int) 
 
     if runtime == "tensorrt" and not device.startswith("cuda"):
         device = "cuda"  # engines only run on a GPU, whatever the other rows use
-    detector = Detector(artifact_dir, backend=runtime, device=device, batch=batch)
+    # A refused artifact is timed anyway and its row says so: its self-check would only repeat the refusal.
+    refused = gate_parity(artifact_dir, runtime).get("passed") is False
+    detector = Detector(artifact_dir, backend=runtime, device=device, batch=batch, self_check=not refused)
     files = load_artifact(artifact_dir).manifest["files"]
     used = (
         [f for f in files if f.endswith(".engine")]
