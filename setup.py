@@ -43,12 +43,17 @@ setup(
         "maskclip_core": ["weights/*.safetensors", "weights/*.json", "weights/*.md"],
         "maskclip_export": ["tensorrt_onnx_ops.json"],
         "maskclip_runtime": ["demo/*.json", "demo/*.onnx", "demo/examples/*.jpg"],
-        "maskclip_bench": ["gpu_check.sh"],
+        "maskclip_bench": ["gpu_check.sh"],  # gpu_check.py is a module of the package
     },
     install_requires=RUNTIME,
     extras_require={
         "cpu": ["onnxruntime>=1.17"],
-        "gpu": ["onnxruntime-gpu>=1.17", "tensorrt>=10", "cuda-python>=12"],
+        # One GPU extra per platform (README: GPU targets). cuda-python 13 needs a CUDA 13 driver (>= 580);
+        # onnxruntime-gpu on PyPI is built for CUDA 12 up to 1.26, for CUDA 13 from 1.27. x86 CUDA 12 gets
+        # TensorRT 10 (as JetPack 6's 10.3: engines from fp32 graphs with builder flags), CUDA 13 TensorRT 11.
+        "gpu": ["onnxruntime-gpu>=1.27", "tensorrt-cu13>=11,<12", "cuda-python>=13,<14"],
+        "gpu-cu12": ["onnxruntime-gpu>=1.20,<1.27", "tensorrt-cu12>=10.3,<11", "cuda-python>=12.3,<13"],
+        "jetson": ["cuda-python>=12.3,<13"],  # JetPack 6: TensorRT, torch and onnxruntime-gpu come with it
         "train": TRAIN,
         "export": TRAIN + EXPORT,
         "dev": ["pytest>=8", "ruff>=0.5", "scikit-learn>=1.3", "opencv-python-headless>=4.8"],
