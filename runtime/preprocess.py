@@ -7,6 +7,7 @@ No torch here: the runtime must not import it.
 
 from __future__ import annotations
 
+import io
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +25,10 @@ MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS
 
 class ImageLoadError(ValueError):
     """An input file that is not a usable image; the message names the file."""
+
+
+class UnknownImageFormat(ImageLoadError):
+    """The bytes are in no format Pillow reads (an HTTP server answers 415 rather than 400)."""
 
 
 @dataclass(frozen=True)
@@ -94,24 +99,35 @@ def load_image(path: str | Path) -> Image.Image:
         raise ImageLoadError(f"{path}: is a folder, not an image")
     if path.stat().st_size == 0:
         raise ImageLoadError(f"{path}: empty file")
+    return _decode(path, str(path))
+
+
+def decode_image(data: bytes, name: str) -> Image.Image:
+    """load_image for bytes already in memory (an HTTP upload); `name` stands for the file in messages."""
+    if not data:
+        raise ImageLoadError(f"{name}: empty file")
+    return _decode(io.BytesIO(data), name)
+
+
+def _decode(source: Path | io.BytesIO, name: str) -> Image.Image:
     try:
         with warnings.catch_warnings():
             # DecompressionBombWarning (between 1x and 2x the limit) becomes an error here too.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(source) as img:
                 img.load()
                 img = ImageOps.exif_transpose(img)
                 rgb = to_rgb8(img)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageLoadError(
-            f"{path}: refused, image is larger than the {MAX_IMAGE_PIXELS:,}-pixel decompression-bomb limit ({exc})"
+            f"{name}: refused, image is larger than the {MAX_IMAGE_PIXELS:,}-pixel decompression-bomb limit ({exc})"
         ) from None
     except Image.UnidentifiedImageError:
-        raise ImageLoadError(f"{path}: not a readable image (unknown format)") from None
+        raise UnknownImageFormat(f"{name}: not a readable image (unknown format)") from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageLoadError(f"{path}: cannot decode image ({exc})") from None
+        raise ImageLoadError(f"{name}: cannot decode image ({exc})") from None
     if min(rgb.size) < 1:
-        raise ImageLoadError(f"{path}: image has no pixels")
+        raise ImageLoadError(f"{name}: image has no pixels")
     return rgb
 
 
