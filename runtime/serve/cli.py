@@ -2,8 +2,9 @@
 
 One process, one Detector, one micro-batching queue: scale out with more processes or replicas,
 not with workers inside one (each would load its own copy of the model and queue).
-Exit status: 0 after a clean shutdown (SIGTERM/SIGINT drain in-flight requests first), 2 usage
-error or unusable model, 1 anything else; errors are one line on stderr.
+SIGTERM/SIGINT: /readyz turns 503, in-flight requests are answered, the model is released, then
+the process ends by that signal as uvicorn does (status 143 / 130 in a shell). Exit status 2: usage
+error or unusable model; 1: the server failed. Errors are one line on stderr.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ log = logging.getLogger("maskclip_runtime")
 
 @click.command(
     context_settings={"help_option_names": ["-h", "--help"]},
-    epilog="Exit status: 0 clean shutdown, 1 server failure, 2 usage error or unusable model.",
+    epilog="SIGTERM drains in-flight requests, then exits by the signal. Exit status: 1 server failure, "
+    "2 usage error or unusable model.",
 )
 @click.option("--model", type=click.Path(), help="Artifact folder or manifest.json (default: embedded demo model).")
 @click.option("--backend", type=click.Choice(["auto", "onnxruntime", "tensorrt"]), default="auto", show_default=True)
