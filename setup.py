@@ -57,7 +57,8 @@ setup(
         # pytriton pins numpy<2 and ships a Linux x86_64 (glibc >= 2.35) tritonserver: use it in a
         # runtime-only environment (`cpu,serve,triton`), not beside torch.
         "triton": SERVE + ["nvidia-pytriton>=0.5"],
-        "dev": ["pytest>=8", "ruff>=0.5", "scikit-learn>=1.3", "httpx>=0.27", "selenium>=4.15"],
+        # The test suite covers the server too: its tests need the serve stack, a client and a browser driver.
+        "dev": ["pytest>=8", "ruff>=0.5", "scikit-learn>=1.3", "httpx>=0.27", "selenium>=4.15"] + SERVE,
     },
     entry_points={
         "console_scripts": [
