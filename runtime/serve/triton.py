@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 from collections.abc import Callable
 from functools import partial
 
@@ -75,7 +76,11 @@ def serve_with_triton(load_detector: Callable[[], Detector], host: str, port: in
             triton.serve()
     except Exception as exc:  # tritonserver failed to start or died: one line
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise TritonUnavailable(f"Triton Inference Server failed: {reason}") from None
+        raise TritonUnavailable(
+            f"Triton Inference Server failed: {reason} (tritonserver's log above says more; PyTriton's Python "
+            f"backend runs this interpreter's standard library with the system libpython{sys.version_info[0]}."
+            f"{sys.version_info[1]}.so, so their patch versions must match, e.g. use the distribution's python3)"
+        ) from None
     finally:
         detector.close()
     return 0
@@ -93,7 +98,7 @@ def _infer_batch(detector: Detector, image: np.ndarray) -> dict[str, np.ndarray]
     rows, prepared = [], []
     for row, data in enumerate(image[:, 0]):
         try:
-            prepared.append(detector.prepare(decode_image(bytes(data), f"request {row}")))
+            prepared.append(detector.prepare(decode_image(bytes(data), "image")))
             rows.append(row)
         except ImageLoadError as exc:
             error[row] = str(exc).encode("utf-8")
