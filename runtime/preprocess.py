@@ -131,11 +131,9 @@ def _decode(source: Path | io.BytesIO, name: str) -> Image.Image:
     return rgb
 
 
-def resize_and_normalize(image: Image.Image | np.ndarray, spec: PreprocessSpec) -> np.ndarray:
-    """RGB uint8 image (PIL or HxWx3 array) -> float32 [3, size, size], CLIP-normalised.
-
-    Plain resize to a square (no padding, no aspect preservation), as the authors train.
-    """
+def resize_rgb8(image: Image.Image | np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """RGB uint8 image (PIL or HxWx3 array) -> uint8 [size, size, 3]: the resize half of resize_and_normalize,
+    what a client of a graph with the normalisation baked in (maskclip-triton --raw-input) sends."""
     if isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"expected an HxWx3 uint8 array, got {image.shape} {image.dtype}")
@@ -144,7 +142,15 @@ def resize_and_normalize(image: Image.Image | np.ndarray, spec: PreprocessSpec) 
         image = to_rgb8(image)
     if image.size != (spec.size, spec.size):
         image = image.resize((spec.size, spec.size), _RESAMPLE[spec.resample])
-    x = np.asarray(image, dtype=np.float32) * np.float32(spec.scale)  # [S,S,3] in 0..1
+    return np.asarray(image, dtype=np.uint8)
+
+
+def resize_and_normalize(image: Image.Image | np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """RGB uint8 image (PIL or HxWx3 array) -> float32 [3, size, size], CLIP-normalised.
+
+    Plain resize to a square (no padding, no aspect preservation), as the authors train.
+    """
+    x = resize_rgb8(image, spec).astype(np.float32) * np.float32(spec.scale)  # [S,S,3] in 0..1
     x = (x - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
     return np.ascontiguousarray(x.transpose(2, 0, 1))  # [3,S,S]
 
