@@ -1,12 +1,13 @@
 """Load test of maskclip-serve on loopback against maskclip-run on the same artifact and batch size.
 
 python -m maskclip_bench.serve_load [--model ARTIFACT] [--requests 300] [--seconds 60] [--concurrency 1,4,16]
+                                   [--rounds 3] [--json FILE]
 
 1. maskclip-run over a folder of the example images (--batch B): its own images/s line, the
    reference (the server's work per image is the same: decode, preprocess, forward, resize the mask).
 2. maskclip-serve with --batch B, then for each concurrency c: c clients on keep-alive connections
    POST the same files as raw bodies until --requests answers or --seconds pass; images/s, p50/p99
-   latency, errors.
+   latency, errors. Steps 1 and 2 alternate for --rounds rounds; medians are reported.
 3. The queue bound: a server with a small --max-queue, warmed at that many clients, then flooded
    with 8x as many; every request must be answered 200 or 429, and memory must stay near the warm
    figure (the queue, not the request count, decides what is held).
@@ -191,6 +192,23 @@ def load(port: int, bodies: list[bytes], concurrency: int, requests: int, second
     )
 
 
+def _median_result(rounds: list[LoadResult]) -> LoadResult:
+    """Median images/s and latencies over rounds; statuses summed (an error in any round counts)."""
+    statuses: dict[int, int] = {}
+    for result in rounds:
+        for status, count in result.statuses.items():
+            statuses[status] = statuses.get(status, 0) + count
+    return LoadResult(
+        concurrency=rounds[0].concurrency,
+        requests=sum(r.requests for r in rounds),
+        seconds=sum(r.seconds for r in rounds),
+        images_per_s=statistics.median(r.images_per_s for r in rounds),
+        p50_ms=statistics.median(r.p50_ms for r in rounds),
+        p99_ms=statistics.median(r.p99_ms for r in rounds),
+        statuses=statuses,
+    )
+
+
 def _csv_ints(ctx, param, value: str) -> list[int]:
     try:
         return [int(item) for item in value.split(",") if item.strip()]
@@ -205,10 +223,11 @@ def _csv_ints(ctx, param, value: str) -> list[int]:
 @click.option("--concurrency", default="1,4,16", show_default=True, callback=_csv_ints)
 @click.option("--requests", default=300, show_default=True, type=click.IntRange(min=1), help="Per concurrency level.")
 @click.option("--seconds", default=60.0, show_default=True, type=click.FloatRange(min=1), help="Per level, at most.")
+@click.option("--rounds", default=3, show_default=True, type=click.IntRange(min=1), help="Alternating repeats.")
 @click.option("--max-wait-ms", default=5.0, show_default=True, type=click.FloatRange(min=0))
 @click.option("--queue-bound", default=8, show_default=True, type=click.IntRange(min=1), help="--max-queue of step 3.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write the figures.")
-def main(model, batch, threads, concurrency, requests, seconds, max_wait_ms, queue_bound, json_path) -> None:
+def main(model, batch, threads, concurrency, requests, seconds, rounds, max_wait_ms, queue_bound, json_path) -> None:
     """Load-test maskclip-serve on loopback against maskclip-run's throughput at the same batch."""
     model = str(model or DEMO_DIR)
     artifact = load_artifact(model)
@@ -218,20 +237,27 @@ def main(model, batch, threads, concurrency, requests, seconds, max_wait_ms, que
         paths = example_folder(requests, Path(temp))
         bodies = [p.read_bytes() for p in paths[: min(len(paths), 3)]]
         click.echo(f"model {artifact.model_id}, batch {batch}, {os.cpu_count()} CPUs, {requests} requests per level")
-        cli_rate = cli_images_per_s(model, Path(temp), batch, threads)
-        click.echo(f"maskclip-run --batch {batch}: {cli_rate:.1f} images/s ({len(paths)} images)")
-
-        results = []
+        # Rounds alternate maskclip-run and the server levels, so a burst of load from elsewhere on a
+        # shared machine hits both; medians over rounds are reported.
+        cli_rates: list[float] = []
+        rounds_of: dict[int, list[LoadResult]] = {level: [] for level in concurrency}
         with Server(*common, "--max-wait-ms", str(max_wait_ms)) as server:
             load(server.port, bodies, concurrency=2, requests=20, seconds=seconds)  # warm-up
-            click.echo("concurrency  images/s  p50 ms  p99 ms  errors  vs maskclip-run")
-            for level in concurrency:
-                result = load(server.port, bodies, level, requests, seconds)
-                results.append(result)
-                click.echo(
-                    f"{level:>11}  {result.images_per_s:>8.1f}  {result.p50_ms:>6.1f}  {result.p99_ms:>6.1f}  "
-                    f"{result.errors:>6}  {result.images_per_s / cli_rate:>6.0%}"
-                )
+            for _ in range(rounds):
+                cli_rates.append(cli_images_per_s(model, Path(temp), batch, threads))
+                for level in concurrency:
+                    rounds_of[level].append(load(server.port, bodies, level, requests, seconds))
+        cli_rate = statistics.median(cli_rates)
+        rates = ", ".join(f"{r:.1f}" for r in cli_rates)
+        click.echo(f"maskclip-run --batch {batch}: {cli_rate:.1f} images/s median of {rounds} runs ({rates})")
+        click.echo(f"maskclip-serve, median of {rounds} rounds:")
+        click.echo("concurrency  images/s  p50 ms  p99 ms  errors  vs maskclip-run")
+        results = [_median_result(rounds_of[level]) for level in concurrency]
+        for result in results:
+            click.echo(
+                f"{result.concurrency:>11}  {result.images_per_s:>8.1f}  {result.p50_ms:>6.1f}  {result.p99_ms:>6.1f}  "
+                f"{result.errors:>6}  {result.images_per_s / cli_rate:>6.0%}"
+            )
 
         overload = 8 * queue_bound
         with Server(*common, "--max-wait-ms", str(max_wait_ms), "--max-queue", str(queue_bound)) as server:
@@ -249,11 +275,13 @@ def main(model, batch, threads, concurrency, requests, seconds, max_wait_ms, que
             flood = load(server.port, bodies, overload, 4 * requests, seconds)
             sampling.set()
             sampler.join()
+        first_half, second_half = peak[: len(peak) // 2 or 1], peak[len(peak) // 2 :]
         other = {status: n for status, n in flood.statuses.items() if status not in (200, 429)}
         click.echo(
             f"queue bound {queue_bound}, {overload} clients: {flood.statuses.get(200, 0)} answered 200, "
             f"{flood.statuses.get(429, 0)} answered 429, {sum(other.values())} other{f' {other}' if other else ''}; "
-            f"server RSS {warm_rss:.0f} MiB warm, {max(peak):.0f} MiB at most under the flood"
+            f"server RSS {warm_rss:.0f} MiB warm; at most {max(first_half):.0f} MiB in the flood's first half, "
+            f"{max(second_half):.0f} MiB in its second"
         )
 
     top = max(results, key=lambda r: r.concurrency) if results else None
@@ -269,9 +297,14 @@ def main(model, batch, threads, concurrency, requests, seconds, max_wait_ms, que
             "model_id": artifact.model_id,
             "batch": batch,
             "cpus": os.cpu_count(),
-            "cli_images_per_s": cli_rate,
-            "levels": [asdict(r) for r in results],
-            "queue_bound": {"max_queue": queue_bound, "clients": overload, "statuses": flood.statuses},
+            "cli_images_per_s": cli_rates,
+            "levels": {level: [asdict(r) for r in rounds_of[level]] for level in concurrency},
+            "queue_bound": {
+                "max_queue": queue_bound,
+                "clients": overload,
+                "statuses": flood.statuses,
+                "rss_mib": {"warm": warm_rss, "first_half_max": max(first_half), "second_half_max": max(second_half)},
+            },
         }
         with atomic_path(json_path) as temp:
             temp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
