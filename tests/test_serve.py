@@ -191,6 +191,10 @@ def _truncated_jpeg() -> bytes:
         ({"content": b"", "headers": {"Content-Type": "image/jpeg"}}, 400),
         ({"content": _truncated_jpeg(), "headers": {"Content-Type": "image/jpeg"}}, 400),
         ({"files": {"image": ("a.jpg", EXAMPLES[0].read_bytes())}}, 400),
+        (
+            {"files": [("file", ("a.jpg", EXAMPLES[0].read_bytes())), ("file", ("b.jpg", EXAMPLES[1].read_bytes()))]},
+            400,
+        ),
     ],
     ids=[
         "too-large",
@@ -201,6 +205,7 @@ def _truncated_jpeg() -> bytes:
         "empty",
         "truncated",
         "no-file",
+        "two-files",
     ],
 )
 def test_bad_requests_get_their_status_and_one_line(client, request_kwargs, status):
@@ -224,6 +229,21 @@ def test_bad_query_parameter_is_400(client):
         "/v1/detect?mask=jpeg", content=EXAMPLES[0].read_bytes(), headers={"Content-Type": "image/jpeg"}
     )
     assert response.status_code == 400 and set(response.json()) == {"error"}
+
+
+def test_too_many_files_and_unknown_paths_answer_in_the_same_shape():
+    app = create_app(demo_detector, ServeSettings(max_queue=2))
+    client = start_client(app)
+    try:
+        files = [("files", (p.name, p.read_bytes(), "image/jpeg")) for p in EXAMPLES]  # 3 > max_queue 2
+        too_many = client.post("/v1/detect/batch", files=files)
+        unknown = client.get("/v2/nothing")
+        wrong_method = client.get("/v1/detect")
+    finally:
+        client.__exit__(None, None, None)
+    assert too_many.status_code == 413 and set(too_many.json()) == {"error"}
+    assert unknown.status_code == 404 and set(unknown.json()) == {"error"}
+    assert wrong_method.status_code == 405 and set(wrong_method.json()) == {"error"}
 
 
 def test_batch_endpoint_wants_multipart(client):

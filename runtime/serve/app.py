@@ -27,6 +27,7 @@ from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..detector import Detection, Detector, PreparedImage
 from ..outputs import PNG_COMPRESS_LEVEL, detection_record, heat_overlay, mask_image
@@ -169,6 +170,11 @@ def create_app(
     async def serve_error(request: Request, exc: ServeError) -> JSONResponse:
         return JSONResponse({"error": str(exc)}, status_code=exc.status)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # Starlette's own refusals (unknown path, wrong method, malformed multipart) in the same shape.
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
     @app.exception_handler(RequestValidationError)
     async def bad_parameter(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0]
@@ -263,12 +269,14 @@ def model_summary(detector: Detector) -> dict:
 async def _uploads(request: Request, field: str, many: bool, limit: int) -> list[Upload]:
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media == "multipart/form-data":
-        form = await request.form(max_files=limit + 1)
+        form = await request.form()  # the body size limit bounds the parts; the count is checked below
         parts = [part for part in form.getlist(field) if isinstance(part, UploadFile)]
         if not parts:
             raise ServeError(400, f"the multipart body has no file field named {field!r}")
+        if not many and len(parts) > 1:
+            raise ServeError(400, f"{len(parts)} files in one request: send several to /v1/detect/batch")
         if len(parts) > limit:
-            raise ServeError(413, f"{len(parts)} images in one request; at most {limit} (the queue bound)")
+            raise ServeError(413, f"{len(parts)} images in one request; at most {limit} (--max-queue)")
         uploads = []
         for part in parts:
             _check_image_type(part.content_type or "", part.filename or field)
