@@ -1,13 +1,15 @@
 """maskclip-run: detect generated images and pixels with an exported artifact.
 
 Exit status: 0 every image succeeded, 1 some images failed (each reported, the rest completed),
-2 usage error (bad flags, unusable model, no inputs). Errors are one line on stderr, never a
-traceback: this is a tool people put in shell pipelines and cron jobs.
+2 usage error (bad flags, unusable model, no inputs), 3 the artifact failed its on-device self-check.
+Errors are one line on stderr, never a traceback: this is a tool people put in shell pipelines and
+cron jobs.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import sys
@@ -36,6 +38,8 @@ from .outputs import (
     save_overlay_png,
 )
 from .preprocess import ImageLoadError, load_image
+from .selfcheck import SelfCheckFailed
+from .selfcheck import self_check as run_self_check
 
 PROG = "maskclip-run"
 DEMO_DIR = Path(__file__).resolve().parent / "demo"
@@ -44,6 +48,9 @@ DEMO_NOTE = "using the embedded demo model (tiny, trained on synthetic edits)"
 
 class UsageFailure(Exception):
     """A problem with how the tool was called (exit status 2)."""
+
+
+EXIT_SELF_CHECK_FAILED = 3
 
 
 @dataclass
@@ -69,7 +76,8 @@ def _check_device(ctx, param, value: str | None) -> str | None:
 
 @click.command(
     context_settings={"help_option_names": ["-h", "--help"]},
-    epilog="Exit status: 0 all images answered, 1 some images failed (each reported), 2 usage error.",
+    epilog="Exit status: 0 all images answered, 1 some images failed (each reported), 2 usage error, "
+    "3 the artifact failed its on-device self-check.",
 )
 @click.argument("images", nargs=-1)
 @click.option("--model", type=click.Path(), help="Artifact folder or manifest.json (default: embedded demo model).")
@@ -84,6 +92,20 @@ def _check_device(ctx, param, value: str | None) -> str | None:
 @click.option("--overlays", type=click.Path(file_okay=False), help="Folder for heat-overlay PNGs.")
 @click.option("--resume", is_flag=True, help="Skip images answered in the --json file (failed ones retried); append.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or notes on stderr (errors still shown).")
+@click.option(
+    "--self-check",
+    "self_check_only",
+    is_flag=True,
+    help="Only run the artifact's self-check on this backend and device and print its JSON verdict.",
+)
+@click.option(
+    "--no-self-check",
+    is_flag=True,
+    help="Skip the self-check (canaries compared with PyTorch on first use on a machine; cached once passed).",
+)
+@click.option(
+    "--strict", is_flag=True, help="Refuse, not just warn, when the host lacks CPU features the artifact assumes."
+)
 @click.pass_context
 def main(ctx: click.Context, **options) -> None:
     """Detect generated content in IMAGES (files, folders, globs, or - to read paths from stdin)."""
@@ -92,6 +114,9 @@ def main(ctx: click.Context, **options) -> None:
     logger.addHandler(handler)
     try:
         status = run(**options)
+    except SelfCheckFailed as exc:
+        click.echo(f"{PROG}: error: {exc}", err=True)
+        status = EXIT_SELF_CHECK_FAILED
     except UsageFailure as exc:
         click.echo(f"{PROG}: error: {exc}", err=True)
         status = 2
@@ -134,13 +159,18 @@ def run(
     overlays: str | None,
     resume: bool,
     quiet: bool,
+    self_check_only: bool = False,
+    no_self_check: bool = False,
+    strict: bool = False,
 ) -> int:
+    if self_check_only:
+        return _self_check_only(model, backend, device, threads, batch, strict, quiet)
     if resume and json_target == "-":
         raise UsageFailure("--resume needs --json FILE (the answers of the earlier run)")
     paths = expand_inputs(images)
     if not paths:
         raise UsageFailure("no input images (give files, folders, globs, or - to read paths from stdin)")
-    detector = _open_detector(model, backend, device, threads, threshold, batch, quiet)
+    detector = _open_detector(model, backend, device, threads, threshold, batch, quiet, not no_self_check, strict)
     outputs = ImageOutputs(masks, overlays, _output_stems(paths))
     done: list[dict] = []
     if resume:
@@ -202,7 +232,25 @@ def _open_tables(json_target: str, csv_path: str | None, done: list[dict]):
         raise UsageFailure(f"cannot write results: {exc}") from None
 
 
-def _open_detector(model, backend, device, threads, threshold, batch, quiet) -> Detector:
+def _self_check_only(model, backend, device, threads, batch, strict, quiet) -> int:
+    """--self-check: run the canaries afresh (never from the cache) and print the verdict as one JSON object."""
+    detector = _open_detector(model, backend, device, threads, None, batch, quiet, self_check=False, strict=strict)
+    try:
+        result = run_self_check(detector, use_cache=False)
+    except SelfCheckFailed as exc:
+        result = exc.result
+    finally:
+        detector.close()
+    verdict = {"model_id": detector.model_id, **result.to_dict()}
+    click.echo(json.dumps(verdict, indent=2))
+    if result.status == "unavailable" and not quiet:
+        click.echo(f"{PROG}: this artifact carries no self-check canaries (exported before they existed)", err=True)
+    return EXIT_SELF_CHECK_FAILED if result.status == "failed" else 0
+
+
+def _open_detector(
+    model, backend, device, threads, threshold, batch, quiet, self_check: bool = True, strict: bool = False
+) -> Detector:
     if model is None:
         if not (DEMO_DIR / MANIFEST_NAME).is_file():
             raise UsageFailure(f"the embedded demo model is missing ({DEMO_DIR / MANIFEST_NAME}); pass --model PATH")
@@ -210,7 +258,18 @@ def _open_detector(model, backend, device, threads, threshold, batch, quiet) -> 
         if not quiet:
             click.echo(f"{PROG}: {DEMO_NOTE}", err=True)
     try:
-        return Detector(model, backend=backend, device=device, threads=threads, threshold=threshold, batch=batch)
+        return Detector(
+            model,
+            backend=backend,
+            device=device,
+            threads=threads,
+            threshold=threshold,
+            batch=batch,
+            self_check=self_check,
+            strict=strict,
+        )
+    except SelfCheckFailed:
+        raise
     except (ArtifactError, BackendUnavailable, ValueError) as exc:
         raise UsageFailure(str(exc)) from None
 
@@ -293,9 +352,7 @@ def _finish(detector: Detector, decoded: Decoded, detection: Detection | None, o
         return {"path": decoded.path, "error": f"{decoded.path}: cannot write outputs: {exc}"}
     finishing_ms = (time.perf_counter() - start) * 1e3
     ms = decoded.ms + detection.ms + finishing_ms
-    return detection_record(
-        decoded.path, decoded.sha256, detection, detector.backend, detector.model_id, ms, mask_path, overlay_path
-    )
+    return detection_record(decoded.path, decoded.sha256, detection, detector, ms, mask_path, overlay_path)
 
 
 def _output_stems(paths: list[str]) -> dict[str, str]:

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 if TYPE_CHECKING:
-    from .detector import Detection
+    from .detector import Detection, Detector
 
 # zlib level 1: about 4x faster than Pillow's default 6 for ~10% larger files; at 6, PNG encoding
 # of overlays, not the model, limited end-to-end throughput.
@@ -41,6 +41,7 @@ RECORD_FIELDS = (
     "overlay",
     "backend",
     "model_id",
+    "self_check",
     "ms",
     "error",
 )
@@ -88,8 +89,7 @@ def detection_record(
     path: str,
     sha256: str | None,
     detection: Detection,
-    backend: str,
-    model_id: str,
+    detector: Detector,
     ms: float,
     mask: str | None = None,
     overlay: str | None = None,
@@ -109,8 +109,9 @@ def detection_record(
         "mask_fraction": round(detection.mask_fraction, 6),
         "mask": mask,
         "overlay": overlay,
-        "backend": backend,
-        "model_id": model_id,
+        "backend": detector.backend,
+        "model_id": detector.model_id,
+        "self_check": detector.self_check.status,
         "ms": round(ms, 2),
     }
 

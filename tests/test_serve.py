@@ -30,6 +30,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from maskclip_runtime import cli  # noqa: E402
 from maskclip_runtime.detector import Detector  # noqa: E402
+from maskclip_runtime.selfcheck import SelfCheckFailed, SelfCheckResult  # noqa: E402
 from maskclip_runtime.serve import cli as serve_cli  # noqa: E402
 from maskclip_runtime.serve.app import ServeSettings, create_app  # noqa: E402
 from maskclip_runtime.serve.batcher import Draining, MicroBatcher, QueueFull  # noqa: E402
@@ -307,8 +308,9 @@ def test_not_ready_until_the_detector_is_loaded_and_never_if_it_fails():
     with TestClient(create_app(broken_loader, on_load_failure=failures.append)) as client:
         wait_until(lambda: failures)
         ready = client.get("/readyz")
-        assert ready.status_code == 503 and "self-check failed" in ready.json()["reason"]
-    assert failures == ["self-check failed: outputs differ from the manifest's reference"]
+        assert ready.status_code == 503 and set(ready.json()) == {"ready", "reason"}
+        assert client.get("/v1/model").status_code == 503
+    assert [type(f) for f in failures] == [RuntimeError]
 
 
 def test_full_queue_answers_429_and_queued_work_still_finishes():
@@ -419,6 +421,16 @@ def test_unusable_model_exits_2_before_listening(tmp_path):
     result = CliRunner().invoke(serve_cli.main, ["--model", str(tmp_path / "nothing"), "--port", "1"])
     assert result.exit_code == 2
     assert result.stderr.count("\n") == 1 and "error" in result.stderr
+
+
+def test_failed_self_check_stops_the_server_with_maskclip_runs_exit_status(monkeypatch):
+    def failing_detector(*args, **kwargs):
+        raise SelfCheckFailed("self-check failed on onnxruntime-cpu cpu", SelfCheckResult("failed"))
+
+    monkeypatch.setattr(serve_cli, "Detector", failing_detector)
+    result = CliRunner().invoke(serve_cli.main, ["--port", "0", "--quiet"])
+    assert result.exit_code == cli.EXIT_SELF_CHECK_FAILED
+    assert result.stderr.count("\n") == 1
 
 
 def free_port() -> int:

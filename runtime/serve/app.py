@@ -99,12 +99,12 @@ class ServerState:
         self._load_detector = load_detector
         self._lock = threading.Lock()
 
-    def load(self, on_load_failure: Callable[[str], None]) -> None:
+    def load(self, on_load_failure: Callable[[Exception], None]) -> None:
         try:
             detector = self._load_detector()
-        except Exception as exc:  # the artifact or the device is unusable: one line, then the server stops
+        except Exception as exc:  # unusable artifact or device, failed self-check: one line, then the server stops
             self.load_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            on_load_failure(self.load_error)
+            on_load_failure(exc)
             return
         batcher = MicroBatcher(
             detector,
@@ -150,9 +150,9 @@ class ServerState:
 def create_app(
     load_detector: Callable[[], Detector],
     settings: ServeSettings = ServeSettings(),
-    on_load_failure: Callable[[str], None] = lambda message: None,
+    on_load_failure: Callable[[Exception], None] = lambda exc: None,
 ) -> FastAPI:
-    """The app; load_detector runs in a thread at startup, on_load_failure(message) if it raises."""
+    """The app; load_detector runs in a thread at startup, on_load_failure(exception) if it raises."""
     metrics = ServeMetrics()
     state = ServerState(load_detector, settings, metrics)
 
@@ -257,6 +257,7 @@ def model_summary(detector: Detector) -> dict:
         "precision": manifest.get("precision"),
         "topology": manifest.get("topology"),
         "backend": detector.backend,
+        "self_check": detector.self_check.status,
         "threshold": detector.threshold,
         "input_size": artifact.preprocess.size,
         "batch": {"dynamic": batch.dynamic, "min": batch.min, "opt": batch.opt, "max": batch.max},
@@ -342,10 +343,7 @@ def _record(state: ServerState, decoded: Decoded, detection: Detection, with_mas
     overlay = _png_data_uri(heat_overlay(decoded.image, detection.mask)) if with_overlay else None
     state.metrics.images.labels(detection.verdict).inc()
     ms = decoded.ms + detection.ms + (time.perf_counter() - start) * 1e3
-    detector = state.detector
-    return detection_record(
-        decoded.name, decoded.sha256, detection, detector.backend, detector.model_id, ms, mask, overlay
-    )
+    return detection_record(decoded.name, decoded.sha256, detection, state.detector, ms, mask, overlay)
 
 
 def _png_data_uri(image: Image.Image) -> str:

@@ -4,7 +4,8 @@ One process, one Detector, one micro-batching queue: scale out with more process
 not with workers inside one (each would load its own copy of the model and queue).
 SIGTERM/SIGINT: /readyz turns 503, in-flight requests are answered, the model is released, then
 the process ends by that signal as uvicorn does (status 143 / 130 in a shell). Exit status 2: usage
-error or unusable model; 1: the server failed. Errors are one line on stderr.
+error or unusable model; 3: the artifact failed its on-device self-check; 1: the server failed.
+Errors are one line on stderr.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from functools import partial
 import click
 
 from ..artifact import ArtifactError, load_artifact
-from ..cli import DEMO_DIR, DEMO_NOTE, _check_device
+from ..backends.base import BackendUnavailable
+from ..cli import DEMO_DIR, DEMO_NOTE, EXIT_SELF_CHECK_FAILED, _check_device
 from ..detector import Detector
+from ..selfcheck import SelfCheckFailed
 
 PROG = "maskclip-serve"
 SERVE_EXTRA_HINT = "install the serve extra: pip install 'maskclip[serve]'"
@@ -27,7 +30,7 @@ log = logging.getLogger("maskclip_runtime")
 @click.command(
     context_settings={"help_option_names": ["-h", "--help"]},
     epilog="SIGTERM drains in-flight requests, then exits by the signal. Exit status: 1 server failure, "
-    "2 usage error or unusable model.",
+    "2 usage error or unusable model, 3 the artifact failed its on-device self-check.",
 )
 @click.option("--model", type=click.Path(), help="Artifact folder or manifest.json (default: embedded demo model).")
 @click.option("--backend", type=click.Choice(["auto", "onnxruntime", "tensorrt"]), default="auto", show_default=True)
@@ -45,6 +48,10 @@ log = logging.getLogger("maskclip_runtime")
               help="Request body limit; larger requests get 413.")  # fmt: skip
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
               help="Seconds per request; slower answers become 504.")  # fmt: skip
+@click.option("--no-self-check", is_flag=True, help="Skip the artifact's on-device self-check (as in maskclip-run).")
+@click.option(
+    "--strict", is_flag=True, help="Refuse, not just warn, when the host lacks CPU features the artifact assumes."
+)
 @click.option("--triton", is_flag=True, help="Serve through NVIDIA Triton (pytriton): KServe v2 over HTTP and gRPC.")
 @click.option("--quiet", "-q", is_flag=True, help="Only errors on stderr.")
 def main(**options) -> None:
@@ -65,6 +72,8 @@ def serve(
     max_queue: int,
     max_bytes: int,
     timeout_s: float,
+    no_self_check: bool,
+    strict: bool,
     triton: bool,
     quiet: bool,
 ) -> int:
@@ -87,14 +96,16 @@ def serve(
             threads=threads,
             threshold=threshold,
             batch=batch or artifact.batch.max,
+            self_check=not no_self_check,
+            strict=strict,
         )
         if triton:
             from .triton import TritonUnavailable, serve_with_triton
 
             try:
                 return serve_with_triton(load_detector, host, port, max_wait_ms)
-            except TritonUnavailable as exc:
-                return _fail(str(exc), 2)
+            except (TritonUnavailable, ArtifactError, BackendUnavailable, ValueError) as exc:
+                return _fail(str(exc), _load_failure_status(exc))
         try:
             import uvicorn
 
@@ -108,7 +119,7 @@ def serve(
 
 
 def _run_uvicorn(uvicorn, create_app, settings, load_detector, host: str, port: int, quiet: bool) -> int:
-    failure: list[str] = []
+    failure: list[Exception] = []
 
     class DrainingServer(uvicorn.Server):
         """On SIGTERM/SIGINT /readyz turns 503 at once (load balancers stop sending), then uvicorn
@@ -118,8 +129,8 @@ def _run_uvicorn(uvicorn, create_app, settings, load_detector, host: str, port: 
             app.state.serve.draining = True
             super().handle_exit(sig, frame)
 
-    def on_load_failure(message: str) -> None:
-        failure.append(message)
+    def on_load_failure(exc: Exception) -> None:
+        failure.append(exc)
         server.should_exit = True
 
     app = create_app(load_detector, settings, on_load_failure)
@@ -130,8 +141,13 @@ def _run_uvicorn(uvicorn, create_app, settings, load_detector, host: str, port: 
     log.info(f"serving on http://{host}:{port} (model loads in the background; GET /readyz says when)")
     server.run()
     if failure:
-        return _fail(f"cannot load the model: {failure[0]}", 2)
+        return _fail(f"cannot load the model: {app.state.serve.load_error}", _load_failure_status(failure[0]))
     return 0 if server.started else 1
+
+
+def _load_failure_status(exc: Exception) -> int:
+    """maskclip-run's table: 3 the artifact failed its on-device self-check, 2 anything else unusable."""
+    return EXIT_SELF_CHECK_FAILED if isinstance(exc, SelfCheckFailed) else 2
 
 
 def _fail(message: str, status: int) -> int:
