@@ -58,7 +58,15 @@ setup(
         # runtime-only environment (`cpu,serve,triton`), not beside torch.
         "triton": SERVE + ["nvidia-pytriton>=0.5"],
         # The test suite covers the server too: its tests need the serve stack, a client and a browser driver.
-        "dev": ["pytest>=8", "ruff>=0.5", "scikit-learn>=1.3", "httpx>=0.27", "selenium>=4.15"] + SERVE,
+        "dev": [
+            "pytest>=8",
+            "ruff>=0.5",
+            "scikit-learn>=1.3",
+            "opencv-python-headless>=4.8",
+            "httpx>=0.27",
+            "selenium>=4.15",
+        ]
+        + SERVE,
     },
     entry_points={
         "console_scripts": [
@@ -66,6 +74,7 @@ setup(
             "maskclip-train=maskclip_core.cli:train",
             "maskclip-eval=maskclip_core.cli:evaluate",
             "maskclip-synth=maskclip_core.cli:synth",
+            "maskclip-import=maskclip_core.cli:import_checkpoint",
             "maskclip-export=maskclip_export.cli:main",
             "maskclip-run=maskclip_runtime.cli:main",
             "maskclip-serve=maskclip_runtime.serve.cli:main",
