@@ -18,6 +18,7 @@ TRAIN = [
     "scikit-image>=0.22",
 ]
 EXPORT = ["onnx>=1.16", "onnxslim>=0.1.40", "polygraphy>=0.49"]
+SERVE = ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9", "prometheus-client>=0.20"]
 
 setup(
     name="maskclip",
@@ -31,6 +32,7 @@ setup(
         "maskclip_export",
         "maskclip_runtime",
         "maskclip_runtime.backends",
+        "maskclip_runtime.serve",
         "maskclip_bench",
     ],
     package_dir={
@@ -42,7 +44,7 @@ setup(
     package_data={
         "maskclip_core": ["weights/*.safetensors", "weights/*.json", "weights/*.md"],
         "maskclip_export": ["tensorrt_onnx_ops.json"],
-        "maskclip_runtime": ["demo/*.json", "demo/*.onnx", "demo/examples/*.jpg"],
+        "maskclip_runtime": ["demo/*.json", "demo/*.onnx", "demo/examples/*.jpg", "demo/canary/*.png", "serve/page.html"],
         "maskclip_bench": ["gpu_check.sh"],  # gpu_check.py is a module of the package
     },
     install_requires=RUNTIME,
@@ -56,7 +58,20 @@ setup(
         "jetson": ["cuda-python>=12.3,<13"],  # JetPack 6: TensorRT, torch and onnxruntime-gpu come with it
         "train": TRAIN,
         "export": TRAIN + EXPORT,
-        "dev": ["pytest>=8", "ruff>=0.5", "scikit-learn>=1.3", "opencv-python-headless>=4.8"],
+        "serve": SERVE,
+        # pytriton pins numpy<2 and ships a Linux x86_64 (glibc >= 2.35) tritonserver: use it in a
+        # runtime-only environment (`cpu,serve,triton`), not beside torch.
+        "triton": SERVE + ["nvidia-pytriton>=0.5"],
+        # The test suite covers the server too: its tests need the serve stack, a client and a browser driver.
+        "dev": [
+            "pytest>=8",
+            "ruff>=0.5",
+            "scikit-learn>=1.3",
+            "opencv-python-headless>=4.8",
+            "httpx>=0.27",
+            "selenium>=4.15",
+        ]
+        + SERVE,
     },
     entry_points={
         "console_scripts": [
@@ -67,6 +82,8 @@ setup(
             "maskclip-import=maskclip_core.cli:import_checkpoint",
             "maskclip-export=maskclip_export.cli:main",
             "maskclip-run=maskclip_runtime.cli:main",
+            "maskclip-serve=maskclip_runtime.serve.cli:main",
+            "maskclip-triton=maskclip_export.triton:main",
             "maskclip-bench=maskclip_bench.cli:main",
         ]
     },

@@ -28,7 +28,15 @@ from .backends.base import BackendUnavailable
 from .backends.onnxruntime import parse_device
 from .detector import Detection, Detector, PreparedImage
 from .inputs import expand_inputs
-from .outputs import CsvOutput, JsonLinesOutput, read_csv_records, read_json_lines, save_mask_png, save_overlay_png
+from .outputs import (
+    CsvOutput,
+    JsonLinesOutput,
+    detection_record,
+    read_csv_records,
+    read_json_lines,
+    save_mask_png,
+    save_overlay_png,
+)
 from .preprocess import ImageLoadError, load_image
 from .selfcheck import SelfCheckFailed
 from .selfcheck import self_check as run_self_check
@@ -334,7 +342,6 @@ def _finish(detector: Detector, decoded: Decoded, detection: Detection | None, o
     if detection is None:
         return {"path": decoded.path, "error": decoded.error}
     start = time.perf_counter()
-    fraction = detection.mask_fraction  # resizes the mask to the photo's size, here in a worker thread
     mask_path, overlay_path = outputs.mask_path(decoded.path), outputs.overlay_path(decoded.path)
     try:
         if mask_path:
@@ -344,22 +351,8 @@ def _finish(detector: Detector, decoded: Decoded, detection: Detection | None, o
     except OSError as exc:
         return {"path": decoded.path, "error": f"{decoded.path}: cannot write outputs: {exc}"}
     finishing_ms = (time.perf_counter() - start) * 1e3
-    return {
-        "path": decoded.path,
-        "sha256": decoded.sha256,
-        "width": detection.width,
-        "height": detection.height,
-        "fake_prob": round(detection.fake_prob, 6),
-        "verdict": detection.verdict,
-        "threshold": detection.threshold,
-        "mask_fraction": round(fraction, 6),
-        "mask": mask_path,
-        "overlay": overlay_path,
-        "backend": detector.backend,
-        "model_id": detector.model_id,
-        "self_check": detector.self_check.status,
-        "ms": round(decoded.ms + detection.ms + finishing_ms, 2),
-    }
+    ms = decoded.ms + detection.ms + finishing_ms
+    return detection_record(decoded.path, decoded.sha256, detection, detector, ms, mask_path, overlay_path)
 
 
 def _output_stems(paths: list[str]) -> dict[str, str]:

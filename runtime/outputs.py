@@ -16,9 +16,13 @@ import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:
+    from .detector import Detection, Detector
 
 # zlib level 1: about 4x faster than Pillow's default 6 for ~10% larger files; at 6, PNG encoding
 # of overlays, not the model, limited end-to-end throughput.
@@ -81,11 +85,46 @@ class AtomicTextFile:
         self._temp.unlink(missing_ok=True)
 
 
-def save_mask_png(prob: np.ndarray, path: str | os.PathLike) -> None:
-    """Probability map [H,W] in 0..1 -> 8-bit greyscale PNG (0 = real, 255 = certainly generated)."""
+def detection_record(
+    path: str,
+    sha256: str | None,
+    detection: Detection,
+    detector: Detector,
+    ms: float,
+    mask: str | None = None,
+    overlay: str | None = None,
+) -> dict:
+    """The one result record: a maskclip-run JSON line, a CSV row and maskclip-serve's answer.
+
+    mask / overlay say where those images are: a file path (maskclip-run) or a data URI (the server).
+    """
+    return {
+        "path": path,
+        "sha256": sha256,
+        "width": detection.width,
+        "height": detection.height,
+        "fake_prob": round(detection.fake_prob, 6),
+        "verdict": detection.verdict,
+        "threshold": detection.threshold,
+        "mask_fraction": round(detection.mask_fraction, 6),
+        "mask": mask,
+        "overlay": overlay,
+        "backend": detector.backend,
+        "model_id": detector.model_id,
+        "self_check": detector.self_check.status,
+        "ms": round(ms, 2),
+    }
+
+
+def mask_image(prob: np.ndarray) -> Image.Image:
+    """Probability map [H,W] in 0..1 -> 8-bit greyscale image (0 = real, 255 = certainly generated)."""
     levels = np.clip(np.rint(np.asarray(prob, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
+    return Image.fromarray(levels, "L")
+
+
+def save_mask_png(prob: np.ndarray, path: str | os.PathLike) -> None:
     with atomic_path(path) as temp:
-        Image.fromarray(levels, "L").save(temp, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+        mask_image(prob).save(temp, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
 
 
 def heat_overlay(image: Image.Image, prob: np.ndarray) -> Image.Image:

@@ -16,6 +16,7 @@ Resize methods (RESIZE_METHODS):
 
 from __future__ import annotations
 
+import io
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -34,6 +35,10 @@ MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS
 
 class ImageLoadError(ValueError):
     """An input file that is not a usable image; the message names the file."""
+
+
+class UnknownImageFormat(ImageLoadError):
+    """The bytes are in no format Pillow reads (an HTTP server answers 415 rather than 400)."""
 
 
 # OpenCV's INTER_LINEAR weights for 8-bit images are integers scaled by 2**11 (INTER_RESIZE_COEF_BITS).
@@ -195,25 +200,50 @@ def load_image(path: str | Path) -> Image.Image:
         raise ImageLoadError(f"{path}: is a folder, not an image")
     if path.stat().st_size == 0:
         raise ImageLoadError(f"{path}: empty file")
+    return _decode(path, str(path))
+
+
+def decode_image(data: bytes, name: str) -> Image.Image:
+    """load_image for bytes already in memory (an HTTP upload); `name` stands for the file in messages."""
+    if not data:
+        raise ImageLoadError(f"{name}: empty file")
+    return _decode(io.BytesIO(data), name)
+
+
+def _decode(source: Path | io.BytesIO, name: str) -> Image.Image:
     try:
         with warnings.catch_warnings():
             # DecompressionBombWarning (between 1x and 2x the limit) becomes an error here too.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(source) as img:
                 img.load()
                 img = ImageOps.exif_transpose(img)
                 rgb = to_rgb8(img)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageLoadError(
-            f"{path}: refused, image is larger than the {MAX_IMAGE_PIXELS:,}-pixel decompression-bomb limit ({exc})"
+            f"{name}: refused, image is larger than the {MAX_IMAGE_PIXELS:,}-pixel decompression-bomb limit ({exc})"
         ) from None
     except Image.UnidentifiedImageError:
-        raise ImageLoadError(f"{path}: not a readable image (unknown format)") from None
+        raise UnknownImageFormat(f"{name}: not a readable image (unknown format)") from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageLoadError(f"{path}: cannot decode image ({exc})") from None
+        raise ImageLoadError(f"{name}: cannot decode image ({exc})") from None
     if min(rgb.size) < 1:
-        raise ImageLoadError(f"{path}: image has no pixels")
+        raise ImageLoadError(f"{name}: image has no pixels")
     return rgb
+
+
+def resize_rgb8(image: Image.Image | np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """RGB uint8 image (PIL or HxWx3 array) -> uint8 [size, size, 3] with spec.resize: the resize half of
+    resize_and_normalize, what a client of a graph with the normalisation baked in (maskclip-triton
+    --raw-input) sends."""
+    if isinstance(image, np.ndarray):
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"expected an HxWx3 uint8 array, got {image.shape} {image.dtype}")
+    else:
+        image = np.asarray(image if image.mode == "RGB" else to_rgb8(image))
+    if image.shape[:2] != (spec.size, spec.size):
+        image = RESIZE_METHODS[spec.resize].image(np.ascontiguousarray(image), spec.size, spec.size)
+    return image
 
 
 def resize_and_normalize(image: Image.Image | np.ndarray, spec: PreprocessSpec) -> np.ndarray:
@@ -222,14 +252,7 @@ def resize_and_normalize(image: Image.Image | np.ndarray, spec: PreprocessSpec) 
     Plain resize to a square (no padding, no aspect preservation) with spec.resize, in uint8 (as
     the authors resize before normalising).
     """
-    if isinstance(image, np.ndarray):
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"expected an HxWx3 uint8 array, got {image.shape} {image.dtype}")
-    else:
-        image = np.asarray(image if image.mode == "RGB" else to_rgb8(image))
-    if image.shape[:2] != (spec.size, spec.size):
-        image = RESIZE_METHODS[spec.resize].image(np.ascontiguousarray(image), spec.size, spec.size)
-    x = image.astype(np.float32) * np.float32(spec.scale)  # [S,S,3] in 0..1
+    x = resize_rgb8(image, spec).astype(np.float32) * np.float32(spec.scale)  # [S,S,3] in 0..1
     x = (x - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
     return np.ascontiguousarray(x.transpose(2, 0, 1))  # [3,S,S]
 
