@@ -44,7 +44,13 @@ setup(
     package_data={
         "maskclip_core": ["weights/*.safetensors", "weights/*.json", "weights/*.md"],
         "maskclip_export": ["tensorrt_onnx_ops.json"],
-        "maskclip_runtime": ["demo/*.json", "demo/*.onnx", "demo/examples/*.jpg", "demo/canary/*.png", "serve/page.html"],
+        "maskclip_runtime": [
+            "demo/*.json",
+            "demo/*.onnx",
+            "demo/examples/*.jpg",
+            "demo/canary/*.png",
+            "serve/page.html",
+        ],
         "maskclip_bench": ["gpu_check.sh"],  # gpu_check.py is a module of the package
     },
     install_requires=RUNTIME,
