@@ -100,11 +100,11 @@ def save_mask_png(prob: np.ndarray, path: str | os.PathLike, source: str | None 
     """Probability map [H,W] in 0..1 -> 8-bit greyscale PNG (0 = real, 255 = certainly generated).
 
     source: the image's path, recorded in the PNG (see made_for_another_image)."""
-    # In place: a 108-megapixel mask is 430 MB in float32, and each temporary would be another.
-    levels = np.multiply(prob, np.float32(255.0), dtype=np.float32)
-    np.rint(levels, out=levels)
-    np.clip(levels, 0, 255, out=levels)
-    levels = levels.astype(np.uint8)
+    prob = np.asarray(prob, dtype=np.float32)
+    levels = np.empty(prob.shape, np.uint8)
+    # In strips: a 108-megapixel mask is 430 MB in float32, and each whole-size temporary another.
+    for top in range(0, len(prob), 1024):
+        levels[top : top + 1024] = np.clip(np.rint(prob[top : top + 1024] * 255.0), 0, 255)
     with atomic_path(path) as temp:
         Image.fromarray(levels, "L").save(
             temp, format="PNG", compress_level=PNG_COMPRESS_LEVEL, pnginfo=_png_info(source)

@@ -21,12 +21,13 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 # The largest image decoded by default: Pillow's own hard decompression-bomb limit (about 179 Mpx),
 # made explicit. Pillow only warns between half of it and it, where real photos lie (a 108 Mpx phone
 # shot is 12000 x 9000); maskclip-run's --max-pixels moves it either way.
-DEFAULT_MAX_PIXELS = 2 * Image.MAX_IMAGE_PIXELS
+DEFAULT_MAX_PIXELS = 178_956_970  # 2 x Pillow's default Image.MAX_IMAGE_PIXELS
 
 # Only JPEGs above this size are decoded at reduced scale (decode_image's reduce_to): below it the
 # full decode costs at most ~100 MB, and every smaller photo takes exactly the path the model was
 # verified on.
 LARGE_IMAGE_PIXELS = 24_000_000
+MASK_STRIP_ROWS = 512
 
 
 class ImageLoadError(ValueError):
@@ -180,7 +181,21 @@ def preprocess_batch(images: list[Image.Image | np.ndarray], spec: PreprocessSpe
 
 def resize_probability_map(prob: np.ndarray, width: int, height: int) -> np.ndarray:
     """Probability map [h,w] float -> [height,width] float32 (bilinear), to return masks at original size."""
-    img = Image.fromarray(np.asarray(prob, dtype=np.float32), mode="F")
-    if img.size != (width, height):
-        img = img.resize((width, height), Image.Resampling.BILINEAR)
-    return np.clip(np.asarray(img, dtype=np.float32), 0.0, 1.0)
+    prob = np.asarray(prob, dtype=np.float32)
+    if width * height <= LARGE_IMAGE_PIXELS:
+        img = Image.fromarray(prob, mode="F")
+        if img.size != (width, height):
+            img = img.resize((width, height), Image.Resampling.BILINEAR)
+        return np.clip(np.asarray(img, dtype=np.float32), 0.0, 1.0)
+    # A large photo's mask is resized in strips of rows written into one array: the whole-image
+    # resize holds Pillow's result and numpy's copy of it at once (2 x 430 MB at 108 megapixels).
+    # Strips agree with it to ~1e-6 (Pillow's coefficients per box); bilinear weights keep the
+    # clipped input's values in [0, 1].
+    source = Image.fromarray(np.clip(prob, 0.0, 1.0), mode="F")
+    mask = np.empty((height, width), np.float32)
+    scale = prob.shape[0] / height
+    for top in range(0, height, MASK_STRIP_ROWS):
+        bottom = min(height, top + MASK_STRIP_ROWS)
+        box = (0.0, top * scale, float(prob.shape[1]), bottom * scale)
+        mask[top:bottom] = np.asarray(source.resize((width, bottom - top), Image.Resampling.BILINEAR, box=box))
+    return mask

@@ -194,3 +194,22 @@ def test_a_mask_is_never_written_over_another_images_mask(tmp_path):
     Image.new("L", (2, 2)).save(tmp_path / "users_mask.png")
     assert outputs.made_for_another_image(tmp_path / "users_mask.png", str(tmp_path / "users.jpg"))
     assert not outputs.made_for_another_image(tmp_path / "absent.png", str(tmp_path / "x.jpg"))
+
+
+def test_large_masks_are_resized_in_strips_that_agree_with_the_whole_image_resize(monkeypatch):
+    from maskclip_runtime import preprocess
+
+    prob = np.random.default_rng(0).random((32, 32), dtype=np.float32)
+    whole = preprocess.resize_probability_map(prob, 1234, 1500)
+    monkeypatch.setattr(preprocess, "LARGE_IMAGE_PIXELS", 1000)  # "large" = this mask, for the test
+    strips = preprocess.resize_probability_map(prob, 1234, 1500)
+    assert strips.shape == whole.shape == (1500, 1234) and strips.dtype == np.float32
+    assert np.abs(strips - whole).max() < 1e-5
+    assert strips.min() >= 0.0 and strips.max() <= 1.0
+
+
+def test_mask_png_levels_are_the_same_across_row_strips(tmp_path):
+    prob = np.random.default_rng(1).random((2100, 3), dtype=np.float32)
+    save_mask_png(prob, tmp_path / "tall.png")
+    with Image.open(tmp_path / "tall.png") as png:
+        np.testing.assert_array_equal(np.asarray(png), np.clip(np.rint(prob * 255.0), 0, 255).astype(np.uint8))
