@@ -156,7 +156,8 @@ def _signals_stop_the_run():
         raise Terminated(signum)
 
     try:
-        previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGHUP)}
+        stopping = [signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])]  # no SIGHUP on Windows
+        previous = {signum: signal.signal(signum, stop) for signum in stopping}
     except ValueError:  # not the main thread (embedded use): leave signals to the host program
         previous = {}
     try:

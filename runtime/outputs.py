@@ -18,7 +18,6 @@ holds the same escape as text.
 from __future__ import annotations
 
 import csv
-import fcntl
 import hashlib
 import io
 import json
@@ -32,6 +31,13 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, PngImagePlugin
+
+try:
+    import fcntl
+except ImportError:  # Windows: tables are written the same way, without the lock
+    fcntl = None
+
+_OPEN_FLAGS = os.O_RDWR | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
 
 # zlib level 1: about 4x faster than Pillow's default 6 for ~10% larger files; at 6, PNG encoding
 # of overlays, not the model, limited end-to-end throughput.
@@ -187,11 +193,11 @@ class LockedTable:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o666)
+        self._fd = os.open(self.path, _OPEN_FLAGS, 0o666)
         self.regular = stat.S_ISREG(os.fstat(self._fd).st_mode)
         if self.regular:
             try:
-                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                _lock(self._fd)
             except BlockingIOError:
                 os.close(self._fd)
                 raise TableBusy(
@@ -201,8 +207,11 @@ class LockedTable:
     def read(self) -> bytes:
         if not self.regular:
             return b""
-        size = os.fstat(self._fd).st_size
-        return os.pread(self._fd, size, 0) if size else b""
+        os.lseek(self._fd, 0, os.SEEK_SET)
+        chunks = []
+        while chunk := os.read(self._fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     def reset(self, content: bytes) -> None:
         """Make the file hold exactly `content`: atomically (a locked temporary file renamed over it),
@@ -210,10 +219,10 @@ class LockedTable:
         if not self.regular or (os.fstat(self._fd).st_size == 0 and not content):
             return
         temp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}.tmp")
-        fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o666)
+        fd = os.open(temp, _OPEN_FLAGS | os.O_EXCL, 0o666)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # nobody else can know this file yet
-            os.fchmod(fd, stat.S_IMODE(os.fstat(self._fd).st_mode))
+            _lock(fd)  # nobody else can know this file yet: it is ours before it has the name
+            os.chmod(temp, stat.S_IMODE(os.fstat(self._fd).st_mode))
             _write_all(fd, content)
             os.fsync(fd)
             os.replace(temp, self.path)
@@ -243,6 +252,12 @@ class LockedTable:
         finally:
             os.close(self._fd)
             self._fd = -1
+
+
+def _lock(fd: int) -> None:
+    """Exclusive advisory lock for the life of fd; BlockingIOError when another process holds it."""
+    if fcntl is not None:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 def _write_all(fd: int, data: bytes) -> None:
