@@ -24,18 +24,21 @@ from tqdm import tqdm
 from maskclip_core.model import MaskCLIP
 from maskclip_runtime.artifact import FORMAT, MANIFEST_NAME, load_artifact
 from maskclip_runtime.backends.onnxruntime import OnnxRuntimeRunner
+from maskclip_runtime.detector import Detector
 from maskclip_runtime.preprocess import ImageLoadError, PreprocessSpec, load_image, preprocess_batch
 
+from .canary import write_canaries
 from .manifest import build_manifest, write_manifest
 from .onnx_export import BatchSpec, GraphSpec, export_graphs, graph_specs, torch_reference
 from .op_support import check_tensorrt_ops
 from .precision import INT8_SCHEMES, FeedCalibrationReader, convert_to_fp16
 from .verify import (
+    GATES,
     MIN_VERIFICATION_IMAGES,
     batch_chunks,
     chain_predictor,
     image_paths,
-    verification_batch,
+    verification_images,
     verify,
 )
 
@@ -196,7 +199,9 @@ def _to_int8(
     for spec in specs:
         steps.start(f"{options.precision} {spec.name}")
         reader = FeedCalibrationReader(feeds[spec.name])
-        ops, excluded[spec.name] = scheme.quantize(fp32_paths[spec.name], staging / spec.file, reader)
+        ops, excluded[spec.name] = scheme.quantize(
+            fp32_paths[spec.name], staging / spec.file, reader, reduce_range=scheme.weight_bits == 7
+        )
         fp32_ops |= set(ops)
     extra = {
         "int8": {
@@ -205,6 +210,8 @@ def _to_int8(
             "calibration_method": scheme.calibration_method,
             "symmetric": scheme.symmetric,
             "per_channel_weights": True,
+            "weight_bits": scheme.weight_bits,
+            "cpu_features": [list(alternatives) for alternatives in scheme.cpu_features],
             "fp32_nodes": excluded,  # attention products, position tables, detection and mask heads
         }
     }
@@ -394,18 +401,19 @@ def export_artifact(
     remove_stale_staging(out, log)
     if options.calib:
         calibration_paths(options.calib, options.calib_count)  # fail before any work
-    if options.verify:
-        names, images = verification_batch(source.model.preprocess_spec(), options.verify_images)
-        if len(images) < MIN_VERIFICATION_IMAGES:
-            log(f"warning: verifying on {len(images)} images (fewer than {MIN_VERIFICATION_IMAGES})")
+    spec = source.model.preprocess_spec()
+    originals = verification_images(options.verify_images if options.verify else None)
+    names, images = [name for name, _ in originals], preprocess_batch([image for _, image in originals], spec)
+    if options.verify and len(images) < MIN_VERIFICATION_IMAGES:
+        log(f"warning: verifying on {len(images)} images (fewer than {MIN_VERIFICATION_IMAGES})")
     specs = graph_specs(options.topology)
     converted = options.precision != "fp32"
-    # export (+ convert) each graph, calibrate, op check, verify (2 sides), manifest
+    # export (+ convert) each graph, calibrate, op check, verify (2 sides), canaries, manifest, self-check
     tensorrt_graph = options.precision != "int8-cpu"  # int8-cpu holds ORT-only dynamic quantisation
     total = (
         len(specs) * (2 if converted else 1)
         + (options.precision in INT8_PRECISIONS)
-        + 1
+        + 3
         + tensorrt_graph
         + 2 * options.verify
     )
@@ -420,6 +428,15 @@ def export_artifact(
         report = {"skipped": True, "passed": None}
         if options.verify:
             report = _run_gate(source, options, paths, names, images, steps)
+        steps.start("self-check canaries")
+        canaries = write_canaries(
+            staging,
+            originals,
+            spec,
+            torch_reference(source.model, options.topology),
+            source.model.config.threshold,
+            GATES[options.precision],
+        )
         steps.start("manifest")
         manifest = build_manifest(
             source.model,
@@ -433,8 +450,15 @@ def export_artifact(
             options.opset,
             extra,
         )
-        write_manifest(staging, {**manifest, "verification": report, "export_seconds": steps.timings})
+        write_manifest(
+            staging, {**manifest, "self_check": canaries, "verification": report, "export_seconds": steps.timings}
+        )
         load_artifact(staging)  # the runtime must accept what was written
+        if report["passed"] is not False:
+            steps.start("self-check (runtime)")
+            # The runtime's own on-device check, here, through the same code every later load runs.
+            with Detector(staging, backend="onnxruntime", device="cpu"):
+                pass
         steps.close()
         if report["passed"] is False:
             report_path = _keep_failed(staging, out, report)

@@ -24,31 +24,56 @@ from .onnx_export import BatchSpec
 Predictor = Callable[[np.ndarray], dict[str, np.ndarray]]  # image batch [B,3,S,S] -> named outputs
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-MIN_VERIFICATION_IMAGES = 16
+# 64 images: one flip is 1.6 %, under the int8 flip limit of 2 %.
+MIN_VERIFICATION_IMAGES = 64
 # scikit-image's bundled samples (no download): photos, scans, textures, greyscale.
 SAMPLE_IMAGES = (
     "astronaut", "coffee", "chelsea", "rocket", "camera", "clock", "coins", "colorwheel",
     "hubble_deep_field", "immunohistochemistry", "moon", "page", "retina", "brick", "grass", "gravel",
 )  # fmt: skip
-EDITED_SAMPLES = ("astronaut", "coffee", "chelsea", "rocket")
+# Worst-image mask IoU is judged only where the reference mask covers at least this share of the
+# pixels: below it IoU is ill-conditioned (a reference of a few pixels gives IoU 0 for one pixel of
+# difference); such images are bounded by their pixel agreement instead.
+IOU_MIN_REFERENCE_AREA = 0.01
 
 
 @dataclass(frozen=True)
 class Tolerances:
-    """Gate limits; None = recorded, not gated. Mask IoU limits apply to the mean over images."""
+    """Gate limits; None = recorded, not gated.
+
+    max_prob_diff bounds max |fake_prob - PyTorch| over the images; min_mask_iou the mean mask IoU,
+    min_worst_mask_iou the worst image's (where IoU is well-conditioned, see IOU_MIN_REFERENCE_AREA),
+    min_pixel_agreement the worst image's share of mask pixels on the same side of the threshold.
+    """
 
     max_prob_diff: float | None
     max_flip_rate: float
     min_mask_iou: float | None
+    min_worst_mask_iou: float | None = None
+    min_pixel_agreement: float | None = None
     max_mask_diff: float | None = None
 
 
 # fp32 also gates the mask: fake_prob depends on the CLIP branch only, so without a mask limit a
-# broken MAE/decoder path would pass an fp32 export.
+# broken MAE/decoder path would pass an fp32 export. The reduced-precision limits were set from
+# measurements on the embedded demo model over the 67 default images, on AVX-512-VNNI and on
+# AVX2-only x86 (README, "Export gate"): each sits well outside what a faithful graph shows and
+# well inside what a degraded one (e.g. int8 GEMMs saturating on a CPU without VNNI) shows.
 GATES = {
-    "fp32": Tolerances(max_prob_diff=1e-4, max_flip_rate=0.0, min_mask_iou=0.99, max_mask_diff=1e-3),
-    "fp16": Tolerances(max_prob_diff=None, max_flip_rate=0.005, min_mask_iou=0.98),
-    "int8": Tolerances(max_prob_diff=None, max_flip_rate=0.01, min_mask_iou=0.90),
+    "fp32": Tolerances(
+        max_prob_diff=1e-4,
+        max_flip_rate=0.0,
+        min_mask_iou=0.99,
+        min_worst_mask_iou=0.95,
+        min_pixel_agreement=0.999,
+        max_mask_diff=1e-3,
+    ),
+    "fp16": Tolerances(
+        max_prob_diff=0.01, max_flip_rate=0.0, min_mask_iou=0.98, min_worst_mask_iou=0.90, min_pixel_agreement=0.99
+    ),
+    "int8": Tolerances(
+        max_prob_diff=0.05, max_flip_rate=0.02, min_mask_iou=0.90, min_worst_mask_iou=0.75, min_pixel_agreement=0.95
+    ),
 }
 GATES["int8-cpu"] = GATES["int8"]
 
@@ -68,10 +93,12 @@ def _as_rgb8(array: np.ndarray) -> np.ndarray:
 
 
 def _edit_region(image: np.ndarray, index: int) -> np.ndarray:
-    """A synthetic local edit: a central box blurred (even index) or re-rendered at low resolution (odd)."""
+    """A synthetic local edit: a box blurred (even index) or re-rendered at low resolution (odd); its
+    place and size move with the index so the edits do not all sit in one spot."""
     pil = Image.fromarray(image)
     w, h = pil.size
-    box = (w // 4, h // 4, w // 4 + w // 3, h // 4 + h // 3)
+    left, top = (w * (1 + index % 3)) // 8, (h * (1 + (index // 3) % 3)) // 8
+    box = (left, top, left + max(1, w // 3), top + max(1, h // 3))
     region = pil.crop(box)
     if index % 2 == 0:
         region = region.filter(ImageFilter.GaussianBlur(radius=max(2, w // 100)))
@@ -82,13 +109,36 @@ def _edit_region(image: np.ndarray, index: int) -> np.ndarray:
     return np.asarray(pil)
 
 
+def _crop(image: np.ndarray, index: int) -> np.ndarray:
+    """An off-centre crop of 45-75 % of each side (aspect ratio changes with it)."""
+    h, w = image.shape[:2]
+    fh, fw = 0.45 + 0.1 * (index % 4), 0.75 - 0.1 * (index % 3)
+    ch, cw = max(8, int(h * fh)), max(8, int(w * fw))
+    top, left = (h - ch) * (index % 3) // 2, (w - cw) * ((index + 1) % 3) // 2
+    return np.ascontiguousarray(image[top : top + ch, left : left + cw])
+
+
+def _rescale(image: np.ndarray, factor: float) -> np.ndarray:
+    h, w = image.shape[:2]
+    size = (max(8, round(w * factor)), max(8, round(h * factor)))
+    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BICUBIC))
+
+
 def default_verification_images() -> list[tuple[str, np.ndarray]]:
-    """scikit-image's bundled sample photos plus locally edited copies: (name, HxWx3 uint8)."""
+    """The gate's default images, (name, HxWx3 uint8), 64 of them, made from scikit-image's bundled samples
+    (no download): each photo as it is, with a synthetic local edit, cropped, and rescaled (to 0.4-1.6x,
+    so both down- and up-sampling reach the model) with an edit elsewhere."""
     import skimage.data  # export-side dependency, imported only when the defaults are used
 
-    images = [(name, _as_rgb8(getattr(skimage.data, name)())) for name in SAMPLE_IMAGES]
-    by_name = dict(images)
-    images += [(f"{name}-edited", _edit_region(by_name[name], i)) for i, name in enumerate(EDITED_SAMPLES)]
+    photos = [(name, _as_rgb8(getattr(skimage.data, name)())) for name in SAMPLE_IMAGES]
+    images = list(photos)
+    images += [(f"{name}-edited", _edit_region(photo, i)) for i, (name, photo) in enumerate(photos)]
+    images += [(f"{name}-crop", _crop(photo, i)) for i, (name, photo) in enumerate(photos)]
+    factors = (0.4, 0.6, 1.25, 1.6)
+    images += [
+        (f"{name}-x{factors[i % 4]}-edited", _edit_region(_rescale(photo, factors[i % 4]), i + 1))
+        for i, (name, photo) in enumerate(photos)
+    ]
     return images
 
 
@@ -110,9 +160,16 @@ def load_images(pattern: str, limit: int | None = None) -> list[tuple[str, Image
     return [(p.name, load_image(p)) for p in paths]
 
 
+def verification_images(pattern: str | None = None) -> list[tuple[str, np.ndarray]]:
+    """The gate's images as (name, HxWx3 uint8): those at `pattern`, else the default set."""
+    if not pattern:
+        return default_verification_images()
+    return [(name, np.asarray(image.convert("RGB"))) for name, image in load_images(pattern)]
+
+
 def verification_batch(spec: PreprocessSpec, pattern: str | None = None) -> tuple[list[str], np.ndarray]:
     """(image names, preprocessed float32 [N,3,S,S]) for the gate."""
-    images = load_images(pattern) if pattern else default_verification_images()
+    images = verification_images(pattern)
     return [name for name, _ in images], preprocess_batch([image for _, image in images], spec)
 
 
@@ -188,6 +245,8 @@ def compare(reference: dict, candidate: dict, names: Sequence[str], threshold: f
     flips = (ref_prob > threshold) != (prob > threshold)
     ious = mask_iou(reference["mask"], candidate["mask"], threshold)
     areas = (reference["mask"].reshape(len(ious), -1) > threshold).mean(axis=1)
+    agreement = mask_agreement(reference["mask"], candidate["mask"], threshold)
+    conditioned = areas >= IOU_MIN_REFERENCE_AREA
     return {
         "images": len(ref_prob),
         "outputs": {name: output_errors(reference[name], candidate[name]) for name in common},
@@ -196,7 +255,10 @@ def compare(reference: dict, candidate: dict, names: Sequence[str], threshold: f
         "flip_rate": float(flips.mean()),
         "mask_iou_mean": float(ious.mean()),
         "mask_iou_min": float(ious.min()),
-        "mask_pixel_agreement_min": float(mask_agreement(reference["mask"], candidate["mask"], threshold).min()),
+        # The worst IoU over the images where IoU is well-conditioned (1.0 when there are none).
+        "mask_iou_worst": float(ious[conditioned].min()) if conditioned.any() else 1.0,
+        "mask_iou_worst_images": int(conditioned.sum()),
+        "mask_pixel_agreement_min": float(agreement.min()),
         "reference_mask_area_min": float(areas.min()),
         "per_image": [
             {
@@ -204,10 +266,14 @@ def compare(reference: dict, candidate: dict, names: Sequence[str], threshold: f
                 "reference_fake_prob": float(r),
                 "fake_prob": float(p),
                 "flip": bool(f),
+                "prob_diff": float(abs(float(p) - float(r))),
                 "mask_iou": float(iou),
+                "mask_pixel_agreement": float(agree),
                 "reference_mask_area": float(area),
             }
-            for name, r, p, f, iou, area in zip(names, ref_prob, prob, flips, ious, areas, strict=True)
+            for name, r, p, f, iou, agree, area in zip(
+                names, ref_prob, prob, flips, ious, agreement, areas, strict=True
+            )
         ],
     }
 
@@ -225,6 +291,11 @@ def gate_failures(stats: dict, tolerances: Tolerances) -> list[str]:
         failures.append(f"max |mask| diff {mask_diff:.3g} > {tolerances.max_mask_diff:g}")
     if tolerances.min_mask_iou is not None and not stats["mask_iou_mean"] >= tolerances.min_mask_iou:
         failures.append(f"mean mask IoU {stats['mask_iou_mean']:.4f} < {tolerances.min_mask_iou}")
+    if tolerances.min_worst_mask_iou is not None and not stats["mask_iou_worst"] >= tolerances.min_worst_mask_iou:
+        failures.append(f"worst-image mask IoU {stats['mask_iou_worst']:.4f} < {tolerances.min_worst_mask_iou}")
+    agreement = stats["mask_pixel_agreement_min"]
+    if tolerances.min_pixel_agreement is not None and not agreement >= tolerances.min_pixel_agreement:
+        failures.append(f"worst-image mask pixel agreement {agreement:.4f} < {tolerances.min_pixel_agreement}")
     return failures
 
 
@@ -264,5 +335,6 @@ def verify(
         "threshold": threshold,
         "tolerances": asdict(tolerances),
         "mask_iou_of_two_empty_masks": 1.0,
+        "iou_min_reference_area": IOU_MIN_REFERENCE_AREA,
         **stats,
     }

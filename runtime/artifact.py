@@ -103,6 +103,19 @@ class Artifact:
     def file(self, name: str) -> Path:
         return self.dir / name
 
+    @property
+    def cpu_features(self) -> list[list[str]]:
+        """CPU features the graphs' results depend on: each entry lists alternatives, any one suffices.
+
+        Int8 artifacts from before the record existed quantised weights to the full 8 bits, which
+        ONNX Runtime's x86 kernels saturate on CPUs without VNNI (AVX2 alone)."""
+        int8 = self.manifest.get("int8")
+        if not int8:
+            return []
+        if "cpu_features" in int8:
+            return [list(alternatives) for alternatives in int8["cpu_features"]]
+        return [["avx512_vnni", "avx_vnni"]]
+
 
 def load_artifact(path: str | os.PathLike) -> Artifact:
     """Artifact folder, its manifest.json, or an .onnx inside an artifact folder -> verified Artifact."""

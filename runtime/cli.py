@@ -2,14 +2,16 @@
 
 Exit status: 0 every image succeeded, 1 some images failed (each reported, the rest completed) or
 the results could not be written (e.g. a full disk), 2 usage error (bad flags, unusable model, no
-inputs, unusable destinations: found before any image is processed), 128+N killed by signal N
-(SIGINT, SIGTERM, SIGHUP; the answers so far are saved). Errors are one line on stderr, never a
-traceback: this is a tool people put in shell pipelines and cron jobs.
+inputs, unusable destinations: found before any image is processed), 3 the artifact failed its
+on-device self-check, 128+N killed by signal N (SIGINT, SIGTERM, SIGHUP; the answers so far are
+saved). Errors are one line on stderr, never a traceback: this is a tool people put in shell
+pipelines and cron jobs.
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import signal
@@ -41,6 +43,8 @@ from .outputs import (
     source_tag,
 )
 from .preprocess import DEFAULT_MAX_PIXELS, ImageLoadError, decode_image
+from .selfcheck import SelfCheckFailed
+from .selfcheck import self_check as run_self_check
 
 # A JPEG may be decoded at 1/2..1/8 scale while both sides stay >= this many times the model input:
 # the model's own resize still averages over >= 4x4 decoded pixels, and a 108 Mpx photo never
@@ -54,6 +58,9 @@ DEMO_NOTE = "using the embedded demo model (tiny, trained on synthetic edits)"
 
 class UsageFailure(Exception):
     """A problem with how the tool was called (exit status 2)."""
+
+
+EXIT_SELF_CHECK_FAILED = 3
 
 
 class Terminated(BaseException):
@@ -89,7 +96,8 @@ def _check_device(ctx, param, value: str | None) -> str | None:
 
 @click.command(
     context_settings={"help_option_names": ["-h", "--help"]},
-    epilog="Exit status: 0 all images answered, 1 some images failed (each reported), 2 usage error.",
+    epilog="Exit status: 0 all images answered, 1 some images failed (each reported) or the results could not be "
+    "written, 2 usage error, 3 the artifact failed its on-device self-check, 128+N stopped by signal N.",
 )
 @click.argument("images", nargs=-1)
 @click.option("--model", type=click.Path(), help="Artifact folder or manifest.json (default: embedded demo model).")
@@ -118,6 +126,20 @@ def _check_device(ctx, param, value: str | None) -> str | None:
 @click.option(
     "--quiet", "-q", is_flag=True, help="No progress bar, notes or library chatter on stderr (errors still shown)."
 )
+@click.option(
+    "--self-check",
+    "self_check_only",
+    is_flag=True,
+    help="Only run the artifact's self-check on this backend and device and print its JSON verdict.",
+)
+@click.option(
+    "--no-self-check",
+    is_flag=True,
+    help="Skip the self-check (canaries compared with PyTorch on first use on a machine; cached once passed).",
+)
+@click.option(
+    "--strict", is_flag=True, help="Refuse, not just warn, when the host lacks CPU features the artifact assumes."
+)
 @click.pass_context
 def main(ctx: click.Context, **options) -> None:
     """Detect generated content in IMAGES (files, folders, globs, or - to read paths from stdin)."""
@@ -127,6 +149,9 @@ def main(ctx: click.Context, **options) -> None:
     try:
         with _signals_stop_the_run(), _library_stderr_silenced(options["quiet"]), _pixel_limit(options["max_pixels"]):
             status = run(**options)
+    except SelfCheckFailed as exc:
+        click.echo(f"{PROG}: error: {exc}", err=True)
+        status = EXIT_SELF_CHECK_FAILED
     except UsageFailure as exc:
         click.echo(f"{PROG}: error: {exc}", err=True)
         status = 2
@@ -243,14 +268,19 @@ def run(
     max_pixels: int,
     null_separated: bool,
     quiet: bool,
+    self_check_only: bool = False,
+    no_self_check: bool = False,
+    strict: bool = False,
 ) -> int:
+    if self_check_only:
+        return _self_check_only(model, backend, device, threads, batch, strict, quiet)
     if resume and json_target == "-":
         raise UsageFailure("--resume needs --json FILE (the answers of the earlier run)")
     _check_destinations(json_target, csv_path, masks, overlays)
     paths = expand_inputs(images, null_separated=null_separated)
     if not paths:
         raise UsageFailure("no input images (give files, folders, globs, or - to read paths from stdin)")
-    detector = _open_detector(model, backend, device, threads, threshold, batch, quiet)
+    detector = _open_detector(model, backend, device, threads, threshold, batch, quiet, not no_self_check, strict)
     try:
         tables = ResultTables(json_target, csv_path)
     except TableBusy as exc:
@@ -343,7 +373,25 @@ def _answers_to_keep(tables: ResultTables, detector: Detector, json_target: str)
     return list(kept.values())
 
 
-def _open_detector(model, backend, device, threads, threshold, batch, quiet) -> Detector:
+def _self_check_only(model, backend, device, threads, batch, strict, quiet) -> int:
+    """--self-check: run the canaries afresh (never from the cache) and print the verdict as one JSON object."""
+    detector = _open_detector(model, backend, device, threads, None, batch, quiet, self_check=False, strict=strict)
+    try:
+        result = run_self_check(detector, use_cache=False)
+    except SelfCheckFailed as exc:
+        result = exc.result
+    finally:
+        detector.close()
+    verdict = {"model_id": detector.model_id, **result.to_dict()}
+    click.echo(json.dumps(verdict, indent=2))
+    if result.status == "unavailable" and not quiet:
+        click.echo(f"{PROG}: this artifact carries no self-check canaries (exported before they existed)", err=True)
+    return EXIT_SELF_CHECK_FAILED if result.status == "failed" else 0
+
+
+def _open_detector(
+    model, backend, device, threads, threshold, batch, quiet, self_check: bool = True, strict: bool = False
+) -> Detector:
     if model is None:
         if not (DEMO_DIR / MANIFEST_NAME).is_file():
             raise UsageFailure(f"the embedded demo model is missing ({DEMO_DIR / MANIFEST_NAME}); pass --model PATH")
@@ -351,7 +399,18 @@ def _open_detector(model, backend, device, threads, threshold, batch, quiet) -> 
         if not quiet:
             click.echo(f"{PROG}: {DEMO_NOTE}", err=True)
     try:
-        detector = Detector(model, backend=backend, device=device, threads=threads, threshold=threshold, batch=batch)
+        detector = Detector(
+            model,
+            backend=backend,
+            device=device,
+            threads=threads,
+            threshold=threshold,
+            batch=batch,
+            self_check=self_check,
+            strict=strict,
+        )
+    except SelfCheckFailed:
+        raise
     except (ArtifactError, BackendUnavailable, ValueError) as exc:
         raise UsageFailure(str(exc)) from None
     if batch is not None and batch != detector.batch_size and not quiet:
@@ -481,6 +540,7 @@ def _finish(detector: Detector, decoded: Decoded, detection: Detection | None, o
         "backend": detector.backend,
         "model_id": detector.model_id,
         "precision": detector.artifact.precision,
+        "self_check": detector.self_check.status,
         "ms": round(decoded.ms + detection.ms + finishing_ms, 2),
     }
 

@@ -19,7 +19,10 @@ from PIL import Image
 
 from .artifact import Artifact, ArtifactError, load_artifact
 from .backends.base import BackendUnavailable, Runner
+from .host import current_host
 from .preprocess import resize_and_normalize, resize_probability_map
+from .selfcheck import SelfCheckResult
+from .selfcheck import self_check as run_self_check
 
 log = logging.getLogger("maskclip_runtime")
 
@@ -71,6 +74,9 @@ class Detector:
     device: "cpu", "cuda", "cuda:N" (ONNX Runtime also takes "tensorrt[:N]" for its TensorRT
     provider); None picks the GPU when the backend can use one. batch: images per forward pass,
     capped by the artifact's profile (fixed-batch artifacts always run their own size).
+    self_check: run the artifact's canaries on this backend and device first and raise SelfCheckFailed
+    when they disagree with PyTorch (`selfcheck.py`; a pass is cached per machine). strict: refuse,
+    instead of warning, an artifact that assumes CPU features this host lacks.
     """
 
     def __init__(
@@ -81,6 +87,8 @@ class Detector:
         threads: int | None = None,
         threshold: float | None = None,
         batch: int | None = None,
+        self_check: bool = True,
+        strict: bool = False,
     ):
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
@@ -89,8 +97,18 @@ class Detector:
         self.artifact: Artifact = load_artifact(path)
         self.threshold = self.artifact.threshold if threshold is None else float(threshold)
         self.batch_size = _batch_size(self.artifact, batch)
+        self.device = device or "default"
         self._runners = _build_runners(self.artifact, backend, device, threads)
         _check_chain(self._runners)
+        if self.backend.startswith("onnxruntime-cpu"):
+            _check_cpu_features(self.artifact, strict)
+        self.self_check: SelfCheckResult = SelfCheckResult("skipped")
+        if self_check:
+            try:
+                self.self_check = run_self_check(self)
+            except BaseException:
+                self.close()
+                raise
 
     @property
     def model_id(self) -> str:
@@ -156,6 +174,23 @@ class Detector:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _check_cpu_features(artifact: Artifact, strict: bool) -> None:
+    """Int8 graphs built for one CPU's kernels can compute differently on a CPU without them."""
+    required = artifact.cpu_features
+    missing = current_host().missing(required)
+    if not missing:
+        return
+    wanted = ", ".join(" or ".join(alternatives) for alternatives in missing)
+    message = (
+        f"this {artifact.manifest.get('precision', '')} artifact assumes CPU features this host lacks ({wanted}) "
+        f"on {current_host().cpu}; its results may differ from the verified ones (re-export with maskclip-export "
+        f"--int8-cpu for a portable graph)"
+    )
+    if strict:
+        raise ArtifactError(message)
+    log.warning(f"WARNING: {message}")
 
 
 def _batch_size(artifact: Artifact, requested: int | None) -> int:

@@ -57,6 +57,7 @@ RECORD_FIELDS = (
     "backend",
     "model_id",
     "precision",
+    "self_check",
     "ms",
     "error",
 )
