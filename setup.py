@@ -51,7 +51,7 @@ setup(
         "gpu": ["onnxruntime-gpu>=1.17", "tensorrt>=10", "cuda-python>=12"],
         "train": TRAIN,
         "export": TRAIN + EXPORT,
-        "dev": ["pytest>=8", "ruff>=0.5", "scikit-learn>=1.3"],
+        "dev": ["pytest>=8", "ruff>=0.5", "scikit-learn>=1.3", "opencv-python-headless>=4.8"],
     },
     entry_points={
         "console_scripts": [
@@ -59,6 +59,7 @@ setup(
             "maskclip-train=maskclip_core.cli:train",
             "maskclip-eval=maskclip_core.cli:evaluate",
             "maskclip-synth=maskclip_core.cli:synth",
+            "maskclip-import=maskclip_core.cli:import_checkpoint",
             "maskclip-export=maskclip_export.cli:main",
             "maskclip-run=maskclip_runtime.cli:main",
             "maskclip-bench=maskclip_bench.cli:main",

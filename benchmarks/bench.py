@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from maskclip_runtime.backends.base import BackendUnavailable
+from maskclip_runtime.host import current_host
 from maskclip_runtime.preprocess import load_image, preprocess_batch, resize_probability_map
 
 from .report import INT8_BACKENDS
@@ -295,12 +296,7 @@ def environment(device: str) -> dict:
 
     import maskclip_runtime
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    host = current_host()
     versions = {
         "python": platform.python_version(),
         "maskclip": maskclip_runtime.__version__,
@@ -319,7 +315,8 @@ def environment(device: str) -> dict:
         versions["cuda"] = torch.version.cuda
     return {
         "device": device if device != "cpu" else f"CPU ({os.cpu_count()} cores)",
-        "cpu": cpu,
+        "cpu": host.cpu,
+        "cpu_features": list(host.features),
         "cpu_cores": os.cpu_count(),
         "gpu": gpu,
         "platform": platform.platform(),

@@ -1,4 +1,4 @@
-"""Console scripts: maskclip-train, maskclip-eval, maskclip-synth (maskclip-info lives in info.py).
+"""Console scripts: maskclip-train, -eval, -synth, -import (maskclip-info lives in info.py).
 
 Bad input (missing data, undecodable image, unknown config, unusable checkpoint) ends with one
 line on stderr naming the file and a non-zero status, never a traceback.
@@ -43,6 +43,11 @@ USER_ERRORS = (DataError, CheckpointError, FileNotFoundError, KeyError, ValueErr
 @click.option("--workers", default=2, type=int, help="Data loader processes per training process.")
 @click.option("--bf16/--no-bf16", default=False, help="bf16 autocast (CLIP stays fp32).")
 @click.option("--clip-grad", default=None, type=float, help="Clip the gradient norm to this value.")
+@click.option(
+    "--skip-nonfinite/--no-skip-nonfinite",
+    default=True,
+    help="Skip steps whose gradients hold inf/NaN, as the authors' GradScaler does.",
+)
 @click.option("--max-steps", default=None, type=int, help="Stop after this many steps (schedule unchanged).")
 @click.option("--save-every", default=500, type=int, help="Steps between checkpoints of OUT/last.")
 @click.option("--log-every", default=10, type=int)
@@ -133,6 +138,26 @@ def synth(out, seed, count, test_count, generators, min_size, max_size):
     except ValueError as exc:
         _fail(exc)
     click.echo(f"wrote {path} (synthetic proxy, not OpenSDID)")
+
+
+@click.command(context_settings={"show_default": True})
+@click.argument("source", type=click.Path(dir_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Checkpoint folder to write.")
+@click.option("--config", default="opensdi-vitl14", help="Registered config name or a config JSON file.")
+def import_checkpoint(source, out, config):
+    """Convert the authors' checkpoint-N.pth (or a bare state dict) into a safetensors checkpoint folder.
+
+    Nothing in SOURCE is executed (weights-only unpickling); the mapping is strict: every tensor
+    used, every tensor of the model produced, every shape checked.
+    """
+    from maskclip_core.authors import import_authors_checkpoint
+    from maskclip_core.train import resolve_config
+
+    try:
+        path = import_authors_checkpoint(source, out, resolve_config(config))
+    except USER_ERRORS as exc:
+        _fail(exc)
+    click.echo(f"checkpoint: {path.parent}")
 
 
 if __name__ == "__main__":  # `python -m maskclip_core.cli ...` runs training (torchrun -m needs a module)

@@ -3,13 +3,17 @@
 `opensdi-vitl14` is the paper's model (MODEL.md). `tiny` is the SAME architecture with small
 widths, depths and resolution, so tests and the embedded demo run in seconds on a CPU.
 Configs are plain dataclasses that round-trip through JSON (they travel with checkpoints and
-exported artifacts).
+exported artifacts). A config names its input resize (maskclip_runtime.preprocess.RESIZE_METHODS);
+the registered ones use the authors' OpenCV resize, while a config without the field (a checkpoint
+written before it existed) keeps the Pillow resize it was trained and evaluated with.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, fields, replace
+
+from maskclip_runtime.preprocess import LEGACY_RESIZE, PreprocessSpec
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,7 @@ class MaskCLIPConfig:
     prompt_length: int = 10
     prompt_suffix: str = "an image."
     threshold: float = 0.5  # decision threshold on fake_prob and on mask probability
+    resize: str = LEGACY_RESIZE  # input resize of training, evaluation and export (registered: "cv2-linear")
 
     @property
     def grid(self) -> int:
@@ -84,6 +89,10 @@ class MaskCLIPConfig:
     @property
     def num_taps(self) -> int:
         return len(self.clip.taps)
+
+    def preprocess_spec(self) -> PreprocessSpec:
+        """How images reach this model: the same in training, evaluation, export and the runtime."""
+        return PreprocessSpec(size=self.image_size, resize=self.resize)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -119,6 +128,7 @@ class MaskCLIPConfig:
             raise ValueError(f"tap {max(self.clip.taps)} beyond {self.clip.layers} CLIP blocks")
         if self.mae.width % self.vca_heads or self.decoder.channels % self.decoder.tvca_heads:
             raise ValueError("attention widths must divide by their head counts")
+        self.preprocess_spec()  # raises on an unknown resize name
 
 
 _REGISTRY: dict[str, MaskCLIPConfig] = {}
@@ -141,13 +151,17 @@ def list_configs() -> list[str]:
     return sorted(_REGISTRY)
 
 
-register(MaskCLIPConfig(name="opensdi-vitl14"))
+# The authors resize with albumentations' Resize = OpenCV INTER_LINEAR (masks INTER_NEAREST).
+AUTHORS_RESIZE = "cv2-linear"
+
+register(MaskCLIPConfig(name="opensdi-vitl14", resize=AUTHORS_RESIZE))
 
 # Same modules and wiring; 128 px input, 8x8 MAE grid with 3x3 windows (padded to 9x9),
-# 3 CLIP taps feeding 3 VCA blocks, 8x8 CLIP grid at 112 px.
+# 3 CLIP taps feeding 3 VCA blocks, 8x8 CLIP grid at 112 px. The embedded demo checkpoint was
+# written before configs named their resize, so its config.json keeps "pil-bilinear-aa".
 register(
     replace(
-        MaskCLIPConfig(name="tiny"),
+        MaskCLIPConfig(name="tiny", resize=AUTHORS_RESIZE),
         image_size=128,
         clip=ClipConfig(
             model_name="",

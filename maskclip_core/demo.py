@@ -63,7 +63,7 @@ def pretrain_clip(
     heads = nn.ModuleDict({"image": nn.Linear(width, 2), "patch": nn.Linear(width, 1)})
     params = [*tower.model.visual.parameters(), *heads.parameters()]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
-    dataset = MaskCLIPDataset(open_samples(data, split), cfg.image_size, train=True, seed=seed)
+    dataset = MaskCLIPDataset(open_samples(data, split), cfg.preprocess_spec(), train=True, seed=seed)
     grid = cfg.clip.grid
     step, epoch = 0, 0
     with tqdm(total=steps, desc="pretrain CLIP", dynamic_ncols=True) as bar:

@@ -3,6 +3,8 @@
 Recipe (MODEL.md): AdamW (0.9, 0.999, eps 1e-8), lr 1e-4, weight decay 0.05 except biases and 1-D
 parameters, per-iteration half-cosine to 0 without warm-up, 50 epochs, 16 images per process,
 seed 42. The optimiser is built from the parameters that require grad AFTER the model is final.
+A step whose gradients hold inf or NaN is skipped (on by default): the authors' fp32 loop steps
+through an enabled GradScaler, which does exactly that; the schedule still advances.
 
 Checkpoints go to OUT/last/ (rewritten every --save-every steps, at the end and on Ctrl-C):
 model.safetensors + config.json (maskclip_core.checkpoint, loadable on their own) and
@@ -56,6 +58,7 @@ class TrainArgs:
     workers: int = 2
     bf16: bool = False
     clip_grad: float | None = None
+    skip_nonfinite: bool = True  # skip steps with inf/NaN gradients, as the authors' GradScaler does
     max_steps: int | None = None  # stop early; the cosine schedule still spans all epochs
     save_every: int = 500
     log_every: int = 10
@@ -79,6 +82,26 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
         if p.requires_grad:
             (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def optimizer_step(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, clip_grad: float | None, skip_nonfinite: bool
+) -> bool:
+    """Clip (if asked) and step; returns False for a step skipped because a gradient is not finite.
+
+    GradScaler's check, without its loss scaling (pointless in fp32): every gradient element is
+    tested, the parameters and the optimiser moments stay untouched, the gradients are dropped.
+    Under DDP the gradients are already all-reduced, so every rank decides alike.
+    """
+    if skip_nonfinite:
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+            optimizer.zero_grad(set_to_none=True)
+            return False
+    if clip_grad:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+    optimizer.step()
+    return True
 
 
 def cosine_lr(base_lr: float, step: int, total: int) -> float:
@@ -219,7 +242,7 @@ def train(args: TrainArgs) -> Path:
     out = Path(args.out)
     cfg = resolve_config(args.config)
     samples = open_samples(args.data, args.split)
-    dataset = MaskCLIPDataset(samples, cfg.image_size, train=True, seed=args.seed)
+    dataset = MaskCLIPDataset(samples, cfg.preprocess_spec(), train=True, seed=args.seed)
     sampler = ResumableSampler(dataset, num_replicas=d.world, rank=d.rank, shuffle=True, seed=args.seed)
     steps_per_epoch = len(sampler) // args.batch_size
     if steps_per_epoch == 0:
@@ -233,13 +256,14 @@ def train(args: TrainArgs) -> Path:
         param_groups(model, args.weight_decay), lr=args.lr, betas=(args.beta1, args.beta2), eps=args.eps
     )
     torch.manual_seed(args.seed + 1000 * d.rank)  # dropout / drop-path stream, per rank
-    step = 0
+    step = skipped = 0
     if args.resume:
         resume = Path(args.resume)
         if read_checkpoint_config(resume) != cfg:
             raise ValueError(f"{resume}: checkpoint config differs from --config {args.config}")
         model.load_state_dict(load_file(str(checkpoint_files(resume)[0]), device=str(device)))
-        step = load_training_state(resume, optimizer, d, device)["step"]
+        resumed = load_training_state(resume, optimizer, d, device)
+        step, skipped = resumed["step"], resumed.get("skipped_steps", 0)
     net = model
     if d.world > 1:
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -248,7 +272,8 @@ def train(args: TrainArgs) -> Path:
         (out / "args.json").write_text(json.dumps(asdict(args), indent=2))
 
     def state(epoch: int) -> dict:
-        return {"step": step, "epoch": epoch, "seed": args.seed, "world_size": d.world, "args": asdict(args)}
+        counters = {"step": step, "epoch": epoch, "skipped_steps": skipped}
+        return {**counters, "seed": args.seed, "world_size": d.world, "args": asdict(args)}
 
     def checkpoint(epoch: int) -> None:
         rng = _rng_states(d, device)  # collective: every rank takes part
@@ -286,9 +311,10 @@ def train(args: TrainArgs) -> Path:
                 )
                 optimizer.zero_grad(set_to_none=True)
                 losses["total"].backward()
-                if args.clip_grad:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
-                optimizer.step()
+                if not optimizer_step(model, optimizer, args.clip_grad, args.skip_nonfinite):
+                    skipped += 1
+                    if d.main:
+                        tqdm.write(f"step {step + 1}: non-finite gradients, step skipped ({skipped} so far)")
                 step += 1
                 bar.update(1)
                 flags = torch.tensor([float(stop.requested)], device=device)
@@ -300,6 +326,7 @@ def train(args: TrainArgs) -> Path:
                     values = _mean_across(torch.stack([losses[k].detach().float() for k in names]), d).tolist()
                     if d.main:
                         record = {"step": step, "epoch": epoch, "lr": lr, **dict(zip(names, values, strict=True))}
+                        record["skipped_steps"] = skipped
                         record["time"] = round(time.time() - t0, 3)
                         log.write(json.dumps(record) + "\n")
                         log.flush()

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import __version__
-from .preprocess import RESAMPLE_FILTERS, PreprocessSpec
+from .preprocess import LEGACY_RESIZE, RESIZE_METHODS, PreprocessSpec
 
 FORMAT = "maskclip-artifact"
 SUPPORTED_FORMAT_VERSIONS = (1,)
@@ -259,8 +259,8 @@ def manifest_problem(manifest: dict) -> str | None:
     checks = [
         (_count(pre.get("size")), f"preprocess.size must be an integer >= 1, got {pre.get('size')!r}"),
         (
-            pre.get("resample", "bilinear") in RESAMPLE_FILTERS,
-            f"preprocess.resample must be one of {', '.join(RESAMPLE_FILTERS)}",
+            pre.get("resize", LEGACY_RESIZE) in RESIZE_METHODS and pre.get("resample", "bilinear") == "bilinear",
+            f"preprocess.resize must be one of {', '.join(RESIZE_METHODS)} (older manifests: resample bilinear)",
         ),
         (
             isinstance(mean, list) and len(mean) == 3 and all(_finite(v) and 0.0 <= v <= 1.0 for v in mean),

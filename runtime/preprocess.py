@@ -1,13 +1,23 @@
 """The ONE preprocessing implementation, shared by training, evaluation, export checks and the runtime.
 
 A train/deploy mismatch (pad vs resize, PIL vs OpenCV resampling) is the classic way a forgery
-localiser loses most of its F1 in deployment, so every path goes through `resize_and_normalize`.
-No torch here: the runtime must not import it.
+localiser loses most of its F1 in deployment, so every path goes through `resize_and_normalize`
+(images) and `resize_mask` (ground truth), and the resize is named in the spec that travels with
+checkpoints and artifacts. No torch here: the runtime must not import it.
+
+Resize methods (RESIZE_METHODS):
+- "cv2-linear": OpenCV's INTER_LINEAR (half-pixel centres, two taps, no antialiasing; 11-bit
+  fixed-point weights), masks with INTER_NEAREST. The authors' pipeline: albumentations 1.3.0
+  `Resize(512, 512)` calls exactly these. Written in numpy, so the runtime needs no OpenCV.
+- "pil-bilinear-aa": Pillow BILINEAR (antialiased: the filter widens when shrinking, which smooths
+  away fine high-frequency traces), masks with Pillow NEAREST. What this project used before the
+  resize was recorded, hence the meaning of a spec without a "resize" field.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -34,18 +44,113 @@ class ImageLoadError(ValueError):
     """An input file that is not a usable image; the message names the file."""
 
 
+# OpenCV's INTER_LINEAR weights for 8-bit images are integers scaled by 2**11 (INTER_RESIZE_COEF_BITS).
+_CV_COEF_SCALE = 2048
+
+
+def _cv_linear_taps(src: int, dst: int, clamp_weights: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One axis of OpenCV's INTER_LINEAR: (first source index, second source index, [2,dst] int weights).
+
+    Half-pixel centres, computed as cv::resize does: the position in double, cast to float, then
+    floor and fraction in float; weights rounded half-to-even to 11 bits. Columns clamp a position
+    outside the image to the edge pixel with weights (1, 0); rows keep the unclamped fraction and
+    clamp only the row indices (both taps then read the edge row), as OpenCV's row loop does.
+    """
+    position = ((np.arange(dst, dtype=np.float64) + 0.5) * (1.0 / (dst / src)) - 0.5).astype(np.float32)
+    first = np.floor(position).astype(np.int64)
+    fraction = position - first.astype(np.float32)
+    if clamp_weights:
+        outside = (first < 0) | (first >= src - 1)
+        fraction[outside] = 0.0
+        first = np.clip(first, 0, src - 1)
+    second = np.clip(first + 1, 0, src - 1)
+    first = np.clip(first, 0, src - 1)
+    weights = np.rint(np.stack([np.float32(1.0) - fraction, fraction]) * np.float32(_CV_COEF_SCALE))
+    return first, second, weights.astype(np.int32)
+
+
+def cv2_linear(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """uint8 HxW or HxWxC -> height x width, as cv2.resize(..., INTER_LINEAR) computes it.
+
+    Horizontal pass in exact integers; vertical pass as OpenCV's SIMD kernel: each row sum shifted
+    right by 4, multiplied by its 16-bit weight keeping the high 16 bits, summed, then (s + 2) >> 2.
+    """
+    h, w = image.shape[:2]
+    x0, x1, alpha = _cv_linear_taps(w, width, clamp_weights=True)
+    y0, y1, beta = _cv_linear_taps(h, height, clamp_weights=False)
+    extra = (1,) * (image.ndim - 2)  # broadcast the weights over channels
+    a0, a1 = alpha[0].reshape(-1, *extra), alpha[1].reshape(-1, *extra)
+
+    def weighted_rows(rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """One vertical tap: [height, width(, C)] int32, in place to spare temporaries."""
+        picked = np.take(image, rows, axis=0)  # rows first: a large photo is never widened to int32
+        out = np.take(picked, x0, axis=1).astype(np.int32)
+        out *= a0
+        right = np.take(picked, x1, axis=1).astype(np.int32)
+        right *= a1
+        out += right
+        out >>= 4
+        out *= weights.reshape(-1, 1, *extra)
+        out >>= 16
+        return out
+
+    out = weighted_rows(y0, beta[0])
+    out += weighted_rows(y1, beta[1])
+    out += 2
+    out >>= 2
+    return np.clip(out, 0, 255, out=out).astype(np.uint8)
+
+
+def cv2_nearest(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """HxW(xC) array -> height x width, exactly as cv2.resize(..., INTER_NEAREST): floor(i * src / dst)."""
+    h, w = image.shape[:2]
+    cols = np.minimum(np.floor(np.arange(width) * (1.0 / (width / w))).astype(np.int64), w - 1)
+    rows = np.minimum(np.floor(np.arange(height) * (1.0 / (height / h))).astype(np.int64), h - 1)
+    return image[rows[:, None], cols[None, :]]
+
+
+def _pil_resize(resample: Image.Resampling) -> Callable[[np.ndarray, int, int], np.ndarray]:
+    def resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
+        return np.asarray(Image.fromarray(image).resize((width, height), resample))
+
+    return resize
+
+
+@dataclass(frozen=True)
+class ResizeMethod:
+    """A named image resize with the mask resize that goes with it (both uint8 array -> array)."""
+
+    name: str
+    image: Callable[[np.ndarray, int, int], np.ndarray]
+    mask: Callable[[np.ndarray, int, int], np.ndarray]
+
+
+RESIZE_METHODS = {
+    m.name: m
+    for m in (
+        ResizeMethod("cv2-linear", cv2_linear, cv2_nearest),
+        ResizeMethod("pil-bilinear-aa", _pil_resize(Image.Resampling.BILINEAR), _pil_resize(Image.Resampling.NEAREST)),
+    )
+}
+LEGACY_RESIZE = "pil-bilinear-aa"  # what a spec, config or manifest without a "resize" field was made with
+
+
 @dataclass(frozen=True)
 class PreprocessSpec:
     """How an RGB uint8 image becomes the model input; recorded in every artifact's manifest."""
 
     size: int = 512
-    resample: str = "bilinear"  # PIL resampling filter name
+    resize: str = LEGACY_RESIZE  # a RESIZE_METHODS name; the model configs name theirs explicitly
     mean: tuple[float, float, float] = CLIP_MEAN
     std: tuple[float, float, float] = CLIP_STD
     channel_order: str = "RGB"
     layout: str = "NCHW"
     dtype: str = "float32"
     scale: float = field(default=1.0 / 255.0)
+
+    def __post_init__(self):
+        if self.resize not in RESIZE_METHODS:
+            raise ValueError(f"unknown resize {self.resize!r}; known: {', '.join(RESIZE_METHODS)}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -55,15 +160,11 @@ class PreprocessSpec:
         d = dict(d)
         d["mean"] = tuple(d["mean"])
         d["std"] = tuple(d["std"])
+        # Manifests written before the resize was named carry Pillow's filter name instead.
+        legacy = d.pop("resample", "bilinear")
+        if "resize" not in d and legacy != "bilinear":
+            raise ValueError(f"unsupported resample {legacy!r} (only Pillow 'bilinear' was ever written)")
         return cls(**d)
-
-
-RESAMPLE_FILTERS = {
-    "nearest": Image.Resampling.NEAREST,
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-    "lanczos": Image.Resampling.LANCZOS,
-}
 
 
 def to_rgb8(img: Image.Image) -> Image.Image:
@@ -159,19 +260,26 @@ def decode_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, reduce_
 def resize_and_normalize(image: Image.Image | np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     """RGB uint8 image (PIL or HxWx3 array) -> float32 [3, size, size], CLIP-normalised.
 
-    Plain resize to a square (no padding, no aspect preservation), as the authors train.
+    Plain resize to a square (no padding, no aspect preservation) with spec.resize, in uint8 (as
+    the authors resize before normalising).
     """
     if isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"expected an HxWx3 uint8 array, got {image.shape} {image.dtype}")
-        image = Image.fromarray(image, "RGB")
-    elif image.mode != "RGB":
-        image = to_rgb8(image)
-    if image.size != (spec.size, spec.size):
-        image = image.resize((spec.size, spec.size), RESAMPLE_FILTERS[spec.resample])
-    x = np.asarray(image, dtype=np.float32) * np.float32(spec.scale)  # [S,S,3] in 0..1
+    else:
+        image = np.asarray(image if image.mode == "RGB" else to_rgb8(image))
+    if image.shape[:2] != (spec.size, spec.size):
+        image = RESIZE_METHODS[spec.resize].image(np.ascontiguousarray(image), spec.size, spec.size)
+    x = image.astype(np.float32) * np.float32(spec.scale)  # [S,S,3] in 0..1
     x = (x - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
     return np.ascontiguousarray(x.transpose(2, 0, 1))  # [3,S,S]
+
+
+def resize_mask(mask: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """Ground-truth mask HxW uint8 -> size x size uint8 with the nearest resize of spec.resize (a writable copy)."""
+    if mask.shape != (spec.size, spec.size):
+        mask = RESIZE_METHODS[spec.resize].mask(np.ascontiguousarray(mask), spec.size, spec.size)
+    return np.array(mask, dtype=np.uint8)
 
 
 def preprocess_batch(images: list[Image.Image | np.ndarray], spec: PreprocessSpec) -> np.ndarray:

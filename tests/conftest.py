@@ -6,6 +6,15 @@ import pytest
 import torch
 
 
+@pytest.fixture(autouse=True, scope="session")
+def self_check_cache(tmp_path_factory):
+    """Passed self-checks are cached per machine; tests keep theirs out of the user's cache."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MASKCLIP_CACHE_DIR", str(tmp_path_factory.mktemp("self-check-cache")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture(scope="session")
 def tiny_model():
     """A randomly initialised `tiny` MaskCLIP in eval mode (seeded: the same weights every run)."""

@@ -248,3 +248,22 @@ def test_cli_on_tiny_torch_row_and_unavailable_tensorrt_row(tmp_path):
 def test_cli_rejects_unknown_backend():
     result = CliRunner().invoke(main, ["tiny", "--backends", "torch,tflite"])
     assert result.exit_code != 0 and "unknown backend(s) tflite" in result.output
+
+
+def test_int8_target_follows_the_measured_cpu(monkeypatch):
+    from maskclip_bench import roofline
+    from maskclip_bench.report import ORT_INT8_SPEEDUP, ORT_INT8_SPEEDUP_WITHOUT_VNNI, int8_speedup_target
+    from maskclip_runtime.host import Host
+
+    assert int8_speedup_target({"environment": {"cpu_features": ["avx2", "avx512_vnni"]}}) == ORT_INT8_SPEEDUP
+    assert int8_speedup_target({"environment": {"cpu_features": ["avx2", "fma"]}}) == ORT_INT8_SPEEDUP_WITHOUT_VNNI
+    # The ceiling step measures bf16 only where the CPU runs it natively (emulated it takes minutes).
+    measured = []
+    monkeypatch.setattr(roofline, "numpy_ceiling", lambda n, r: measured.append("numpy"))
+    monkeypatch.setattr(roofline, "torch_ceiling", lambda dtype, device, n, r: measured.append(dtype))
+    monkeypatch.setattr(roofline, "current_host", lambda: Host("x86_64", "c", 2, ("avx2",), True))
+    roofline.measure_ceilings("cpu")
+    assert measured == ["numpy", "float32"]
+    monkeypatch.setattr(roofline, "current_host", lambda: Host("x86_64", "c", 2, ("avx512_bf16",), True))
+    roofline.measure_ceilings("cpu")
+    assert measured[2:] == ["numpy", "float32", "bfloat16"]

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from maskclip_core.data.augment import augment
@@ -14,7 +13,7 @@ from maskclip_core.data.folders import is_folder_layout, read_folders
 from maskclip_core.data.masks import edge_map
 from maskclip_core.data.opensdid import read_hf, read_parquet
 from maskclip_core.data.samples import DataError, Sample, load_sample
-from maskclip_runtime.preprocess import PreprocessSpec, resize_and_normalize
+from maskclip_runtime.preprocess import PreprocessSpec, resize_and_normalize, resize_mask
 
 
 def open_samples(source: str | Path, split: str | None = None) -> list[Sample]:
@@ -36,18 +35,14 @@ def open_samples(source: str | Path, split: str | None = None) -> list[Sample]:
     raise DataError(f"{source}: no such file or folder")
 
 
-def resize_nearest(mask: np.ndarray, size: int) -> np.ndarray:
-    """HxW uint8 -> size x size uint8 (nearest, as the ground truth is resized everywhere)."""
-    if mask.shape != (size, size):
-        mask = np.asarray(Image.fromarray(mask).resize((size, size), Image.Resampling.NEAREST))
-    return np.array(mask, dtype=np.uint8)  # writable copy for torch
-
-
 class MaskCLIPDataset(Dataset):
     """Samples -> dict(image [3,S,S] f32, mask [1,S,S] f32, edge [1,S,S] f32, label long, key, generator, kind).
 
     With `train=True` each item is augmented with a generator seeded by (seed, epoch, index), so
-    an item is the same on every rank, worker and resumed run; call `set_epoch` every epoch.
+    an item is the same on every rank, worker and resumed run; call `set_epoch` every epoch. As in
+    the authors' training, its label is then re-derived from the augmented mask (1 when any pixel
+    is set: a random down-scale can drop a tiny edit); evaluation keeps the data set's label.
+    Pass the model's `preprocess_spec()`; a bare size means a spec with the default resize.
     """
 
     def __init__(self, samples: list[Sample], spec: PreprocessSpec | int, train: bool = False, seed: int = 0):
@@ -66,16 +61,17 @@ class MaskCLIPDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         sample = self.samples[index]
         image, mask = load_sample(sample)  # native size
+        label = sample.label
         if self.train:
             rng = np.random.default_rng((self.seed, self.epoch, index))
             image, mask = augment(image, mask, rng)
+            label = int(mask.any())
         edge = edge_map(mask)  # at the augmented native size, before the resize
-        size = self.spec.size
         return {
             "image": torch.from_numpy(resize_and_normalize(image, self.spec)),  # [3,S,S]
-            "mask": torch.from_numpy(resize_nearest(mask, size)).float()[None],  # [1,S,S]
-            "edge": torch.from_numpy(resize_nearest(edge, size)).float()[None],  # [1,S,S]
-            "label": torch.tensor(sample.label, dtype=torch.long),
+            "mask": torch.from_numpy(resize_mask(mask, self.spec)).float()[None],  # [1,S,S]
+            "edge": torch.from_numpy(resize_mask(edge, self.spec)).float()[None],  # [1,S,S]
+            "label": torch.tensor(label, dtype=torch.long),
             "key": sample.key,
             "generator": sample.generator,
             "kind": sample.kind,

@@ -2,8 +2,10 @@
 
 Attention is written out explicitly (projections, constant scale, softmax) rather than through
 nn.MultiheadAttention's forward: its fast path and fused kernels do not export cleanly to ONNX /
-TensorRT. Parameters still live in nn.MultiheadAttention containers so state-dict keys match the
-authors' checkpoints.
+TensorRT. Parameters still live in nn.MultiheadAttention containers (in_proj_weight, out_proj), the
+layout of open_clip's CLIP weights and of the authors' VSA attention. Most other names of ours differ
+from the authors' checkpoints (their TVCA, for one, splits in_proj into to_q and to_kv):
+maskclip_core/authors.py maps them (`maskclip-import`).
 """
 
 from __future__ import annotations

@@ -114,7 +114,7 @@ class MaskCLIP(nn.Module):
 
     # --- bookkeeping --------------------------------------------------------------------------
     def preprocess_spec(self) -> PreprocessSpec:
-        return PreprocessSpec(size=self.config.image_size)
+        return self.config.preprocess_spec()
 
     def parts(self) -> dict[str, list[nn.Parameter]]:
         """Parameters by part, as in MODEL.md's table (text part: text tower, token embedding, logit scale)."""
