@@ -22,7 +22,7 @@ import torch
 from maskclip_runtime.backends.base import BackendUnavailable
 from maskclip_runtime.preprocess import ImageLoadError
 
-from .exporter import ExportError, ExportOptions, GateFailed, ModelSource, export_artifact
+from .exporter import ExportError, ExportOptions, GateFailed, ModelSource, check_output_location, export_artifact
 from .manifest import state_dict_digest
 from .onnx_export import BatchSpec
 from .op_support import UnsupportedOpsError
@@ -136,6 +136,7 @@ def main(
             verify=not no_verify,
         )
         options.validate()
+        check_output_location(options.out)  # before the model is even loaded
     except (ExportError, ValueError) as exc:
         _fail(str(exc))
     try:

@@ -118,11 +118,14 @@ class Detector:
     def backend(self) -> str:
         return self._runners[0].backend
 
-    def prepare(self, image: Image.Image) -> PreparedImage:
-        """Resize and normalise one image; safe to call from worker threads."""
+    def prepare(self, image: Image.Image, size: tuple[int, int] | None = None) -> PreparedImage:
+        """Resize and normalise one image; safe to call from worker threads.
+
+        size: (width, height) the mask is returned at, when the image was decoded at reduced size."""
         start = time.perf_counter()
         tensor = resize_and_normalize(image, self.artifact.preprocess)
-        return PreparedImage(tensor, image.width, image.height, (time.perf_counter() - start) * 1e3)
+        width, height = size or image.size
+        return PreparedImage(tensor, width, height, (time.perf_counter() - start) * 1e3)
 
     def detect(self, images: list[Image.Image]) -> list[Detection]:
         """RGB PIL images (any sizes, any number) -> one Detection per image, in order."""

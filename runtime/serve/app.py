@@ -31,7 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..detector import Detection, Detector, PreparedImage
 from ..outputs import PNG_COMPRESS_LEVEL, detection_record, heat_overlay, mask_image
-from ..preprocess import ImageLoadError, UnknownImageFormat, decode_image
+from ..preprocess import ImageLoadError, UnknownImageFormat, decode_bytes
 from .batcher import Draining, MicroBatcher, QueueFull
 from .metrics import ServeMetrics
 
@@ -300,7 +300,7 @@ def _check_image_type(media: str, what: str) -> None:
 def _decode(detector: Detector, upload: Upload) -> Decoded:
     start = time.perf_counter()
     try:
-        image = decode_image(upload.data, upload.name)
+        image = decode_bytes(upload.data, upload.name)
         prepared = detector.prepare(image)
     except UnknownImageFormat as exc:
         raise ServeError(415, str(exc)) from None

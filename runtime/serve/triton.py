@@ -24,7 +24,7 @@ from functools import partial
 import numpy as np
 
 from ..detector import Detector
-from ..preprocess import ImageLoadError, decode_image
+from ..preprocess import ImageLoadError, decode_bytes
 
 MODEL_NAME = "maskclip"
 log = logging.getLogger("maskclip_runtime")
@@ -98,7 +98,7 @@ def _infer_batch(detector: Detector, image: np.ndarray) -> dict[str, np.ndarray]
     rows, prepared = [], []
     for row, data in enumerate(image[:, 0]):
         try:
-            prepared.append(detector.prepare(decode_image(bytes(data), "image")))
+            prepared.append(detector.prepare(decode_bytes(bytes(data), "image")))
             rows.append(row)
         except ImageLoadError as exc:
             error[row] = str(exc).encode("utf-8")
