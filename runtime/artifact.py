@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import __version__
+from .calibration import Calibration, CalibrationError
 from .preprocess import PreprocessSpec
 
 FORMAT = "maskclip-artifact"
@@ -90,6 +91,7 @@ class Artifact:
     graphs: tuple[GraphSpec, ...]
     batch: BatchSpec
     model_id: str
+    calibration: Calibration | None = None  # temperature + operating points, when one was attached
 
     @property
     def engines(self) -> dict[str, Path]:
@@ -125,6 +127,7 @@ def load_artifact(path: str | os.PathLike) -> Artifact:
     _check_format(manifest, manifest_path)
     directory = manifest_path.parent
     _check_files(manifest, directory)
+    calibration = _parse_calibration(manifest, manifest_path)
     try:
         return Artifact(
             dir=directory,
@@ -134,9 +137,19 @@ def load_artifact(path: str | os.PathLike) -> Artifact:
             graphs=_parse_graphs(manifest),
             batch=BatchSpec.from_dict(manifest.get("batch")),
             model_id=str(manifest.get("model", {}).get("model_id", "unknown")),
+            calibration=calibration,
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ArtifactError(f"{manifest_path}: malformed manifest ({type(exc).__name__}: {exc})") from None
+
+
+def _parse_calibration(manifest: dict, manifest_path: Path) -> Calibration | None:
+    if manifest.get("calibration") is None:
+        return None
+    try:
+        return Calibration.from_dict(manifest["calibration"], f"{manifest_path} calibration")
+    except CalibrationError as exc:
+        raise ArtifactError(str(exc)) from None
 
 
 def _find_manifest(path: Path) -> Path:
