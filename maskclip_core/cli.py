@@ -160,6 +160,8 @@ def evaluate(
     doc = report(summary, model=source, predictor=predictor.name, data=data, split=split, images=len(samples))
     click.echo(doc["table"])
     if record is not None:
+        if (record.fitted_on.get("data"), record.fitted_on.get("split")) == (str(data), split):
+            click.echo("note: these images include the record's fitting data; its scores here are optimistic", err=True)
         doc["calibration"] = _measure_calibration(
             record, accumulator, reliability or _beside(output, "-reliability.png")
         )
