@@ -144,6 +144,8 @@ def evaluate(
 
     if not data:
         _fail(ValueError("--data is required"))
+    if per_generator is not None and not robustness:
+        _fail(ValueError("--per-generator sizes the --robustness subset; add --robustness"))
     try:
         samples = open_samples(data, split)[:limit]
         predictor, source = _open_predictor(checkpoint, artifact, backend, device)
@@ -181,6 +183,7 @@ def _calibration_to_measure(path: str | None, predictor):
 
 def _measure_calibration(record, accumulator, reliability: str | None) -> dict:
     from maskclip_core.calibrate import calibration_report, format_calibration, save_reliability_diagram
+    from maskclip_core.evaluate import without_nan
 
     labels, prob = accumulator.scores()
     measured = calibration_report(labels, prob, record)
@@ -189,7 +192,7 @@ def _measure_calibration(record, accumulator, reliability: str | None) -> dict:
         Path(reliability).parent.mkdir(parents=True, exist_ok=True)
         save_reliability_diagram(labels, prob, record, reliability)
         click.echo(f"saved {reliability}", err=True)
-    return measured
+    return without_nan(measured)
 
 
 def _robustness(predictor, samples, source, data, split, per_generator, batch_size, workers, output) -> None:
@@ -271,7 +274,7 @@ def _fit(data, split, checkpoint, artifact, backend, device, batch_size, workers
     report_path = Path(_beside(out, "-report.json"))
     doc = {"record": fitted.to_dict(), "checked_on": {"images": len(check_samples)}, **measured}
     with atomic_path(report_path) as temp:
-        temp.write_text(json.dumps(doc, indent=2, allow_nan=False, default=str) + "\n", encoding="utf-8")
+        temp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     click.echo(f"saved {report_path}", err=True)
     return fitted
 

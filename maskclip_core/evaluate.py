@@ -121,6 +121,13 @@ def report(summary: dict, **context) -> dict:
     return {**context, "metrics": clean, "table": format_table(summary)}
 
 
+def without_nan(value):
+    """Nested dicts with NaN floats (undefined metrics) -> the same with None, for strict JSON."""
+    if isinstance(value, dict):
+        return {k: without_nan(v) for k, v in value.items()}
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
 def save_report(doc: dict, path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

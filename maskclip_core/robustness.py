@@ -20,7 +20,7 @@ import numpy as np
 
 from maskclip_core.data import Sample
 from maskclip_core.data.augment import reencode
-from maskclip_core.evaluate import Perturb, Predictor, collect
+from maskclip_core.evaluate import Perturb, Predictor, collect, without_nan
 from maskclip_core.metrics import _fmt
 from maskclip_runtime.outputs import atomic_path
 
@@ -133,13 +133,7 @@ def robustness(
 
 
 def robustness_report(results: dict, **context) -> dict:
-    return {**context, "conditions": _clean_nan(results), "markdown": format_robustness(results)}
-
-
-def _clean_nan(value):
-    if isinstance(value, dict):
-        return {k: _clean_nan(v) for k, v in value.items()}
-    return None if isinstance(value, float) and math.isnan(value) else value
+    return {**context, "conditions": without_nan(results), "markdown": format_robustness(results)}
 
 
 def format_robustness(results: dict) -> str:

@@ -18,7 +18,7 @@ from maskclip_core.data.synth import synthesize
 from maskclip_core.evaluate import ArtifactPredictor, collect
 from maskclip_runtime import cli as runtime_cli
 from maskclip_runtime.artifact import ArtifactError, load_artifact
-from maskclip_runtime.calibration import Calibration, OperatingPoint, write_calibration
+from maskclip_runtime.calibration import Calibration, OperatingPoint, read_calibration, write_calibration
 from maskclip_runtime.detector import Detector
 
 pytest.importorskip("onnxruntime")
@@ -153,3 +153,24 @@ def test_export_stores_the_record(tmp_path, one_torch_thread):
         export_cli.main, ["--out", str(tmp_path / "b"), "--no-verify", "--calibration", str(path)]
     )
     assert refused.exit_code == 1 and not (tmp_path / "b").exists()
+
+
+def test_calibrate_fits_writes_and_eval_measures_the_record(tmp_path, one_torch_thread):
+    data = synthesize(tmp_path / "s", seed=6, train_count=0, test_count=24, generators=["sdxl-like"], min_size=128)
+    common = ["--data", str(data), "--split", "test", "--device", "cpu", "--workers", "0"]
+    out = tmp_path / "cal" / "record.json"
+    fitted = CliRunner().invoke(core_cli.calibrate, [*common, "--out", str(out)])
+    assert fitted.exit_code == 0, fitted.output
+    record = read_calibration(out)
+    assert record.fitted_on["images"] == 12 and [op.target_fpr for op in record.operating_points] == [0.01, 0.05]
+    check = json.loads((tmp_path / "cal" / "record-report.json").read_text())
+    assert check["record_sha256"] == record.sha256 and check["images"] == 12
+    assert (tmp_path / "cal" / "record-reliability.png").read_bytes()[:4] == b"\x89PNG"
+
+    report = tmp_path / "eval" / "r.json"
+    evaluated = CliRunner().invoke(core_cli.evaluate, [*common, "--calibration", str(out), "--output", str(report)])
+    assert evaluated.exit_code == 0, evaluated.output
+    measured = json.loads(report.read_text())["calibration"]
+    assert set(measured["before"]) == set(measured["after"]) == {"ece", "brier", "auc", "tpr@fpr-1%", "tpr@fpr-5%"}
+    assert measured["after"]["auc"] == pytest.approx(measured["before"]["auc"])
+    assert (tmp_path / "eval" / "r-reliability.png").is_file()
