@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -85,10 +86,12 @@ def test_stratified_subset_keeps_every_generator_and_kind(tmp_path):
     assert stratified_subset(samples, None) == samples
 
 
-def test_eval_robustness_writes_json_markdown_and_plot(tmp_path, one_torch_thread):
+@pytest.mark.parametrize("model", [[], ["--artifact", "runtime/demo", "--backend", "onnxruntime"]], ids=["demo", "art"])
+def test_eval_robustness_writes_json_markdown_and_plot(tmp_path, one_torch_thread, model, monkeypatch):
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
     data = synthesize(tmp_path / "s", seed=4, train_count=0, test_count=8, generators=["sd15-like"], min_size=128)
     out = tmp_path / "report" / "robustness.json"
-    args = ["--data", str(data), "--split", "test", "--device", "cpu", "--workers", "0", "--robustness"]
+    args = ["--data", str(data), "--split", "test", "--device", "cpu", "--workers", "0", "--robustness", *model]
     result = CliRunner().invoke(core_cli.evaluate, [*args, "--output", str(out)])
     assert result.exit_code == 0, result.output
     doc = json.loads(out.read_text())
