@@ -9,6 +9,7 @@ neighbour so it stays binary. The metrics are EVALUATION.md's, per generator and
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from dataclasses import dataclass
@@ -17,9 +18,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from maskclip_core.data import Sample
-from maskclip_core.data.augment import reencode
 from maskclip_core.evaluate import Perturb, Predictor, collect, without_nan
 from maskclip_core.metrics import _fmt
 from maskclip_runtime.outputs import atomic_path
@@ -34,7 +35,11 @@ METRICS = (  # summary key, label
 
 
 def _reencode(image, mask, rng, quality: int, format: str):
-    return reencode(image, quality, format), mask
+    # Pillow, as upload pipelines re-encode: not augment.jpeg, which copies a training library's
+    # OpenCV call that takes RGB for BGR.
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image)).save(buffer, format=format, quality=quality)
+    return np.asarray(Image.open(buffer).convert("RGB")), mask
 
 
 def _blur(image, mask, rng, sigma: float):
