@@ -16,6 +16,8 @@ TRAIN = [
     "albumentations>=1.4",
     "pyarrow>=14",
     "scikit-image>=0.22",
+    "scipy>=1.10",  # temperature fitting
+    "matplotlib>=3.8",  # reliability diagrams and robustness plots
 ]
 EXPORT = ["onnx>=1.16", "onnxslim>=0.1.40", "polygraphy>=0.49"]
 SERVE = ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9", "prometheus-client>=0.20"]
@@ -86,6 +88,7 @@ setup(
             "maskclip-eval=maskclip_core.cli:evaluate",
             "maskclip-synth=maskclip_core.cli:synth",
             "maskclip-import=maskclip_core.cli:import_checkpoint",
+            "maskclip-calibrate=maskclip_core.cli:calibrate",
             "maskclip-export=maskclip_export.cli:main",
             "maskclip-run=maskclip_runtime.cli:main",
             "maskclip-serve=maskclip_runtime.serve.cli:main",

@@ -24,11 +24,12 @@ from tqdm import tqdm
 from maskclip_core.model import MaskCLIP
 from maskclip_runtime.artifact import FORMAT, MANIFEST_NAME, load_artifact
 from maskclip_runtime.backends.onnxruntime import OnnxRuntimeRunner
+from maskclip_runtime.calibration import Calibration
 from maskclip_runtime.detector import Detector
 from maskclip_runtime.preprocess import ImageLoadError, PreprocessSpec, load_image, preprocess_batch
 
 from .canary import write_canaries
-from .manifest import build_manifest, write_manifest
+from .manifest import build_manifest, model_id, write_manifest
 from .onnx_export import BatchSpec, GraphSpec, export_graphs, graph_specs, torch_reference
 from .op_support import check_tensorrt_ops
 from .precision import INT8_SCHEMES, FeedCalibrationReader, convert_to_fp16
@@ -74,6 +75,7 @@ class ExportOptions:
     calib_count: int = 32
     verify_images: str | None = None
     verify: bool = True
+    calibration: Calibration | None = None  # verdict calibration record stored in the manifest
 
     def validate(self) -> None:
         """Reject invalid combinations up front, before anything is written."""
@@ -387,6 +389,14 @@ def _run_gate(
     return {**report, "candidate_backend": runners[0].backend}
 
 
+def _check_calibration_model(source: ModelSource, calibration: Calibration | None) -> None:
+    """A record fitted on an artifact names its model id: it must be this model's."""
+    fitted_id = calibration.fitted_on.get("model_id") if calibration else None
+    exported_id = model_id(source.model.config.name, source.weights_digest)
+    if fitted_id and fitted_id != exported_id:
+        raise ExportError(f"--calibration record was fitted on model {fitted_id}, this export is {exported_id}")
+
+
 def export_artifact(
     source: ModelSource, options: ExportOptions, progress: bool = True, log: Callable[[str], None] = print
 ) -> dict:
@@ -401,6 +411,7 @@ def export_artifact(
     remove_stale_staging(out, log)
     if options.calib:
         calibration_paths(options.calib, options.calib_count)  # fail before any work
+    _check_calibration_model(source, options.calibration)
     spec = source.model.preprocess_spec()
     originals = verification_images(options.verify_images if options.verify else None)
     names, images = [name for name, _ in originals], preprocess_batch([image for _, image in originals], spec)
@@ -450,6 +461,8 @@ def export_artifact(
             options.opset,
             extra,
         )
+        if options.calibration is not None:
+            manifest["calibration"] = options.calibration.to_dict()
         write_manifest(
             staging, {**manifest, "self_check": canaries, "verification": report, "export_seconds": steps.timings}
         )

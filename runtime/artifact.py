@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import __version__
+from .calibration import Calibration, CalibrationError
 from .preprocess import LEGACY_RESIZE, RESIZE_METHODS, PreprocessSpec
 
 FORMAT = "maskclip-artifact"
@@ -94,6 +95,7 @@ class Artifact:
     batch: BatchSpec
     model_id: str
     precision: str
+    calibration: Calibration | None = None  # temperature + operating points, when one was attached
 
     @property
     def engines(self) -> dict[str, Path]:
@@ -132,6 +134,7 @@ def load_artifact(path: str | os.PathLike) -> Artifact:
         raise ArtifactError(f"{manifest_path}: invalid manifest: {problem}")
     directory = manifest_path.parent
     _check_files(manifest, directory)
+    calibration = _parse_calibration(manifest, manifest_path)
     try:
         return Artifact(
             dir=directory,
@@ -142,9 +145,19 @@ def load_artifact(path: str | os.PathLike) -> Artifact:
             batch=BatchSpec.from_dict(manifest.get("batch")),
             model_id=str(manifest.get("model", {}).get("model_id", "unknown")),
             precision=str(manifest.get("precision", "unknown")),
+            calibration=calibration,
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ArtifactError(f"{manifest_path}: malformed manifest ({type(exc).__name__}: {exc})") from None
+
+
+def _parse_calibration(manifest: dict, manifest_path: Path) -> Calibration | None:
+    if manifest.get("calibration") is None:
+        return None
+    try:
+        return Calibration.from_dict(manifest["calibration"], f"{manifest_path} calibration")
+    except CalibrationError as exc:
+        raise ArtifactError(str(exc)) from None
 
 
 def _find_manifest(path: Path) -> Path:

@@ -19,6 +19,7 @@ from PIL import Image
 
 from .artifact import Artifact, ArtifactError, load_artifact
 from .backends.base import BackendUnavailable, Runner
+from .calibration import PLAIN_OPERATING_POINT
 from .host import current_host
 from .preprocess import resize_and_normalize, resize_probability_map
 from .selfcheck import SelfCheckResult
@@ -37,13 +38,21 @@ class Detection:
     resize, and the CLI does it in its worker threads instead of between two inference calls.
     """
 
-    fake_prob: float  # probability that the image contains generated content
-    verdict: str  # "fake" when fake_prob > threshold, else "real"
-    threshold: float
+    fake_prob: float  # probability that the image contains generated content (raw softmax)
+    verdict: str  # plain: "fake" when fake_prob > threshold, else "real"; calibrated: real/uncertain/fake
+    threshold: float  # plain verdict and mask threshold
     width: int
     height: int
     ms: float  # this image's share of the wall time: preprocess + inference
     model_mask: np.ndarray  # float32 [S, S] as the model produced it
+    calibrated_prob: float | None = None  # temperature-scaled fake_prob, when the artifact has a calibration
+    operating_point: str = PLAIN_OPERATING_POINT  # what decided the verdict
+    band: tuple[float, float] | None = None  # calibrated (real <=, fake >) thresholds of a calibrated verdict
+
+    @property
+    def verdict_threshold(self) -> float:
+        """The threshold above which the verdict is "fake" (on calibrated_prob when calibrated)."""
+        return self.band[1] if self.band else self.threshold
 
     @cached_property
     def mask(self) -> np.ndarray:
@@ -96,6 +105,9 @@ class Detector:
             raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
         self.artifact: Artifact = load_artifact(path)
         self.threshold = self.artifact.threshold if threshold is None else float(threshold)
+        # An explicit threshold replaces the calibrated operating point (calibrated_prob is still given).
+        self.calibration = self.artifact.calibration
+        self.calibrated_verdicts = self.calibration is not None and threshold is None
         self.batch_size = _batch_size(self.artifact, batch)
         self.device = device or "default"
         self._runners = _build_runners(self.artifact, backend, device, threads)
@@ -163,7 +175,17 @@ class Detector:
 
     def _detection(self, item: PreparedImage, fake_prob: float, mask: np.ndarray, shared_ms: float) -> Detection:
         verdict = "fake" if fake_prob > self.threshold else "real"
-        return Detection(fake_prob, verdict, self.threshold, item.width, item.height, item.ms + shared_ms, mask)
+        ms = item.ms + shared_ms
+        if self.calibration is None:
+            return Detection(fake_prob, verdict, self.threshold, item.width, item.height, ms, mask)
+        calibrated = float(self.calibration.calibrate(fake_prob))
+        operating_point, band = PLAIN_OPERATING_POINT, None
+        if self.calibrated_verdicts:
+            verdict = str(self.calibration.verdicts(calibrated))
+            operating_point, band = self.calibration.fake_point, self.calibration.band
+        return Detection(
+            fake_prob, verdict, self.threshold, item.width, item.height, ms, mask, calibrated, operating_point, band
+        )
 
     def close(self) -> None:
         for runner in self._runners:
