@@ -32,14 +32,20 @@ def _png_bytes(image: Image.Image) -> bytes:
 def choose_canaries(
     images: Sequence[tuple[str, np.ndarray]], size: int, count: int = CANARY_COUNT
 ) -> list[tuple[str, Image.Image]]:
-    """`count` images resized to the model's input size: the most compact PNG of each of `count` equal runs
-    of the list. The default verification list is ordered photo / edited / cropped / rescaled, so that is
-    one of each kind, in a few hundred KB even at 512 px."""
+    """`count` images resized to the model's input size: from each of `count` equal runs of the list, the
+    most compact PNG at a position in its run not taken yet. The default verification list is four runs of
+    the same photos (as they are / edited / cropped / rescaled), so that is one of each kind, of four
+    different photos, in a few hundred KB even at 512 px."""
     resized = [(name, Image.fromarray(pixels).convert("RGB").resize((size, size))) for name, pixels in images]
-    chosen = []
-    for i in range(min(count, len(resized))):
-        run = resized[i * len(resized) // count : (i + 1) * len(resized) // count]
-        chosen.append(min(run, key=lambda item: len(_png_bytes(item[1]))))
+    count = min(count, len(resized))
+    run_length = len(resized) // count
+    chosen, taken = [], set()
+    for i in range(count):
+        run = resized[i * run_length : (i + 1) * run_length]
+        by_size = sorted(range(len(run)), key=lambda k: len(_png_bytes(run[k][1])))
+        position = next((k for k in by_size if k not in taken), by_size[0])
+        taken.add(position)
+        chosen.append(run[position])
     return chosen
 
 

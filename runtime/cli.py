@@ -273,6 +273,8 @@ def run(
     no_self_check: bool = False,
     strict: bool = False,
 ) -> int:
+    if self_check_only and no_self_check:
+        raise UsageFailure("--self-check and --no-self-check contradict each other")
     if self_check_only:
         return _self_check_only(model, backend, device, threads, batch, strict, quiet)
     if resume and json_target == "-":
