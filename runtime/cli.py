@@ -26,7 +26,7 @@ from tqdm import tqdm
 from .artifact import MANIFEST_NAME, ArtifactError, file_sha256
 from .backends.base import BackendUnavailable
 from .backends.onnxruntime import parse_device
-from .detector import Detection, Detector, PreparedImage
+from .detector import MASKS_FOR, Detection, Detector, PreparedImage
 from .inputs import expand_inputs
 from .outputs import CsvOutput, JsonLinesOutput, read_csv_records, read_json_lines, save_mask_png, save_overlay_png
 from .preprocess import ImageLoadError, load_image
@@ -82,6 +82,15 @@ def _check_device(ctx, param, value: str | None) -> str | None:
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Also write a CSV table.")
 @click.option("--masks", type=click.Path(file_okay=False), help="Folder for 8-bit probability mask PNGs.")
 @click.option("--overlays", type=click.Path(file_okay=False), help="Folder for heat-overlay PNGs.")
+@click.option(
+    "--masks-for",
+    type=click.Choice(MASKS_FOR),
+    help="Which images get a mask: all, fake (those judged fake) or none. Default: all when --masks or "
+    "--overlays are asked (every image gets its files), else fake: without files a mask only gives "
+    "mask_fraction, which is worth having for images judged fake, and a cascade artifact (maskclip-export "
+    "--cascade) then skips the mask graphs for real images (about two thirds of the compute). Verdicts "
+    "and fake_prob are the same whatever is chosen.",
+)
 @click.option("--resume", is_flag=True, help="Skip images answered in the --json file (failed ones retried); append.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or notes on stderr (errors still shown).")
 @click.option(
@@ -154,11 +163,15 @@ def run(
     self_check_only: bool = False,
     no_self_check: bool = False,
     strict: bool = False,
+    masks_for: str | None = None,
 ) -> int:
     if self_check_only:
         return _self_check_only(model, backend, device, threads, batch, strict, quiet)
     if resume and json_target == "-":
         raise UsageFailure("--resume needs --json FILE (the answers of the earlier run)")
+    if masks_for == "none" and (masks or overlays):
+        raise UsageFailure("--masks-for none writes no masks: drop --masks/--overlays or pick all/fake")
+    masks_for = masks_for or ("all" if masks or overlays else "fake")
     paths = expand_inputs(images)
     if not paths:
         raise UsageFailure("no input images (give files, folders, globs, or - to read paths from stdin)")
@@ -184,7 +197,7 @@ def run(
     started = time.perf_counter()
     progress = tqdm(total=len(paths), disable=quiet or len(paths) <= 1, file=sys.stderr, unit="img", desc=PROG)
     try:
-        for record in _detect_all(detector, paths, outputs):
+        for record in _detect_all(detector, paths, outputs, masks_for):
             if "error" in record:
                 failures += 1
                 progress.write(f"{PROG}: {record['error']}", file=sys.stderr)
@@ -281,7 +294,7 @@ class ImageOutputs:
         return os.path.join(self.overlays, f"{self.stems[path]}_overlay.png") if self.overlays else None
 
 
-def _detect_all(detector: Detector, paths: list[str], outputs: ImageOutputs):
+def _detect_all(detector: Detector, paths: list[str], outputs: ImageOutputs, masks_for: str = "all"):
     """Yield one record per path, in input order.
 
     A small thread pool keeps the model busy: while batch k is inferred, workers decode batch k+1
@@ -297,7 +310,7 @@ def _detect_all(detector: Detector, paths: list[str], outputs: ImageOutputs):
             decoded = [f.result() for f in decoding]
             following = chunks[index + 1] if index + 1 < len(chunks) else []
             decoding = [pool.submit(_decode, p, detector) for p in following]
-            answers = _infer(detector, decoded)
+            answers = _infer(detector, decoded, masks_for)
             yield from (f.result() for f in writing)
             writing = [pool.submit(_finish, detector, item, detection, outputs) for item, detection in answers]
         yield from (f.result() for f in writing)
@@ -316,11 +329,12 @@ def _decode(path: str, detector: Detector) -> Decoded:
     return Decoded(path, sha256, image, prepared, ms=(time.perf_counter() - start) * 1e3 - prepared.ms)
 
 
-def _infer(detector: Detector, chunk: list[Decoded]) -> list[tuple[Decoded, Detection | None]]:
+def _infer(detector: Detector, chunk: list[Decoded], masks_for: str) -> list[tuple[Decoded, Detection | None]]:
     """Run the decodable images of a chunk; an inference failure fails this chunk, not the whole run."""
     decodable = [d for d in chunk if d.error is None]
     try:
-        answers = dict(zip(map(id, decodable), detector.detect_prepared([d.prepared for d in decodable]), strict=True))
+        detections = detector.detect_prepared([d.prepared for d in decodable], masks_for)
+        answers = dict(zip(map(id, decodable), detections, strict=True))
     except Exception as exc:  # ONNX Runtime / TensorRT raise their own exception classes
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         for d in decodable:
@@ -335,7 +349,9 @@ def _finish(detector: Detector, decoded: Decoded, detection: Detection | None, o
         return {"path": decoded.path, "error": decoded.error}
     start = time.perf_counter()
     fraction = detection.mask_fraction  # resizes the mask to the photo's size, here in a worker thread
-    mask_path, overlay_path = outputs.mask_path(decoded.path), outputs.overlay_path(decoded.path)
+    mask_path, overlay_path = None, None
+    if detection.mask_computed:  # --masks-for fake: an image judged real has no mask to write
+        mask_path, overlay_path = outputs.mask_path(decoded.path), outputs.overlay_path(decoded.path)
     try:
         if mask_path:
             save_mask_png(detection.mask, mask_path)
@@ -352,7 +368,8 @@ def _finish(detector: Detector, decoded: Decoded, detection: Detection | None, o
         "fake_prob": round(detection.fake_prob, 6),
         "verdict": detection.verdict,
         "threshold": detection.threshold,
-        "mask_fraction": round(fraction, 6),
+        "mask_fraction": None if fraction is None else round(fraction, 6),
+        "mask_computed": detection.mask_computed,
         "mask": mask_path,
         "overlay": overlay_path,
         "backend": detector.backend,

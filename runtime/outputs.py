@@ -33,6 +33,7 @@ RECORD_FIELDS = (
     "verdict",
     "threshold",
     "mask_fraction",
+    "mask_computed",
     "mask",
     "overlay",
     "backend",
