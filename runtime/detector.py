@@ -163,9 +163,9 @@ class Detector:
             began = time.perf_counter()
             fake_prob, tensors = self.screen(np.stack([p.tensor for p in chunk]))
             screened = time.perf_counter()
-            rows = [
-                i for i, p in enumerate(fake_prob) if masks_for == "all" or (masks_for == "fake" and p > self.threshold)
-            ]
+            # float(): the verdict's float64 comparison (a float32 one would round the threshold first)
+            verdicts = [self._verdict(float(p)) for p in fake_prob]
+            rows = [i for i, v in enumerate(verdicts) if masks_for == "all" or (masks_for == "fake" and v == "fake")]
             masks = dict(zip(rows, self.localise(tensors, rows), strict=True)) if rows else {}
             # Each image shares the screen's time; the localise time is shared by the images it masked.
             screen_ms = (screened - began) * 1e3 / len(chunk)
@@ -225,9 +225,13 @@ class Detector:
             tensors.update(runner.infer({name: tensors[name] for name in runner.input_names}))
         return tensors
 
+    def _verdict(self, fake_prob: float) -> str:
+        return "fake" if fake_prob > self.threshold else "real"
+
     def _detection(self, item: PreparedImage, fake_prob: float, mask: np.ndarray | None, shared_ms: float) -> Detection:
-        verdict = "fake" if fake_prob > self.threshold else "real"
-        return Detection(fake_prob, verdict, self.threshold, item.width, item.height, item.ms + shared_ms, mask)
+        return Detection(
+            fake_prob, self._verdict(fake_prob), self.threshold, item.width, item.height, item.ms + shared_ms, mask
+        )
 
     def close(self) -> None:
         for runner in self._runners:

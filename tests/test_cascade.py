@@ -184,6 +184,17 @@ def test_masks_for_on_a_single_graph_artifact_only_drops_masks(tmp_path, photos)
             np.testing.assert_array_equal(a.mask, b.mask)
 
 
+def test_a_threshold_just_below_a_probability_gives_fake_and_its_mask(tmp_path, photos):
+    folder = build_standin_artifact(tmp_path / "fused", "fused")
+    with Detector(folder, backend="onnxruntime", device="cpu") as detector:
+        prob = detector.detect(photos[:1], masks_for="none")[0].fake_prob
+    threshold = float(np.nextafter(prob, -np.inf))  # in float32 it rounds back up to prob itself
+    assert np.float32(threshold) == np.float32(prob)
+    with Detector(folder, backend="onnxruntime", device="cpu", threshold=threshold) as detector:
+        [detection] = detector.detect(photos[:1], masks_for="fake")
+    assert detection.verdict == "fake" and detection.mask_computed
+
+
 # ---- maskclip-run --masks-for
 
 
