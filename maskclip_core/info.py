@@ -106,6 +106,8 @@ def main(config_name: str | None, checkpoint: str | None, as_json: bool) -> None
         f"GMACs / image   {g['image_total']:.1f} (CLIP {g['clip']:.1f}, MAE+VCA {g['mae_vca']:.1f}, "
         f"heads {g['heads']:.1f}); text pass {g['text_once']:.1f} once, cached"
     )
+    screen = g["clip"] + g["heads_verdict"]
+    click.echo(f"verdict alone   {screen:.1f} (CLIP + VSA: the cascade's screen graph; the mask adds the rest)")
 
 
 if __name__ == "__main__":
