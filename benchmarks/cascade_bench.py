@@ -134,6 +134,7 @@ def run(model, name: str, shares, images: int, rounds: int, batch: int, threads,
         seconds = float(np.median(times[row["row"]]))
         row["images_per_s"] = images / seconds
         row["ms_per_image"] = seconds * 1e3 / images
+        row["round_seconds"] = times[row["row"]]  # all of them: how noisy the machine was
     full = rows[0]["images_per_s"]
     for row in rows:
         row["speedup"] = row["images_per_s"] / full
@@ -214,7 +215,7 @@ def main(models, configs, shares, images, rounds, batch, threads, seed, workdir,
     target_macs = cascade_macs(get_config(TARGET_MODEL))
     report = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(shlex.quote(a) for a in ["python -m maskclip_bench.cascade_bench", *sys.argv[1:]]),
+        "command": " ".join(["python -m maskclip_bench.cascade_bench", *map(shlex.quote, sys.argv[1:])]),
         "environment": environment("cpu"),
         "images": images,
         "rounds": rounds,
