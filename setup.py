@@ -16,8 +16,11 @@ TRAIN = [
     "albumentations>=1.4",
     "pyarrow>=14",
     "scikit-image>=0.22",
+    "scipy>=1.10",  # temperature fitting
+    "matplotlib>=3.8",  # reliability diagrams and robustness plots
 ]
 EXPORT = ["onnx>=1.16", "onnxslim>=0.1.40", "polygraphy>=0.49"]
+SERVE = ["fastapi>=0.110", "uvicorn>=0.29", "python-multipart>=0.0.9", "prometheus-client>=0.20"]
 
 setup(
     name="maskclip",
@@ -31,6 +34,7 @@ setup(
         "maskclip_export",
         "maskclip_runtime",
         "maskclip_runtime.backends",
+        "maskclip_runtime.serve",
         "maskclip_bench",
     ],
     package_dir={
@@ -42,16 +46,40 @@ setup(
     package_data={
         "maskclip_core": ["weights/*.safetensors", "weights/*.json", "weights/*.md"],
         "maskclip_export": ["tensorrt_onnx_ops.json"],
-        "maskclip_runtime": ["demo/*.json", "demo/*.onnx", "demo/examples/*.jpg"],
-        "maskclip_bench": ["gpu_check.sh"],
+        "maskclip_runtime": [
+            "demo/*.json",
+            "demo/*.onnx",
+            "demo/examples/*.jpg",
+            "demo/canary/*.png",
+            "serve/page.html",
+        ],
+        "maskclip_bench": ["gpu_check.sh"],  # gpu_check.py is a module of the package
     },
     install_requires=RUNTIME,
     extras_require={
         "cpu": ["onnxruntime>=1.17"],
-        "gpu": ["onnxruntime-gpu>=1.17", "tensorrt>=10", "cuda-python>=12"],
+        # One GPU extra per platform (README: GPU targets). cuda-python 13 needs a CUDA 13 driver (>= 580);
+        # onnxruntime-gpu on PyPI is built for CUDA 12 up to 1.26, for CUDA 13 from 1.27. x86 CUDA 12 gets
+        # TensorRT 10 (as JetPack 6's 10.3: engines from fp32 graphs with builder flags), CUDA 13 TensorRT 11.
+        "gpu": ["onnxruntime-gpu>=1.27", "tensorrt-cu13>=11,<12", "cuda-python>=13,<14"],
+        "gpu-cu12": ["onnxruntime-gpu>=1.20,<1.27", "tensorrt-cu12>=10.3,<11", "cuda-python>=12.3,<13"],
+        "jetson": ["cuda-python>=12.3,<13"],  # JetPack 6: TensorRT, torch and onnxruntime-gpu come with it
         "train": TRAIN,
         "export": TRAIN + EXPORT,
-        "dev": ["pytest>=8", "ruff>=0.5", "scikit-learn>=1.3", "opencv-python-headless>=4.8"],
+        "serve": SERVE,
+        # pytriton pins numpy<2 and ships a Linux x86_64 (glibc >= 2.35) tritonserver: use it in a
+        # runtime-only environment (`cpu,serve,triton`), not beside torch.
+        "triton": SERVE + ["nvidia-pytriton>=0.5"],
+        # The test suite covers the server too: its tests need the serve stack, a client and a browser driver.
+        "dev": [
+            "pytest>=8",
+            "ruff>=0.5",
+            "scikit-learn>=1.3",
+            "opencv-python-headless>=4.8",
+            "httpx>=0.27",
+            "selenium>=4.15",
+        ]
+        + SERVE,
     },
     entry_points={
         "console_scripts": [
@@ -60,8 +88,11 @@ setup(
             "maskclip-eval=maskclip_core.cli:evaluate",
             "maskclip-synth=maskclip_core.cli:synth",
             "maskclip-import=maskclip_core.cli:import_checkpoint",
+            "maskclip-calibrate=maskclip_core.cli:calibrate",
             "maskclip-export=maskclip_export.cli:main",
             "maskclip-run=maskclip_runtime.cli:main",
+            "maskclip-serve=maskclip_runtime.serve.cli:main",
+            "maskclip-triton=maskclip_export.triton:main",
             "maskclip-bench=maskclip_bench.cli:main",
         ]
     },

@@ -31,9 +31,16 @@ from maskclip_runtime.preprocess import load_image, preprocess_batch, resize_pro
 from .report import INT8_BACKENDS
 from .roofline import best_ceiling, gflops
 
-#: backend id -> (runtime, precision); "torch" is the PyTorch eager fp32 baseline
+#: backend id -> (runtime, precision); "torch" is the PyTorch eager fp32 baseline. Reduced-precision
+#: PyTorch rows run under autocast (mixed precision, like the fp16 graphs: the model's own fp32 casts
+#: stay); "-graph" rows replay one captured CUDA graph per batch size (CUDA only).
 BACKENDS = {
     "torch": ("torch", "fp32"),
+    "torch-fp16": ("torch", "fp16"),
+    "torch-bf16": ("torch", "bf16"),
+    "torch-graph": ("torch-cudagraph", "fp32"),
+    "torch-fp16-graph": ("torch-cudagraph", "fp16"),
+    "torch-bf16-graph": ("torch-cudagraph", "bf16"),
     "ort-fp32": ("onnxruntime", "fp32"),
     "ort-int8": ("onnxruntime", "int8"),
     "ort-int8-cpu": ("onnxruntime", "int8-cpu"),
@@ -238,6 +245,7 @@ class Session:
     close: Callable[[], None]
     artifact_mb: float | None = None
     build_s: float | None = None
+    ran_on: str | None = None  # what actually ran ("onnxruntime-cpu" after an ORT CUDA fallback)
 
 
 def end_to_end(session: Session, paths: Sequence[Path], spec, threshold: float) -> list[tuple[float, np.ndarray]]:
@@ -250,25 +258,137 @@ def end_to_end(session: Session, paths: Sequence[Path], spec, threshold: float) 
     ]
 
 
-def torch_session(model, device: str) -> Session:
-    """PyTorch eager fp32 on `device` (the baseline row); closing moves the model back to the CPU."""
+def cuda_unavailable_reason(device: str) -> str | None:
+    """Why PyTorch cannot run on this CUDA device (None when it can): checked before any row is measured."""
+    import torch
+
+    if torch.cuda.is_available():
+        count = torch.cuda.device_count()
+        index = _cuda_index(device)
+        return None if index < count else f"--device {device}: only {count} CUDA device(s) are visible"
+    if torch.version.cuda is None:
+        return f"--device {device}: PyTorch {torch.__version__} is a CPU-only build; install its CUDA build"
+    return (
+        f"--device {device}: PyTorch {torch.__version__} (built for CUDA {torch.version.cuda}) sees no usable GPU: "
+        "none visible, or a driver older than that CUDA needs (nvidia-smi shows the driver's CUDA version); "
+        "install the torch build for this driver's CUDA"
+    )
+
+
+def torch_forward(model, device: str, precision: str = "fp32", cuda_graph: bool = False):
+    """tensor batch on `device` -> the model's outputs: eager, under autocast for fp16 / bf16, or replaying
+    a CUDA graph captured per input shape. The model is moved to `device`."""
     import torch
 
     model = model.to(device).eval()
+    kind = device.split(":")[0]
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+    if cuda_graph and kind != "cuda":
+        raise BackendUnavailable("CUDA graphs need --device cuda")
+    if kind == "cuda":  # fp32 rows are fp32: TF32 would round matmul and convolution inputs to 10 bits
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+
+    def run(x):
+        # Autocast's weight-cast cache must be off while capturing: a graph replays the casts itself.
+        with torch.autocast(kind, dtype=dtype, enabled=dtype is not None, cache_enabled=not cuda_graph):
+            return model(x)
+
+    return cuda_graph_replay(run, device) if cuda_graph else run
+
+
+def cuda_graph_replay(run, device: str):
+    """`run` captured into one CUDA graph per input shape (after warm-up runs on a side stream, as CUDA graph
+    capture requires), then replayed on a static input buffer. Thread-local capture mode: the memory
+    sampler's thread keeps calling CUDA meanwhile."""
+    import torch
+
+    graphs = {}
+
+    def forward(x):
+        key = tuple(x.shape)
+        if key not in graphs:
+            static_in = x.clone()
+            side = torch.cuda.Stream(device)
+            side.wait_stream(torch.cuda.current_stream(device))
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    run(static_in)
+            torch.cuda.current_stream(device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                static_out = run(static_in)
+            graphs[key] = (graph, static_in, static_out)
+        graph, static_in, static_out = graphs[key]
+        static_in.copy_(x)
+        graph.replay()
+        return static_out
+
+    return forward
+
+
+def torch_predictor(forward, device: str):
+    """A verification Predictor (numpy batch -> logits, fake_prob, mask) over a torch_forward."""
+    import torch
+
+    def predict(images: np.ndarray) -> dict[str, np.ndarray]:
+        with torch.inference_mode():
+            out = forward(torch.from_numpy(images).to(device))
+            result = {"logits": out["logits"], "fake_prob": out["fake_prob"], "mask": out["mask_prob"]}
+            return {name: value.float().cpu().numpy() for name, value in result.items()}
+
+    return predict
+
+
+def torch_session(model, device: str, precision: str = "fp32", cuda_graph: bool = False) -> Session:
+    """PyTorch on `device` (the fp32 eager row is the baseline); closing moves the model back to the CPU."""
+    import torch
+
+    forward_tensors = torch_forward(model, device, precision, cuda_graph)
 
     def forward(batch: np.ndarray):
         with torch.inference_mode():
-            out = model(torch.from_numpy(batch).to(device))
+            out = forward_tensors(torch.from_numpy(batch).to(device))
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
-        return out["fake_prob"].float().cpu().numpy(), out["mask_prob"][:, 0].float().cpu().numpy()
+            return out["fake_prob"].float().cpu().numpy(), out["mask_prob"][:, 0].float().cpu().numpy()
 
     def close() -> None:
         model.to("cpu")  # the exports that follow trace the model on the CPU
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
 
-    return Session(forward, close)
+    return Session(forward, close, ran_on=f"torch-{device.split(':')[0]}")
+
+
+def torch_gate(model, device: str, precision: str, max_batch: int) -> dict:
+    """The export gate's comparison of PyTorch at a reduced precision with PyTorch fp32 eager, both on
+    `device` (bf16 is judged by fp16's tolerances): what precision alone costs, before any export."""
+    from maskclip_export.onnx_export import BatchSpec as ExportBatch
+    from maskclip_export.verify import verification_batch, verify
+
+    names, images = verification_batch(model.preprocess_spec())
+    try:
+        report = verify(
+            torch_predictor(torch_forward(model, device), device),
+            torch_predictor(torch_forward(model, device, precision), device),
+            images,
+            names,
+            "fp16" if precision == "bf16" else precision,
+            model.config.threshold,
+            ExportBatch(size=max_batch, dynamic=True),
+        )
+    finally:
+        model.to("cpu")
+    return {
+        "max_prob_diff": report["max_prob_diff"],
+        "flips": report["flips"],
+        "mask_iou": report["mask_iou_mean"],
+        "images": report["images"],
+        "passed": report["passed"],
+        "failures": report["failures"],
+        "reference": f"pytorch fp32 eager on {device}",
+    }
 
 
 def artifact_session(artifact_dir: Path, runtime: str, device: str, batch: int) -> Session:
@@ -277,7 +397,9 @@ def artifact_session(artifact_dir: Path, runtime: str, device: str, batch: int) 
 
     if runtime == "tensorrt" and not device.startswith("cuda"):
         device = "cuda"  # engines only run on a GPU, whatever the other rows use
-    detector = Detector(artifact_dir, backend=runtime, device=device, batch=batch)
+    # A refused artifact is timed anyway and its row says so: its self-check would only repeat the refusal.
+    refused = gate_parity(artifact_dir, runtime).get("passed") is False
+    detector = Detector(artifact_dir, backend=runtime, device=device, batch=batch, self_check=not refused)
     files = load_artifact(artifact_dir).manifest["files"]
     used = (
         [f for f in files if f.endswith(".engine")]
@@ -285,7 +407,7 @@ def artifact_session(artifact_dir: Path, runtime: str, device: str, batch: int) 
         else [f for f in files if "engine" not in f]
     )
     size_mb = sum((artifact_dir / f).stat().st_size for f in used) / 1e6
-    return Session(detector.forward, detector.close, artifact_mb=size_mb)
+    return Session(detector.forward, detector.close, artifact_mb=size_mb, ran_on=detector.backend)
 
 
 def _cuda_index(device: str) -> int:
@@ -351,6 +473,7 @@ class ModelBench:
         self.threshold = model.config.threshold
         self.flops = image_flops(model)
         self._artifacts: dict[str, tuple[Path, float]] = {}
+        self._torch_gates: dict[str, dict] = {}
         self.images = sample_images(settings.workdir / "images", max(settings.batch_sizes))
 
     def artifact(self, precision: str) -> tuple[Path, float]:
@@ -368,8 +491,16 @@ class ModelBench:
     def prepare(self, backend: str) -> tuple[Path | None, float | None]:
         """Export (and for TensorRT build) what the backend runs; kept out of its memory measurement."""
         runtime, precision = BACKENDS[backend]
-        if runtime == "torch":
+        if runtime.startswith("torch"):
             return None, None
+        if runtime == "onnxruntime" and self.settings.device.startswith("cuda"):
+            import onnxruntime
+
+            if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+                raise BackendUnavailable(
+                    f"onnxruntime {onnxruntime.__version__} has no CUDAExecutionProvider (a CPU-only build); "
+                    "install onnxruntime-gpu in its place for ORT CUDA rows"
+                )
         if runtime == "tensorrt":
             from maskclip_runtime.backends.tensorrt import gpu_identity, import_tensorrt
 
@@ -377,26 +508,28 @@ class ModelBench:
             gpu_identity(_cuda_index(self.settings.device))
         artifact_dir, build_s = self.artifact(precision)
         if runtime == "tensorrt":
-            from maskclip_export.tensorrt import build_engines
+            from maskclip_export.onnx_export import torch_reference
+            from maskclip_export.tensorrt import EngineGateFailed, build_engines
 
             start = time.perf_counter()
-            from maskclip_export.onnx_export import torch_reference
-
-            build_engines(
-                artifact_dir,
-                precision,
-                calib_images=calibration_images(self.settings.workdir),
-                device=_cuda_index(self.settings.device),
-                reference=torch_reference(self.model, "fused"),
-                log=lambda _: None,
-            )
+            try:
+                build_engines(
+                    artifact_dir,
+                    precision,
+                    calib_images=calibration_images(self.settings.workdir),
+                    device=_cuda_index(self.settings.device),
+                    reference=torch_reference(self.model, "fused"),
+                    log=lambda _: None,
+                )
+            except EngineGateFailed as refused:  # timed anyway and marked, like a refused ONNX artifact
+                adopt_refused_artifact(refused.report_path.parent, artifact_dir)
             build_s += time.perf_counter() - start
         return artifact_dir, build_s
 
     def open(self, backend: str, artifact_dir: Path | None, build_s: float | None) -> Session:
-        runtime, _ = BACKENDS[backend]
+        runtime, precision = BACKENDS[backend]
         if artifact_dir is None:
-            return torch_session(self.model, self.settings.device)
+            return torch_session(self.model, self.settings.device, precision, runtime == "torch-cudagraph")
         session = artifact_session(artifact_dir, runtime, self.settings.device, max(self.settings.batch_sizes))
         session.build_s = build_s
         return session
@@ -408,7 +541,7 @@ class ModelBench:
             base = [{"model": self.name, "backend": backend, "batch": batch} for batch in self.settings.batch_sizes]
             try:
                 artifact_dir, build_s = self.prepare(backend)
-                parity = gate_parity(artifact_dir, BACKENDS[backend][0]) if artifact_dir else None
+                parity = self.parity(backend, artifact_dir)
                 with PeakMemory(self.settings.device) as memory:
                     session = self.open(backend, artifact_dir, build_s)
                     try:
@@ -427,6 +560,19 @@ class ModelBench:
                 reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
                 rows += [{**row, "status": "failed", "reason": reason} for row in base]
         return rows
+
+    def parity(self, backend: str, artifact_dir: Path | None) -> dict | None:
+        """The gate's verdict for the row: the artifact's (or engines') export gate, or for reduced-precision
+        PyTorch rows the same comparison with PyTorch fp32 eager (one per precision, shared by the graph row)."""
+        runtime, precision = BACKENDS[backend]
+        if artifact_dir is not None:
+            return gate_parity(artifact_dir, runtime)
+        if precision == "fp32":
+            return None
+        if precision not in self._torch_gates:
+            max_batch = max(self.settings.batch_sizes)
+            self._torch_gates[precision] = torch_gate(self.model, self.settings.device, precision, max_batch)
+        return self._torch_gates[precision]
 
     def paired_speedups(self, rows: list[dict], progress: Callable[[str], None]) -> list[dict]:
         """PAIRINGS at the smallest batch size, between backends whose rows ran (artifacts are reused)."""
@@ -459,7 +605,7 @@ class ModelBench:
                 lambda: end_to_end(session, paths, self.spec, self.threshold), self.settings.warmup, self.settings.iters
             )
         )
-        dtype = "float16" if BACKENDS[backend][1] == "fp16" else "float32"
+        dtype = {"fp16": "float16", "bf16": "bfloat16"}.get(BACKENDS[backend][1], "float32")
         if self.settings.device == "cpu" and dtype == "float16":
             dtype = "bfloat16"  # the CPU's reduced-precision GEMM peak
         return {
@@ -471,6 +617,11 @@ class ModelBench:
             "compute_dtype": dtype,
             "artifact_mb": session.artifact_mb,
             "build_s": session.build_s,
+            "ran_on": session.ran_on,
+            # A GPU row that ran on the CPU (ONNX Runtime's CUDA provider failed to initialise) says so.
+            "fell_back": bool(
+                self.settings.device.startswith("cuda") and session.ran_on and session.ran_on.endswith("-cpu")
+            ),
         }
 
 

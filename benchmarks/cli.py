@@ -10,7 +10,16 @@ from pathlib import Path
 
 import click
 
-from .bench import BACKENDS, BenchSettings, attach_ceilings, default_workdir, environment, ort_op_profile, run
+from .bench import (
+    BACKENDS,
+    BenchSettings,
+    attach_ceilings,
+    cuda_unavailable_reason,
+    default_workdir,
+    environment,
+    ort_op_profile,
+    run,
+)
 from .report import TARGET_MODEL, evaluate_targets, render_markdown, write_atomic, write_json
 from .roofline import best_ceiling, best_of, measure_ceilings
 
@@ -96,6 +105,11 @@ def main(
     if not batch_sizes or min(batch_sizes) < 1:
         raise click.BadParameter("batch sizes must be >= 1", param_hint="--batch-sizes")
     names = list(models) + list(configs) or ["tiny"]
+    if device.startswith("cuda"):
+        reason = cuda_unavailable_reason(device)
+        if reason:  # before minutes of model building and exports end in a GEMM-ceiling traceback
+            click.echo(f"error: {reason}", err=True)
+            sys.exit(3)
     settings = BenchSettings(backends, batch_sizes, warmup, iters, device, workdir or default_workdir(), pairs)
     say = lambda text: click.echo(text, err=True)  # noqa: E731 - progress goes to stderr
 

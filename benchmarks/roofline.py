@@ -75,7 +75,7 @@ def torch_ceiling(dtype: str = "float32", device: str = "cpu", n: int = 2048, re
 
 def measure_ceilings(device: str = "cpu", n: int = 2048, repeats: int = 5) -> list[GemmCeiling]:
     """numpy fp32 and torch fp32 always (CPU); torch bf16 on a CPU that runs it natively (emulated bf16 on
-    AVX2 runs near 1 GFLOP/s: minutes per matmul, and no ceiling of anything); torch fp32/fp16 on CUDA."""
+    AVX2 runs near 1 GFLOP/s: minutes per matmul, and no ceiling of anything); torch fp32/fp16/bf16 on CUDA."""
     ceilings = [numpy_ceiling(n, repeats), torch_ceiling("float32", "cpu", n, repeats)]
     if current_host().native_bf16:
         ceilings.append(torch_ceiling("bfloat16", "cpu", n, repeats))
@@ -83,6 +83,7 @@ def measure_ceilings(device: str = "cpu", n: int = 2048, repeats: int = 5) -> li
         cuda_n = max(n, 8192)  # a GPU needs a bigger problem to reach its peak
         ceilings.append(torch_ceiling("float32", device, cuda_n, repeats))
         ceilings.append(torch_ceiling("float16", device, cuda_n, repeats))
+        ceilings.append(torch_ceiling("bfloat16", device, cuda_n, repeats))
     return ceilings
 
 

@@ -21,9 +21,10 @@ import click
 import torch
 
 from maskclip_runtime.backends.base import BackendUnavailable
+from maskclip_runtime.calibration import read_calibration
 from maskclip_runtime.preprocess import ImageLoadError
 
-from .exporter import ExportError, ExportOptions, GateFailed, ModelSource, export_artifact
+from .exporter import ExportError, ExportOptions, GateFailed, ModelSource, check_output_location, export_artifact
 from .manifest import state_dict_digest
 from .onnx_export import BatchSpec
 from .op_support import UnsupportedOpsError
@@ -117,10 +118,15 @@ def _build_engines(out: Path, calib: str | None, calib_count: int) -> None:
 @click.option("--verify-images", help="Verification images: folder or glob (default: bundled samples + edits).")
 @click.option("--no-verify", is_flag=True, help="Skip the verification gate (recorded in the manifest).")
 @click.option("--trt", is_flag=True, help="Also build TensorRT engines (needs TensorRT and a GPU).")
+@click.option(
+    "--calibration",
+    type=click.Path(dir_okay=False),
+    help="Verdict calibration record from maskclip-calibrate, stored in the manifest (not int8's --calib).",
+)
 @click.option("--quiet", is_flag=True, help="No progress display.")
 def main(
     checkpoint, config_name, out, opset, batch, dynamic, fp16, int8, int8_cpu, calib, calib_count, split, cascade,
-    verify_images, no_verify, trt, quiet,
+    verify_images, no_verify, trt, calibration, quiet,
 ):  # fmt: skip
     """Export MaskCLIP to a verified ONNX artifact folder (manifest.json + graphs)."""
     chosen = [flag for flag, on in (("--fp16", fp16), ("--int8", int8), ("--int8-cpu", int8_cpu)) if on]
@@ -143,9 +149,11 @@ def main(
             calib_count=calib_count,
             verify_images=verify_images,
             verify=not no_verify,
+            calibration=read_calibration(calibration) if calibration else None,
         )
         options.validate()
-    except (ExportError, ValueError) as exc:
+        check_output_location(options.out)  # before the model is even loaded
+    except (ExportError, ValueError) as exc:  # CalibrationError is a ValueError
         _fail(str(exc))
     try:
         source = load_source(checkpoint, config_name)

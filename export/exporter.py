@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -22,13 +22,14 @@ import numpy as np
 from tqdm import tqdm
 
 from maskclip_core.model import MaskCLIP
-from maskclip_runtime.artifact import MANIFEST_NAME, load_artifact
+from maskclip_runtime.artifact import FORMAT, MANIFEST_NAME, load_artifact
 from maskclip_runtime.backends.onnxruntime import OnnxRuntimeRunner
+from maskclip_runtime.calibration import Calibration
 from maskclip_runtime.detector import Detector
-from maskclip_runtime.preprocess import load_image, preprocess_batch
+from maskclip_runtime.preprocess import ImageLoadError, PreprocessSpec, load_image, preprocess_batch
 
 from .canary import write_canaries
-from .manifest import build_manifest, write_manifest
+from .manifest import build_manifest, model_id, write_manifest
 from .onnx_export import TOPOLOGY_GRAPHS, BatchSpec, GraphSpec, export_graphs, graph_specs, torch_reference
 from .op_support import check_tensorrt_ops
 from .precision import INT8_SCHEMES, FeedCalibrationReader, convert_to_fp16
@@ -48,6 +49,7 @@ TOPOLOGIES = tuple(TOPOLOGY_GRAPHS)  # fused, split (clip/trunk/heads), cascade 
 OPSET_RANGE = (17, 20)  # LayerNormalization needs 17; the TorchScript exporter stops at 20
 FAILED_SUFFIX = ".failed"
 FAILED_MANIFEST_NAME = "manifest.failed.json"  # a refused export's manifest: no runtime looks for it
+FAILED_REPORT_NAME = "verification.json"
 
 
 class ExportError(RuntimeError):
@@ -73,6 +75,7 @@ class ExportOptions:
     calib_count: int = 32
     verify_images: str | None = None
     verify: bool = True
+    calibration: Calibration | None = None  # verdict calibration record stored in the manifest
 
     def validate(self) -> None:
         """Reject invalid combinations up front, before anything is written."""
@@ -137,6 +140,20 @@ def calibration_paths(pattern: str, count: int) -> list[Path]:
     return paths
 
 
+def calibration_images(paths: list[Path], spec: PreprocessSpec, log: Callable[[str], None]) -> np.ndarray:
+    """Decode and preprocess calibration images; one that cannot be decoded is skipped with a warning,
+    as maskclip-run reports a bad image and goes on. Raises if none is usable."""
+    images = []
+    for path in paths:
+        try:
+            images.append(load_image(path))
+        except ImageLoadError as exc:
+            log(f"warning: calibration image skipped: {exc}")
+    if not images:
+        raise ExportError(f"none of the {len(paths)} calibration images could be decoded")
+    return preprocess_batch(images, spec)
+
+
 def calibration_feeds(
     specs: tuple[GraphSpec, ...], fp32_paths: dict[str, Path], images: np.ndarray, batch: BatchSpec
 ) -> dict[str, list[dict[str, np.ndarray]]]:
@@ -166,11 +183,17 @@ def _to_fp16(specs, fp32_paths: dict[str, Path], staging: Path, steps: _Steps) -
 
 
 def _to_int8(
-    options: ExportOptions, source: ModelSource, specs, fp32_paths: dict[str, Path], staging: Path, steps: _Steps
+    options: ExportOptions,
+    source: ModelSource,
+    specs,
+    fp32_paths: dict[str, Path],
+    staging: Path,
+    steps: _Steps,
+    log: Callable[[str], None],
 ) -> tuple[list[str], dict]:
     paths = calibration_paths(options.calib, options.calib_count)
     steps.start(f"calibrate ({len(paths)} images)")
-    images = preprocess_batch([load_image(p) for p in paths], source.model.preprocess_spec())
+    images = calibration_images(paths, source.model.preprocess_spec(), log)
     feeds = calibration_feeds(specs, fp32_paths, images, options.batch)
     scheme = INT8_SCHEMES[options.precision]
     fp32_ops: set[str] = set()
@@ -185,7 +208,7 @@ def _to_int8(
     extra = {
         "int8": {
             "scheme": scheme.description,
-            "calibration_images": len(paths),
+            "calibration_images": len(images),
             "calibration_method": scheme.calibration_method,
             "symmetric": scheme.symmetric,
             "per_channel_weights": True,
@@ -197,11 +220,26 @@ def _to_int8(
     return sorted(fp32_ops), extra
 
 
-def _check_output_location(out: Path) -> None:
+def check_output_location(out: Path) -> None:
+    """Refuse, before any work, an --out whose replacement could delete data the export does not own.
+
+    Only a folder holding a maskclip artifact is ever replaced, and only when every file in it is one
+    its manifest lists; the current folder, its parents, home and / are never targets."""
+    if out.is_symlink():
+        raise ExportError(f"{out}: is a symbolic link; give the artifact folder itself")
+    resolved = out.resolve()
+    cwd = Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents or resolved == Path.home().resolve():
+        raise ExportError(
+            f"{out}: refusing to replace the current folder, one of its parents or home; name a new folder"
+        )
     if out.exists() and not out.is_dir():
         raise ExportError(f"{out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST_NAME).is_file():
-        raise ExportError(f"{out}: folder is not empty and holds no maskclip artifact; refusing to replace it")
+    if out.is_dir() and any(out.iterdir()):
+        _refuse_unowned(out, MANIFEST_NAME)
+    failed = out.with_name(out.name + FAILED_SUFFIX)
+    if failed.exists():
+        _refuse_unowned(failed, FAILED_MANIFEST_NAME, also_owned=(FAILED_REPORT_NAME,))
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -210,10 +248,37 @@ def _check_output_location(out: Path) -> None:
         raise ExportError(f"output folder {out.parent} is not writable")
 
 
+def _refuse_unowned(folder: Path, manifest_name: str, also_owned: tuple[str, ...] = ()) -> None:
+    """Raise unless `folder` is an export output whose manifest lists every file in it (replacing it loses nothing)."""
+    try:
+        manifest = json.loads((folder / manifest_name).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        manifest = None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        manifest = {}
+    if manifest is None or not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        what = "holds no maskclip artifact" if manifest is None else f"has a {manifest_name} not written by maskclip"
+        raise ExportError(f"{folder}: folder is not empty and {what}; refusing to replace it")
+    files = manifest.get("files")
+    owned = {manifest_name, *also_owned, *(files if isinstance(files, dict) else ())}
+    unowned = [
+        path.relative_to(folder).as_posix()
+        for path in sorted(folder.rglob("*"))
+        if (path.is_symlink() or not path.is_dir()) and path.relative_to(folder).as_posix() not in owned
+    ]
+    if unowned:
+        shown = ", ".join(unowned[:3]) + (f" and {len(unowned) - 3} more" if len(unowned) > 3 else "")
+        raise ExportError(f"{folder}: holds files the artifact does not own ({shown}); refusing to replace it")
+
+
+_STAGING_KINDS = ("partial", "fp32", "old")
+
+
 def _make_staging(out: Path, kind: str) -> Path:
     """A fresh hidden folder beside `out` (same filesystem, so the final move is a rename); unlike
-    mkdtemp it gets the usual umask permissions, which the installed artifact keeps."""
-    path = out.parent / f".{out.name}.{kind}-{uuid.uuid4().hex[:8]}"
+    mkdtemp it gets the usual umask permissions, which the installed artifact keeps. The name holds
+    our process id, so a later export can tell the leftovers of a killed one from a running one's."""
+    path = out.parent / f".{out.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         path.mkdir()
     except OSError as exc:
@@ -221,11 +286,40 @@ def _make_staging(out: Path, kind: str) -> Path:
     return path
 
 
+def remove_stale_staging(out: Path, log: Callable[[str], None]) -> None:
+    """Clean up after exports to `out` that were killed (SIGKILL, OOM, power loss): their staging folders
+    go; a previous artifact caught mid-install (moved aside, new one not yet in place) is put back."""
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.({'|'.join(_STAGING_KINDS)})-(\d+)-[0-9a-f]{{8}}")
+    for path in sorted(out.parent.iterdir()) if out.parent.is_dir() else ():
+        match = pattern.fullmatch(path.name)
+        if not match or not path.is_dir() or _process_alive(int(match.group(2))):
+            continue
+        previous = path / out.name
+        if match.group(1) == "old" and previous.is_dir() and not out.exists():
+            os.replace(previous, out)
+            log(f"note: restored {out} (an earlier export was killed while installing)")
+        shutil.rmtree(path, ignore_errors=True)
+        log(f"note: removed {path.name}, left by an export that was killed")
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 def _install(staging: Path, out: Path) -> None:
     """Move the finished artifact into place, replacing an earlier artifact at `out`."""
     old = None
     if out.exists():
-        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+        check_output_location(out)  # files may have appeared in it while we worked
+        old = _make_staging(out, "old")
         os.replace(out, old / out.name)
     os.replace(staging, out)
     if old is not None:
@@ -237,15 +331,15 @@ def _keep_failed(staging: Path, out: Path, report: dict) -> Path:
     failed = out.with_name(out.name + FAILED_SUFFIX)
     manifest = staging / MANIFEST_NAME
     os.replace(manifest, staging / FAILED_MANIFEST_NAME)
-    (staging / "verification.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    (staging / FAILED_REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     if failed.exists():
         shutil.rmtree(failed)
     os.replace(staging, failed)
-    return failed / "verification.json"
+    return failed / FAILED_REPORT_NAME
 
 
 def _write_graphs(
-    source: ModelSource, options: ExportOptions, staging: Path, work: Path, steps: _Steps
+    source: ModelSource, options: ExportOptions, staging: Path, work: Path, steps: _Steps, log: Callable[[str], None]
 ) -> tuple[dict[str, Path], list[str], dict]:
     """fp32 export into `work`, then the requested precision into `staging`.
 
@@ -258,7 +352,7 @@ def _write_graphs(
     if options.precision == "fp16":
         fp32_ops = _to_fp16(specs, fp32_paths, staging, steps)
     elif options.precision in INT8_PRECISIONS:
-        fp32_ops, extra = _to_int8(options, source, specs, fp32_paths, staging, steps)
+        fp32_ops, extra = _to_int8(options, source, specs, fp32_paths, staging, steps, log)
     return {spec.name: staging / spec.file for spec in specs}, fp32_ops, extra
 
 
@@ -295,6 +389,14 @@ def _run_gate(
     return {**report, "candidate_backend": runners[0].backend}
 
 
+def _check_calibration_model(source: ModelSource, calibration: Calibration | None) -> None:
+    """A record fitted on an artifact names its model id: it must be this model's."""
+    fitted_id = calibration.fitted_on.get("model_id") if calibration else None
+    exported_id = model_id(source.model.config.name, source.weights_digest)
+    if fitted_id and fitted_id != exported_id:
+        raise ExportError(f"--calibration record was fitted on model {fitted_id}, this export is {exported_id}")
+
+
 def export_artifact(
     source: ModelSource, options: ExportOptions, progress: bool = True, log: Callable[[str], None] = print
 ) -> dict:
@@ -305,9 +407,11 @@ def export_artifact(
     """
     options.validate()
     out = Path(options.out)
-    _check_output_location(out)
+    check_output_location(out)
+    remove_stale_staging(out, log)
     if options.calib:
         calibration_paths(options.calib, options.calib_count)  # fail before any work
+    _check_calibration_model(source, options.calibration)
     spec = source.model.preprocess_spec()
     originals = verification_images(options.verify_images if options.verify else None)
     names, images = [name for name, _ in originals], preprocess_batch([image for _, image in originals], spec)
@@ -328,7 +432,7 @@ def export_artifact(
     staging = _make_staging(out, "partial")
     work = _make_staging(out, "fp32") if converted else staging
     try:
-        paths, fp32_ops, extra = _write_graphs(source, options, staging, work, steps)
+        paths, fp32_ops, extra = _write_graphs(source, options, staging, work, steps, log)
         if tensorrt_graph:
             steps.start("TensorRT op check")
             check_tensorrt_ops(paths)
@@ -357,6 +461,8 @@ def export_artifact(
             options.opset,
             extra,
         )
+        if options.calibration is not None:
+            manifest["calibration"] = options.calibration.to_dict()
         write_manifest(
             staging, {**manifest, "self_check": canaries, "verification": report, "export_seconds": steps.timings}
         )

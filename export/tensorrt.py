@@ -8,16 +8,20 @@ Two ways to reduced precision, chosen per TensorRT version by `plan_precision`:
   (fp16 mixed-precision conversion, explicit Q/DQ for int8) and the network is strongly typed.
   TensorRT 10 builds such graphs the same way.
 
-Each engine is written with its metadata header (runtime/engine_header.py), recorded in
-manifest["engines"] and hashed in manifest["files"]. TensorRT and cuda-python are imported only
+Each engine is a plain TensorRT plan with a JSON sidecar (runtime/engine_header.py), recorded in
+manifest["engines"] and hashed in manifest["files"]. Engines are staged like the exporter's graphs: a
+complete copy of the artifact (its files hard-linked) gets the new engines, and replaces the artifact
+only after the engine gate passes; a failed build leaves the old artifact as it was, and a refused one
+is kept in `<artifact>.failed/` without a loadable manifest. TensorRT and cuda-python are imported only
 inside the functions that need them, so this module imports (and its planning logic is tested)
 without either.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
-import tempfile
+import shutil
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -27,9 +31,10 @@ import numpy as np
 
 from maskclip_runtime.artifact import Artifact, BatchSpec, GraphSpec, load_artifact
 from maskclip_runtime.backends.tensorrt import cuda_call, gpu_identity, import_cudart, import_tensorrt
-from maskclip_runtime.engine_header import write_engine
+from maskclip_runtime.engine_header import sidecar_path, write_bytes_atomic, write_engine
 from maskclip_runtime.preprocess import load_image, preprocess_batch
 
+from .exporter import GateFailed, _install, _keep_failed, _make_staging
 from .manifest import write_manifest
 from .verify import Predictor, chain_predictor, verification_batch, verify
 
@@ -48,8 +53,9 @@ ONNX_OP_LAYER_TYPES = {
 NO_TF32 = ("TF32",)
 
 
-class EngineGateFailed(RuntimeError):
-    """The engines ran but their outputs differ from the reference beyond the precision's tolerances."""
+class EngineGateFailed(GateFailed):
+    """The engines ran but their outputs differ from the reference beyond the precision's tolerances; the
+    staged artifact with the refused engines is kept beside the report at `report_path`."""
 
 
 class PrecisionPlanError(ValueError):
@@ -148,6 +154,18 @@ def engine_file_name(graph: GraphSpec, precision: str) -> str:
     return f"{Path(graph.file).name.split('.')[0]}.{precision}.engine"
 
 
+def graph_digest(files: dict[str, str], graph: GraphSpec) -> str:
+    """sha256 over the hashes of the graph's files (the ONNX file and its external `.data`, if any)."""
+    names = [name for name in (graph.file, f"{graph.file}.data") if name in files]
+    return hashlib.sha256("".join(f"{name}:{files[name]};" for name in names).encode()).hexdigest()
+
+
+def calibration_cache_name(graph: GraphSpec, digest: str) -> str:
+    """An INT8 calibration cache is only valid for the graph it was measured on: its name carries the graph's
+    digest, so a changed model never reuses an older model's scales."""
+    return f"{graph.name}.int8-{digest[:16]}.calib"
+
+
 def _calibration_feeds(
     artifact: Artifact, calib_images: Sequence[str | os.PathLike], batch: BatchSpec
 ) -> tuple[int, dict[str, list[dict[str, np.ndarray]]]]:
@@ -200,7 +218,7 @@ def make_entropy_calibrator(trt, batches: Iterable[dict[str, np.ndarray]], batch
             return cache_path.read_bytes() if cache_path.is_file() and cache_path.stat().st_size else None
 
         def write_calibration_cache(self, cache):
-            _write_bytes_atomic(cache_path, bytes(cache))
+            write_bytes_atomic(cache_path, bytes(cache))
 
         def _free_one(self, name: str) -> None:
             if name in self._device:
@@ -211,17 +229,6 @@ def make_entropy_calibrator(trt, batches: Iterable[dict[str, np.ndarray]], batch
                 self._free_one(name)
 
     return EntropyCalibrator()
-
-
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _pin_fp32_layers(trt, network, onnx_path: Path, fp32_ops: Sequence[str]) -> list[str]:
@@ -303,7 +310,7 @@ def build_plan(
     if serialized is None:
         raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path.name} (see its log above)")
     if timing_cache is not None:
-        _write_bytes_atomic(timing_cache, bytes(config.get_timing_cache().serialize()))
+        write_bytes_atomic(timing_cache, bytes(config.get_timing_cache().serialize()))
     return bytes(serialized)
 
 
@@ -320,90 +327,118 @@ def build_engines(
     verify_images: str | None = None,
     log: Callable[[str], None] = print,
 ) -> list[dict]:
-    """Build one engine per graph of the artifact, write each with its header, record them in the manifest,
-    then run the export gate on the engines (`verify_engines`; reference: see there).
+    """Build one engine per graph of the artifact into a staged copy of it, run the export gate on the
+    engines (`verify_engines`; reference: see there), and only then replace the artifact with the copy.
 
     precision defaults to the artifact's; batch to its manifest batch profile; timing_cache defaults to
-    `timing.cache` in the artifact folder (reused by later builds). Engines from an earlier build are
-    replaced. Returns the new manifest["engines"].
+    `timing.cache` in the artifact (reused by later builds). The new engines replace earlier ones.
+    Returns the new manifest["engines"]. A build that fails leaves the artifact as it was.
     Raises BackendUnavailable (one line: what to install) when TensorRT or a GPU is missing, and
-    EngineGateFailed when the engines do not match the reference within the precision's tolerances.
+    EngineGateFailed when the engines do not match the reference within the precision's tolerances (the
+    artifact is left as it was; the refused copy is kept in `<artifact>.failed/`).
+    verify=False installs the engines ungated (the manifest then has no engine_verification).
     """
     trt = import_tensorrt()
     artifact = load_artifact(artifact_dir)
-    directory = artifact.dir
-    manifest = dict(artifact.manifest)
-    graph_precision = manifest.get("precision", "fp32")
+    graph_precision = artifact.manifest.get("precision", "fp32")
     precision = precision or graph_precision
-    plan = plan_precision(trt.__version__, precision, graph_precision, manifest.get("fp32_ops", ()))
+    plan = plan_precision(trt.__version__, precision, graph_precision, artifact.manifest.get("fp32_ops", ()))
     if plan.calibrate and not calib_images:
         raise PrecisionPlanError("an int8 engine from an fp32 graph on TensorRT 10 needs --calib images")
     gpu_name, compute_capability = gpu_identity(device)
     cuda_call(import_cudart(), import_cudart().cudaSetDevice(device))
     batch = batch or artifact.batch
-    cache_path = Path(timing_cache) if timing_cache else directory / "timing.cache"
+    files = artifact.manifest["files"]
+    digests = {graph.name: graph_digest(files, graph) for graph in artifact.graphs}
+    calibration_caches = {calibration_cache_name(g, digests[g.name]) for g in artifact.graphs}
 
-    # One engine per graph: a rebuild (another precision, GPU or profile) replaces the previous one.
-    old_engines = {e["file"] for e in manifest.get("engines", ())}
-    for name in old_engines:
-        (directory / name).unlink(missing_ok=True)
-    engines = []
-    # The hashes of the files the engines are built from, recorded in every engine header.
-    source_files = {name: digest for name, digest in manifest["files"].items() if name not in old_engines}
-    if plan.calibrate:
-        calib_batch, feeds = _calibration_feeds(artifact, calib_images, batch)
-    for graph in artifact.graphs:
-        shapes = profile_shapes(graph.inputs, batch)
-        calibrator_factory = calibration_shapes = None
+    staging = _stage_copy(artifact, keep=lambda name: not name.endswith(".calib") or name in calibration_caches)
+    try:
+        cache_path = Path(timing_cache) if timing_cache else staging / "timing.cache"
         if plan.calibrate:
-            calibration_shapes = {name: (calib_batch, *low[1:]) for name, (low, _, _) in shapes.items()}
+            calib_batch, feeds = _calibration_feeds(artifact, calib_images, batch)
+        engines = []
+        for graph in artifact.graphs:
+            shapes = profile_shapes(graph.inputs, batch)
+            calibrator_factory = calibration_shapes = None
+            if plan.calibrate:
+                calibration_shapes = {name: (calib_batch, *low[1:]) for name, (low, _, _) in shapes.items()}
 
-            def calibrator_factory(graph=graph):
-                cache = directory / f"{graph.name}.int8.calib"
-                return make_entropy_calibrator(trt, feeds[graph.name], calib_batch, cache)
+                def calibrator_factory(graph=graph):
+                    cache = staging / calibration_cache_name(graph, digests[graph.name])
+                    return make_entropy_calibrator(trt, feeds[graph.name], calib_batch, cache)
 
-        log(f"building {precision} engine for graph {graph.name!r} ({graph.file}) with TensorRT {trt.__version__}")
-        started = time.perf_counter()
-        serialized = build_plan(
-            directory / graph.file,
-            plan,
-            shapes,
-            workspace_gb,
-            cache_path,
-            calibrator_factory,
-            calibration_shapes,
-            log,
-        )
-        seconds = time.perf_counter() - started
-        profile = {name: {"min": list(s[0]), "opt": list(s[1]), "max": list(s[2])} for name, s in shapes.items()}
-        file_name = engine_file_name(graph, precision)
-        header = {
-            "format": "maskclip-trt-engine",
-            "tensorrt_version": trt.__version__,
-            "gpu_name": gpu_name,
-            "compute_capability": compute_capability,
-            "precision": precision,
-            "profile": profile,
-            "graph": graph.name,
-            "onnx_file": graph.file,
-            "strongly_typed": plan.strongly_typed,
-            "builder_flags": list(plan.builder_flags),
-            "fp32_ops": list(plan.fp32_ops),
-            "model_id": artifact.model_id,
-            "manifest_files": source_files,
-        }
-        write_engine(directory / file_name, header, serialized)
-        entry = {k: header[k] for k in ("graph", "precision", "tensorrt_version", "gpu_name", "compute_capability")}
-        engines.append({"file": file_name, **entry, "profile": profile, "build_seconds": round(seconds, 1)})
-        log(f"  wrote {file_name} ({(directory / file_name).stat().st_size / 1e6:.1f} MB) in {seconds:.0f} s")
+            log(f"building {precision} engine for graph {graph.name!r} ({graph.file}) with TensorRT {trt.__version__}")
+            started = time.perf_counter()
+            serialized = build_plan(
+                staging / graph.file,
+                plan,
+                shapes,
+                workspace_gb,
+                cache_path,
+                calibrator_factory,
+                calibration_shapes,
+                log,
+            )
+            seconds = time.perf_counter() - started
+            profile = {name: {"min": list(s[0]), "opt": list(s[1]), "max": list(s[2])} for name, s in shapes.items()}
+            file_name = engine_file_name(graph, precision)
+            metadata = {
+                "tensorrt_version": trt.__version__,
+                "gpu_name": gpu_name,
+                "compute_capability": compute_capability,
+                "precision": precision,
+                "profile": profile,
+                "graph": graph.name,
+                "onnx_file": graph.file,
+                "onnx_sha256": digests[graph.name],
+                "strongly_typed": plan.strongly_typed,
+                "builder_flags": list(plan.builder_flags),
+                "fp32_ops": list(plan.fp32_ops),
+                "model_id": artifact.model_id,
+            }
+            write_engine(staging / file_name, metadata, serialized)
+            entry = {
+                k: metadata[k] for k in ("graph", "precision", "tensorrt_version", "gpu_name", "compute_capability")
+            }
+            engines.append({"file": file_name, **entry, "profile": profile, "build_seconds": round(seconds, 1)})
+            log(f"  wrote {file_name} ({(staging / file_name).stat().st_size / 1e6:.1f} MB) in {seconds:.0f} s")
 
-    manifest["engines"] = engines
-    write_manifest(directory, manifest)
-    if verify:
-        report = verify_engines(directory, reference, verify_images, device, log)
-        if not report["passed"]:
-            raise EngineGateFailed(f"TensorRT {precision} engines fail the gate: {'; '.join(report['failures'])}")
+        manifest = {k: v for k, v in artifact.manifest.items() if k != "engine_verification"}
+        write_manifest(staging, {**manifest, "engines": engines})
+        if verify:
+            report = verify_engines(staging, reference, verify_images, device, log)
+            if not report["passed"]:
+                report_path = _keep_failed(staging, artifact.dir, report)
+                raise EngineGateFailed(
+                    f"TensorRT {precision} engines fail the gate: {'; '.join(report['failures'])} "
+                    f"(artifact left as it was; the refused engines are in {report_path.parent})",
+                    report_path,
+                )
+        _install(staging, artifact.dir)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
     return engines
+
+
+def _stage_copy(artifact: Artifact, keep: Callable[[str], bool]) -> Path:
+    """A staging folder beside the artifact holding its files (hard links where the filesystem allows, they
+    are never written in place) except its engines and the files `keep` refuses; no manifest yet."""
+    staging = _make_staging(artifact.dir, "engines")
+    engine_files = {
+        name for e in artifact.manifest.get("engines", ()) for name in (e["file"], sidecar_path(e["file"]).name)
+    }
+    for name in artifact.manifest["files"]:
+        if name in engine_files or not keep(name):
+            continue
+        target = staging / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(artifact.dir / name, target)
+        except OSError:
+            shutil.copy2(artifact.dir / name, target)
+    return staging
 
 
 def verify_engines(
@@ -432,8 +467,9 @@ def verify_engines(
     largest = min(max(shape["max"][0] for shape in e["profile"].values()) for e in engines)
     names, batch = verification_batch(artifact.preprocess, images)
     onnx_runners = [] if reference else [OnnxRuntimeRunner(artifact.file(g.file)) for g in artifact.graphs]
-    trt_runners = [TensorRTRunner(artifact.engines[g.name], device=device) for g in artifact.graphs]
+    trt_runners = []
     try:
+        trt_runners += [TensorRTRunner(artifact.engines[g.name], device=device) for g in artifact.graphs]
         report = verify(
             reference or chain_predictor(onnx_runners),
             chain_predictor(trt_runners),

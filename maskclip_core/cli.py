@@ -67,52 +67,216 @@ def train(**kwargs):
     click.echo(f"checkpoint: {path}")
 
 
-@click.command(context_settings={"show_default": True})
-@click.option("--data", required=True, help="OpenSDID parquet file/folder, folder layout, or HF data set name.")
-@click.option("--split", default=None, help="Sub-folder (local) or split (hub), e.g. test.")
-@click.option("--checkpoint", default=None, type=click.Path(), help="PyTorch checkpoint (folder or .safetensors).")
-@click.option("--artifact", default=None, type=click.Path(), help="Exported artifact folder (via the runtime).")
-@click.option("--backend", default="auto", help="Artifact backend: auto, onnxruntime or tensorrt.")
-@click.option("--device", default=None, help="cpu, cuda or cuda:N (default: GPU if available).")
-@click.option("--batch-size", default=16, type=int)
-@click.option("--workers", default=2, type=int)
-@click.option("--limit", default=None, type=int, help="Evaluate only the first N images (quick checks).")
-@click.option("--output", default=None, type=click.Path(dir_okay=False), help="Save the report as JSON here.")
-def evaluate(data, split, checkpoint, artifact, backend, device, batch_size, workers, limit, output):
-    """Score a checkpoint or an exported artifact: IoU/F1 per generator + AVG, detection F1/Acc/AUC.
-
-    Without --checkpoint or --artifact the embedded demo model is evaluated.
-    """
-    from maskclip_core.data import open_samples
-    from maskclip_core.evaluate import ArtifactPredictor, TorchPredictor, evaluate, report, save_report
+def _open_predictor(checkpoint: str | None, artifact: str | None, backend: str, device: str | None):
+    """--checkpoint, --artifact or (neither) the embedded demo model -> (predictor, source description)."""
+    from maskclip_core.evaluate import ArtifactPredictor, TorchPredictor
 
     if checkpoint and artifact:
-        _fail(ValueError("give --checkpoint or --artifact, not both"))
+        raise ValueError("give --checkpoint or --artifact, not both")
+    if artifact:
+        return ArtifactPredictor(artifact, backend, device), artifact
+    import torch
+
+    from maskclip_core.checkpoint import load_checkpoint
+    from maskclip_core.demo import DEMO_CHECKPOINT
+
+    if not checkpoint:
+        click.echo(f"no --checkpoint given: evaluating the embedded demo model ({DEMO_CHECKPOINT})", err=True)
+    source = checkpoint or str(DEMO_CHECKPOINT)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return TorchPredictor(load_checkpoint(source), device), source
+
+
+def _model_options(command):
+    """The options that pick what is scored, shared by maskclip-eval and maskclip-calibrate."""
+    for option in reversed(
+        (
+            click.option(
+                "--data", default=None, help="OpenSDID parquet file/folder, folder layout, or HF data set name."
+            ),
+            click.option("--split", default=None, help="Sub-folder (local) or split (hub), e.g. test."),
+            click.option(
+                "--checkpoint", default=None, type=click.Path(), help="PyTorch checkpoint (folder or .safetensors)."
+            ),
+            click.option(
+                "--artifact", default=None, type=click.Path(), help="Exported artifact folder (via the runtime)."
+            ),
+            click.option("--backend", default="auto", help="Artifact backend: auto, onnxruntime or tensorrt."),
+            click.option("--device", default=None, help="cpu, cuda or cuda:N (default: GPU if available)."),
+            click.option("--batch-size", default=16, type=int),
+            click.option("--workers", default=2, type=int),
+            click.option("--limit", default=None, type=int, help="Use only the first N images (quick checks)."),
+        )
+    ):
+        command = option(command)
+    return command
+
+
+def _beside(path: str | None, suffix: str) -> str | None:
+    return None if path is None else str(Path(path).with_name(Path(path).stem + suffix))
+
+
+@click.command(context_settings={"show_default": True})
+@_model_options
+@click.option("--output", default=None, type=click.Path(dir_okay=False), help="Save the report as JSON here.")
+@click.option(
+    "--calibration",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Calibration record to measure (default: the artifact's own, if it has one).",
+)
+@click.option("--reliability", default=None, type=click.Path(dir_okay=False), help="Reliability diagram PNG path.")
+@click.option("--robustness", is_flag=True, help="Also score under JPEG/WebP, downscale, blur, noise and crop.")
+@click.option("--per-generator", default=None, type=int, help="Robustness on a stratified subset of N per generator.")
+def evaluate(
+    data, split, checkpoint, artifact, backend, device, batch_size, workers, limit, output, calibration, reliability,
+    robustness, per_generator,
+):  # fmt: skip
+    """Score a checkpoint or an exported artifact: IoU/F1 per generator + AVG, detection F1/Acc/AUC.
+
+    Without --checkpoint or --artifact the embedded demo model is evaluated. With a calibration
+    record (--calibration, or one in the artifact's manifest): ECE, Brier, AUC and TPR at 1 %/5 %
+    FPR before and after, and a reliability diagram (--reliability, default beside --output).
+    With --robustness: the report per degradation as JSON, Markdown and a plot (beside --output).
+    """
+    from maskclip_core.data import open_samples
+    from maskclip_core.evaluate import collect, report, save_report
+
+    if not data:
+        _fail(ValueError("--data is required"))
+    if per_generator is not None and not robustness:
+        _fail(ValueError("--per-generator sizes the --robustness subset; add --robustness"))
     try:
         samples = open_samples(data, split)[:limit]
-        if artifact:
-            predictor, source = ArtifactPredictor(artifact, backend, device), artifact
-        else:
-            import torch
-
-            from maskclip_core.checkpoint import load_checkpoint
-            from maskclip_core.demo import DEMO_CHECKPOINT
-
-            if not checkpoint:
-                click.echo(f"no --checkpoint given: evaluating the embedded demo model ({DEMO_CHECKPOINT})", err=True)
-            source = checkpoint or str(DEMO_CHECKPOINT)
-            device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-            predictor = TorchPredictor(load_checkpoint(source), device)
-        summary = evaluate(predictor, samples, batch_size, workers)
+        predictor, source = _open_predictor(checkpoint, artifact, backend, device)
+        record = _calibration_to_measure(calibration, predictor)
+        if robustness:
+            _robustness(predictor, samples, source, data, split, per_generator, batch_size, workers, output)
+            return
+        accumulator = collect(predictor, samples, batch_size, workers)
     except USER_ERRORS as exc:
         _fail(exc)
     except RuntimeError as exc:  # runtime's BackendUnavailable / ArtifactError are one-line messages too
         _fail(exc)
+    summary = accumulator.summary()
     doc = report(summary, model=source, predictor=predictor.name, data=data, split=split, images=len(samples))
     click.echo(doc["table"])
+    if record is not None:
+        if (record.fitted_on.get("data"), record.fitted_on.get("split")) == (str(data), split):
+            click.echo("note: these images include the record's fitting data; its scores here are optimistic", err=True)
+        doc["calibration"] = _measure_calibration(
+            record, accumulator, reliability or _beside(output, "-reliability.png")
+        )
     if output:
         save_report(doc, output)
         click.echo(f"saved {output}", err=True)
+
+
+def _calibration_to_measure(path: str | None, predictor):
+    from maskclip_runtime.calibration import read_calibration
+
+    if path:
+        return read_calibration(path)
+    detector = getattr(predictor, "detector", None)
+    return detector.calibration if detector is not None else None
+
+
+def _measure_calibration(record, accumulator, reliability: str | None) -> dict:
+    from maskclip_core.calibrate import calibration_report, format_calibration, save_reliability_diagram
+    from maskclip_core.evaluate import without_nan
+
+    labels, prob = accumulator.scores()
+    measured = calibration_report(labels, prob, record)
+    click.echo("\n" + format_calibration(measured))
+    if reliability:
+        Path(reliability).parent.mkdir(parents=True, exist_ok=True)
+        save_reliability_diagram(labels, prob, record, reliability)
+        click.echo(f"saved {reliability}", err=True)
+    return without_nan(measured)
+
+
+def _robustness(predictor, samples, source, data, split, per_generator, batch_size, workers, output) -> None:
+    from maskclip_core.robustness import robustness, robustness_report, save_robustness, stratified_subset
+
+    subset = stratified_subset(samples, per_generator)
+    results = robustness(predictor, subset, batch_size, workers)
+    doc = robustness_report(results, model=source, predictor=predictor.name, data=data, split=split, images=len(subset))
+    click.echo(doc["markdown"])
+    if output:
+        for path in save_robustness(doc, results, output, title=f"Robustness: {Path(source).name}"):
+            click.echo(f"saved {path}", err=True)
+
+
+@click.command(context_settings={"show_default": True})
+@_model_options
+@click.option("--out", default=None, type=click.Path(dir_okay=False), help="Calibration record JSON to write.")
+@click.option("--fit-fraction", default=0.5, type=float, help="Share of the data to fit on; the rest measures it.")
+@click.option("--seed", default=0, type=int, help="Seed of the fit/check split (stratified by generator, label).")
+@click.option("--target-fpr", "target_fprs", multiple=True, type=float, default=(0.01, 0.05), help="Operating points.")
+@click.option("--attach", default=None, type=click.Path(), help="Store the record in this artifact's manifest.")
+@click.option("--record", default=None, type=click.Path(dir_okay=False), help="With --attach: an existing record.")
+@click.option("--force", is_flag=True, help="Attach even if the record was fitted on another model id.")
+def calibrate(
+    data, split, checkpoint, artifact, backend, device, batch_size, workers, limit, out, fit_fraction, seed,
+    target_fprs, attach, record, force,
+):  # fmt: skip
+    """Fit temperature scaling and operating points on held-out data; write (and attach) the record.
+
+    The data are split (seeded, stratified) into a fitting part and a checking part: the record is
+    fitted on the first and its before/after metrics (ECE, Brier, AUC, TPR at the target FPRs),
+    operating points and reliability diagram are measured on the second, written beside --out.
+    `--attach ARTIFACT --record FILE` attaches an existing record without fitting anything.
+    """
+    from maskclip_runtime.calibration import CalibrationError, attach_calibration, read_calibration
+
+    try:
+        if record:
+            if not attach or data or out:
+                raise ValueError("--record goes with --attach only (it attaches an existing record)")
+            fitted = read_calibration(record)
+        else:
+            if not data or not out:
+                raise ValueError("fitting needs --data and --out (or attach an existing record: --attach A --record F)")
+            fitted = _fit(data, split, checkpoint, artifact, backend, device, batch_size, workers, limit, out,
+                          fit_fraction, seed, target_fprs)  # fmt: skip
+        if attach:
+            manifest = attach_calibration(attach, fitted, force=force)
+            click.echo(f"attached calibration {fitted.sha256[:12]} to {manifest}")
+    except (*USER_ERRORS, CalibrationError, RuntimeError) as exc:
+        _fail(exc)
+
+
+def _fit(data, split, checkpoint, artifact, backend, device, batch_size, workers, limit, out, fit_fraction, seed,
+         target_fprs):  # fmt: skip
+    import json
+
+    from maskclip_core.calibrate import fit_calibration, split_holdout
+    from maskclip_core.data import open_samples
+    from maskclip_core.evaluate import collect
+    from maskclip_runtime.calibration import write_calibration
+    from maskclip_runtime.outputs import atomic_path
+
+    if any(not 0.0 <= t < 1.0 for t in target_fprs):
+        raise ValueError(f"--target-fpr must lie in [0, 1), got {', '.join(map(str, target_fprs))}")
+    samples = open_samples(data, split)[:limit]
+    fit_samples, check_samples = split_holdout(samples, fit_fraction, seed)
+    predictor, source = _open_predictor(checkpoint, artifact, backend, device)
+    fit_labels, fit_prob = collect(predictor, fit_samples, batch_size, workers, desc="fit").scores()
+    model_id = predictor.detector.model_id if artifact else None
+    fitted_on = {"model": source, "model_id": model_id, "data": str(data), "split": split, "seed": seed,
+                 "fit_fraction": fit_fraction}  # fmt: skip
+    fitted = fit_calibration(fit_labels, fit_prob, fitted_on, target_fprs)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    write_calibration(fitted, out)
+    click.echo(f"wrote {out} (temperature {fitted.temperature:.4f}, sha256 {fitted.sha256})")
+    checking = collect(predictor, check_samples, batch_size, workers, desc="check")
+    measured = _measure_calibration(fitted, checking, _beside(out, "-reliability.png"))
+    report_path = Path(_beside(out, "-report.json"))
+    doc = {"record": fitted.to_dict(), "checked_on": {"images": len(check_samples)}, **measured}
+    with atomic_path(report_path) as temp:
+        temp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    click.echo(f"saved {report_path}", err=True)
+    return fitted
 
 
 @click.command(context_settings={"show_default": True})

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -23,6 +24,9 @@ from maskclip_core.data import MaskCLIPDataset, Sample
 from maskclip_core.metrics import MetricAccumulator, format_table
 from maskclip_core.model import MaskCLIP
 from maskclip_runtime.preprocess import PreprocessSpec, resize_probability_map
+
+# (image HxWx3 uint8, mask HxW uint8, rng) -> degraded pair, at the image's native size
+Perturb = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]]
 
 
 class Predictor(Protocol):
@@ -81,11 +85,23 @@ def _collate(items: list[dict]) -> dict:
 
 def evaluate(predictor: Predictor, samples: list[Sample], batch_size: int = 16, workers: int = 0) -> dict:
     """Score a predictor on samples -> summary {generator: {iou, f1, acc, det_f1, auc, ...}, "AVG": ...}."""
-    dataset = MaskCLIPDataset(samples, predictor.spec)
+    return collect(predictor, samples, batch_size, workers).summary()
+
+
+def collect(
+    predictor: Predictor,
+    samples: list[Sample],
+    batch_size: int = 16,
+    workers: int = 0,
+    perturb: Perturb | None = None,
+    desc: str = "evaluate",
+) -> MetricAccumulator:
+    """Run a predictor over samples (each optionally perturbed at native size) -> the filled accumulator."""
+    dataset = MaskCLIPDataset(samples, predictor.spec, perturb=perturb)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_collate)
     size = predictor.spec.size
     acc = MetricAccumulator(predictor.threshold)
-    for batch in tqdm(loader, desc="evaluate", dynamic_ncols=True):
+    for batch in tqdm(loader, desc=desc, dynamic_ncols=True):
         fake_prob, mask_prob = predictor(batch["image"])
         for i, prob in enumerate(fake_prob):
             kind = batch["kind"][i]
@@ -93,7 +109,7 @@ def evaluate(predictor: Predictor, samples: list[Sample], batch_size: int = 16, 
             if kind == "partial" and pred.shape != (size, size):
                 pred = resize_probability_map(pred, size, size)
             acc.update(batch["generator"][i], batch["label"][i], float(prob), kind, pred, batch["mask"][i])
-    return acc.summary()
+    return acc
 
 
 def report(summary: dict, **context) -> dict:
@@ -103,6 +119,13 @@ def report(summary: dict, **context) -> dict:
         for g, row in summary.items()
     }
     return {**context, "metrics": clean, "table": format_table(summary)}
+
+
+def without_nan(value):
+    """Nested dicts with NaN floats (undefined metrics) -> the same with None, for strict JSON."""
+    if isinstance(value, dict):
+        return {k: without_nan(v) for k, v in value.items()}
+    return None if isinstance(value, float) and math.isnan(value) else value
 
 
 def save_report(doc: dict, path: str | Path) -> None:

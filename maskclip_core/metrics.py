@@ -75,6 +75,12 @@ class MetricAccumulator:
         if kind == "partial":
             self.pixel[generator].append(pixel_f1_iou(mask_prob, gt, self.threshold))
 
+    def scores(self) -> tuple[np.ndarray, np.ndarray]:
+        """All images' (labels, fake_prob), generators concatenated in sorted order."""
+        gens = sorted(self.labels)
+        labels = np.asarray([y for g in gens for y in self.labels[g]], dtype=np.int64)
+        return labels, np.asarray([p for g in gens for p in self.fake_prob[g]], dtype=np.float64)
+
     def summary(self) -> dict[str, dict[str, float]]:
         """{generator: {iou, f1, acc, det_f1, auc, n_images, n_partial}, ..., "AVG": plain means}."""
         table = {}

@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import mmap
 import os
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import __version__
-from .preprocess import PreprocessSpec
+from .calibration import Calibration, CalibrationError
+from .preprocess import LEGACY_RESIZE, RESIZE_METHODS, PreprocessSpec
 
 FORMAT = "maskclip-artifact"
 SUPPORTED_FORMAT_VERSIONS = (1,)
@@ -90,6 +94,8 @@ class Artifact:
     graphs: tuple[GraphSpec, ...]
     batch: BatchSpec
     model_id: str
+    precision: str
+    calibration: Calibration | None = None  # temperature + operating points, when one was attached
 
     @property
     def engines(self) -> dict[str, Path]:
@@ -123,8 +129,12 @@ def load_artifact(path: str | os.PathLike) -> Artifact:
     if not isinstance(manifest, dict):
         raise ArtifactError(f"{manifest_path}: manifest is not a JSON object")
     _check_format(manifest, manifest_path)
+    problem = manifest_problem(manifest)
+    if problem:
+        raise ArtifactError(f"{manifest_path}: invalid manifest: {problem}")
     directory = manifest_path.parent
     _check_files(manifest, directory)
+    calibration = _parse_calibration(manifest, manifest_path)
     try:
         return Artifact(
             dir=directory,
@@ -134,9 +144,20 @@ def load_artifact(path: str | os.PathLike) -> Artifact:
             graphs=_parse_graphs(manifest),
             batch=BatchSpec.from_dict(manifest.get("batch")),
             model_id=str(manifest.get("model", {}).get("model_id", "unknown")),
+            precision=str(manifest.get("precision", "unknown")),
+            calibration=calibration,
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ArtifactError(f"{manifest_path}: malformed manifest ({type(exc).__name__}: {exc})") from None
+
+
+def _parse_calibration(manifest: dict, manifest_path: Path) -> Calibration | None:
+    if manifest.get("calibration") is None:
+        return None
+    try:
+        return Calibration.from_dict(manifest["calibration"], f"{manifest_path} calibration")
+    except CalibrationError as exc:
+        raise ArtifactError(str(exc)) from None
 
 
 def _find_manifest(path: Path) -> Path:
@@ -189,6 +210,13 @@ def _check_files(manifest: dict, directory: Path) -> None:
     unhashed = sorted(str(f) for f in referenced - set(files))
     if unhashed:
         raise ArtifactError(f"{directory / MANIFEST_NAME}: files used but not hashed: {', '.join(unhashed)}")
+    for graph in manifest.get("graphs", ()):
+        unlisted = sorted(_external_data_files(directory, graph["file"]) - set(files))
+        if unlisted:
+            raise ArtifactError(
+                f"{directory / MANIFEST_NAME}: graph {graph['file']} reads external data the manifest does not "
+                f"list (so it is never hash-checked): {', '.join(unlisted)}"
+            )
     root = directory.resolve()
     paths = {}
     for name in files:
@@ -205,6 +233,134 @@ def _check_files(manifest: dict, directory: Path) -> None:
     for name, expected in files.items():
         if digests[name] != str(expected).lower():
             raise ArtifactError(f"{directory}: tampered or corrupted: {name} (sha256 differs from the manifest)")
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _count(value, least: int = 1) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def _batch_problem(batch) -> str | None:
+    if batch is None:
+        return None
+    if not isinstance(batch, dict):
+        return f"batch must be an object, got {batch!r}"
+    if batch.get("dynamic", False):
+        sizes = {key: batch.get(key, 1) for key in ("min", "opt", "max")}
+        if not all(_count(v) for v in sizes.values()) or not sizes["min"] <= sizes["opt"] <= sizes["max"]:
+            return f"batch min/opt/max must be integers with 1 <= min <= opt <= max, got {sizes}"
+    elif not _count(batch.get("size")):
+        return f"batch.size must be an integer >= 1, got {batch.get('size')!r}"
+    return None
+
+
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+
+
+def manifest_problem(manifest: dict) -> str | None:
+    """The first value the runtime cannot use, in words ("preprocess.std must be ..."); None if all are sound.
+
+    Checked on load, so a NaN, zero or wrongly typed value is refused here instead of crashing mid-run
+    or turning every answer into NaN. Keys this runtime does not know are left alone."""
+    pre = manifest.get("preprocess")
+    if not isinstance(pre, dict):
+        return "preprocess must be an object"
+    mean, std = pre.get("mean"), pre.get("std")
+    checks = [
+        (_count(pre.get("size")), f"preprocess.size must be an integer >= 1, got {pre.get('size')!r}"),
+        (
+            pre.get("resize", LEGACY_RESIZE) in RESIZE_METHODS and pre.get("resample", "bilinear") == "bilinear",
+            f"preprocess.resize must be one of {', '.join(RESIZE_METHODS)} (older manifests: resample bilinear)",
+        ),
+        (
+            isinstance(mean, list) and len(mean) == 3 and all(_finite(v) and 0.0 <= v <= 1.0 for v in mean),
+            f"preprocess.mean must be 3 numbers in [0, 1], got {mean!r}",
+        ),
+        (
+            isinstance(std, list) and len(std) == 3 and all(_finite(v) and v > 0.0 for v in std),
+            f"preprocess.std must be 3 finite numbers > 0, got {std!r}",
+        ),
+        (
+            _finite(pre.get("scale", 1.0)) and pre.get("scale", 1.0) > 0,
+            f"preprocess.scale must be a finite number > 0, got {pre.get('scale')!r}",
+        ),
+        (
+            pre.get("channel_order", "RGB") == "RGB",
+            f"preprocess.channel_order must be RGB, got {pre.get('channel_order')!r}",
+        ),
+        (pre.get("layout", "NCHW") == "NCHW", f"preprocess.layout must be NCHW, got {pre.get('layout')!r}"),
+        (pre.get("dtype", "float32") == "float32", f"preprocess.dtype must be float32, got {pre.get('dtype')!r}"),
+        (
+            _finite(manifest.get("threshold", 0.5)) and 0.0 <= manifest.get("threshold", 0.5) <= 1.0,
+            f"threshold must be a number in [0, 1], got {manifest.get('threshold')!r}",
+        ),
+        (
+            isinstance(manifest.get("graphs"), list)
+            and all(
+                isinstance(g, dict) and isinstance(g.get("name"), str) and isinstance(g.get("file"), str)
+                for g in manifest["graphs"]
+            ),
+            "graphs must be a list of objects with a name and a file",
+        ),
+        (
+            all(
+                isinstance(name, str) and isinstance(digest, str) and _SHA256.fullmatch(digest)
+                for name, digest in manifest.get("files", {}).items()
+            )
+            if isinstance(manifest.get("files"), dict)
+            else True,
+            "files must map file names to sha256 hex digests",
+        ),
+        (
+            isinstance(manifest.get("engines", []), list)
+            and all(isinstance(e, dict) for e in manifest.get("engines", [])),
+            "engines must be a list of objects",
+        ),
+    ]
+    problem = next((message for ok, message in checks if not ok), None)
+    return problem or _batch_problem(manifest.get("batch"))
+
+
+# How an ONNX TensorProto names an external-data file: the entry key "location" (field 1, 8 bytes) then
+# its value (field 2, length-prefixed). Found by scanning the bytes, so the runtime needs no onnx package.
+_EXTERNAL_LOCATION = b"\x0a\x08location\x12"
+
+
+def _external_data_files(directory: Path, graph_file: str) -> set[str]:
+    """Files a graph reads its weights from (relative to the artifact folder), plus an unlisted
+    exporter-style "<graph>.data" beside it: either must be listed and hashed like the graph."""
+    graph = directory / graph_file
+    found = set()
+    conventional = f"{graph_file}.data"
+    if (directory / conventional).exists():
+        found.add(conventional)
+    try:
+        with open(graph, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            at = data.find(_EXTERNAL_LOCATION)
+            while at != -1:
+                start = at + len(_EXTERNAL_LOCATION)
+                length, start = _varint(data, start)
+                name = bytes(data[start : start + length]).decode("utf-8", "surrogateescape")
+                found.add((Path(graph_file).parent / name).as_posix())
+                at = data.find(_EXTERNAL_LOCATION, start + length)
+    except (OSError, ValueError):  # missing or empty graph: reported by the file checks
+        pass
+    return found
+
+
+def _varint(data, at: int) -> tuple[int, int]:
+    value, shift = 0, 0
+    while at < len(data):
+        byte = data[at]
+        value |= (byte & 0x7F) << shift
+        at += 1
+        if byte < 0x80:
+            break
+        shift += 7
+    return value, at
 
 
 def _parse_graphs(manifest: dict) -> tuple[GraphSpec, ...]:

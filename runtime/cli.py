@@ -1,21 +1,26 @@
 """maskclip-run: detect generated images and pixels with an exported artifact.
 
-Exit status: 0 every image succeeded, 1 some images failed (each reported, the rest completed),
-2 usage error (bad flags, unusable model, no inputs), 3 the artifact failed its on-device self-check.
-Errors are one line on stderr, never a traceback: this is a tool people put in shell pipelines and
-cron jobs.
+Exit status: 0 every image succeeded, 1 some images failed (each reported, the rest completed) or
+the results could not be written (e.g. a full disk), 2 usage error (bad flags, unusable model, no
+inputs, unusable destinations: found before any image is processed), 3 the artifact failed its
+on-device self-check, 128+N killed by signal N (SIGINT, SIGTERM, SIGHUP; the answers so far are
+saved). Errors are one line on stderr, never a traceback: this is a tool people put in shell
+pipelines and cron jobs.
 """
 
 from __future__ import annotations
 
-import hashlib
+import errno
 import json
 import logging
 import os
+import signal
 import sys
 import time
+import warnings
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,10 +33,24 @@ from .backends.base import BackendUnavailable
 from .backends.onnxruntime import parse_device
 from .detector import MASKS_FOR, Detection, Detector, PreparedImage
 from .inputs import expand_inputs
-from .outputs import CsvOutput, JsonLinesOutput, read_csv_records, read_json_lines, save_mask_png, save_overlay_png
-from .preprocess import ImageLoadError, load_image
+from .outputs import (
+    ResultsUnwritable,
+    ResultTables,
+    TableBusy,
+    detection_record,
+    made_for_another_image,
+    save_mask_png,
+    save_overlay_png,
+    source_tag,
+)
+from .preprocess import DEFAULT_MAX_PIXELS, ImageLoadError, decode_image
 from .selfcheck import SelfCheckFailed
 from .selfcheck import self_check as run_self_check
+
+# A JPEG may be decoded at 1/2..1/8 scale while both sides stay >= this many times the model input:
+# the model's own resize still averages over >= 4x4 decoded pixels, and a 108 Mpx photo never
+# exists at full size in memory (see decode_image).
+DECODE_MARGIN = 4
 
 PROG = "maskclip-run"
 DEMO_DIR = Path(__file__).resolve().parent / "demo"
@@ -45,13 +64,23 @@ class UsageFailure(Exception):
 EXIT_SELF_CHECK_FAILED = 3
 
 
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP arrived: stop like after Ctrl-C (the answers so far are already saved).
+
+    A BaseException, like KeyboardInterrupt, so no per-image `except Exception` turns it into an image's error."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
 @dataclass
 class Decoded:
     """One input after the worker threads are done with it: decoded, hashed and prepared, or failed."""
 
     path: str
     sha256: str | None = None
-    image: Image.Image | None = None
+    image: Image.Image | None = None  # kept only when an overlay is drawn on it
     prepared: PreparedImage | None = None
     ms: float = 0.0
     error: str | None = None
@@ -68,8 +97,8 @@ def _check_device(ctx, param, value: str | None) -> str | None:
 
 @click.command(
     context_settings={"help_option_names": ["-h", "--help"]},
-    epilog="Exit status: 0 all images answered, 1 some images failed (each reported), 2 usage error, "
-    "3 the artifact failed its on-device self-check.",
+    epilog="Exit status: 0 all images answered, 1 some images failed (each reported) or the results could not be "
+    "written, 2 usage error, 3 the artifact failed its on-device self-check, 128+N stopped by signal N.",
 )
 @click.argument("images", nargs=-1)
 @click.option("--model", type=click.Path(), help="Artifact folder or manifest.json (default: embedded demo model).")
@@ -85,14 +114,28 @@ def _check_device(ctx, param, value: str | None) -> str | None:
 @click.option(
     "--masks-for",
     type=click.Choice(MASKS_FOR),
-    help="Which images get a mask: all, fake (those judged fake) or none. Default: all when --masks or "
+    help="Which images get a mask: all, fake (those not judged real) or none. Default: all when --masks or "
     "--overlays are asked (every image gets its files), else fake: without files a mask only gives "
     "mask_fraction, which is worth having for images judged fake, and a cascade artifact (maskclip-export "
     "--cascade) then skips the mask graphs for real images (about two thirds of the compute). Verdicts "
     "and fake_prob are the same whatever is chosen.",
 )
-@click.option("--resume", is_flag=True, help="Skip images answered in the --json file (failed ones retried); append.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar or notes on stderr (errors still shown).")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Skip images answered in the --json file by the same model, precision and threshold (failed ones retried).",
+)
+@click.option(
+    "--max-pixels",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_PIXELS,
+    show_default=True,
+    help="Refuse larger images (decompression-bomb guard); a 108 Mpx photo is 108000000.",
+)
+@click.option("--null", "-0", "null_separated", is_flag=True, help="Paths on stdin are NUL-separated (find -print0).")
+@click.option(
+    "--quiet", "-q", is_flag=True, help="No progress bar, notes or library chatter on stderr (errors still shown)."
+)
 @click.option(
     "--self-check",
     "self_check_only",
@@ -114,22 +157,95 @@ def main(ctx: click.Context, **options) -> None:
     handler = _StderrHandler()
     logger.addHandler(handler)
     try:
-        status = run(**options)
+        with _signals_stop_the_run(), _library_stderr_silenced(options["quiet"]), _pixel_limit(options["max_pixels"]):
+            status = run(**options)
     except SelfCheckFailed as exc:
         click.echo(f"{PROG}: error: {exc}", err=True)
         status = EXIT_SELF_CHECK_FAILED
     except UsageFailure as exc:
         click.echo(f"{PROG}: error: {exc}", err=True)
         status = 2
-    except KeyboardInterrupt:
-        click.echo(f"{PROG}: interrupted (results so far are saved; rerun with --resume)", err=True)
-        status = 130
+    except ResultsUnwritable as exc:
+        click.echo(
+            f"{PROG}: error: {exc} (the answers written so far are kept: fix this and rerun with --resume)", err=True
+        )
+        status = 1
+    except (KeyboardInterrupt, Terminated) as exc:
+        what = f"terminated by {exc}" if isinstance(exc, Terminated) else "interrupted"
+        click.echo(f"{PROG}: {what} (results so far are saved; rerun with --resume)", err=True)
+        status = 128 + (exc.signum if isinstance(exc, Terminated) else signal.SIGINT)
     except Exception as exc:  # a bug or an environment failure: still one line, never a traceback
         click.echo(f"{PROG}: error: {type(exc).__name__}: {exc}", err=True)
         status = 1
     finally:
         logger.removeHandler(handler)
     ctx.exit(status)
+
+
+@contextmanager
+def _signals_stop_the_run():
+    """SIGTERM and SIGHUP end the run like Ctrl-C: the images in flight finish or are dropped, the
+    tables are closed, and the exit status says which signal it was."""
+
+    def stop(signum, frame):
+        raise Terminated(signum)
+
+    try:
+        stopping = [signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])]  # no SIGHUP on Windows
+        previous = {signum: signal.signal(signum, stop) for signum in stopping}
+    except ValueError:  # not the main thread (embedded use): leave signals to the host program
+        previous = {}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+@contextmanager
+def _pixel_limit(max_pixels: int):
+    """Pillow's global decompression-bomb limit follows --max-pixels for the run (decode_image checks
+    --max-pixels itself; Pillow would otherwise refuse above twice its default, whatever was asked)."""
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
+@contextmanager
+def _library_stderr_silenced(quiet: bool):
+    """-q: what libraries print themselves goes to /dev/null: Python warnings, and the lines libtiff,
+    libjpeg or ONNX Runtime write straight to file descriptor 2. Our own messages keep the real stderr."""
+    if not quiet:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    ours = sys.stderr
+    if _fileno(sys.stderr) == 2:  # a real process: our stderr must move off descriptor 2 too
+        sys.stderr = open(saved, "w", encoding=ours.encoding, errors="backslashreplace", closefd=False)  # noqa: SIM115
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        if sys.stderr is not ours:
+            sys.stderr.flush()
+            sys.stderr = ours
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _fileno(stream) -> int | None:
+    try:
+        return stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return None
 
 
 class _StderrHandler(logging.Handler):
@@ -159,12 +275,16 @@ def run(
     masks: str | None,
     overlays: str | None,
     resume: bool,
+    max_pixels: int,
+    null_separated: bool,
     quiet: bool,
     self_check_only: bool = False,
     no_self_check: bool = False,
     strict: bool = False,
     masks_for: str | None = None,
 ) -> int:
+    if self_check_only and no_self_check:
+        raise UsageFailure("--self-check and --no-self-check contradict each other")
     if self_check_only:
         return _self_check_only(model, backend, device, threads, batch, strict, quiet)
     if resume and json_target == "-":
@@ -172,44 +292,46 @@ def run(
     if masks_for == "none" and (masks or overlays):
         raise UsageFailure("--masks-for none writes no masks: drop --masks/--overlays or pick all/fake")
     masks_for = masks_for or ("all" if masks or overlays else "fake")
-    paths = expand_inputs(images)
+    _check_destinations(json_target, csv_path, masks, overlays)
+    paths = expand_inputs(images, null_separated=null_separated)
     if not paths:
         raise UsageFailure("no input images (give files, folders, globs, or - to read paths from stdin)")
     detector = _open_detector(model, backend, device, threads, threshold, batch, quiet, not no_self_check, strict)
-    outputs = ImageOutputs(masks, overlays, _output_stems(paths))
-    done: list[dict] = []
-    if resume:
-        done = [r for r in read_json_lines(json_target) if "error" not in r]
-        finished = {r["path"] for r in done}
-        todo = [p for p in paths if p not in finished]
-        if not quiet:
-            click.echo(f"{PROG}: resuming: {len(paths) - len(todo)} of {len(paths)} images already done", err=True)
-        paths = todo
-    for folder in (masks, overlays):
-        try:
-            if folder:
-                Path(folder).mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UsageFailure(f"cannot create output folder: {exc}") from None
-
-    json_out, csv_out = _open_tables(json_target, csv_path, done)
-    failures = 0
-    started = time.perf_counter()
-    progress = tqdm(total=len(paths), disable=quiet or len(paths) <= 1, file=sys.stderr, unit="img", desc=PROG)
     try:
-        for record in _detect_all(detector, paths, outputs, masks_for):
-            if "error" in record:
-                failures += 1
-                progress.write(f"{PROG}: {record['error']}", file=sys.stderr)
-            json_out.write(record)
-            if csv_out:
-                csv_out.write(record)
-            progress.update()
+        tables = ResultTables(json_target, csv_path)
+    except TableBusy as exc:
+        detector.close()
+        raise UsageFailure(str(exc)) from None
+    except OSError as exc:
+        detector.close()
+        raise UsageFailure(f"cannot write results: {exc}") from None
+    failures = 0
+    try:
+        kept = _answers_to_keep(tables, detector, json_target) if resume else []
+        tables.start(kept)
+        outputs = ImageOutputs(masks, overlays, _output_stems(paths))
+        if resume:
+            answered = {os.path.realpath(r["path"]) for r in kept}
+            todo = [p for p in paths if os.path.realpath(p) not in answered]
+            if not quiet:
+                click.echo(f"{PROG}: resuming: {len(paths) - len(todo)} of {len(paths)} images already done", err=True)
+            paths = todo
+        started = time.perf_counter()
+        progress = tqdm(total=len(paths), disable=quiet or len(paths) <= 1, file=sys.stderr, unit="img", desc=PROG)
+        try:
+            decoding = DecodeOptions(
+                max_pixels, None if overlays else DECODE_MARGIN * detector.artifact.preprocess.size
+            )
+            for record in _detect_all(detector, paths, outputs, decoding, masks_for):
+                if "error" in record:
+                    failures += 1
+                    progress.write(f"{PROG}: {record['error']}", file=sys.stderr)
+                tables.write(record)
+                progress.update()
+        finally:
+            progress.close()
     finally:
-        progress.close()
-        json_out.close()
-        if csv_out:
-            csv_out.close()
+        tables.close()
         detector.close()
     if not quiet and len(paths) > 1:
         seconds = time.perf_counter() - started
@@ -220,21 +342,51 @@ def run(
     return 1 if failures else 0
 
 
-def _open_tables(json_target: str, csv_path: str | None, done: list[dict]):
-    """JSON lines (and CSV) outputs, seeded with the answers kept from an earlier run."""
-    finished = {r["path"] for r in done}
-    try:
-        json_out = JsonLinesOutput(json_target, keep=done)
-    except OSError as exc:
-        raise UsageFailure(f"cannot write results: {exc}") from None
-    if not csv_path:
-        return json_out, None
-    try:
-        kept_rows = [r for r in read_csv_records(csv_path) if r.get("path") in finished] if done else []
-        return json_out, CsvOutput(csv_path, keep=kept_rows)
-    except OSError as exc:
-        json_out.discard()
-        raise UsageFailure(f"cannot write results: {exc}") from None
+def _check_destinations(json_target: str, csv_path: str | None, masks: str | None, overlays: str | None) -> None:
+    """Every output must be writable before the first image is processed, not found unusable after the last."""
+    tables = [path for path in (None if json_target == "-" else json_target, csv_path) if path]
+    if len(tables) == 2 and os.path.realpath(tables[0]) == os.path.realpath(tables[1]):
+        raise UsageFailure(f"--json and --csv name the same file ({csv_path}); give two different files")
+    for path in tables:
+        folder = os.path.dirname(os.path.abspath(path))
+        if os.path.isdir(path):
+            raise UsageFailure(f"cannot write results to {path}: it is a folder")
+        if not os.path.isdir(folder):
+            raise UsageFailure(f"cannot write results to {path}: folder {folder} does not exist")
+        if not os.access(path if os.path.exists(path) else folder, os.W_OK):
+            raise UsageFailure(f"cannot write results to {path}: permission denied")
+    for folder in (masks, overlays):
+        if not folder:
+            continue
+        try:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageFailure(f"cannot create output folder: {exc}") from None
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise UsageFailure(f"cannot write into output folder {folder}: permission denied")
+
+
+def _answers_to_keep(tables: ResultTables, detector: Detector, json_target: str) -> list[dict]:
+    """The earlier run's answers that --resume keeps: successful ones, one per file (failed ones are retried).
+
+    Answers made with another model, precision or threshold are not mixed into this run's table:
+    the run is refused and the file left as it is."""
+    kept: dict[str, dict] = {}
+    for record in tables.previous_records():
+        if "error" in record:
+            continue
+        made_with = (
+            record.get("model_id"),
+            record.get("precision", detector.artifact.precision),
+            record.get("threshold"),
+        )
+        if made_with != (detector.model_id, detector.artifact.precision, detector.threshold):
+            raise UsageFailure(
+                f"{json_target} holds answers made with model {made_with[0]}, precision {made_with[1]}, threshold "
+                f"{made_with[2]}; --resume only continues a run with the same ones (use another --json file)"
+            )
+        kept.setdefault(os.path.realpath(record["path"]), record)
+    return list(kept.values())
 
 
 def _self_check_only(model, backend, device, threads, batch, strict, quiet) -> int:
@@ -263,7 +415,7 @@ def _open_detector(
         if not quiet:
             click.echo(f"{PROG}: {DEMO_NOTE}", err=True)
     try:
-        return Detector(
+        detector = Detector(
             model,
             backend=backend,
             device=device,
@@ -277,24 +429,52 @@ def _open_detector(
         raise
     except (ArtifactError, BackendUnavailable, ValueError) as exc:
         raise UsageFailure(str(exc)) from None
+    if batch is not None and batch != detector.batch_size and not quiet:
+        profile = detector.artifact.batch
+        limit = f"at most {profile.max}" if profile.dynamic else f"exactly {profile.max} (a fixed-batch export)"
+        click.echo(
+            f"{PROG}: note: --batch {batch}: this artifact runs {limit} images per pass; using {detector.batch_size}",
+            err=True,
+        )
+    return detector
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    max_pixels: int
+    reduce_to: int | None  # see decode_image; None when the full-size photo is needed (overlays)
 
 
 @dataclass(frozen=True)
 class ImageOutputs:
-    """Where the per-image PNGs go: mask and overlay folders (None = not written) and each input's file stem."""
+    """Where the per-image PNGs go: mask and overlay folders (None = not written) and each input's file stem.
+
+    A PNG of that name made for another image (an earlier run on another folder) is never overwritten:
+    the new one gets the input's path hash in its name instead."""
 
     masks: str | None
     overlays: str | None
     stems: dict[str, str]
 
     def mask_path(self, path: str) -> str | None:
-        return os.path.join(self.masks, f"{self.stems[path]}_mask.png") if self.masks else None
+        return self._png_path(self.masks, path, "mask")
 
     def overlay_path(self, path: str) -> str | None:
-        return os.path.join(self.overlays, f"{self.stems[path]}_overlay.png") if self.overlays else None
+        return self._png_path(self.overlays, path, "overlay")
+
+    def _png_path(self, folder: str | None, path: str, kind: str) -> str | None:
+        if not folder:
+            return None
+        stem = self.stems[path]
+        png = os.path.join(folder, f"{stem}_{kind}.png")
+        if made_for_another_image(png, path):
+            png = os.path.join(folder, f"{stem}-{source_tag(path)[:8]}_{kind}.png")
+        return png
 
 
-def _detect_all(detector: Detector, paths: list[str], outputs: ImageOutputs, masks_for: str = "all"):
+def _detect_all(
+    detector: Detector, paths: list[str], outputs: ImageOutputs, decoding: DecodeOptions, masks_for: str = "all"
+):
     """Yield one record per path, in input order.
 
     A small thread pool keeps the model busy: while batch k is inferred, workers decode batch k+1
@@ -304,28 +484,29 @@ def _detect_all(detector: Detector, paths: list[str], outputs: ImageOutputs, mas
     chunks = [paths[i : i + size] for i in range(0, len(paths), size)]
     workers = max(2, min(4, os.cpu_count() or 2))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="maskclip-io") as pool:
-        decoding: list[Future] = [pool.submit(_decode, p, detector) for p in chunks[0]] if chunks else []
+        decoding_now: list[Future] = [pool.submit(_decode, p, detector, decoding) for p in chunks[0]] if chunks else []
         writing: list[Future] = []
         for index in range(len(chunks)):
-            decoded = [f.result() for f in decoding]
+            decoded = [f.result() for f in decoding_now]
             following = chunks[index + 1] if index + 1 < len(chunks) else []
-            decoding = [pool.submit(_decode, p, detector) for p in following]
+            decoding_now = [pool.submit(_decode, p, detector, decoding) for p in following]
             answers = _infer(detector, decoded, masks_for)
             yield from (f.result() for f in writing)
             writing = [pool.submit(_finish, detector, item, detection, outputs) for item, detection in answers]
         yield from (f.result() for f in writing)
 
 
-def _decode(path: str, detector: Detector) -> Decoded:
+def _decode(path: str, detector: Detector, decoding: DecodeOptions) -> Decoded:
     start = time.perf_counter()
     try:
-        image = load_image(path)
+        decoded = decode_image(path, decoding.max_pixels, decoding.reduce_to)
         sha256 = file_sha256(path)
-        prepared = detector.prepare(image)
+        prepared = detector.prepare(decoded.image, size=(decoded.width, decoded.height))
     except ImageLoadError as exc:
         return Decoded(path, error=str(exc))
-    except (OSError, ValueError, MemoryError) as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever fails here fails this image only
         return Decoded(path, error=f"{path}: {type(exc).__name__}: {exc}")
+    image = decoded.image if decoding.reduce_to is None else None
     return Decoded(path, sha256, image, prepared, ms=(time.perf_counter() - start) * 1e3 - prepared.ms)
 
 
@@ -343,40 +524,30 @@ def _infer(detector: Detector, chunk: list[Decoded], masks_for: str) -> list[tup
     return [(d, answers.get(id(d))) for d in chunk]
 
 
+# A full disk or quota is not this image's fault: every following image would fail the same way.
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
 def _finish(detector: Detector, decoded: Decoded, detection: Detection | None, outputs: ImageOutputs) -> dict:
     """Resize the mask, write the image's PNGs and return its JSON record (or its error record)."""
     if detection is None:
         return {"path": decoded.path, "error": decoded.error}
     start = time.perf_counter()
-    fraction = detection.mask_fraction  # resizes the mask to the photo's size, here in a worker thread
     mask_path, overlay_path = None, None
     if detection.mask_computed:  # --masks-for fake: an image judged real has no mask to write
         mask_path, overlay_path = outputs.mask_path(decoded.path), outputs.overlay_path(decoded.path)
     try:
         if mask_path:
-            save_mask_png(detection.mask, mask_path)
+            save_mask_png(detection.mask, mask_path, source=decoded.path)
         if overlay_path:
-            save_overlay_png(decoded.image, detection.mask, overlay_path)
+            save_overlay_png(decoded.image, detection.mask, overlay_path, source=decoded.path)
     except OSError as exc:
+        if exc.errno in _DISK_FULL:
+            raise ResultsUnwritable(f"cannot write {mask_path or overlay_path}: {exc.strerror}") from None
         return {"path": decoded.path, "error": f"{decoded.path}: cannot write outputs: {exc}"}
     finishing_ms = (time.perf_counter() - start) * 1e3
-    return {
-        "path": decoded.path,
-        "sha256": decoded.sha256,
-        "width": detection.width,
-        "height": detection.height,
-        "fake_prob": round(detection.fake_prob, 6),
-        "verdict": detection.verdict,
-        "threshold": detection.threshold,
-        "mask_fraction": None if fraction is None else round(fraction, 6),
-        "mask_computed": detection.mask_computed,
-        "mask": mask_path,
-        "overlay": overlay_path,
-        "backend": detector.backend,
-        "model_id": detector.model_id,
-        "self_check": detector.self_check.status,
-        "ms": round(decoded.ms + detection.ms + finishing_ms, 2),
-    }
+    ms = decoded.ms + detection.ms + finishing_ms
+    return detection_record(decoded.path, decoded.sha256, detection, detector, ms, mask_path, overlay_path)
 
 
 def _output_stems(paths: list[str]) -> dict[str, str]:
@@ -386,6 +557,6 @@ def _output_stems(paths: list[str]) -> dict[str, str]:
     for path in paths:
         stem = Path(path).stem
         if counts[stem] > 1:
-            stem = f"{stem}-{hashlib.sha1(path.encode()).hexdigest()[:8]}"
+            stem = f"{stem}-{source_tag(path)[:8]}"
         stems[path] = stem
     return stems

@@ -17,7 +17,7 @@ import importlib.util
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import numpy as np
@@ -25,6 +25,7 @@ from PIL import Image
 
 from .artifact import Artifact, ArtifactError, load_artifact
 from .backends.base import BackendUnavailable, Runner
+from .calibration import PLAIN_OPERATING_POINT
 from .host import current_host
 from .preprocess import resize_and_normalize, resize_probability_map
 from .selfcheck import SelfCheckResult
@@ -45,13 +46,21 @@ class Detection:
     An image left out by `masks_for` has no mask (model_mask, mask and mask_fraction are None).
     """
 
-    fake_prob: float  # probability that the image contains generated content
-    verdict: str  # "fake" when fake_prob > threshold, else "real"
-    threshold: float
+    fake_prob: float  # probability that the image contains generated content (raw softmax)
+    verdict: str  # plain: "fake" when fake_prob > threshold, else "real"; calibrated: real/uncertain/fake
+    threshold: float  # plain verdict and mask threshold
     width: int
     height: int
     ms: float  # this image's share of the wall time: preprocess + inference
     model_mask: np.ndarray | None  # float32 [S, S] as the model produced it; None: not asked for
+    calibrated_prob: float | None = None  # temperature-scaled fake_prob, when the artifact has a calibration
+    operating_point: str = PLAIN_OPERATING_POINT  # what decided the verdict
+    band: tuple[float, float] | None = None  # calibrated (real <=, fake >) thresholds of a calibrated verdict
+
+    @property
+    def verdict_threshold(self) -> float:
+        """The threshold above which the verdict is "fake" (on calibrated_prob when calibrated)."""
+        return self.band[1] if self.band else self.threshold
 
     @property
     def mask_computed(self) -> bool:
@@ -112,6 +121,9 @@ class Detector:
             raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
         self.artifact: Artifact = load_artifact(path)
         self.threshold = self.artifact.threshold if threshold is None else float(threshold)
+        # An explicit threshold replaces the calibrated operating point (calibrated_prob is still given).
+        self.calibration = self.artifact.calibration
+        self.calibrated_verdicts = self.calibration is not None and threshold is None
         self.batch_size = _batch_size(self.artifact, batch)
         self.device = device or "default"
         self._runners = _build_runners(self.artifact, backend, device, threads)
@@ -140,17 +152,21 @@ class Detector:
         """True when the verdict comes from graphs that do not make the mask (masks can be skipped)."""
         return self._screen_graphs < len(self._runners)
 
-    def prepare(self, image: Image.Image) -> PreparedImage:
-        """Resize and normalise one image; safe to call from worker threads."""
+    def prepare(self, image: Image.Image, size: tuple[int, int] | None = None) -> PreparedImage:
+        """Resize and normalise one image; safe to call from worker threads.
+
+        size: (width, height) the mask is returned at, when the image was decoded at reduced size."""
         start = time.perf_counter()
         tensor = resize_and_normalize(image, self.artifact.preprocess)
-        return PreparedImage(tensor, image.width, image.height, (time.perf_counter() - start) * 1e3)
+        width, height = size or image.size
+        return PreparedImage(tensor, width, height, (time.perf_counter() - start) * 1e3)
 
     def detect(self, images: list[Image.Image], masks_for: str = "all") -> list[Detection]:
         """RGB PIL images (any sizes, any number) -> one Detection per image, in order.
 
-        masks_for: "all", "fake" (only images whose verdict is fake get a mask) or "none". On a cascade
-        artifact the images left out skip the localise graph; elsewhere they only skip the mask resize.
+        masks_for: "all", "fake" (only images not judged real get a mask: "fake", and "uncertain" under a
+        calibrated verdict) or "none". On a cascade artifact the images left out skip the localise graph;
+        elsewhere they only skip the mask resize.
         """
         return self.detect_prepared([self.prepare(image) for image in images], masks_for)
 
@@ -163,17 +179,20 @@ class Detector:
             began = time.perf_counter()
             fake_prob, tensors = self.screen(np.stack([p.tensor for p in chunk]))
             screened = time.perf_counter()
-            # float(): the verdict's float64 comparison (a float32 one would round the threshold first)
-            verdicts = [self._verdict(float(p)) for p in fake_prob]
-            rows = [i for i, v in enumerate(verdicts) if masks_for == "all" or (masks_for == "fake" and v == "fake")]
-            masks = dict(zip(rows, self.localise(tensors, rows), strict=True)) if rows else {}
             # Each image shares the screen's time; the localise time is shared by the images it masked.
             screen_ms = (screened - began) * 1e3 / len(chunk)
-            localise_ms = (time.perf_counter() - screened) * 1e3 / max(1, len(rows))
-            for i, (item, prob) in enumerate(zip(chunk, fake_prob, strict=True)):
-                mask = masks.get(i)
-                ms = screen_ms + (localise_ms if mask is not None else 0.0)
-                detections.append(self._detection(item, float(prob), mask, ms))
+            answers = [
+                self._detection(item, float(p), None, screen_ms) for item, p in zip(chunk, fake_prob, strict=True)
+            ]
+            rows = [
+                i for i, a in enumerate(answers) if masks_for == "all" or (masks_for == "fake" and a.verdict != "real")
+            ]
+            if rows:
+                masks = self.localise(tensors, rows)
+                localise_ms = (time.perf_counter() - screened) * 1e3 / len(rows)
+                for i, mask in zip(rows, masks, strict=True):
+                    answers[i] = replace(answers[i], model_mask=mask, ms=answers[i].ms + localise_ms)
+            detections += answers
         return detections
 
     def forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -225,12 +244,18 @@ class Detector:
             tensors.update(runner.infer({name: tensors[name] for name in runner.input_names}))
         return tensors
 
-    def _verdict(self, fake_prob: float) -> str:
-        return "fake" if fake_prob > self.threshold else "real"
-
     def _detection(self, item: PreparedImage, fake_prob: float, mask: np.ndarray | None, shared_ms: float) -> Detection:
+        verdict = "fake" if fake_prob > self.threshold else "real"
+        ms = item.ms + shared_ms
+        if self.calibration is None:
+            return Detection(fake_prob, verdict, self.threshold, item.width, item.height, ms, mask)
+        calibrated = float(self.calibration.calibrate(fake_prob))
+        operating_point, band = PLAIN_OPERATING_POINT, None
+        if self.calibrated_verdicts:
+            verdict = str(self.calibration.verdicts(calibrated))
+            operating_point, band = self.calibration.fake_point, self.calibration.band
         return Detection(
-            fake_prob, self._verdict(fake_prob), self.threshold, item.width, item.height, item.ms + shared_ms, mask
+            fake_prob, verdict, self.threshold, item.width, item.height, ms, mask, calibrated, operating_point, band
         )
 
     def close(self) -> None:

@@ -1,100 +1,109 @@
-"""TensorRT engine files with a metadata header in front of the plan.
+"""TensorRT engine files: a plain plan plus its metadata in a JSON sidecar.
 
-Layout: magic b"MCLIPTRT" | uint32 little-endian JSON length | UTF-8 JSON header | TensorRT plan bytes.
+Layout: `model.fp16.engine` holds exactly what TensorRT serialised, so stock loaders (trtexec
+`--loadEngine`, Triton's tensorrt backend) take it as it is; `model.fp16.engine.json` beside it says
+what the plan was built with and for (TensorRT version, GPU, compute capability, precision, profile,
+the hashes of the graphs it came from) and holds the plan's sha256.
 
 A plan only runs on the TensorRT version and GPU it was built for, and TensorRT's own error for a
-mismatch is an opaque deserialisation failure; the header lets the runtime refuse with a message
-that says what was built where. No torch, no numpy, no TensorRT: readable anywhere.
+mismatch is an opaque deserialisation failure; the sidecar lets the runtime refuse with one line that
+says what was built where, and the plan hash ties the two files together (a plan without its sidecar,
+or with another plan's, is refused). No torch, no numpy, no TensorRT: readable anywhere.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import struct
 import tempfile
 from pathlib import Path
 
-MAGIC = b"MCLIPTRT"
-_LENGTH = struct.Struct("<I")
-PREFIX_BYTES = len(MAGIC) + _LENGTH.size
-# Headers hold a few hundred bytes of metadata; a larger length means a corrupt or foreign file.
-MAX_HEADER_BYTES = 1 << 20
+SIDECAR_SUFFIX = ".json"
+FORMAT = "maskclip-trt-engine"
+# Sidecars hold a few hundred bytes of metadata; a larger one is a corrupt or foreign file.
+MAX_SIDECAR_BYTES = 1 << 20
 REQUIRED_KEYS = ("tensorrt_version", "gpu_name", "compute_capability", "precision", "profile")
 
 
 class EngineFileError(ValueError):
-    """The file is not a well-formed maskclip engine file; the message names the file."""
+    """The engine or its sidecar is missing, malformed or do not belong together; the message names the file."""
 
 
 class EngineIncompatibleError(RuntimeError):
     """The engine was built for another TensorRT version or GPU and must be rebuilt here."""
 
 
-def write_engine(path: str | os.PathLike, header: dict, plan: bytes) -> None:
-    """Write header + plan atomically (temp file in the same folder, then os.replace)."""
-    missing = [key for key in REQUIRED_KEYS if key not in header]
-    if missing:
-        raise ValueError(f"engine header lacks {', '.join(missing)}")
-    if not plan:
-        raise ValueError("refusing to write an engine with an empty plan")
-    encoded = json.dumps(header, sort_keys=True).encode("utf-8")
-    if len(encoded) > MAX_HEADER_BYTES:
-        raise ValueError(f"engine header is {len(encoded)} bytes, more than the {MAX_HEADER_BYTES} allowed")
-    path = Path(path)
+def sidecar_path(engine_path: str | os.PathLike) -> Path:
+    """model.fp16.engine -> model.fp16.engine.json"""
+    path = Path(engine_path)
+    return path.with_name(path.name + SIDECAR_SUFFIX)
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write a file through a temp file in the same folder and os.replace: readers see old or new, never half."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(MAGIC)
-            f.write(_LENGTH.pack(len(encoded)))
-            f.write(encoded)
-            f.write(plan)
+            f.write(data)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def read_engine_header(path: str | os.PathLike) -> tuple[dict, int]:
-    """Return (header, offset of the plan in the file); raise EngineFileError for anything malformed."""
-    path = Path(path)
-    size = path.stat().st_size
-    with path.open("rb") as f:
-        prefix = f.read(PREFIX_BYTES)
-        if len(prefix) < len(MAGIC) or prefix[: len(MAGIC)] != MAGIC:
-            raise EngineFileError(
-                f"{path}: not a maskclip engine file (no {MAGIC.decode()} header); "
-                "rebuild it with `maskclip-export --trt`"
-            )
-        if len(prefix) < PREFIX_BYTES:
-            raise EngineFileError(f"{path}: truncated engine file (header length missing)")
-        (length,) = _LENGTH.unpack(prefix[len(MAGIC) :])
-        if length > MAX_HEADER_BYTES:
-            raise EngineFileError(f"{path}: header length {length} exceeds {MAX_HEADER_BYTES} bytes (corrupt file)")
-        raw = f.read(length)
-    if len(raw) < length:
-        raise EngineFileError(f"{path}: truncated engine file (header is {len(raw)} of {length} bytes)")
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise EngineFileError(f"{path}: engine header is not valid UTF-8 JSON ({err})") from err
-    if not isinstance(header, dict):
-        raise EngineFileError(f"{path}: engine header is not a JSON object")
-    missing = [key for key in REQUIRED_KEYS if key not in header]
+def write_engine(path: str | os.PathLike, metadata: dict, plan: bytes) -> None:
+    """Write the plan and its sidecar (plan hash added), each atomically; the sidecar last, so a reader
+    never pairs a new sidecar with an old plan."""
+    missing = [key for key in REQUIRED_KEYS if key not in metadata]
     if missing:
-        raise EngineFileError(f"{path}: engine header lacks {', '.join(missing)}")
-    offset = PREFIX_BYTES + length
-    if size <= offset:
-        raise EngineFileError(f"{path}: truncated engine file (no plan after the header)")
-    return header, offset
+        raise ValueError(f"engine metadata lacks {', '.join(missing)}")
+    if not plan:
+        raise ValueError("refusing to write an engine with an empty plan")
+    sidecar = {"format": FORMAT, **metadata, "plan_sha256": hashlib.sha256(plan).hexdigest()}
+    encoded = json.dumps(sidecar, indent=2, sort_keys=True).encode("utf-8")
+    if len(encoded) > MAX_SIDECAR_BYTES:
+        raise ValueError(f"engine metadata is {len(encoded)} bytes, more than the {MAX_SIDECAR_BYTES} allowed")
+    path = Path(path)
+    write_bytes_atomic(path, plan)
+    write_bytes_atomic(sidecar_path(path), encoded)
 
 
-def read_plan(path: str | os.PathLike) -> bytes:
-    """The TensorRT plan bytes that follow the header."""
-    _, offset = read_engine_header(path)
-    with Path(path).open("rb") as f:
-        f.seek(offset)
-        return f.read()
+def read_engine_metadata(path: str | os.PathLike) -> dict:
+    """The sidecar of an engine file; EngineFileError when it is missing or malformed."""
+    path = Path(path)
+    sidecar = sidecar_path(path)
+    if not path.is_file():
+        raise EngineFileError(f"{path}: no such engine file")
+    if not sidecar.is_file():
+        raise EngineFileError(
+            f"{path}: no {sidecar.name} beside it (the metadata that says what the plan was built for); "
+            "rebuild it with `maskclip-export --trt`"
+        )
+    if sidecar.stat().st_size > MAX_SIDECAR_BYTES:
+        raise EngineFileError(f"{sidecar}: larger than {MAX_SIDECAR_BYTES} bytes (not an engine sidecar)")
+    try:
+        metadata = json.loads(sidecar.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise EngineFileError(f"{sidecar}: not valid UTF-8 JSON ({err})") from err
+    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
+        raise EngineFileError(f"{sidecar}: not a maskclip engine sidecar (format is not {FORMAT!r})")
+    missing = [key for key in (*REQUIRED_KEYS, "plan_sha256") if key not in metadata]
+    if missing:
+        raise EngineFileError(f"{sidecar}: lacks {', '.join(missing)}")
+    return metadata
+
+
+def read_plan(path: str | os.PathLike, metadata: dict | None = None) -> bytes:
+    """The plan bytes, checked against the sidecar's plan_sha256 (read from the sidecar when not given)."""
+    metadata = metadata if metadata is not None else read_engine_metadata(path)
+    plan = Path(path).read_bytes()
+    if hashlib.sha256(plan).hexdigest() != str(metadata["plan_sha256"]).lower():
+        raise EngineFileError(
+            f"{path}: the plan's sha256 differs from its sidecar's (replaced or corrupted plan, or another "
+            "engine's sidecar); rebuild it with `maskclip-export --trt`"
+        )
+    return plan
 
 
 def _major_minor(version: str) -> tuple[int, int]:
@@ -118,18 +127,18 @@ def normalize_compute_capability(cc: str | tuple[int, int] | list[int]) -> str:
 
 
 def check_engine_compatible(
-    header: dict, trt_version: str, gpu_name: str, compute_capability: str | tuple[int, int]
+    metadata: dict, trt_version: str, gpu_name: str, compute_capability: str | tuple[int, int]
 ) -> None:
     """Raise EngineIncompatibleError unless the engine was built with this TensorRT major.minor on this GPU."""
-    built_version = header["tensorrt_version"]
+    built_version = metadata["tensorrt_version"]
     if _major_minor(built_version) != _major_minor(trt_version):
         raise EngineIncompatibleError(
             f"engine built with TensorRT {built_version} but TensorRT {trt_version} is installed; "
             "plans are not portable across versions: rebuild it here with `maskclip-export --trt`"
         )
-    built_cc = normalize_compute_capability(header["compute_capability"])
+    built_cc = normalize_compute_capability(metadata["compute_capability"])
     here_cc = normalize_compute_capability(compute_capability)
-    built_gpu = header["gpu_name"]
+    built_gpu = metadata["gpu_name"]
     if built_cc != here_cc or built_gpu != gpu_name:
         raise EngineIncompatibleError(
             f"engine built for {built_gpu} (compute capability {built_cc}) but this GPU is {gpu_name} "

@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TextIO
+from typing import IO
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".pbm", ".jp2"}
@@ -22,13 +22,17 @@ IMAGE_EXTENSIONS = frozenset(
 _GLOB_CHARS = frozenset("*?[")
 
 
-def expand_inputs(arguments: Iterable[str], stdin: TextIO | None = None) -> list[str]:
-    """Files, folders (recursive), globs and "-" (one path per line on stdin) -> unique paths, in order."""
+def expand_inputs(arguments: Iterable[str], stdin: IO | None = None, null_separated: bool = False) -> list[str]:
+    """Files, folders (recursive), globs and "-" (paths on stdin) -> unique paths, in order.
+
+    stdin holds one path per line, or NUL-separated ones with null_separated (find -print0); a name
+    is taken exactly as given, spaces included, and undecodable bytes come through surrogateescape
+    like in argv. Two spellings of one file (a.jpg, ./a.jpg, a symlink) count once: the first.
+    """
     paths: list[str] = []
     for argument in arguments:
         if argument == "-":
-            lines = (stdin or sys.stdin).read().splitlines()
-            paths.extend(line.strip() for line in lines if line.strip())
+            paths.extend(_stdin_paths(stdin or sys.stdin, null_separated))
         elif os.path.isdir(argument):
             paths.extend(images_in_folder(argument))
         elif not os.path.exists(argument) and _GLOB_CHARS & set(argument):
@@ -39,7 +43,21 @@ def expand_inputs(arguments: Iterable[str], stdin: TextIO | None = None) -> list
                 paths.append(argument)  # reported later as "no such file"
         else:
             paths.append(argument)
-    return list(dict.fromkeys(paths))
+    unique: dict[str, str] = {}
+    for path in paths:
+        unique.setdefault(os.path.realpath(path), path)
+    return list(unique.values())
+
+
+def _stdin_paths(stream: IO, null_separated: bool) -> list[str]:
+    binary = getattr(stream, "buffer", None)
+    data = binary.read() if binary is not None else stream.read()
+    if isinstance(data, bytes):
+        data = os.fsdecode(data)
+    if null_separated:
+        return [name for name in data.split("\0") if name]
+    # Lines as given; only a Windows line end is dropped, so "photo .jpg" keeps its space.
+    return [line.removesuffix("\r") for line in data.split("\n") if line.strip()]
 
 
 def images_in_folder(folder: str | os.PathLike) -> list[str]:

@@ -16,6 +16,7 @@ Resize methods (RESIZE_METHODS):
 
 from __future__ import annotations
 
+import io
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -28,12 +29,24 @@ from PIL import Image, ImageOps
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
-# Pillow's own decompression-bomb limit (about 89.5 Mpx) is kept; we only make it explicit.
-MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS
+# The largest image decoded by default: Pillow's own hard decompression-bomb limit (about 179 Mpx),
+# made explicit. Pillow only warns between half of it and it, where real photos lie (a 108 Mpx phone
+# shot is 12000 x 9000); maskclip-run's --max-pixels moves it either way.
+DEFAULT_MAX_PIXELS = 178_956_970  # 2 x Pillow's default Image.MAX_IMAGE_PIXELS
+
+# Only JPEGs above this size are decoded at reduced scale (decode_image's reduce_to): below it the
+# full decode costs at most ~100 MB, and every smaller photo takes exactly the path the model was
+# verified on.
+LARGE_IMAGE_PIXELS = 24_000_000
+MASK_STRIP_ROWS = 512
 
 
 class ImageLoadError(ValueError):
     """An input file that is not a usable image; the message names the file."""
+
+
+class UnknownImageFormat(ImageLoadError):
+    """The bytes are in no format Pillow reads (an HTTP server answers 415 rather than 400)."""
 
 
 # OpenCV's INTER_LINEAR weights for 8-bit images are integers scaled by 2**11 (INTER_RESIZE_COEF_BITS).
@@ -182,11 +195,31 @@ def to_rgb8(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """Decode a file to an upright 8-bit RGB PIL image, or raise ImageLoadError naming the file.
+@dataclass(frozen=True)
+class DecodedImage:
+    """An upright 8-bit RGB image and the size it is displayed at (larger when decoded at reduced size)."""
+
+    image: Image.Image
+    width: int
+    height: int
+
+
+def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode a file to an upright 8-bit RGB PIL image, or raise ImageLoadError naming the file."""
+    return decode_image(path, max_pixels).image
+
+
+def decode_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, reduce_to: int | None = None) -> DecodedImage:
+    """Decode a file to an upright 8-bit RGB image, or raise ImageLoadError naming the file.
 
     EXIF orientation is applied (phones store rotated pixels), so a returned mask lines up with
-    what a viewer shows. Pillow's decompression-bomb limit stays on and is reported clearly.
+    what a viewer shows. Images over `max_pixels` are refused from their header, before decoding
+    (above Pillow's own limit, set Image.MAX_IMAGE_PIXELS too). reduce_to: a JPEG over
+    LARGE_IMAGE_PIXELS may be decoded at 1/2, 1/4 or 1/8 scale as long as both sides stay >= reduce_to
+    (done inside the decoder, so the full-size pixels never exist in memory); the returned
+    width/height stay the displayed size.
+    Any failure of the decoder, whatever it raises (corrupt EXIF gives struct.error or TypeError),
+    is this file's ImageLoadError: one bad file must not stop a batch.
     """
     path = Path(path)
     if not path.exists():
@@ -195,25 +228,63 @@ def load_image(path: str | Path) -> Image.Image:
         raise ImageLoadError(f"{path}: is a folder, not an image")
     if path.stat().st_size == 0:
         raise ImageLoadError(f"{path}: empty file")
+    return _decode(path, str(path), max_pixels, reduce_to)
+
+
+def decode_bytes(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """decode_image for bytes already in memory (an HTTP upload); `name` stands for the file in messages."""
+    if not data:
+        raise ImageLoadError(f"{name}: empty file")
+    return _decode(io.BytesIO(data), name, max_pixels, None).image
+
+
+def _decode(source: Path | io.BytesIO, name: str, max_pixels: int, reduce_to: int | None) -> DecodedImage:
     try:
         with warnings.catch_warnings():
-            # DecompressionBombWarning (between 1x and 2x the limit) becomes an error here too.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            # Our explicit limit below replaces Pillow's warning zone; a corrupt file's UserWarning
+            # (e.g. "Corrupt EXIF data") says nothing the result or the error does not.
+            warnings.simplefilter("ignore")
+            with Image.open(source) as img:
+                width, height = img.size
+                if width * height > max_pixels:
+                    raise ImageLoadError(
+                        f"{name}: refused, {width}x{height} is more than the {max_pixels:,}-pixel "
+                        f"decompression-bomb limit (raise it with --max-pixels)"
+                    )
+                if reduce_to and img.format == "JPEG" and width * height > LARGE_IMAGE_PIXELS:
+                    img.draft(img.mode, (reduce_to, reduce_to))
                 img.load()
-                img = ImageOps.exif_transpose(img)
-                rgb = to_rgb8(img)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageLoadError(
-            f"{path}: refused, image is larger than the {MAX_IMAGE_PIXELS:,}-pixel decompression-bomb limit ({exc})"
-        ) from None
+                upright = ImageOps.exif_transpose(img)
+                if upright.size != img.size:  # rotated by 90 or 270 degrees
+                    width, height = height, width
+                rgb = to_rgb8(upright)
+    except ImageLoadError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise ImageLoadError(f"{name}: refused by Pillow's decompression-bomb limit ({exc})") from None
     except Image.UnidentifiedImageError:
-        raise ImageLoadError(f"{path}: not a readable image (unknown format)") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageLoadError(f"{path}: cannot decode image ({exc})") from None
+        raise UnknownImageFormat(f"{name}: not a readable image (unknown format)") from None
+    except MemoryError:
+        raise ImageLoadError(f"{name}: not enough memory to decode this image") from None
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is this image's error (see decode_image)
+        raise ImageLoadError(f"{name}: cannot decode image ({type(exc).__name__}: {exc})") from None
     if min(rgb.size) < 1:
-        raise ImageLoadError(f"{path}: image has no pixels")
-    return rgb
+        raise ImageLoadError(f"{name}: image has no pixels")
+    return DecodedImage(rgb, width, height)
+
+
+def resize_rgb8(image: Image.Image | np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """RGB uint8 image (PIL or HxWx3 array) -> uint8 [size, size, 3] with spec.resize: the resize half of
+    resize_and_normalize, what a client of a graph with the normalisation baked in (maskclip-triton
+    --raw-input) sends."""
+    if isinstance(image, np.ndarray):
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"expected an HxWx3 uint8 array, got {image.shape} {image.dtype}")
+    else:
+        image = np.asarray(image if image.mode == "RGB" else to_rgb8(image))
+    if image.shape[:2] != (spec.size, spec.size):
+        image = RESIZE_METHODS[spec.resize].image(np.ascontiguousarray(image), spec.size, spec.size)
+    return image
 
 
 def resize_and_normalize(image: Image.Image | np.ndarray, spec: PreprocessSpec) -> np.ndarray:
@@ -222,14 +293,7 @@ def resize_and_normalize(image: Image.Image | np.ndarray, spec: PreprocessSpec) 
     Plain resize to a square (no padding, no aspect preservation) with spec.resize, in uint8 (as
     the authors resize before normalising).
     """
-    if isinstance(image, np.ndarray):
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"expected an HxWx3 uint8 array, got {image.shape} {image.dtype}")
-    else:
-        image = np.asarray(image if image.mode == "RGB" else to_rgb8(image))
-    if image.shape[:2] != (spec.size, spec.size):
-        image = RESIZE_METHODS[spec.resize].image(np.ascontiguousarray(image), spec.size, spec.size)
-    x = image.astype(np.float32) * np.float32(spec.scale)  # [S,S,3] in 0..1
+    x = resize_rgb8(image, spec).astype(np.float32) * np.float32(spec.scale)  # [S,S,3] in 0..1
     x = (x - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
     return np.ascontiguousarray(x.transpose(2, 0, 1))  # [3,S,S]
 
@@ -248,7 +312,21 @@ def preprocess_batch(images: list[Image.Image | np.ndarray], spec: PreprocessSpe
 
 def resize_probability_map(prob: np.ndarray, width: int, height: int) -> np.ndarray:
     """Probability map [h,w] float -> [height,width] float32 (bilinear), to return masks at original size."""
-    img = Image.fromarray(np.asarray(prob, dtype=np.float32), mode="F")
-    if img.size != (width, height):
-        img = img.resize((width, height), Image.Resampling.BILINEAR)
-    return np.clip(np.asarray(img, dtype=np.float32), 0.0, 1.0)
+    prob = np.asarray(prob, dtype=np.float32)
+    if width * height <= LARGE_IMAGE_PIXELS:
+        img = Image.fromarray(prob, mode="F")
+        if img.size != (width, height):
+            img = img.resize((width, height), Image.Resampling.BILINEAR)
+        return np.clip(np.asarray(img, dtype=np.float32), 0.0, 1.0)
+    # A large photo's mask is resized in strips of rows written into one array: the whole-image
+    # resize holds Pillow's result and numpy's copy of it at once (2 x 430 MB at 108 megapixels).
+    # Strips agree with it to ~1e-6 (Pillow's coefficients per box); bilinear weights keep the
+    # clipped input's values in [0, 1].
+    source = Image.fromarray(np.clip(prob, 0.0, 1.0), mode="F")
+    mask = np.empty((height, width), np.float32)
+    scale = prob.shape[0] / height
+    for top in range(0, height, MASK_STRIP_ROWS):
+        bottom = min(height, top + MASK_STRIP_ROWS)
+        box = (0.0, top * scale, float(prob.shape[1]), bottom * scale)
+        mask[top:bottom] = np.asarray(source.resize((width, bottom - top), Image.Resampling.BILINEAR, box=box))
+    return mask

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 
 import pytest
 from click.testing import CliRunner
@@ -128,3 +130,97 @@ def test_verification_images_folder_without_images(tmp_path):
     empty.mkdir()
     _assert_one_line_error(_run("--config", "tiny", "--out", tmp_path / "a", "--verify-images", empty), "no images")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["imgs"]
+
+
+# ---- --out never deletes data the export does not own (issue 11)
+
+
+def _fake_artifact(folder, *extra):
+    """A folder that holds a maskclip artifact's manifest listing model.onnx, plus `extra` files of the user's."""
+    from maskclip_runtime.artifact import FORMAT
+
+    folder.mkdir(parents=True)
+    (folder / "model.onnx").write_bytes(b"graph")
+    manifest = {"format": FORMAT, "files": {"model.onnx": "0" * 64}}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    for name in extra:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text("precious")
+    return folder
+
+
+def _tree(folder):
+    return sorted((p.relative_to(folder).as_posix(), p.read_bytes()) for p in folder.rglob("*") if p.is_file())
+
+
+def test_a_web_app_folder_with_its_own_manifest_is_not_replaced(tmp_path):
+    app = tmp_path / "webapp"
+    (app / "src").mkdir(parents=True)
+    (app / "manifest.json").write_text('{"name": "My App", "start_url": "/"}')
+    (app / "index.html").write_text("<html></html>")
+    (app / "src" / "app.js").write_text("console.log(1)")
+    before = _tree(app)
+    _assert_one_line_error(_run("--config", "tiny", "--out", app), "not written by maskclip")
+    assert _tree(app) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["webapp"]
+
+
+def test_an_artifact_folder_holding_other_files_is_not_replaced(tmp_path):
+    out = _fake_artifact(tmp_path / "art", "notes.txt", "runs/2026.csv")
+    before = _tree(out)
+    _assert_one_line_error(_run("--config", "tiny", "--out", out), "does not own", "notes.txt", "runs/2026.csv")
+    assert _tree(out) == before
+
+
+@pytest.mark.parametrize("target", [".", "..", "sub/..", "~"])
+def test_the_current_folder_its_parents_and_home_are_refused_before_any_work(tmp_path, monkeypatch, target):
+    work = tmp_path / "work"
+    (work / "sub").mkdir(parents=True)  # empty: nothing to protect but the folder itself
+    monkeypatch.chdir(work / "sub")
+    monkeypatch.setenv("HOME", str(work))
+    _assert_one_line_error(_run("--config", "tiny", "--out", target.replace("~", str(work))), "refusing")
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["work", "work/sub"]
+
+
+def test_a_failed_report_folder_of_the_users_is_refused_up_front(tmp_path):
+    (tmp_path / "art.failed").mkdir()
+    (tmp_path / "art.failed" / "mine.txt").write_text("precious")
+    _assert_one_line_error(_run("--config", "tiny", "--out", tmp_path / "art"), "art.failed")
+    assert (tmp_path / "art.failed" / "mine.txt").read_text() == "precious"
+
+
+def test_staging_left_by_a_killed_export_is_removed_and_a_half_installed_artifact_restored(tmp_path):
+    from maskclip_export.exporter import remove_stale_staging
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    out = tmp_path / "art"
+    killed = tmp_path / f".art.partial-{dead.pid}-0123abcd"
+    running = tmp_path / f".art.partial-{os.getpid()}-4567cdef"
+    moved_aside = tmp_path / f".art.old-{dead.pid}-89abcdef"
+    for folder in (killed, running):
+        folder.mkdir()
+        (folder / "model.onnx").write_bytes(b"half")
+    _fake_artifact(moved_aside / "art")
+    notes = []
+    remove_stale_staging(out, notes.append)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [running.name, "art"]
+    assert (out / "manifest.json").is_file() and len(notes) == 3
+
+
+def test_an_undecodable_calibration_image_is_skipped_with_a_warning(tmp_path):
+    from PIL import Image
+
+    from maskclip_export.exporter import ExportError, calibration_images
+    from maskclip_runtime.preprocess import PreprocessSpec
+
+    good, bad = tmp_path / "good.png", tmp_path / "bad.jpg"
+    Image.new("RGB", (40, 30), (10, 200, 30)).save(good)
+    exif = b"Exif\0\0II*\0\x08\0\0\0\x02\0\x12\x01\x03\0\x01\0\0\0\x06\0\0\0\x28\x01\x02\0\x04\0\0\0ab\0\0\0\0\0\0"
+    Image.new("RGB", (40, 30)).save(bad, exif=exif)  # orientation 6 + a numeric tag stored as text
+    warnings = []
+    images = calibration_images([good, bad], PreprocessSpec(size=32), warnings.append)
+    assert images.shape == (1, 3, 32, 32)
+    assert len(warnings) == 1 and str(bad) in warnings[0]
+    with pytest.raises(ExportError, match="none of the 1 calibration images"):
+        calibration_images([bad], PreprocessSpec(size=32), warnings.append)

@@ -131,3 +131,74 @@ def test_hashes_are_cached_only_for_files_at_rest(artifact, monkeypatch):
         f.write(b"\0")
     with pytest.raises(ArtifactError, match=r"tampered or corrupted: heads\.onnx"):
         load_artifact(artifact)  # the edit changed the file's key: hashed again
+
+
+# ---- manifest values are validated on load (issue 11)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"preprocess": {"std": [0.0, 0.26, 0.27]}}, "preprocess.std"),
+        ({"preprocess": {"std": [float("nan"), 0.26, 0.27]}}, "preprocess.std"),
+        ({"preprocess": {"mean": [0.5, 0.5, 7.0]}}, "preprocess.mean"),
+        ({"preprocess": {"mean": [0.5, 0.5]}}, "preprocess.mean"),
+        ({"preprocess": {"size": "32"}}, "preprocess.size"),
+        ({"preprocess": {"size": 0}}, "preprocess.size"),
+        ({"preprocess": {"resize": "magic"}}, "preprocess.resize"),
+        ({"preprocess": {"resample": "bicubic"}}, "preprocess.resize"),
+        ({"preprocess": {"scale": float("inf")}}, "preprocess.scale"),
+        ({"threshold": float("nan")}, "threshold"),
+        ({"threshold": 1.5}, "threshold"),
+        ({"batch": {"dynamic": True, "min": 1, "opt": 1, "max": 0}}, "batch"),
+        ({"batch": {"dynamic": False, "size": 0}}, "batch.size"),
+        ({"batch": {"dynamic": False, "size": "2"}}, "batch.size"),
+        ({"files": {"features.onnx": "not-a-digest", "heads.onnx": "0" * 64}}, "files"),
+    ],
+)
+def test_unusable_manifest_values_are_refused_on_load(artifact, change, message):
+    manifest = read_manifest(artifact)
+    if "preprocess" in change:
+        manifest["preprocess"].update(change["preprocess"])
+    else:
+        manifest.update(change)
+    write_manifest(artifact, manifest)
+    with pytest.raises(ArtifactError, match=f"invalid manifest: {message}"):
+        load_artifact(artifact)
+
+
+def _with_external_data(artifact, location: str) -> None:
+    """Re-save heads.onnx with its weights in an external file; the manifest hashes the new graph only."""
+    import onnx
+
+    model = onnx.load(str(artifact / "heads.onnx"))
+    onnx.save_model(
+        model, str(artifact / "heads.onnx"), save_as_external_data=True, location=location, size_threshold=0
+    )
+    manifest = read_manifest(artifact)
+    manifest["files"]["heads.onnx"] = hashlib.sha256((artifact / "heads.onnx").read_bytes()).hexdigest()
+    write_manifest(artifact, manifest)
+
+
+@pytest.mark.parametrize("location", ["heads.onnx.data", "weights.bin"])
+def test_external_data_the_manifest_does_not_list_is_refused(artifact, location):
+    _with_external_data(artifact, location)
+    with pytest.raises(ArtifactError, match=f"external data.*{location}"):
+        load_artifact(artifact)
+    manifest = read_manifest(artifact)
+    manifest["files"][location] = hashlib.sha256((artifact / location).read_bytes()).hexdigest()
+    write_manifest(artifact, manifest)
+    Detector(artifact).close()  # listed and hashed: accepted, and it runs
+    (artifact / location).write_bytes((artifact / location).read_bytes()[:-1] + b"\1")
+    with pytest.raises(ArtifactError, match=f"tampered or corrupted: {location}"):
+        load_artifact(artifact)
+
+
+def test_an_unlisted_data_file_beside_a_graph_is_refused(artifact):
+    (artifact / "features.onnx.data").write_bytes(b"\0" * 16)
+    with pytest.raises(ArtifactError, match=r"features\.onnx\.data"):
+        load_artifact(artifact)
+
+
+def test_the_precision_is_read_from_the_manifest(artifact):
+    assert load_artifact(artifact).precision == "fp32"

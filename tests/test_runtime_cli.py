@@ -4,11 +4,15 @@ every kind of bad input, exit codes, --resume and atomic writes."""
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import json
+import os
+import shutil
 import struct
 import subprocess
 import sys
+import warnings
 import zlib
 from pathlib import Path
 
@@ -359,3 +363,232 @@ def test_console_script_in_a_subprocess(artifact, photo_dir):
     assert json.loads(done.stdout)["path"] == photo
     done = subprocess.run([*command, photo, "--model", str(artifact), "--batch", "0"], capture_output=True, text=True)
     assert done.returncode == 2 and "Traceback" not in done.stderr
+
+
+# ---- issue 11: bad input and faults never lose data or stop the batch
+
+
+def _corrupt_exif_jpeg(path: Path, second_tag: int) -> None:
+    """A JPEG whose EXIF says "rotate" (orientation 6) and stores a known numeric tag as ASCII text:
+    Pillow's exif_transpose then fails re-packing the EXIF (struct.error or TypeError)."""
+    entries = [(ORIENTATION, 3, 1, struct.pack("<H", 6)), (second_tag, 2, 4, b"abc\0")]
+    ifd = struct.pack("<H", len(entries))
+    for tag, kind, count, value in entries:
+        ifd += struct.pack("<HHI", tag, kind, count) + value.ljust(4, b"\0")
+    exif = b"Exif\0\0II*\0" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0)
+    sample_photos()["coffee"].save(path, quality=90, exif=exif)
+
+
+@pytest.mark.parametrize("second_tag", [0x0128, 0x011A], ids=["struct.error", "TypeError"])
+def test_corrupt_exif_fails_its_image_only(artifact, photo_dir, tmp_path, second_tag):
+    bad = tmp_path / "0_bad_exif.jpg"
+    _corrupt_exif_jpeg(bad, second_tag)
+    out = tmp_path / "out.jsonl"
+    code, _, stderr = run_cli(bad, photo_dir, "--model", artifact, "--json", out, "-q")
+    assert code == 1
+    records = json_lines(out.read_text())
+    assert len(records) == 5 and str(bad) in records[0]["error"] and "cannot decode" in records[0]["error"]
+    assert all("error" not in r for r in records[1:])
+    assert stderr.count("\n") == 1 and str(bad) in stderr
+    code, _, stderr = run_cli(bad, photo_dir, "--model", artifact, "--json", out, "--resume", "-q")
+    assert code == 1 and len(json_lines(out.read_text())) == 5  # resume retries it and goes on
+
+
+def test_undecodable_file_name_survives_json_csv_and_resume(artifact, photo_dir, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    odd = os.fsdecode(os.fsencode(folder) + b"/bad\xff name.jpg")
+    shutil.copy(next(photo_dir.glob("*.jpg")), odd)
+    out, table, masks = tmp_path / "out.jsonl", tmp_path / "out.csv", tmp_path / "masks"
+    code, _, stderr = run_cli(folder, "--model", artifact, "--json", out, "--csv", table, "--masks", masks)
+    assert code == 0, stderr
+    (record,) = json_lines(out.read_bytes().decode("utf-8"))
+    assert record["path"] == odd and os.path.isfile(record["mask"])
+    code, _, stderr = run_cli(folder, "--model", artifact, "--json", out, "--csv", table, "--resume")
+    assert code == 0 and "resuming: 1 of 1" in stderr
+    assert len(json_lines(out.read_text())) == 1
+    with open(table, newline="", encoding="utf-8") as f:
+        assert [row["path"] for row in csv.DictReader(f)] == [str(folder / "bad\\udcff name.jpg")]
+
+
+def test_a_second_run_on_the_same_json_is_refused(artifact, photo_dir, tmp_path):
+    from maskclip_runtime.outputs import ResultTables
+
+    out = tmp_path / "out.jsonl"
+    out.write_text('{"path": "kept.jpg"}\n')
+    running = ResultTables(str(out), None)  # what a run in progress holds
+    try:
+        code, stdout, stderr = run_cli(photo_dir, "--model", artifact, "--json", out)
+        assert code == 2 and "another maskclip-run" in stderr and stdout == ""
+        assert out.read_text() == '{"path": "kept.jpg"}\n'
+    finally:
+        running.close()
+
+
+def test_bad_destinations_are_refused_before_any_work(artifact, photo_dir, tmp_path):
+    folder = tmp_path / "a_folder"
+    folder.mkdir()
+    same = tmp_path / "same.out"
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("x")
+    cases = {
+        "json is a folder": ["--json", folder],
+        "csv is a folder": ["--csv", folder],
+        "json and csv are one file": ["--json", same, "--csv", tmp_path / "." / "same.out"],
+        "masks under a file": ["--overlays", not_a_folder / "overlays"],
+    }
+    for case, flags in cases.items():
+        code, stdout, stderr = run_cli(photo_dir, "--model", artifact, "--masks", tmp_path / "m", *flags)
+        assert code == 2, case
+        assert "Traceback" not in stderr and stdout == "", case  # refused before the first image
+    assert list(folder.iterdir()) == [] and not same.exists() and list((tmp_path / "m").iterdir()) == []
+
+
+def test_a_full_disk_is_one_error_and_resume_finishes(artifact, photo_dir, tmp_path, monkeypatch):
+    from maskclip_runtime import outputs
+
+    out, table = tmp_path / "out.jsonl", tmp_path / "out.csv"
+    real_write, calls = os.write, []
+
+    def fills_up(fd, data):
+        calls.append(fd)
+        if len(calls) > 4:  # two records (JSON + CSV line each), then the disk is full
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(outputs.os, "write", fills_up)
+    code, _, stderr = run_cli(photo_dir, "--model", artifact, "--json", out, "--csv", table, "--batch", "1")
+    monkeypatch.setattr(outputs.os, "write", real_write)
+    assert code == 1
+    (error,) = [line for line in stderr.splitlines() if "error" in line]
+    assert "No space left on device" in error and "--resume" in error
+    assert len(json_lines(out.read_text())) == 1  # the second record's JSON line was undone with its CSV row
+    with open(table, newline="") as f:
+        assert [r["path"] for r in csv.DictReader(f)] == [r["path"] for r in json_lines(out.read_text())]
+    code, _, _ = run_cli(photo_dir, "--model", artifact, "--json", out, "--csv", table, "--resume", "-q")
+    assert code == 0
+    assert sorted(r["path"] for r in json_lines(out.read_text())) == sorted(map(str, photo_dir.glob("*.jpg")))
+
+
+def test_a_full_disk_while_writing_masks_stops_the_run_once(artifact, photo_dir, tmp_path, monkeypatch):
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(cli, "save_mask_png", disk_full)
+    code, _, stderr = run_cli(photo_dir, "--model", artifact, "--json", tmp_path / "o.jsonl", "--masks", tmp_path / "m")
+    assert code == 1 and stderr.count("error") == 1 and "No space left on device" in stderr
+
+
+def _fake_png_header(path: Path, width: int, height: int) -> None:
+    """A PNG that declares width x height; the pixel data is not there (so it fails after the size check)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b"")
+    )
+
+
+def test_a_108_megapixel_photo_is_allowed_and_max_pixels_sets_the_limit(artifact, photo_dir, tmp_path):
+    big = tmp_path / "phone_108mp.png"
+    _fake_png_header(big, 12000, 9000)
+    _, stdout, _ = run_cli(big, "--model", artifact)
+    assert "decompression-bomb" not in json_lines(stdout)[0]["error"]  # past the size check (the data is fake)
+    _, stdout, _ = run_cli(big, "--model", artifact, "--max-pixels", "100000000")
+    assert "decompression-bomb" in json_lines(stdout)[0]["error"]
+    huge = tmp_path / "huge.png"
+    _fake_png_header(huge, 20000, 20000)  # 400 Mpx: over Pillow's own hard limit too
+    _, stdout, _ = run_cli(huge, "--model", artifact, "--max-pixels", "500000000")
+    assert "decompression-bomb" not in json_lines(stdout)[0]["error"]
+    code, stdout, _ = run_cli(next(photo_dir.glob("*.jpg")), "--model", artifact, "--max-pixels", "1000")
+    assert code == 1 and "decompression-bomb" in json_lines(stdout)[0]["error"]
+
+
+def test_large_jpegs_are_decoded_at_reduced_size_with_answers_at_full_size(artifact, tmp_path, monkeypatch):
+    from maskclip_runtime import preprocess
+
+    photo = sample_photos()["astronaut"]  # 512 x 512
+    path = tmp_path / "large.jpg"
+    photo.save(path, quality=95)
+    monkeypatch.setattr(preprocess, "LARGE_IMAGE_PIXELS", 100_000)  # "large" = this photo, for the test
+    decoded = preprocess.decode_image(path, reduce_to=4 * 32)
+    assert decoded.image.size == (128, 128) and (decoded.width, decoded.height) == (512, 512)
+    code, stdout, stderr = run_cli(path, "--model", artifact, "--masks", tmp_path / "m")
+    assert code == 0, stderr
+    (record,) = json_lines(stdout)
+    assert (record["width"], record["height"]) == (512, 512)
+    assert Image.open(record["mask"]).size == (512, 512)
+    with Image.open(path) as full:
+        fake_prob, _ = expected_standin_output(full.convert("RGB"))
+    assert record["fake_prob"] == pytest.approx(fake_prob, abs=2e-3)
+    # An overlay needs the photo itself: then it is decoded at full size.
+    assert preprocess.decode_image(path).image.size == (512, 512)
+
+
+def test_resume_refuses_answers_made_with_another_threshold_and_matches_path_spellings(artifact, photo_dir, tmp_path):
+    out = tmp_path / "out.jsonl"
+    photos = sorted(photo_dir.glob("*.jpg"))
+    code, _, _ = run_cli(*photos[:2], "--model", artifact, "--json", out, "-q")
+    assert code == 0
+    before = out.read_text()
+    code, _, stderr = run_cli(*photos, "--model", artifact, "--json", out, "--resume", "--threshold", "0.3")
+    assert code == 2 and "threshold 0.5" in stderr and out.read_text() == before
+    respelled = [f"{p.parent}/./{p.name}" for p in photos]
+    code, _, stderr = run_cli(*respelled, "--model", artifact, "--json", out, "--resume")
+    assert code == 0 and "resuming: 2 of 4" in stderr
+    records = json_lines(out.read_text())
+    assert len(records) == 4 and len({os.path.realpath(r["path"]) for r in records}) == 4
+    assert all(r["precision"] == "fp32" for r in records)
+
+
+def test_same_name_images_from_two_folders_keep_both_masks(artifact, photo_dir, tmp_path):
+    photos = sorted(photo_dir.glob("*.jpg"))
+    for folder, photo in (("a", photos[0]), ("b", photos[1])):
+        (tmp_path / folder).mkdir()
+        shutil.copy(photo, tmp_path / folder / "shot.jpg")
+    masks = tmp_path / "masks"
+    records = []
+    for folder in ("a", "b", "a"):  # two runs into one masks folder, then the first again
+        code, stdout, _ = run_cli(tmp_path / folder / "shot.jpg", "--model", artifact, "--masks", masks)
+        assert code == 0
+        records += json_lines(stdout)
+    assert records[0]["mask"] != records[1]["mask"] and records[2]["mask"] == records[0]["mask"]
+    for record in records:
+        with Image.open(record["path"]) as photo:
+            assert Image.open(record["mask"]).size == photo.size  # each mask is still its own image's
+    assert len(list(masks.iterdir())) == 2
+
+
+def test_nul_separated_stdin_keeps_spaces(artifact, photo_dir, tmp_path):
+    spaced = tmp_path / " odd name .jpg"
+    shutil.copy(next(photo_dir.glob("*.jpg")), spaced)
+    code, stdout, stderr = run_cli("-", "-0", "--model", artifact, "-q", stdin=f"{spaced}\0")
+    assert code == 0, stderr
+    assert [r["path"] for r in json_lines(stdout)] == [str(spaced)]
+
+
+def test_batch_on_a_fixed_batch_artifact_is_reported(photo_dir, tmp_path):
+    fixed = build_standin_artifact(tmp_path / "fixed", "fused", batch={"dynamic": False, "size": 2})
+    code, _, stderr = run_cli(photo_dir, "--model", fixed, "--batch", "8")
+    assert code == 0 and "--batch 8" in stderr and "exactly 2" in stderr
+
+
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data")
+def test_quiet_silences_what_libraries_print(artifact, photo_dir, tmp_path, monkeypatch, capfd):
+    real_decode = cli.decode_image
+
+    def chatty_decode(*args, **kwargs):
+        os.write(2, b"TIFFReadDirectory: Warning, unknown field\n")  # how C libraries speak
+        warnings.warn("Corrupt EXIF data", UserWarning, stacklevel=1)
+        return real_decode(*args, **kwargs)
+
+    monkeypatch.setattr(cli, "decode_image", chatty_decode)
+    missing = tmp_path / "missing.jpg"
+    code, stdout, stderr = run_cli(photo_dir, missing, "--model", artifact, "-q")
+    assert code == 1 and len(json_lines(stdout)) == 5
+    assert stderr.splitlines() == [f"{cli.PROG}: {missing}: no such file"]  # errors still shown
+    assert capfd.readouterr().err == ""
+    run_cli(photo_dir, "--model", artifact)
+    assert "TIFFReadDirectory" in capfd.readouterr().err  # without -q nothing is hidden

@@ -16,6 +16,7 @@ from maskclip_export.tensorrt import (
 from maskclip_runtime.artifact import BatchSpec, GraphSpec, TensorSpec
 from maskclip_runtime.backends.base import BackendUnavailable
 from maskclip_runtime.backends.tensorrt import (
+    TENSORRT_HINT,
     ShapeOutsideProfile,
     TensorRTRunner,
     check_input_shape,
@@ -138,7 +139,7 @@ def test_build_engines_without_tensorrt_says_what_to_install(tmp_path):
         build_engines(tmp_path, "fp16")
     message = str(err.value)
     assert "\n" not in message
-    assert "pip install 'maskclip[gpu]' (TensorRT 10+) or use the system TensorRT on JetPack" in message
+    assert TENSORRT_HINT in message
 
 
 @needs_no_tensorrt
@@ -152,7 +153,7 @@ def test_export_trt_without_tensorrt_keeps_onnx_and_exits_with_one_line(tmp_path
     assert result.exit_code == 3, result.output
     error_lines = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(error_lines) == 1
-    assert "pip install 'maskclip[gpu]' (TensorRT 10+) or use the system TensorRT on JetPack" in error_lines[0]
+    assert TENSORRT_HINT in error_lines[0]
     assert (out / "manifest.json").is_file() and (out / "model.onnx").is_file()
 
 

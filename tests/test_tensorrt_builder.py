@@ -1,187 +1,50 @@
-"""build_plan / build_engines against a stand-in `tensorrt` builder: what is configured, written and recorded."""
+"""build_plan / build_engines against the TensorRT 10 and 11 stand-ins (tests/trt_standin.py): what is
+configured, calibrated, written, staged and recorded."""
 
-import sys
-import types
+import json
 
+import numpy as np
 import onnx
 import pytest
+import trt_standin
 from onnx import TensorProto, helper
+from PIL import Image
+from trt_standin import NETWORK_LAYERS, OTHER_GPU_CACHE
 
-import maskclip_export.tensorrt as trt_export
 from maskclip_export.manifest import write_manifest
-from maskclip_export.tensorrt import PrecisionPlanError, build_engines, build_plan, plan_precision
-from maskclip_runtime.artifact import load_artifact
-from maskclip_runtime.engine_header import read_engine_header, read_plan
+from maskclip_export.tensorrt import (
+    EngineGateFailed,
+    PrecisionPlanError,
+    build_engines,
+    build_plan,
+    calibration_cache_name,
+    graph_digest,
+    plan_precision,
+)
+from maskclip_runtime.artifact import MANIFEST_NAME, GraphSpec, load_artifact
+from maskclip_runtime.engine_header import read_engine_metadata, read_plan, sidecar_path
 from maskclip_runtime.preprocess import PreprocessSpec
 
-# (ONNX node / TensorRT layer name, ONNX op, TensorRT layer type)
-NODES = [
-    ("/attn/MatMul", "MatMul", "MATRIX_MULTIPLY"),
-    ("/attn/Softmax", "Softmax", "SOFTMAX"),
-    ("/head/Sigmoid", "Sigmoid", "ACTIVATION"),
-]
+SHAPES = {"image": ((1, 3, 4, 4), (2, 3, 4, 4), (8, 3, 4, 4))}
+quiet = {"log": lambda _: None}
 
 
-def tiny_onnx(path):
-    """image [batch,3,4,4] -> MatMul -> Softmax -> Sigmoid -> mask; names as the exporter would write them."""
+def tiny_onnx(path, weight: float = 0.25):
+    """image [batch,3,4,4] -> MatMul -> Softmax -> Sigmoid -> mask, fake_prob, logits; named as the exporter
+    names nodes (so the stand-in network's layers match them)."""
     image = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, 4, 4])
     mask = helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["batch", 3, 4, 4])
-    prob = helper.make_tensor_value_info("fake_prob", TensorProto.FLOAT, ["batch", 3, 4, 1])
-    weight = helper.make_tensor("w", TensorProto.FLOAT, [4, 4], [0.25] * 16)
+    prob = helper.make_tensor_value_info("fake_prob", TensorProto.FLOAT, ["batch"])
+    logits = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3, 4, 4])
     nodes = [
-        helper.make_node("MatMul", ["image", "w"], ["mm"], name=NODES[0][0]),
-        helper.make_node("Softmax", ["mm"], ["sm"], name=NODES[1][0], axis=-1),
-        helper.make_node("Sigmoid", ["sm"], ["mask"], name=NODES[2][0]),
-        helper.make_node("ReduceMax", ["mask"], ["fake_prob"], name="/head/ReduceMax", axes=[-1]),
+        helper.make_node("MatMul", ["image", "w"], ["logits"], name=NETWORK_LAYERS[0][0]),
+        helper.make_node("Softmax", ["logits"], ["sm"], name=NETWORK_LAYERS[1][0], axis=-1),
+        helper.make_node("Sigmoid", ["sm"], ["mask"], name=NETWORK_LAYERS[2][0]),
+        helper.make_node("ReduceMax", ["mask"], ["fake_prob"], name="/head/ReduceMax", axes=[1, 2, 3], keepdims=0),
     ]
-    graph = helper.make_graph(nodes, "g", [image], [prob, mask], [weight])
+    weights = [helper.make_tensor("w", TensorProto.FLOAT, [4, 4], [weight] * 16)]
+    graph = helper.make_graph(nodes, "g", [image], [logits, prob, mask], weights)
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
-
-
-def fake_tensorrt(version: str, record: dict):
-    trt = types.ModuleType("tensorrt")
-    trt.__version__ = version
-    trt.float32, trt.float16 = "float32", "float16"
-    trt.BuilderFlag = types.SimpleNamespace(FP16="FP16", INT8="INT8", OBEY_PRECISION_CONSTRAINTS="OBEY", TF32="TF32")
-    trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
-    trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=0)
-    trt.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, severity: None})
-
-    class Layer:
-        def __init__(self, name, kind):
-            self.name, self.type, self.num_outputs = name, types.SimpleNamespace(name=kind), 1
-            self.precision, self.output_types = None, {}
-
-        def get_output(self, index):
-            return types.SimpleNamespace(dtype=trt.float32)
-
-        def set_output_type(self, index, dtype):
-            self.output_types[index] = dtype
-
-    class Network:
-        def __init__(self, flags):
-            record["network_flags"] = flags
-            self.layers = [Layer(name, kind) for name, _, kind in NODES]
-            record["layers"] = self.layers
-
-        num_layers = property(lambda self: len(self.layers))
-
-        def get_layer(self, index):
-            return self.layers[index]
-
-    class Parser:
-        num_errors = 0
-
-        def __init__(self, network, logger):
-            pass
-
-        def parse_from_file(self, path):
-            record["parsed"] = path
-            return True
-
-    class Profile:
-        def __init__(self):
-            self.shapes = {}
-
-        def set_shape(self, name, low, opt, high):
-            self.shapes[name] = (tuple(low), tuple(opt), tuple(high))
-
-    class TimingCache:
-        def __init__(self, data):
-            self.data = data
-
-        def serialize(self):
-            return self.data + b"+tuned"
-
-    class Config:
-        def __init__(self):
-            self.flags, self.cleared, self.profiles = set(), set(), []
-            record["config"] = self
-
-        def set_memory_pool_limit(self, pool, size):
-            self.workspace = (pool, size)
-
-        def set_flag(self, flag):
-            self.flags.add(flag)
-
-        def clear_flag(self, flag):
-            self.cleared.add(flag)
-
-        def add_optimization_profile(self, profile):
-            self.profiles.append(profile)
-
-        def create_timing_cache(self, data):
-            return TimingCache(bytes(data))
-
-        def set_timing_cache(self, cache, ignore_mismatch):
-            self.timing_cache = cache
-            return True
-
-        def get_timing_cache(self):
-            return self.timing_cache
-
-    class Builder:
-        def __init__(self, logger):
-            pass
-
-        def create_network(self, flags):
-            return Network(flags)
-
-        def create_builder_config(self):
-            return Config()
-
-        def create_optimization_profile(self):
-            return Profile()
-
-        def build_serialized_network(self, network, config):
-            return b"plan:" + ",".join(sorted(config.flags)).encode()
-
-    trt.Builder, trt.OnnxParser = Builder, Parser
-    return trt
-
-
-@pytest.fixture
-def fake_trt(monkeypatch):
-    def install(version):
-        record = {}
-        monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(version, record))
-        return record
-
-    return install
-
-
-SHAPES = {"image": ((1, 3, 4, 4), (2, 3, 4, 4), (8, 3, 4, 4))}
-
-
-def test_trt10_fp16_flags_pins_and_timing_cache(tmp_path, fake_trt):
-    record = fake_trt("10.3.0")
-    tiny_onnx(tmp_path / "model.onnx")
-    plan = plan_precision("10.3.0", "fp16", "fp32", ["Softmax", "Sigmoid", "LayerNormalization"])
-    cache = tmp_path / "timing.cache"
-    serialized = build_plan(tmp_path / "model.onnx", plan, SHAPES, 2.0, cache, log=lambda _: None)
-    config = record["config"]
-    assert serialized == b"plan:FP16,OBEY"
-    assert config.cleared == {"TF32"} and config.workspace == ("WORKSPACE", 2 << 30)
-    assert record["network_flags"] == 0  # weakly typed: the flags choose precision
-    assert config.profiles[0].shapes == SHAPES
-    pinned = {layer.name: (layer.precision, layer.output_types) for layer in record["layers"]}
-    assert pinned["/attn/Softmax"] == ("float32", {0: "float32"})
-    assert pinned["/head/Sigmoid"] == ("float32", {0: "float32"})
-    assert pinned["/attn/MatMul"] == (None, {})
-    assert cache.read_bytes() == b"+tuned"
-    build_plan(tmp_path / "model.onnx", plan, SHAPES, 2.0, cache, log=lambda _: None)
-    assert record["config"].timing_cache.data == b"+tuned"  # the saved cache is loaded by the next build
-    assert cache.read_bytes() == b"+tuned+tuned"
-
-
-@pytest.mark.parametrize(("version", "flags"), [("10.3.0", 1), ("11.0.0", 0)])
-def test_strongly_typed_network_flag_per_version(tmp_path, fake_trt, version, flags):
-    record = fake_trt(version)
-    tiny_onnx(tmp_path / "model.onnx")
-    plan = plan_precision(version, "fp16", "fp16", ["Softmax"])
-    assert build_plan(tmp_path / "model.onnx", plan, SHAPES, 1.0, None, log=lambda _: None) == b"plan:"
-    assert record["network_flags"] == flags  # TensorRT 11: always strongly typed, the flag is deprecated
-    assert all(layer.precision is None for layer in record["layers"])  # no pins in a strongly typed network
 
 
 def _artifact(folder, precision="fp16"):
@@ -204,7 +67,7 @@ def _artifact(folder, precision="fp16"):
                 "name": "fused",
                 "file": "model.onnx",
                 "inputs": [tensor],
-                "outputs": [{**tensor, "name": "fake_prob"}, {**tensor, "name": "mask"}],
+                "outputs": [{**tensor, "name": name} for name in ("logits", "fake_prob", "mask")],
             }
         ],
     }
@@ -212,32 +75,175 @@ def _artifact(folder, precision="fp16"):
     return folder
 
 
-def test_build_engines_writes_headers_and_manifest(tmp_path, fake_trt, monkeypatch):
-    fake_trt("10.3.0")
-    monkeypatch.setattr(trt_export, "gpu_identity", lambda device: ("Fake GPU", "8.0"))
-    monkeypatch.setattr(trt_export, "import_cudart", lambda: types.SimpleNamespace(cudaSetDevice=lambda d: (0,)))
-    monkeypatch.setattr(trt_export, "cuda_call", lambda cudart, result: None)
+def _calibration_images(folder, count=3):
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return sorted(folder.iterdir())
+
+
+@pytest.fixture
+def standins(monkeypatch):
+    def install(version="10.3.0", broken_engines=False, **options):
+        import maskclip_runtime.backends.tensorrt as runtime_backend
+
+        monkeypatch.setattr(runtime_backend, "TensorRTRunner", trt_standin.onnx_engine_runner(broken_engines))
+        return trt_standin.install(monkeypatch, version, **options)
+
+    return install
+
+
+# --- build_plan ----------------------------------------------------------------------------------------
+
+
+def test_trt10_fp16_flags_pins_and_timing_cache(tmp_path, standins):
+    record = standins("10.3.0").record
+    tiny_onnx(tmp_path / "model.onnx")
+    plan = plan_precision("10.3.0", "fp16", "fp32", ["Softmax", "Sigmoid", "LayerNormalization"])
+    cache = tmp_path / "timing.cache"
+    serialized = build_plan(tmp_path / "model.onnx", plan, SHAPES, 2.0, cache, **quiet)
+    config = record["config"]
+    assert serialized == b"plan:FP16,OBEY"
+    assert config.cleared == {"TF32"} and config.workspace == ("WORKSPACE", 2 << 30)
+    assert record["network_flags"] == 0  # weakly typed: the flags choose precision
+    assert config.profiles[0].shapes == SHAPES
+    pinned = {layer.name: (layer.precision, layer.output_types) for layer in record["layers"]}
+    assert pinned["/attn/Softmax"] == ("float32", {0: "float32"})
+    assert pinned["/head/Sigmoid"] == ("float32", {0: "float32"})
+    assert pinned["/attn/MatMul"] == (None, {})
+    assert cache.read_bytes() == b"+tuned"
+    build_plan(tmp_path / "model.onnx", plan, SHAPES, 2.0, cache, **quiet)
+    assert record["config"].timing_cache.data == b"+tuned"  # the saved cache is loaded by the next build
+    assert cache.read_bytes() == b"+tuned+tuned"
+
+
+@pytest.mark.parametrize(("version", "flags"), [("10.3.0", 1 << 1), ("10.13.3", 1 << 1), ("11.4.0", 0)])
+def test_strongly_typed_network_flag_per_version(tmp_path, standins, version, flags):
+    record = standins(version).record
+    tiny_onnx(tmp_path / "model.onnx")
+    plan = plan_precision(version, "fp16", "fp16", ["Softmax"])
+    assert build_plan(tmp_path / "model.onnx", plan, SHAPES, 1.0, None, **quiet) == b"plan:"
+    # TensorRT 10: 1 << STRONGLY_TYPED (= 1; 0 is the deprecated EXPLICIT_BATCH). 11: always strongly typed.
+    assert record["network_flags"] == flags
+    assert all(getattr(layer, "precision", None) is None for layer in record["layers"])
+
+
+def test_trt11_fp32_build_uses_no_removed_api(tmp_path, standins):
+    """The TensorRT 11 stand-in has no FP16/INT8/OBEY flags, no layer.precision and no calibrator."""
+    record = standins("11.4.0").record
+    tiny_onnx(tmp_path / "model.onnx")
+    plan = plan_precision("11.4.0", "fp32", "fp32", ["Softmax", "Sigmoid"])
+    assert build_plan(tmp_path / "model.onnx", plan, SHAPES, 1.0, None, **quiet) == b"plan:"
+    assert record["config"].cleared == {"TF32"}
+    with pytest.raises(AttributeError):
+        record["layers"][0].precision = "float32"  # the stand-in really lacks it
+
+
+def test_timing_cache_from_another_gpu_is_replaced(tmp_path, standins):
+    standins("10.3.0")
+    tiny_onnx(tmp_path / "model.onnx")
+    cache = tmp_path / "timing.cache"
+    cache.write_bytes(OTHER_GPU_CACHE + b" tactics")
+    messages = []
+    build_plan(
+        tmp_path / "model.onnx", plan_precision("10.3.0", "fp32", "fp32"), SHAPES, 1.0, cache, log=messages.append
+    )
+    assert cache.read_bytes() == b"+tuned"  # a fresh cache, not the foreign one
+    assert any("another GPU" in m for m in messages)
+
+
+def test_failed_build_raises(tmp_path, standins):
+    standins("10.3.0", build_fails=True)
+    tiny_onnx(tmp_path / "model.onnx")
+    with pytest.raises(RuntimeError, match="failed to build"):
+        build_plan(tmp_path / "model.onnx", plan_precision("10.3.0", "fp32", "fp32"), SHAPES, 1.0, None, **quiet)
+
+
+# --- build_engines -------------------------------------------------------------------------------------
+
+
+def test_build_engines_writes_plain_plans_with_sidecars(tmp_path, standins):
+    standins("10.3.0")
     folder = _artifact(tmp_path / "art")
     onnx_hash = load_artifact(folder).manifest["files"]["model.onnx"]
 
-    engines = build_engines(folder, verify=False, log=lambda _: None)
+    engines = build_engines(folder, **quiet)
     assert [(e["graph"], e["file"], e["precision"]) for e in engines] == [("fused", "model.fp16.engine", "fp16")]
-    header, _ = read_engine_header(folder / "model.fp16.engine")
-    assert header["tensorrt_version"] == "10.3.0" and header["gpu_name"] == "Fake GPU"
-    assert header["compute_capability"] == "8.0" and header["strongly_typed"]
-    assert header["profile"] == {"image": {"min": [1, 3, 4, 4], "opt": [1, 3, 4, 4], "max": [8, 3, 4, 4]}}
-    assert header["manifest_files"] == {"model.onnx": onnx_hash}
-    assert read_plan(folder / "model.fp16.engine") == b"plan:"
+    engine = folder / "model.fp16.engine"
+    assert engine.read_bytes() == b"plan:"  # exactly TensorRT's plan: trtexec and Triton load it as it is
+    metadata = read_engine_metadata(engine)
+    assert metadata["tensorrt_version"] == "10.3.0" and metadata["gpu_name"] == "Fake GPU"
+    assert metadata["compute_capability"] == "8.0" and metadata["strongly_typed"]
+    assert metadata["profile"] == {"image": {"min": [1, 3, 4, 4], "opt": [1, 3, 4, 4], "max": [8, 3, 4, 4]}}
+    assert metadata["onnx_sha256"] == graph_digest({"model.onnx": onnx_hash}, GraphSpec("fused", "model.onnx", (), ()))
+    assert read_plan(engine) == b"plan:"
     artifact = load_artifact(folder)  # the runtime accepts it: every file hashed, engines listed
-    assert artifact.engines == {"fused": folder / "model.fp16.engine"}
-    assert "timing.cache" in artifact.manifest["files"]
+    assert artifact.engines == {"fused": engine}
+    assert {"timing.cache", "model.fp16.engine.json"} <= set(artifact.manifest["files"])
+    assert artifact.manifest["engine_verification"]["passed"]
 
-    build_engines(folder, verify=False, log=lambda _: None)  # a rebuild replaces, never duplicates
+    build_engines(folder, **quiet)  # a rebuild replaces, never duplicates
     assert len(load_artifact(folder).manifest["engines"]) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]  # no staging folder left behind
 
 
-def test_build_engines_refuses_impossible_precision(tmp_path, fake_trt, monkeypatch):
-    fake_trt("11.0.0")
+def test_failed_build_leaves_the_old_artifact_loadable(tmp_path, standins, monkeypatch):
+    standins("10.3.0")
+    folder = _artifact(tmp_path / "art")
+    build_engines(folder, **quiet)
+    before = (folder / MANIFEST_NAME).read_bytes()
+    standins("10.3.0", build_fails=True)
+    with pytest.raises(RuntimeError, match="failed to build"):
+        build_engines(folder, "fp16", **quiet)
+    assert (folder / MANIFEST_NAME).read_bytes() == before
+    assert load_artifact(folder).engines == {"fused": folder / "model.fp16.engine"}  # hashes still match
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]
+
+
+def test_refused_engines_are_never_recorded(tmp_path, standins):
+    standins("10.3.0", broken_engines=True)
+    folder = _artifact(tmp_path / "art")
+    before = (folder / MANIFEST_NAME).read_bytes()
+    with pytest.raises(EngineGateFailed, match="mask IoU") as refused:
+        build_engines(folder, **quiet)
+    assert (folder / MANIFEST_NAME).read_bytes() == before  # so --backend auto cannot pick them
+    assert load_artifact(folder).engines == {} and not (folder / "model.fp16.engine").exists()
+    failed = refused.value.report_path.parent
+    assert failed == tmp_path / "art.failed" and not (failed / MANIFEST_NAME).exists()
+    kept = json.loads((failed / "manifest.failed.json").read_text())
+    assert [e["file"] for e in kept["engines"]] == ["model.fp16.engine"]
+    assert kept["engine_verification"]["passed"] is False
+    assert (failed / "model.fp16.engine").is_file() and sidecar_path(failed / "model.fp16.engine").is_file()
+
+
+def test_build_engines_refuses_impossible_precision(tmp_path, standins):
+    standins("11.4.0")
     folder = _artifact(tmp_path / "art", precision="fp32")
     with pytest.raises(PrecisionPlanError, match="export the fp16 graph first"):
-        build_engines(folder, "fp16", verify=False, log=lambda _: None)
+        build_engines(folder, "fp16", **quiet)
+
+
+def test_int8_calibration_cache_is_keyed_by_the_graph(tmp_path, standins):
+    record = standins("10.3.0").record
+    folder = _artifact(tmp_path / "art", precision="fp32")
+    images = _calibration_images(tmp_path / "calib")
+    build_engines(folder, "int8", calib_images=images, verify=False, **quiet)
+    batches = record["calibration"]
+    assert len(batches) == len(images) and batches[0].shape == (1, 3, 4, 4)  # every image, through the GPU copy
+    artifact = load_artifact(folder)
+    cache_name = calibration_cache_name(
+        artifact.graphs[0], graph_digest(artifact.manifest["files"], artifact.graphs[0])
+    )
+    assert (folder / cache_name).read_bytes() == b"calibration table"
+    assert record["config"].flags == {"INT8", "OBEY"}
+
+    build_engines(folder, "int8", calib_images=images, verify=False, **quiet)
+    assert record["calibration"] == "from cache"  # same graph: its scales are reused
+
+    tiny_onnx(folder / "model.onnx", weight=0.5)  # another model in the same folder
+    manifest = json.loads((folder / MANIFEST_NAME).read_text())
+    write_manifest(folder, manifest)
+    build_engines(folder, "int8", calib_images=images, verify=False, **quiet)
+    assert isinstance(record["calibration"], list)  # calibrated afresh, not from the old model's cache
+    assert not (folder / cache_name).exists()  # the stale cache is not carried over

@@ -1,127 +1,129 @@
-"""Engine file header: round trip and every refusal (runs without TensorRT)."""
+"""Engine files: a plain plan plus a JSON sidecar; round trip and every refusal (runs without TensorRT)."""
 
+import hashlib
 import json
-import struct
 
 import pytest
 
 from maskclip_runtime.engine_header import (
-    MAGIC,
-    MAX_HEADER_BYTES,
+    MAX_SIDECAR_BYTES,
     EngineFileError,
     EngineIncompatibleError,
     check_engine_compatible,
     normalize_compute_capability,
-    read_engine_header,
+    read_engine_metadata,
     read_plan,
+    sidecar_path,
     write_engine,
 )
 
-HEADER = {
+METADATA = {
     "tensorrt_version": "10.3.0",
     "gpu_name": "NVIDIA A100-SXM4-80GB",
     "compute_capability": "8.0",
     "precision": "fp16",
     "profile": {"image": {"min": [1, 3, 128, 128], "opt": [1, 3, 128, 128], "max": [8, 3, 128, 128]}},
-    "manifest_files": {"model.onnx": "ab" * 32},
+    "onnx_sha256": "ab" * 32,
 }
 PLAN = bytes(range(256)) * 4
 
 
-def test_round_trip(tmp_path):
+def test_round_trip_keeps_the_plan_byte_for_byte(tmp_path):
     path = tmp_path / "model.fp16.engine"
-    write_engine(path, HEADER, PLAN)
-    header, offset = read_engine_header(path)
-    assert header == HEADER
-    assert path.read_bytes()[offset:] == PLAN
+    write_engine(path, METADATA, PLAN)
+    assert path.read_bytes() == PLAN  # what TensorRT serialised, nothing in front: stock loaders take it
+    assert sidecar_path(path) == tmp_path / "model.fp16.engine.json"
+    metadata = read_engine_metadata(path)
+    assert {k: metadata[k] for k in METADATA} == METADATA
+    assert metadata["plan_sha256"] == hashlib.sha256(PLAN).hexdigest()
     assert read_plan(path) == PLAN
-    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.fp16.engine", "model.fp16.engine.json"]
 
 
-def test_write_replaces_atomically(tmp_path):
+def test_write_replaces_both_files(tmp_path):
     path = tmp_path / "e.engine"
-    write_engine(path, HEADER, b"old plan")
-    write_engine(path, HEADER, PLAN)
+    write_engine(path, METADATA, b"old plan")
+    write_engine(path, METADATA, PLAN)
     assert read_plan(path) == PLAN
 
 
-def test_write_refuses_incomplete_header_and_empty_plan(tmp_path):
+def test_write_refuses_incomplete_metadata_and_empty_plan(tmp_path):
     with pytest.raises(ValueError, match="lacks gpu_name"):
-        write_engine(tmp_path / "e", {k: v for k, v in HEADER.items() if k != "gpu_name"}, PLAN)
+        write_engine(tmp_path / "e", {k: v for k, v in METADATA.items() if k != "gpu_name"}, PLAN)
     with pytest.raises(ValueError, match="empty plan"):
-        write_engine(tmp_path / "e", HEADER, b"")
+        write_engine(tmp_path / "e", METADATA, b"")
+    assert not list(tmp_path.iterdir())
 
 
-def _raw(tmp_path, data: bytes):
-    path = tmp_path / "raw.engine"
-    path.write_bytes(data)
+@pytest.fixture
+def engine(tmp_path):
+    path = tmp_path / "model.fp16.engine"
+    write_engine(path, METADATA, PLAN)
     return path
 
 
-def test_refuses_bad_magic(tmp_path):
-    with pytest.raises(EngineFileError, match="not a maskclip engine file"):
-        read_engine_header(_raw(tmp_path, b"\x00plain TensorRT plan bytes"))
+def test_refuses_plan_without_sidecar(engine):
+    sidecar_path(engine).unlink()
+    with pytest.raises(EngineFileError, match="no model.fp16.engine.json"):
+        read_engine_metadata(engine)
 
 
-def test_refuses_empty_file(tmp_path):
-    with pytest.raises(EngineFileError, match="not a maskclip engine file"):
-        read_engine_header(_raw(tmp_path, b""))
+def test_refuses_missing_engine(tmp_path):
+    with pytest.raises(EngineFileError, match="no such engine"):
+        read_engine_metadata(tmp_path / "absent.engine")
 
 
-def test_refuses_missing_length(tmp_path):
-    with pytest.raises(EngineFileError, match="header length missing"):
-        read_engine_header(_raw(tmp_path, MAGIC + b"\x01"))
+def test_refuses_plan_that_is_not_the_sidecars(engine, tmp_path):
+    engine.write_bytes(PLAN[:-1] + b"\x00")
+    with pytest.raises(EngineFileError, match="sha256"):
+        read_plan(engine)
+    other = tmp_path / "other.engine"
+    write_engine(other, METADATA, b"another plan")
+    sidecar_path(other).replace(sidecar_path(engine))  # another engine's sidecar beside this plan
+    engine.write_bytes(PLAN)
+    with pytest.raises(EngineFileError, match="sha256"):
+        read_plan(engine)
 
 
-def test_refuses_oversize_length(tmp_path):
-    data = MAGIC + struct.pack("<I", MAX_HEADER_BYTES + 1) + b"{}"
-    with pytest.raises(EngineFileError, match="exceeds"):
-        read_engine_header(_raw(tmp_path, data))
+@pytest.mark.parametrize("body", [b"\xff\xfe", b"{not json", b"[1, 2]", b'{"format": "something-else"}'])
+def test_refuses_bad_sidecar(engine, body):
+    sidecar_path(engine).write_bytes(body)
+    with pytest.raises(EngineFileError):
+        read_engine_metadata(engine)
 
 
-def test_refuses_truncated_header(tmp_path):
-    body = json.dumps(HEADER).encode()
-    data = MAGIC + struct.pack("<I", len(body)) + body[:10]
-    with pytest.raises(EngineFileError, match="truncated engine file \\(header"):
-        read_engine_header(_raw(tmp_path, data))
+def test_refuses_oversize_sidecar(engine):
+    sidecar_path(engine).write_bytes(b" " * (MAX_SIDECAR_BYTES + 1))
+    with pytest.raises(EngineFileError, match="larger than"):
+        read_engine_metadata(engine)
 
 
-def test_refuses_missing_plan(tmp_path):
-    body = json.dumps(HEADER).encode()
-    with pytest.raises(EngineFileError, match="no plan"):
-        read_engine_header(_raw(tmp_path, MAGIC + struct.pack("<I", len(body)) + body))
-
-
-@pytest.mark.parametrize("body", [b"\xff\xfe", b"{not json", b"[1, 2]"])
-def test_refuses_bad_json(tmp_path, body):
-    with pytest.raises(EngineFileError, match="engine header is not"):
-        read_engine_header(_raw(tmp_path, MAGIC + struct.pack("<I", len(body)) + body + PLAN))
-
-
-def test_refuses_header_without_required_keys(tmp_path):
-    body = json.dumps({"precision": "fp32"}).encode()
-    with pytest.raises(EngineFileError, match="lacks tensorrt_version"):
-        read_engine_header(_raw(tmp_path, MAGIC + struct.pack("<I", len(body)) + body + PLAN))
+def test_refuses_sidecar_without_required_keys(engine):
+    sidecar = json.loads(sidecar_path(engine).read_text())
+    del sidecar["tensorrt_version"], sidecar["plan_sha256"]
+    sidecar_path(engine).write_text(json.dumps(sidecar))
+    with pytest.raises(EngineFileError, match="lacks tensorrt_version, plan_sha256"):
+        read_engine_metadata(engine)
 
 
 def test_compatible_same_major_minor_and_gpu():
-    check_engine_compatible(HEADER, "10.3.1", "NVIDIA A100-SXM4-80GB", (8, 0))
+    check_engine_compatible(METADATA, "10.3.1", "NVIDIA A100-SXM4-80GB", (8, 0))
 
 
 @pytest.mark.parametrize("version", ["10.4.0", "11.0.0", "8.6.1"])
 def test_refuses_other_tensorrt(version):
     with pytest.raises(EngineIncompatibleError, match=f"TensorRT 10.3.0 but TensorRT {version}"):
-        check_engine_compatible(HEADER, version, HEADER["gpu_name"], "8.0")
+        check_engine_compatible(METADATA, version, METADATA["gpu_name"], "8.0")
 
 
 def test_refuses_other_compute_capability():
     with pytest.raises(EngineIncompatibleError, match="compute capability 8.0.*H100.*compute capability 9.0"):
-        check_engine_compatible(HEADER, "10.3.0", "NVIDIA H100 80GB HBM3", "9.0")
+        check_engine_compatible(METADATA, "10.3.0", "NVIDIA H100 80GB HBM3", "9.0")
 
 
 def test_refuses_other_gpu_same_compute_capability():
     with pytest.raises(EngineIncompatibleError, match="rebuild it here"):
-        check_engine_compatible(HEADER, "10.3.0", "NVIDIA A800 80GB PCIe", "8.0")
+        check_engine_compatible(METADATA, "10.3.0", "NVIDIA A800 80GB PCIe", "8.0")
 
 
 @pytest.mark.parametrize("cc", [(8, 7), [8, 7], "8.7", "sm_87", "87"])

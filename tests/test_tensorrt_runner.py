@@ -1,173 +1,31 @@
-"""TensorRTRunner end to end against stand-ins for `tensorrt` and cuda-python's runtime.
+"""TensorRTRunner end to end against the TensorRT and cuda-python stand-ins (tests/trt_standin.py).
 
 The stand-ins keep "device" memory in host buffers and run a fixed engine (mask = 2 x image), so the
-runner's own logic runs for real: header and compatibility check, named-tensor binding, buffers
-sized for the profile max, pinned staging, shape checks, and CUDA-graph capture and replay.
+runner's own logic runs for real: sidecar, plan hash and compatibility checks, named-tensor binding,
+buffers sized for the profile max, pinned staging, shape checks, CUDA-graph capture and replay, and
+CUDA's error codes.
 """
-
-import ctypes
-import sys
-import types
 
 import numpy as np
 import pytest
+import trt_standin
+from trt_standin import ENGINE_PLAN, SHAPE, FakeCudart
 
-import maskclip_runtime.backends.tensorrt as trt_backend
+from maskclip_runtime.backends.base import BackendUnavailable
 from maskclip_runtime.backends.tensorrt import ShapeOutsideProfile, TensorRTRunner
-from maskclip_runtime.engine_header import EngineIncompatibleError, write_engine
-
-SHAPE = (3, 4, 4)
-
-
-class FakeCudart:
-    """cuda.bindings.runtime's calling convention: every call returns (error, *values)."""
-
-    class cudaError_t:  # noqa: N801 - the real enum's name
-        cudaSuccess = 0
-
-    cudaMemcpyKind = types.SimpleNamespace(cudaMemcpyHostToDevice=1, cudaMemcpyDeviceToHost=2)
-    cudaStreamCaptureMode = types.SimpleNamespace(cudaStreamCaptureModeGlobal=0)
-
-    def __init__(self):
-        self.buffers = {}
-        self.capturing = None
-        self.launches = 0
-
-    def _alloc(self, size):
-        buffer = ctypes.create_string_buffer(size)
-        self.buffers[ctypes.addressof(buffer)] = buffer
-        return 0, ctypes.addressof(buffer)
-
-    cudaMalloc = cudaMallocHost = _alloc
-
-    def cudaFree(self, pointer):
-        self.buffers.pop(pointer)
-        return (0,)
-
-    cudaFreeHost = cudaFree
-
-    def cudaMemcpyAsync(self, dst, src, count, kind, stream):
-        ctypes.memmove(dst, src, count)
-        return (0,)
-
-    def cudaGetDeviceCount(self):
-        return 0, 1
-
-    def cudaGetDeviceProperties(self, device):
-        return 0, types.SimpleNamespace(name=b"Fake GPU\x00\x00", major=8, minor=0)
-
-    def cudaGetErrorString(self, err):
-        return 0, b"fake failure"
-
-    def cudaStreamCreate(self):
-        return 0, 7
-
-    def cudaStreamBeginCapture(self, stream, mode):
-        self.capturing = []
-        return (0,)
-
-    def cudaStreamEndCapture(self, stream):
-        graph, self.capturing = self.capturing, None
-        return 0, graph
-
-    def cudaGraphInstantiate(self, graph, flags):
-        return 0, list(graph)
-
-    def cudaGraphLaunch(self, graph_exec, stream):
-        self.launches += 1
-        for work in graph_exec:
-            work()
-        return (0,)
-
-    def _ok(self, *args):
-        return (0,)
-
-    cudaSetDevice = cudaStreamSynchronize = cudaStreamDestroy = cudaGraphDestroy = cudaGraphExecDestroy = _ok
-
-
-def fake_tensorrt(cudart: FakeCudart, low: int, high: int):
-    """A `tensorrt` module whose only engine computes mask = 2 * image for batches low..high."""
-
-    class Context:
-        def __init__(self):
-            self.shapes, self.addresses, self.executions = {}, {}, 0
-
-        def set_input_shape(self, name, shape):
-            self.shapes[name] = tuple(shape)
-            return True
-
-        def get_tensor_shape(self, name):
-            return self.shapes["image"]
-
-        def set_tensor_address(self, name, pointer):
-            self.addresses[name] = pointer
-            return True
-
-        def _run(self):
-            self.executions += 1
-            count = int(np.prod(self.shapes["image"]))
-            image = np.ctypeslib.as_array((ctypes.c_float * count).from_address(self.addresses["image"]))
-            mask = np.ctypeslib.as_array((ctypes.c_float * count).from_address(self.addresses["mask"]))
-            mask[:] = 2 * image
-
-        def execute_async_v3(self, stream):
-            if cudart.capturing is not None:
-                cudart.capturing.append(self._run)
-            else:
-                self._run()
-            return True
-
-    class Engine:
-        num_io_tensors = 2
-
-        def __init__(self):
-            self.context = Context()
-
-        def get_tensor_name(self, index):
-            return ("image", "mask")[index]
-
-        def get_tensor_mode(self, name):
-            return module.TensorIOMode.INPUT if name == "image" else module.TensorIOMode.OUTPUT
-
-        def get_tensor_dtype(self, name):
-            return "float32"
-
-        def get_tensor_profile_shape(self, name, profile_index):
-            return [(low, *SHAPE), (low, *SHAPE), (high, *SHAPE)]
-
-        def create_execution_context(self):
-            return self.context
-
-    class Runtime:
-        def __init__(self, logger):
-            pass
-
-        def deserialize_cuda_engine(self, plan):
-            return Engine() if plan == b"fake plan" else None
-
-    module = types.ModuleType("tensorrt")
-    module.__version__ = "10.3.0"
-    module.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, severity: None})
-    module.Runtime = Runtime
-    module.TensorIOMode = types.SimpleNamespace(INPUT="input", OUTPUT="output")
-    module.nptype = np.dtype
-    return module
+from maskclip_runtime.engine_header import EngineFileError, EngineIncompatibleError, sidecar_path, write_engine
 
 
 @pytest.fixture
-def fakes(monkeypatch):
-    cudart = FakeCudart()
-    monkeypatch.setattr(trt_backend, "import_cudart", lambda: cudart)
-
-    def install(low, high):
-        monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(cudart, low, high))
-        return cudart
+def standins(monkeypatch):
+    def install(low=1, high=4, cudart=None):
+        return trt_standin.install(monkeypatch, "10.3.0", cudart, engine_batches=(low, high)).cudart
 
     return install
 
 
-def _engine(tmp_path, **changes):
-    header = {
+def _engine(tmp_path, plan=ENGINE_PLAN, **changes):
+    metadata = {
         "tensorrt_version": "10.3.0",
         "gpu_name": "Fake GPU",
         "compute_capability": "8.0",
@@ -176,16 +34,20 @@ def _engine(tmp_path, **changes):
         **changes,
     }
     path = tmp_path / "model.fp16.engine"
-    write_engine(path, header, b"fake plan")
+    write_engine(path, metadata, plan)
     return path
 
 
-def test_dynamic_batches_run_and_outside_profile_is_refused(tmp_path, fakes):
-    cudart = fakes(1, 4)
+def _image(batch, seed=0):
+    return np.random.default_rng(seed).standard_normal((batch, *SHAPE), dtype=np.float32)
+
+
+def test_dynamic_batches_run_and_outside_profile_is_refused(tmp_path, standins):
+    cudart = standins(1, 4)
     with TensorRTRunner(_engine(tmp_path)) as runner:
         assert runner.input_names == ["image"] and runner.output_names == ["mask"]
         for batch in (3, 1, 4):
-            image = np.random.default_rng(batch).standard_normal((batch, *SHAPE), dtype=np.float32)
+            image = _image(batch, batch)
             out = runner.infer({"image": image})
             np.testing.assert_array_equal(out["mask"], 2 * image)
             assert out["mask"].dtype == np.float32
@@ -193,33 +55,79 @@ def test_dynamic_batches_run_and_outside_profile_is_refused(tmp_path, fakes):
             runner.infer({"image": np.zeros((5, *SHAPE), np.float32)})
         with pytest.raises(KeyError, match="missing inputs"):
             runner.infer({"pixels": image})
-    assert cudart.launches == 0  # dynamic shapes: no CUDA graph
+    assert cudart.launches == 0 and not cudart.capture_modes  # dynamic shapes: no CUDA graph
     assert not cudart.buffers  # every device and pinned buffer freed
 
 
-def test_static_profile_replays_a_captured_cuda_graph(tmp_path, fakes):
-    cudart = fakes(2, 2)
+def test_static_profile_replays_a_thread_local_cuda_graph(tmp_path, standins):
+    cudart = standins(2, 2)
     runner = TensorRTRunner(_engine(tmp_path))
     for seed in range(3):
-        image = np.random.default_rng(seed).standard_normal((2, *SHAPE), dtype=np.float32)
+        image = _image(2, seed)
         np.testing.assert_array_equal(runner.infer({"image": image.astype(np.float64)})["mask"], 2 * image)
-    assert cudart.launches == 3  # first call: warm-up run + capture, then every call replays the graph
+    # First call: a plain warm-up run (its outputs are returned) and the capture; then every call replays.
+    assert cudart.launches == 2
+    # Thread-local: a memory sampler calling CUDA from another thread cannot invalidate the capture.
+    assert cudart.capture_modes == [int(cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal)]
     runner.close()
-    assert not cudart.buffers
+    assert not cudart.buffers and cudart.graphs_alive == 0
 
 
-def test_refuses_engine_from_another_tensorrt_or_gpu(tmp_path, fakes):
-    fakes(1, 4)
+def test_failed_capture_clears_cuda_error_and_runs_without_graphs(tmp_path, standins):
+    invalidated = trt_standin.cudaError_t.cudaErrorStreamCaptureInvalidated
+    cudart = standins(2, 2, FakeCudart(fail={"cudaStreamEndCapture": invalidated}))
+    with TensorRTRunner(_engine(tmp_path)) as runner:
+        with pytest.warns(UserWarning, match="cudaErrorStreamCaptureInvalidated"):
+            first = runner.infer({"image": _image(2, 0)})
+        assert cudart.last_error == trt_standin.cudaError_t.cudaSuccess  # cleared, as trtexec does
+        np.testing.assert_array_equal(first["mask"], 2 * _image(2, 0))
+        for seed in (1, 2):
+            np.testing.assert_array_equal(runner.infer({"image": _image(2, seed)})["mask"], 2 * _image(2, seed))
+    assert cudart.launches == 0 and len(cudart.capture_modes) == 1  # one try, then plain execution
+    assert cudart.graphs_alive == 0
+
+
+@pytest.mark.parametrize(
+    ("fail", "device_count", "reason"),
+    [
+        ({"cudaGetDeviceCount": 35}, 1, "CUDA error 35 (cudaErrorInsufficientDriver)"),
+        ({"cudaGetDeviceCount": 100}, 0, "CUDA error 100 (cudaErrorNoDevice)"),
+        ({}, 0, "no CUDA GPU is visible"),
+    ],
+)
+def test_unusable_cuda_says_cudas_reason(tmp_path, standins, fail, device_count, reason):
+    standins(1, 4, FakeCudart(device_count=device_count, fail=fail))
+    with pytest.raises(BackendUnavailable) as caught:
+        TensorRTRunner(_engine(tmp_path))
+    assert reason in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_cuda_errors_after_start_carry_cudas_code(tmp_path, standins):
+    standins(1, 4, FakeCudart(fail={"cudaMalloc": 2}))
+    with pytest.raises(RuntimeError, match=r"CUDA error 2 \(cudaErrorMemoryAllocation\): out of memory"):
+        TensorRTRunner(_engine(tmp_path))
+
+
+def test_refuses_engine_from_another_tensorrt_or_gpu(tmp_path, standins):
+    standins(1, 4)
     with pytest.raises(EngineIncompatibleError, match="TensorRT 10.1.0 but TensorRT 10.3.0"):
         TensorRTRunner(_engine(tmp_path, tensorrt_version="10.1.0"))
     with pytest.raises(EngineIncompatibleError, match="built for NVIDIA H100.*this GPU is Fake GPU"):
         TensorRTRunner(_engine(tmp_path, gpu_name="NVIDIA H100", compute_capability="9.0"))
 
 
-def test_unreadable_plan_is_reported(tmp_path, fakes):
-    fakes(1, 4)
-    path = tmp_path / "bad.engine"
-    write_engine(path, {"tensorrt_version": "10.3", "gpu_name": "Fake GPU", "compute_capability": "8.0",
-                        "precision": "fp32", "profile": {}}, b"corrupt")  # fmt: skip
-    with pytest.raises(RuntimeError, match="could not deserialise"):
+def test_refuses_a_plan_without_its_sidecar_or_with_another_plan(tmp_path, standins):
+    standins(1, 4)
+    path = _engine(tmp_path)
+    path.write_bytes(ENGINE_PLAN + b" replaced")
+    with pytest.raises(EngineFileError, match="sha256"):
         TensorRTRunner(path)
+    sidecar_path(path).unlink()
+    with pytest.raises(EngineFileError, match="no model.fp16.engine.json"):
+        TensorRTRunner(path)
+
+
+def test_unreadable_plan_is_reported(tmp_path, standins):
+    standins(1, 4)
+    with pytest.raises(RuntimeError, match="could not deserialise"):
+        TensorRTRunner(_engine(tmp_path, plan=b"corrupt"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -43,14 +44,24 @@ class MaskCLIPDataset(Dataset):
     the authors' training, its label is then re-derived from the augmented mask (1 when any pixel
     is set: a random down-scale can drop a tiny edit); evaluation keeps the data set's label.
     Pass the model's `preprocess_spec()`; a bare size means a spec with the default resize.
+    With `perturb` each item is degraded (seeded by (seed, index)) before the edge map and resize,
+    as the robustness report needs.
     """
 
-    def __init__(self, samples: list[Sample], spec: PreprocessSpec | int, train: bool = False, seed: int = 0):
+    def __init__(
+        self,
+        samples: list[Sample],
+        spec: PreprocessSpec | int,
+        train: bool = False,
+        seed: int = 0,
+        perturb: Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]] | None = None,
+    ):
         self.samples = samples
         self.spec = spec if isinstance(spec, PreprocessSpec) else PreprocessSpec(size=spec)
         self.train = train
         self.seed = seed
         self.epoch = 0
+        self.perturb = perturb  # (image, mask, rng) -> (image, mask) at native size: robustness evaluation
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -66,6 +77,8 @@ class MaskCLIPDataset(Dataset):
             rng = np.random.default_rng((self.seed, self.epoch, index))
             image, mask = augment(image, mask, rng)
             label = int(mask.any())
+        if self.perturb is not None:
+            image, mask = self.perturb(image, mask, np.random.default_rng((self.seed, index)))
         edge = edge_map(mask)  # at the augmented native size, before the resize
         return {
             "image": torch.from_numpy(resize_and_normalize(image, self.spec)),  # [3,S,S]

@@ -26,6 +26,7 @@ _NUMPY_DTYPES = {
     "tensor(double)": np.float64,
     "tensor(int64)": np.int64,
     "tensor(int32)": np.int32,
+    "tensor(uint8)": np.uint8,  # pixel input of graphs with the preprocessing baked in (maskclip-triton)
 }
 
 # Execution provider -> the short id reported as Runner.backend ("onnxruntime-cuda").

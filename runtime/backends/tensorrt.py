@@ -1,8 +1,8 @@
 """TensorRT runner: a maskclip engine file executed through the named-tensor API (TensorRT 10+).
 
 Device memory, pinned host memory, the stream and CUDA graphs come from cuda-python; no torch.
-The engine's header is read and checked against the installed TensorRT and this GPU before the
-plan is deserialised, so a mismatch fails with a message instead of a TensorRT crash.
+The engine's sidecar is read and checked against the plan, the installed TensorRT and this GPU before
+the plan is deserialised, so a mismatch fails with a message instead of a TensorRT crash.
 """
 
 from __future__ import annotations
@@ -15,10 +15,13 @@ from collections.abc import Sequence
 import numpy as np
 
 from maskclip_runtime.backends.base import BackendUnavailable, Runner
-from maskclip_runtime.engine_header import check_engine_compatible, read_engine_header, read_plan
+from maskclip_runtime.engine_header import check_engine_compatible, read_engine_metadata, read_plan
 
-TENSORRT_HINT = "pip install 'maskclip[gpu]' (TensorRT 10+) or use the system TensorRT on JetPack"
-CUDA_PYTHON_HINT = "pip install 'maskclip[gpu]' (cuda-python 12+) or `pip install cuda-python`"
+TENSORRT_HINT = (
+    "pip install 'maskclip[gpu]' (CUDA 13: TensorRT 11) or 'maskclip[gpu-cu12]' (CUDA 12: TensorRT 10), "
+    "or use the system TensorRT on JetPack"
+)
+CUDA_PYTHON_HINT = "pip install 'maskclip[gpu]' (cuda-python 13) or 'maskclip[gpu-cu12]' / 'maskclip[jetson]' (12)"
 
 
 def import_tensorrt():
@@ -46,28 +49,40 @@ def import_cudart():
     return cudart
 
 
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def cuda_error_text(cudart, err) -> str:
+    """'CUDA error 35 (cudaErrorInsufficientDriver): CUDA driver version is insufficient ...': CUDA's own words."""
+    _, name = cudart.cudaGetErrorName(err)
+    _, text = cudart.cudaGetErrorString(err)
+    return f"CUDA error {int(err)} ({_text(name)}): {_text(text)}"
+
+
 def cuda_call(cudart, result):
     """Unpack a cuda-python (err, *values) result; raise with CUDA's own error text on failure."""
     err, *values = result if isinstance(result, tuple) else (result,)
     if err != cudart.cudaError_t.cudaSuccess:
-        _, text = cudart.cudaGetErrorString(err)
-        raise RuntimeError(f"CUDA error {int(err)}: {text.decode() if isinstance(text, bytes) else text}")
+        raise RuntimeError(cuda_error_text(cudart, err))
     if not values:
         return None
     return values[0] if len(values) == 1 else tuple(values)
 
 
 def gpu_identity(device: int = 0) -> tuple[str, str]:
-    """(GPU name, compute capability "major.minor") of a CUDA device; BackendUnavailable without one."""
+    """(GPU name, compute capability "major.minor") of a CUDA device; BackendUnavailable without a usable one
+    (with CUDA's reason: no device, driver older than the CUDA that cuda-python was built for, ...)."""
     cudart = import_cudart()
     err, count = cudart.cudaGetDeviceCount()
-    if err != cudart.cudaError_t.cudaSuccess or count == 0:
+    if err != cudart.cudaError_t.cudaSuccess:
+        raise BackendUnavailable(f"no usable CUDA GPU: {cuda_error_text(cudart, err)}")
+    if count == 0:
         raise BackendUnavailable("no CUDA GPU is visible (TensorRT needs an NVIDIA GPU and its driver)")
     if not 0 <= device < count:
         raise ValueError(f"CUDA device {device} does not exist ({count} visible)")
     props = cuda_call(cudart, cudart.cudaGetDeviceProperties(device))
-    name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
-    return name.rstrip("\x00").strip(), f"{props.major}.{props.minor}"
+    return _text(props.name).rstrip("\x00").strip(), f"{props.major}.{props.minor}"
 
 
 class ShapeOutsideProfile(ValueError):
@@ -134,14 +149,14 @@ class TensorRTRunner(Runner):
         trt = import_tensorrt()
         self._cudart = cudart = import_cudart()
         self.engine_path = str(engine_path)
-        self.header, _ = read_engine_header(engine_path)
+        self.metadata = read_engine_metadata(engine_path)
         gpu_name, compute_capability = gpu_identity(device)
-        check_engine_compatible(self.header, trt.__version__, gpu_name, compute_capability)
+        check_engine_compatible(self.metadata, trt.__version__, gpu_name, compute_capability)
         cuda_call(cudart, cudart.cudaSetDevice(device))
 
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
-        self._engine = self._runtime.deserialize_cuda_engine(read_plan(engine_path))
+        self._engine = self._runtime.deserialize_cuda_engine(read_plan(engine_path, self.metadata))
         if self._engine is None:
             raise RuntimeError(f"{engine_path}: TensorRT could not deserialise the plan (see its log above)")
         self._context = self._engine.create_execution_context()
@@ -186,34 +201,47 @@ class TensorRTRunner(Runner):
                     raise ShapeOutsideProfile(f"TensorRT refused shape {list(shape)} for input {name!r}")
                 self._current_shapes[name] = shape
 
+    def _execute(self) -> None:
+        if not self._context.execute_async_v3(int(self._stream)):
+            raise RuntimeError("TensorRT execute_async_v3 failed (see its log above)")
+
     def _enqueue(self) -> None:
         cudart = self._cudart
-        if not self._use_graph:
-            if not self._context.execute_async_v3(int(self._stream)):
-                raise RuntimeError("TensorRT execute_async_v3 failed (see its log above)")
-            return
-        if self._graph_exec is None:
+        if self._use_graph and self._graph_exec is None:
             # TensorRT does lazy work on the first enqueue after a shape change; capture only after it.
-            if not self._context.execute_async_v3(int(self._stream)):
-                raise RuntimeError("TensorRT execute_async_v3 failed (see its log above)")
+            self._execute()
             cuda_call(cudart, cudart.cudaStreamSynchronize(self._stream))
             try:
-                mode = cudart.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal
-                cuda_call(cudart, cudart.cudaStreamBeginCapture(self._stream, mode))
-                captured = self._context.execute_async_v3(int(self._stream))
-                self._graph = cuda_call(cudart, cudart.cudaStreamEndCapture(self._stream))
-                if not captured:
-                    raise RuntimeError("execute_async_v3 failed while capturing")
-                self._graph_exec = cuda_call(cudart, cudart.cudaGraphInstantiate(self._graph, 0))
+                self._graph, self._graph_exec = self._capture()
             except RuntimeError as err:
-                # Some engines (data-dependent shapes, certain plugins) cannot be captured: run them plainly.
+                # Some engines (data-dependent shapes, certain plugins) cannot be captured. A failed capture
+                # leaves its error as CUDA's last error: clear it, as trtexec does, so that the next checked
+                # call does not report it. The warm-up run above already computed this call's outputs.
+                cudart.cudaGetLastError()
                 warnings.warn(f"CUDA graph capture failed ({err}); running without graphs", stacklevel=3)
-                if self._graph is not None:
-                    cuda_call(cudart, cudart.cudaGraphDestroy(self._graph))
-                    self._graph = None
                 self._use_graph = False
-                return
-        cuda_call(cudart, cudart.cudaGraphLaunch(self._graph_exec, self._stream))
+            return
+        if self._use_graph:
+            cuda_call(cudart, cudart.cudaGraphLaunch(self._graph_exec, self._stream))
+        else:
+            self._execute()
+
+    def _capture(self) -> tuple[object, object]:
+        """(graph, executable graph) of one enqueue. Thread-local capture mode: other threads of the process
+        (a memory sampler, another runner) may call CUDA meanwhile without invalidating this capture."""
+        cudart = self._cudart
+        mode = cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
+        cuda_call(cudart, cudart.cudaStreamBeginCapture(self._stream, mode))
+        captured = self._context.execute_async_v3(int(self._stream))
+        # End the capture whatever happened: a stream left capturing fails every later call on it.
+        graph = cuda_call(cudart, cudart.cudaStreamEndCapture(self._stream))
+        try:
+            if not captured:
+                raise RuntimeError("execute_async_v3 failed while capturing")
+            return graph, cuda_call(cudart, cudart.cudaGraphInstantiate(graph, 0))
+        except RuntimeError:
+            cuda_call(cudart, cudart.cudaGraphDestroy(graph))
+            raise
 
     def _copy(self, dst: int, src: int, nbytes: int, kind) -> None:
         cuda_call(self._cudart, self._cudart.cudaMemcpyAsync(dst, src, nbytes, kind, self._stream))

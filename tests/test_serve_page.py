@@ -1,0 +1,94 @@
+"""The web page at / in a real headless browser (Debian's chromium driven by selenium): pick a bundled
+example, see the verdict, probability, overlay and legend that the API gives for the same file."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+
+import pytest
+
+pytest.importorskip("fastapi", reason="maskclip-serve needs the serve extra: pip install -e '.[serve]'")
+webdriver = pytest.importorskip("selenium.webdriver", reason="the page test drives chromium with selenium (dev extra)")
+
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support import expected_conditions  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+from test_serve import EXAMPLES, post_image, start_server  # noqa: E402
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM and CHROMEDRIVER),
+    reason="no chromium/chromedriver: apt-get install -y chromium chromium-driver (CI's .ci/run does)",
+)
+# No network of its own: no updates, no sync, no QUIC probes; the page must work offline anyway.
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+)
+
+
+@pytest.fixture(scope="module")
+def server():
+    process, url = start_server("--backend", "onnxruntime", "--device", "cpu")
+    yield url
+    process.send_signal(signal.SIGTERM)
+    process.wait(30)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+@pytest.mark.parametrize("example", ["partially_edited.jpg", "real_photo.jpg"])
+def test_page_shows_verdict_probability_overlay_and_legend(server, browser, example):
+    path = next(p for p in EXAMPLES if p.name == example)
+    status, record = post_image(server, path)
+    assert status == 200
+
+    browser.get(server + "/")
+    WebDriverWait(browser, 20).until(lambda d: "tiny" in d.find_element(By.ID, "model").text)
+    browser.find_element(By.ID, "file").send_keys(str(path))
+    WebDriverWait(browser, 20).until(expected_conditions.visibility_of_element_located((By.ID, "result")))
+
+    verdict = browser.find_element(By.ID, "verdict")
+    assert verdict.get_attribute("data-verdict") == record["verdict"]
+    assert verdict.text == ("Generated / edited" if record["verdict"] == "fake" else "Real")
+    probability = browser.find_element(By.ID, "probability")
+    assert float(probability.get_attribute("data-value")) == record["fake_prob"]
+    assert probability.text == f"{100 * record['fake_prob']:.1f} %"
+    overlay = browser.find_element(By.ID, "overlay")
+    WebDriverWait(browser, 10).until(lambda d: d.execute_script("return arguments[0].complete", overlay))
+    size = browser.execute_script("return [arguments[0].naturalWidth, arguments[0].naturalHeight]", overlay)
+    assert size == [record["width"], record["height"]]
+    legend = browser.find_element(By.ID, "legend")
+    assert legend.is_displayed() and "1.0" in legend.text
+    assert not browser.find_element(By.ID, "error").is_displayed()
+
+
+def test_page_shows_the_servers_error_for_a_non_image(server, browser, tmp_path):
+    text = tmp_path / "notes.png"
+    text.write_text("not an image\n")
+    status, answer = post_image(server, text)
+    assert status == 415
+    browser.get(server + "/")
+    browser.find_element(By.ID, "file").send_keys(str(text))
+    error = browser.find_element(By.ID, "error")
+    WebDriverWait(browser, 20).until(lambda d: error.is_displayed())
+    # The same refusal as the API's; only the name differs (the page uploads the file by name).
+    assert error.text == answer["error"].replace("-: ", "notes.png: ", 1)
+    assert not browser.find_element(By.ID, "result").is_displayed()
