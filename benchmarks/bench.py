@@ -158,8 +158,8 @@ def calibration_images(workdir: Path) -> list[Path]:
     return sorted(folder.glob("*.png"))
 
 
-def export_artifact(model, precision: str, out: Path, max_batch: int, workdir: Path) -> None:
-    """The exporter's artifact: fused graph, dynamic batch 1..max_batch, its gate included.
+def export_artifact(model, precision: str, out: Path, max_batch: int, workdir: Path, topology: str = "fused") -> None:
+    """The exporter's artifact: fused graph (or `topology`), dynamic batch 1..max_batch, its gate included.
 
     An artifact the gate refuses is still timed (a speed benchmark of random weights must not depend
     on their masks): its graphs are installed at `out` with the refusal in the manifest, and the
@@ -172,6 +172,7 @@ def export_artifact(model, precision: str, out: Path, max_batch: int, workdir: P
     options = ExportOptions(
         out=out,
         precision=precision,
+        topology=topology,
         batch=BatchSpec(size=max_batch, dynamic=True),
         calib=str(workdir / "calib") if int8 else None,
     )
@@ -196,9 +197,10 @@ def adopt_refused_artifact(failed: Path, out: Path) -> None:
     os.replace(failed, out)
 
 
-def reusable_export_seconds(out: Path, model, precision: str, max_batch: int) -> float | None:
-    """The recorded export time of an artifact already in `out` for these exact weights, precision and
-    batch range (a re-run in the same --workdir skips the export); None when it must be exported."""
+def reusable_export_seconds(out: Path, model, precision: str, max_batch: int, topology: str = "fused") -> float | None:
+    """The recorded export time of an artifact already in `out` for these exact weights, precision,
+    topology and batch range (a re-run in the same --workdir skips the export); None when it must be
+    exported."""
     import json
 
     from maskclip_export.manifest import model_id, state_dict_digest
@@ -211,6 +213,7 @@ def reusable_export_seconds(out: Path, model, precision: str, max_batch: int) ->
     same = (
         manifest.get("model", {}).get("model_id") == expected
         and manifest.get("precision") == precision
+        and manifest.get("topology", "fused") == topology
         and manifest.get("batch", {}).get("max") == max_batch
     )
     return float(sum(manifest.get("export_seconds", {}).values())) if same else None

@@ -8,7 +8,8 @@ Formats and the flags each takes (Ultralytics-style table; invalid combinations 
   int8       --int8 --calib DIR [--calib-count]  static QDQ, symmetric (TensorRT-compatible)
   int8-cpu   --int8-cpu --calib DIR              ONNX Runtime CPU: dynamic int8 linear layers, static
                                                  int8 convolutions (fastest on CPU; not for TensorRT)
-  + --split (CLIP / trunk / heads graphs), --dynamic (batch 1..N), --trt (engines on a GPU machine)
+  + --split (CLIP / trunk / heads graphs) or --cascade (screen / localise graphs: the runtime localises
+  only images judged fake), --dynamic (batch 1..N), --trt (engines on a GPU machine)
 """
 
 from __future__ import annotations
@@ -108,6 +109,12 @@ def _build_engines(out: Path, calib: str | None, calib_count: int) -> None:
 @click.option("--calib", help="Calibration images for --int8 / --int8-cpu: folder or glob.")
 @click.option("--calib-count", default=32, show_default=True, type=int, help="Calibration images to use.")
 @click.option("--split", is_flag=True, help="Separate CLIP / trunk / heads graphs instead of one fused graph.")
+@click.option(
+    "--cascade",
+    is_flag=True,
+    help="A screen graph (image -> verdict + CLIP maps) and a localise graph (-> mask), so the runtime can "
+    "compute masks only for images judged fake (maskclip-run --masks-for).",
+)
 @click.option("--verify-images", help="Verification images: folder or glob (default: bundled samples + edits).")
 @click.option("--no-verify", is_flag=True, help="Skip the verification gate (recorded in the manifest).")
 @click.option("--trt", is_flag=True, help="Also build TensorRT engines (needs TensorRT and a GPU).")
@@ -118,13 +125,15 @@ def _build_engines(out: Path, calib: str | None, calib_count: int) -> None:
 )
 @click.option("--quiet", is_flag=True, help="No progress display.")
 def main(
-    checkpoint, config_name, out, opset, batch, dynamic, fp16, int8, int8_cpu, calib, calib_count, split,
+    checkpoint, config_name, out, opset, batch, dynamic, fp16, int8, int8_cpu, calib, calib_count, split, cascade,
     verify_images, no_verify, trt, calibration, quiet,
 ):  # fmt: skip
     """Export MaskCLIP to a verified ONNX artifact folder (manifest.json + graphs)."""
     chosen = [flag for flag, on in (("--fp16", fp16), ("--int8", int8), ("--int8-cpu", int8_cpu)) if on]
     if len(chosen) > 1:
         _fail(f"{' and '.join(chosen)} are exclusive: pick one precision")
+    if split and cascade:
+        _fail("--split and --cascade are exclusive: pick one topology")
     if int8_cpu and trt:
         _fail(
             "--int8-cpu graphs use ONNX Runtime's dynamic quantisation, which TensorRT cannot build: use --int8 --trt"
@@ -133,7 +142,7 @@ def main(
         options = ExportOptions(
             out=Path(out),
             precision=chosen[0].lstrip("-") if chosen else "fp32",
-            topology="split" if split else "fused",
+            topology="split" if split else "cascade" if cascade else "fused",
             batch=BatchSpec(size=batch, dynamic=dynamic),
             opset=opset,
             calib=calib,

@@ -30,7 +30,7 @@ from maskclip_runtime.preprocess import ImageLoadError, PreprocessSpec, load_ima
 
 from .canary import write_canaries
 from .manifest import build_manifest, model_id, write_manifest
-from .onnx_export import BatchSpec, GraphSpec, export_graphs, graph_specs, torch_reference
+from .onnx_export import TOPOLOGY_GRAPHS, BatchSpec, GraphSpec, export_graphs, graph_specs, torch_reference
 from .op_support import check_tensorrt_ops
 from .precision import INT8_SCHEMES, FeedCalibrationReader, convert_to_fp16
 from .verify import (
@@ -45,7 +45,7 @@ from .verify import (
 
 PRECISIONS = ("fp32", "fp16", "int8", "int8-cpu")
 INT8_PRECISIONS = tuple(INT8_SCHEMES)  # both calibrate
-TOPOLOGIES = ("fused", "split")
+TOPOLOGIES = tuple(TOPOLOGY_GRAPHS)  # fused, split (clip/trunk/heads), cascade (screen/localise)
 OPSET_RANGE = (17, 20)  # LayerNormalization needs 17; the TorchScript exporter stops at 20
 FAILED_SUFFIX = ".failed"
 FAILED_MANIFEST_NAME = "manifest.failed.json"  # a refused export's manifest: no runtime looks for it

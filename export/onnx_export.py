@@ -112,19 +112,51 @@ class HeadsGraph(_WithText):
         return out["logits"], out["fake_prob"], out["mask_prob"]
 
 
+class ScreenGraph(_WithText):
+    """image [B,3,S,S] -> logits [B,2], fake_prob [B], clip_maps [B,T,Wc,g,g] (CLIP + VSA only).
+
+    The cascade's first graph: the verdict for every image, and the CLIP maps so that localising a fake
+    image does not run CLIP a second time."""
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        clip_cls, clip_maps = self.model.clip_features(image)
+        out = self.model.verdict_head(clip_cls, self.text)
+        return out["logits"], out["fake_prob"], clip_maps
+
+
+class LocaliseGraph(_WithText):
+    """image [B,3,S,S], clip_maps [B,T,Wc,g,g] -> mask [B,1,S,S] (MAE side net + VCA + decoder)."""
+
+    def forward(self, image: torch.Tensor, clip_maps: torch.Tensor) -> torch.Tensor:
+        return self.model.mask_head(self.model.trunk(image, clip_maps), self.text)["mask_prob"]
+
+
 FUSED = (GraphSpec("fused", "model.onnx", ("image",), OUTPUTS),)
 SPLIT = (
     GraphSpec("clip", "clip.onnx", ("image",), ("clip_cls", "clip_maps")),
     GraphSpec("trunk", "trunk.onnx", ("image", "clip_maps"), ("features",)),
     GraphSpec("heads", "heads.onnx", ("features", "clip_cls"), OUTPUTS),
 )
-_WRAPPERS = {"fused": FusedGraph, "clip": ClipGraph, "trunk": TrunkGraph, "heads": HeadsGraph}
+# Verdict first, mask only where needed: the runtime may run `localise` on a sub-batch (or not at all).
+CASCADE = (
+    GraphSpec("screen", "screen.onnx", ("image",), ("logits", "fake_prob", "clip_maps")),
+    GraphSpec("localise", "localise.onnx", ("image", "clip_maps"), ("mask",)),
+)
+TOPOLOGY_GRAPHS = {"fused": FUSED, "split": SPLIT, "cascade": CASCADE}
+_WRAPPERS = {
+    "fused": FusedGraph,
+    "clip": ClipGraph,
+    "trunk": TrunkGraph,
+    "heads": HeadsGraph,
+    "screen": ScreenGraph,
+    "localise": LocaliseGraph,
+}
 
 
 def graph_specs(topology: str) -> tuple[GraphSpec, ...]:
-    if topology not in ("fused", "split"):
-        raise ValueError(f"topology must be 'fused' or 'split', got {topology!r}")
-    return FUSED if topology == "fused" else SPLIT
+    if topology not in TOPOLOGY_GRAPHS:
+        raise ValueError(f"topology must be one of {', '.join(TOPOLOGY_GRAPHS)}, got {topology!r}")
+    return TOPOLOGY_GRAPHS[topology]
 
 
 def wrap(model: MaskCLIP, spec: GraphSpec) -> nn.Module:
@@ -277,7 +309,8 @@ def torch_reference(model: MaskCLIP, topology: str):
     """The PyTorch model as a verification Predictor: image batch -> the outputs the graphs produce.
 
     The final outputs come from `model(x)` itself, not from the wrappers, so the gate also checks the
-    wrappers. Split topologies get the intermediate tensors too, so each graph's error is reported.
+    wrappers. Split and cascade topologies get the intermediate tensors too, so each graph's error is
+    reported.
     """
     model = model.eval()
 
@@ -289,6 +322,8 @@ def torch_reference(model: MaskCLIP, topology: str):
         if topology == "split":
             clip_cls, clip_maps = model.clip_features(x)
             result |= {"clip_cls": clip_cls, "clip_maps": clip_maps, "features": model.trunk(x, clip_maps)}
+        elif topology == "cascade":
+            result["clip_maps"] = model.clip_features(x)[1]
         return {name: value.float().numpy() for name, value in result.items()}
 
     return predict

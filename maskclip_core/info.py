@@ -9,16 +9,18 @@ import click
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .config import get_config, list_configs
+from .config import MaskCLIPConfig, get_config, list_configs
 from .model import MaskCLIP
 
 
-def count_macs(model: MaskCLIP, batch: int = 1) -> dict[str, float]:
-    """GMACs per stage for `batch` images, counted on the meta device (no compute, no memory).
+def count_macs(model: MaskCLIP | MaskCLIPConfig, batch: int = 1) -> dict[str, float]:
+    """GMACs per stage for `batch` images, counted on the meta device (no compute, no memory); a config
+    is enough, so a big model can be counted without building it.
 
     The text pass is reported apart: at inference T is a constant and belongs in no deployed graph.
+    heads = heads_verdict (VSA, what the cascade's screen adds to clip) + heads_mask (the decoder).
     """
-    cfg = model.config
+    cfg = model if isinstance(model, MaskCLIPConfig) else model.config
     s = cfg.image_size
     with torch.device("meta"):
         meta = MaskCLIP(cfg).eval()
@@ -32,8 +34,12 @@ def count_macs(model: MaskCLIP, batch: int = 1) -> dict[str, float]:
             features = meta.trunk(x, maps)
         stages["mae_vca"] = fc.get_total_flops()
         with FlopCounterMode(display=False) as fc:
-            meta.heads(features, cls, text)
-        stages["heads"] = fc.get_total_flops()
+            meta.verdict_head(cls, text)
+        stages["heads_verdict"] = fc.get_total_flops()
+        with FlopCounterMode(display=False) as fc:
+            meta.mask_head(features, text)
+        stages["heads_mask"] = fc.get_total_flops()
+        stages["heads"] = stages["heads_verdict"] + stages["heads_mask"]
         with FlopCounterMode(display=False) as fc:
             meta.compute_text_embeddings()
         stages["text_once"] = fc.get_total_flops()
@@ -100,6 +106,8 @@ def main(config_name: str | None, checkpoint: str | None, as_json: bool) -> None
         f"GMACs / image   {g['image_total']:.1f} (CLIP {g['clip']:.1f}, MAE+VCA {g['mae_vca']:.1f}, "
         f"heads {g['heads']:.1f}); text pass {g['text_once']:.1f} once, cached"
     )
+    screen = g["clip"] + g["heads_verdict"]
+    click.echo(f"verdict alone   {screen:.1f} (CLIP + VSA: the cascade's screen graph; the mask adds the rest)")
 
 
 if __name__ == "__main__":

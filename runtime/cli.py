@@ -31,7 +31,7 @@ from tqdm import tqdm
 from .artifact import MANIFEST_NAME, ArtifactError, file_sha256
 from .backends.base import BackendUnavailable
 from .backends.onnxruntime import parse_device
-from .detector import Detection, Detector, PreparedImage
+from .detector import MASKS_FOR, Detection, Detector, PreparedImage
 from .inputs import expand_inputs
 from .outputs import (
     ResultsUnwritable,
@@ -111,6 +111,15 @@ def _check_device(ctx, param, value: str | None) -> str | None:
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Also write a CSV table.")
 @click.option("--masks", type=click.Path(file_okay=False), help="Folder for 8-bit probability mask PNGs.")
 @click.option("--overlays", type=click.Path(file_okay=False), help="Folder for heat-overlay PNGs.")
+@click.option(
+    "--masks-for",
+    type=click.Choice(MASKS_FOR),
+    help="Which images get a mask: all, fake (those not judged real) or none. Default: all when --masks or "
+    "--overlays are asked (every image gets its files), else fake: without files a mask only gives "
+    "mask_fraction, which is worth having for images judged fake, and a cascade artifact (maskclip-export "
+    "--cascade) then skips the mask graphs for real images (about two thirds of the compute). Verdicts "
+    "and fake_prob are the same whatever is chosen.",
+)
 @click.option(
     "--resume",
     is_flag=True,
@@ -272,6 +281,7 @@ def run(
     self_check_only: bool = False,
     no_self_check: bool = False,
     strict: bool = False,
+    masks_for: str | None = None,
 ) -> int:
     if self_check_only and no_self_check:
         raise UsageFailure("--self-check and --no-self-check contradict each other")
@@ -279,6 +289,9 @@ def run(
         return _self_check_only(model, backend, device, threads, batch, strict, quiet)
     if resume and json_target == "-":
         raise UsageFailure("--resume needs --json FILE (the answers of the earlier run)")
+    if masks_for == "none" and (masks or overlays):
+        raise UsageFailure("--masks-for none writes no masks: drop --masks/--overlays or pick all/fake")
+    masks_for = masks_for or ("all" if masks or overlays else "fake")
     _check_destinations(json_target, csv_path, masks, overlays)
     paths = expand_inputs(images, null_separated=null_separated)
     if not paths:
@@ -309,7 +322,7 @@ def run(
             decoding = DecodeOptions(
                 max_pixels, None if overlays else DECODE_MARGIN * detector.artifact.preprocess.size
             )
-            for record in _detect_all(detector, paths, outputs, decoding):
+            for record in _detect_all(detector, paths, outputs, decoding, masks_for):
                 if "error" in record:
                     failures += 1
                     progress.write(f"{PROG}: {record['error']}", file=sys.stderr)
@@ -459,7 +472,9 @@ class ImageOutputs:
         return png
 
 
-def _detect_all(detector: Detector, paths: list[str], outputs: ImageOutputs, decoding: DecodeOptions):
+def _detect_all(
+    detector: Detector, paths: list[str], outputs: ImageOutputs, decoding: DecodeOptions, masks_for: str = "all"
+):
     """Yield one record per path, in input order.
 
     A small thread pool keeps the model busy: while batch k is inferred, workers decode batch k+1
@@ -475,7 +490,7 @@ def _detect_all(detector: Detector, paths: list[str], outputs: ImageOutputs, dec
             decoded = [f.result() for f in decoding_now]
             following = chunks[index + 1] if index + 1 < len(chunks) else []
             decoding_now = [pool.submit(_decode, p, detector, decoding) for p in following]
-            answers = _infer(detector, decoded)
+            answers = _infer(detector, decoded, masks_for)
             yield from (f.result() for f in writing)
             writing = [pool.submit(_finish, detector, item, detection, outputs) for item, detection in answers]
         yield from (f.result() for f in writing)
@@ -495,11 +510,12 @@ def _decode(path: str, detector: Detector, decoding: DecodeOptions) -> Decoded:
     return Decoded(path, sha256, image, prepared, ms=(time.perf_counter() - start) * 1e3 - prepared.ms)
 
 
-def _infer(detector: Detector, chunk: list[Decoded]) -> list[tuple[Decoded, Detection | None]]:
+def _infer(detector: Detector, chunk: list[Decoded], masks_for: str) -> list[tuple[Decoded, Detection | None]]:
     """Run the decodable images of a chunk; an inference failure fails this chunk, not the whole run."""
     decodable = [d for d in chunk if d.error is None]
     try:
-        answers = dict(zip(map(id, decodable), detector.detect_prepared([d.prepared for d in decodable]), strict=True))
+        detections = detector.detect_prepared([d.prepared for d in decodable], masks_for)
+        answers = dict(zip(map(id, decodable), detections, strict=True))
     except Exception as exc:  # ONNX Runtime / TensorRT raise their own exception classes
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         for d in decodable:
@@ -517,7 +533,9 @@ def _finish(detector: Detector, decoded: Decoded, detection: Detection | None, o
     if detection is None:
         return {"path": decoded.path, "error": decoded.error}
     start = time.perf_counter()
-    mask_path, overlay_path = outputs.mask_path(decoded.path), outputs.overlay_path(decoded.path)
+    mask_path, overlay_path = None, None
+    if detection.mask_computed:  # --masks-for fake: an image judged real has no mask to write
+        mask_path, overlay_path = outputs.mask_path(decoded.path), outputs.overlay_path(decoded.path)
     try:
         if mask_path:
             save_mask_png(detection.mask, mask_path, source=decoded.path)

@@ -3,6 +3,12 @@
 The artifact decides everything model-specific (preprocessing, threshold, graph chain, batch
 profile); the caller only picks where to run. Split artifacts (clip -> trunk -> heads) are
 chained by tensor name, so callers never see the difference from a fused graph.
+
+Cascade artifacts (screen -> localise) let a caller ask for masks only where they are wanted
+(`masks_for`): the screen graph gives every image its verdict, the localise graph then runs on the
+sub-batch that needs a mask. The graphs that make fake_prob are found from the chain itself (the
+leading graphs up to the first one producing it), so verdicts are the same numbers whatever
+`masks_for` is.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ import importlib.util
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import numpy as np
@@ -28,6 +34,7 @@ from .selfcheck import self_check as run_self_check
 log = logging.getLogger("maskclip_runtime")
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
+MASKS_FOR = ("all", "fake", "none")  # which images get a mask: every one, those judged fake, none
 
 
 @dataclass(frozen=True)
@@ -36,6 +43,7 @@ class Detection:
 
     The original-size mask is made on first use: callers that only want the verdict skip the
     resize, and the CLI does it in its worker threads instead of between two inference calls.
+    An image left out by `masks_for` has no mask (model_mask, mask and mask_fraction are None).
     """
 
     fake_prob: float  # probability that the image contains generated content (raw softmax)
@@ -44,7 +52,7 @@ class Detection:
     width: int
     height: int
     ms: float  # this image's share of the wall time: preprocess + inference
-    model_mask: np.ndarray  # float32 [S, S] as the model produced it
+    model_mask: np.ndarray | None  # float32 [S, S] as the model produced it; None: not asked for
     calibrated_prob: float | None = None  # temperature-scaled fake_prob, when the artifact has a calibration
     operating_point: str = PLAIN_OPERATING_POINT  # what decided the verdict
     band: tuple[float, float] | None = None  # calibrated (real <=, fake >) thresholds of a calibrated verdict
@@ -54,14 +62,22 @@ class Detection:
         """The threshold above which the verdict is "fake" (on calibrated_prob when calibrated)."""
         return self.band[1] if self.band else self.threshold
 
+    @property
+    def mask_computed(self) -> bool:
+        return self.model_mask is not None
+
     @cached_property
-    def mask(self) -> np.ndarray:
+    def mask(self) -> np.ndarray | None:
         """float32 [height, width]: per-pixel probability of being generated, at the image's own size."""
+        if self.model_mask is None:
+            return None
         return resize_probability_map(self.model_mask, self.width, self.height)
 
     @cached_property
-    def mask_fraction(self) -> float:
+    def mask_fraction(self) -> float | None:
         """Share of pixels whose probability is > threshold."""
+        if self.mask is None:
+            return None
         return float(np.count_nonzero(self.mask > self.threshold)) / self.mask.size
 
 
@@ -112,6 +128,7 @@ class Detector:
         self.device = device or "default"
         self._runners = _build_runners(self.artifact, backend, device, threads)
         _check_chain(self._runners)
+        self._screen_graphs = _verdict_stage_length(self._runners)
         if self.backend.startswith("onnxruntime-cpu"):
             _check_cpu_features(self.artifact, strict)
         self.self_check: SelfCheckResult = SelfCheckResult("skipped")
@@ -130,6 +147,11 @@ class Detector:
     def backend(self) -> str:
         return self._runners[0].backend
 
+    @property
+    def cascade(self) -> bool:
+        """True when the verdict comes from graphs that do not make the mask (masks can be skipped)."""
+        return self._screen_graphs < len(self._runners)
+
     def prepare(self, image: Image.Image, size: tuple[int, int] | None = None) -> PreparedImage:
         """Resize and normalise one image; safe to call from worker threads.
 
@@ -139,41 +161,90 @@ class Detector:
         width, height = size or image.size
         return PreparedImage(tensor, width, height, (time.perf_counter() - start) * 1e3)
 
-    def detect(self, images: list[Image.Image]) -> list[Detection]:
-        """RGB PIL images (any sizes, any number) -> one Detection per image, in order."""
-        return self.detect_prepared([self.prepare(image) for image in images])
+    def detect(self, images: list[Image.Image], masks_for: str = "all") -> list[Detection]:
+        """RGB PIL images (any sizes, any number) -> one Detection per image, in order.
 
-    def detect_prepared(self, prepared: list[PreparedImage]) -> list[Detection]:
+        masks_for: "all", "fake" (only images not judged real get a mask: "fake", and "uncertain" under a
+        calibrated verdict) or "none". On a cascade artifact the images left out skip the localise graph;
+        elsewhere they only skip the mask resize.
+        """
+        return self.detect_prepared([self.prepare(image) for image in images], masks_for)
+
+    def detect_prepared(self, prepared: list[PreparedImage], masks_for: str = "all") -> list[Detection]:
+        if masks_for not in MASKS_FOR:
+            raise ValueError(f"masks_for must be one of {', '.join(MASKS_FOR)}, got {masks_for!r}")
         detections = []
         for start in range(0, len(prepared), self.batch_size):
             chunk = prepared[start : start + self.batch_size]
             began = time.perf_counter()
-            fake_prob, masks = self.forward(np.stack([p.tensor for p in chunk]))
-            shared_ms = (time.perf_counter() - began) * 1e3 / len(chunk)
-            for item, prob, mask in zip(chunk, fake_prob, masks, strict=True):
-                detections.append(self._detection(item, float(prob), mask, shared_ms))
+            fake_prob, tensors = self.screen(np.stack([p.tensor for p in chunk]))
+            screened = time.perf_counter()
+            # Each image shares the screen's time; the localise time is shared by the images it masked.
+            screen_ms = (screened - began) * 1e3 / len(chunk)
+            answers = [
+                self._detection(item, float(p), None, screen_ms) for item, p in zip(chunk, fake_prob, strict=True)
+            ]
+            rows = [
+                i for i, a in enumerate(answers) if masks_for == "all" or (masks_for == "fake" and a.verdict != "real")
+            ]
+            if rows:
+                masks = self.localise(tensors, rows)
+                localise_ms = (time.perf_counter() - screened) * 1e3 / len(rows)
+                for i, mask in zip(rows, masks, strict=True):
+                    answers[i] = replace(answers[i], model_mask=mask, ms=answers[i].ms + localise_ms)
+            detections += answers
         return detections
 
     def forward(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """float32 [n,3,S,S] with n <= batch_size -> (fake_prob [n], mask probability [n,S',S'])."""
+        fake_prob, tensors = self.screen(batch)
+        return fake_prob, self.localise(tensors, list(range(len(fake_prob))))
+
+    def screen(self, batch: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """float32 [n,3,S,S] with n <= batch_size -> (fake_prob [n], the chain's tensors so far).
+
+        Runs the graphs up to the one that makes fake_prob (all of them unless the artifact is a cascade);
+        the tensors keep the padded batch, for `localise`."""
         n = len(batch)
         if n > self.batch_size:
             raise ValueError(f"forward takes at most {self.batch_size} images, got {n}")
-        padded = max(n, self.artifact.batch.min) if self.artifact.batch.dynamic else self.artifact.batch.max
-        if padded > n:
-            # Fixed-batch graphs need full batches; repeating a real image keeps the filler in-distribution.
-            batch = np.concatenate([batch, np.repeat(batch[-1:], padded - n, axis=0)])
-        tensors = {"image": batch}
-        for runner in self._runners:
-            tensors.update(runner.infer({name: tensors[name] for name in runner.input_names}))
+        tensors = self._run(self._runners[: self._screen_graphs], {"image": self._pad(batch)})
+        # Copy: a runner may hand out views of buffers it reuses (TensorRT's pinned host memory).
+        return tensors["fake_prob"].reshape(-1)[:n].copy(), tensors
+
+    def localise(self, tensors: dict[str, np.ndarray], rows: list[int]) -> np.ndarray:
+        """Masks [len(rows),S',S'] for the given rows of a screened batch: the remaining graphs run on
+        that sub-batch only (nothing runs when the screen already made the mask)."""
+        if self.cascade:
+            batch = len(tensors["image"])
+            if rows != list(range(batch))[: len(rows)] or self._pad_size(len(rows)) != batch:
+                tensors = {name: self._pad(value[rows]) for name, value in tensors.items()}
+            tensors = self._run(self._runners[self._screen_graphs :], tensors)
+            rows = list(range(len(rows)))
         mask = tensors["mask"]
         if mask.ndim == 4:  # [B,1,S,S] -> [B,S,S]
             mask = mask[:, 0]
-        # Copies: a runner may hand out views of buffers it reuses (TensorRT's pinned host memory),
-        # and Detections keep their mask beyond the next call.
-        return tensors["fake_prob"].reshape(-1)[:n].copy(), mask[:n].copy()
+        # A copy (fancy indexing): Detections keep their mask beyond the next call.
+        return mask[rows]
 
-    def _detection(self, item: PreparedImage, fake_prob: float, mask: np.ndarray, shared_ms: float) -> Detection:
+    def _pad_size(self, n: int) -> int:
+        return max(n, self.artifact.batch.min) if self.artifact.batch.dynamic else self.artifact.batch.max
+
+    def _pad(self, batch: np.ndarray) -> np.ndarray:
+        """Fixed-batch graphs need full batches; repeating a real image keeps the filler in-distribution."""
+        padded = self._pad_size(len(batch))
+        if padded == len(batch):
+            return batch
+        return np.concatenate([batch, np.repeat(batch[-1:], padded - len(batch), axis=0)])
+
+    @staticmethod
+    def _run(runners: list[Runner], tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        tensors = dict(tensors)
+        for runner in runners:
+            tensors.update(runner.infer({name: tensors[name] for name in runner.input_names}))
+        return tensors
+
+    def _detection(self, item: PreparedImage, fake_prob: float, mask: np.ndarray | None, shared_ms: float) -> Detection:
         verdict = "fake" if fake_prob > self.threshold else "real"
         ms = item.ms + shared_ms
         if self.calibration is None:
@@ -288,6 +359,11 @@ def _cuda_index(device: str | None) -> int:
     if kind not in ("cuda", "tensorrt") or (index and not index.isdigit()):
         raise BackendUnavailable(f"TensorRT needs a CUDA device (cuda or cuda:N), not {device!r}")
     return int(index or 0)
+
+
+def _verdict_stage_length(runners: list[Runner]) -> int:
+    """How many leading graphs the verdict needs: up to and including the first that makes fake_prob."""
+    return next(i + 1 for i, runner in enumerate(runners) if "fake_prob" in runner.output_names)
 
 
 def _check_chain(runners: list[Runner]) -> None:

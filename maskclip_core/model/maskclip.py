@@ -2,6 +2,8 @@
 
 The forward is split into the three stages that export as separate graphs (`--split`):
 clip_features (image -> taps), trunk (image, CLIP maps -> MAE features), heads (-> logits, masks).
+The heads split again into verdict_head (CLIP CLS -> logits) and mask_head (features -> mask) for the
+cascade export, whose screen graph answers the verdict without the MAE side.
 """
 
 from __future__ import annotations
@@ -97,13 +99,19 @@ class MaskCLIP(nn.Module):
 
     def heads(self, features: torch.Tensor, clip_cls: torch.Tensor, text: torch.Tensor) -> dict[str, torch.Tensor]:
         """MAE features, CLIP CLS taps and T -> logits [B,2], fake_prob [B], mask_logits, mask_prob."""
-        mask_logits = self.decoder(features, self.text_proj(text)[1])  # [B,1,4G,4G]
+        return {**self.verdict_head(clip_cls, text), **self.mask_head(features, text)}
+
+    def verdict_head(self, clip_cls: torch.Tensor, text: torch.Tensor) -> dict[str, torch.Tensor]:
+        """CLIP CLS taps and T -> logits [B,2], fake_prob [B]: the verdict needs no MAE side of the model."""
         logits = detection_logits(self.vsa(clip_cls), text)  # [B,2]
+        return {"logits": logits, "fake_prob": logits.softmax(dim=-1)[:, 1]}
+
+    def mask_head(self, features: torch.Tensor, text: torch.Tensor) -> dict[str, torch.Tensor]:
+        """MAE features and T -> mask_logits [B,1,4G,4G], mask_prob [B,1,S,S]."""
+        mask_logits = self.decoder(features, self.text_proj(text)[1])
         return {
-            "logits": logits,
-            "fake_prob": logits.softmax(dim=-1)[:, 1],
             "mask_logits": mask_logits,
-            "mask_prob": upsample_mask_logits(mask_logits, self.config.image_size).sigmoid(),  # [B,1,S,S]
+            "mask_prob": upsample_mask_logits(mask_logits, self.config.image_size).sigmoid(),
         }
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
