@@ -34,6 +34,7 @@ from .backends.onnxruntime import parse_device
 from .detector import Detection, Detector, PreparedImage
 from .inputs import expand_inputs
 from .outputs import (
+    DEFAULT_OVERLAY_SIZE,
     ResultsUnwritable,
     ResultTables,
     TableBusy,
@@ -44,6 +45,7 @@ from .outputs import (
     source_tag,
 )
 from .preprocess import DEFAULT_MAX_PIXELS, ImageLoadError, decode_image
+from .report import write_report
 from .selfcheck import SelfCheckFailed
 from .selfcheck import self_check as run_self_check
 
@@ -109,8 +111,25 @@ def _check_device(ctx, param, value: str | None) -> str | None:
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads for ONNX Runtime.")
 @click.option("--json", "json_target", default="-", show_default=True, help="JSON lines output file, - for stdout.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Also write a CSV table.")
-@click.option("--masks", type=click.Path(file_okay=False), help="Folder for 8-bit probability mask PNGs.")
-@click.option("--overlays", type=click.Path(file_okay=False), help="Folder for heat-overlay PNGs.")
+@click.option(
+    "--masks", type=click.Path(file_okay=False), help="Folder for binary mask PNGs (255 = over the threshold)."
+)
+@click.option(
+    "--prob-maps", type=click.Path(file_okay=False), help="Folder for 8-bit probability-map PNGs (255 = certain)."
+)
+@click.option(
+    "--overlays", type=click.Path(file_okay=False), help="Folder for overlay PNGs (heat map, outline, legend)."
+)
+@click.option(
+    "--overlay-size",
+    type=click.IntRange(min=0),
+    default=DEFAULT_OVERLAY_SIZE,
+    show_default=True,
+    help="Long side of the overlay PNGs in pixels (0: the photo's own size).",
+)
+@click.option(
+    "--report", "report_path", type=click.Path(dir_okay=False), help="Also write a self-contained HTML report."
+)
 @click.option(
     "--resume",
     is_flag=True,
@@ -272,12 +291,15 @@ def run(
     self_check_only: bool = False,
     no_self_check: bool = False,
     strict: bool = False,
+    prob_maps: str | None = None,
+    overlay_size: int = DEFAULT_OVERLAY_SIZE,
+    report_path: str | None = None,
 ) -> int:
     if self_check_only:
         return _self_check_only(model, backend, device, threads, batch, strict, quiet)
     if resume and json_target == "-":
         raise UsageFailure("--resume needs --json FILE (the answers of the earlier run)")
-    _check_destinations(json_target, csv_path, masks, overlays)
+    _check_destinations(json_target, csv_path, masks, overlays, prob_maps, report_path)
     paths = expand_inputs(images, null_separated=null_separated)
     if not paths:
         raise UsageFailure("no input images (give files, folders, globs, or - to read paths from stdin)")
@@ -291,10 +313,12 @@ def run(
         detector.close()
         raise UsageFailure(f"cannot write results: {exc}") from None
     failures = 0
+    records: list[dict] = []
     try:
         kept = _answers_to_keep(tables, detector, json_target) if resume else []
         tables.start(kept)
-        outputs = ImageOutputs(masks, overlays, _output_stems(paths))
+        records.extend(kept)
+        outputs = ImageOutputs(masks, overlays, _output_stems(paths), prob_maps, overlay_size or None)
         if resume:
             answered = {os.path.realpath(r["path"]) for r in kept}
             todo = [p for p in paths if os.path.realpath(p) not in answered]
@@ -312,27 +336,45 @@ def run(
                     failures += 1
                     progress.write(f"{PROG}: {record['error']}", file=sys.stderr)
                 tables.write(record)
+                records.append(record)
                 progress.update()
         finally:
             progress.close()
     finally:
         tables.close()
         detector.close()
+    if report_path:
+        try:
+            write_report(records, report_path)
+        except OSError as exc:
+            raise ResultsUnwritable(f"cannot write the report {report_path}: {exc.strerror or exc}") from None
     if not quiet and len(paths) > 1:
         seconds = time.perf_counter() - started
+        verdicts = Counter(r.get("verdict") for r in records[len(kept) :] if "error" not in r)
+        counts = ", ".join(f"{verdicts[v]} {v}" for v in ("real", "uncertain", "fake"))
         click.echo(
-            f"{PROG}: {len(paths)} images, {failures} failed, {len(paths) / seconds:.1f} images/s ({detector.backend})",
+            f"{PROG}: {len(paths)} images, {failures} failed ({counts}), {len(paths) / seconds:.1f} images/s "
+            f"({detector.backend})",
             err=True,
         )
     return 1 if failures else 0
 
 
-def _check_destinations(json_target: str, csv_path: str | None, masks: str | None, overlays: str | None) -> None:
+def _check_destinations(
+    json_target: str,
+    csv_path: str | None,
+    masks: str | None,
+    overlays: str | None,
+    prob_maps: str | None = None,
+    report_path: str | None = None,
+) -> None:
     """Every output must be writable before the first image is processed, not found unusable after the last."""
     tables = [path for path in (None if json_target == "-" else json_target, csv_path) if path]
     if len(tables) == 2 and os.path.realpath(tables[0]) == os.path.realpath(tables[1]):
         raise UsageFailure(f"--json and --csv name the same file ({csv_path}); give two different files")
-    for path in tables:
+    if report_path and os.path.realpath(report_path) in map(os.path.realpath, tables):
+        raise UsageFailure(f"--report names a results table ({report_path}); give it a file of its own")
+    for path in [*tables, *([report_path] if report_path else [])]:
         folder = os.path.dirname(os.path.abspath(path))
         if os.path.isdir(path):
             raise UsageFailure(f"cannot write results to {path}: it is a folder")
@@ -340,7 +382,7 @@ def _check_destinations(json_target: str, csv_path: str | None, masks: str | Non
             raise UsageFailure(f"cannot write results to {path}: folder {folder} does not exist")
         if not os.access(path if os.path.exists(path) else folder, os.W_OK):
             raise UsageFailure(f"cannot write results to {path}: permission denied")
-    for folder in (masks, overlays):
+    for folder in (masks, overlays, prob_maps):
         if not folder:
             continue
         try:
@@ -440,9 +482,14 @@ class ImageOutputs:
     masks: str | None
     overlays: str | None
     stems: dict[str, str]
+    prob_maps: str | None = None
+    overlay_size: int | None = None  # long side of an overlay; None: the photo's own size
 
     def mask_path(self, path: str) -> str | None:
         return self._png_path(self.masks, path, "mask")
+
+    def prob_map_path(self, path: str) -> str | None:
+        return self._png_path(self.prob_maps, path, "prob")
 
     def overlay_path(self, path: str) -> str | None:
         return self._png_path(self.overlays, path, "overlay")
@@ -516,14 +563,18 @@ def _finish(detector: Detector, decoded: Decoded, detection: Detection | None, o
         return {"path": decoded.path, "error": decoded.error}
     start = time.perf_counter()
     mask_path, overlay_path = outputs.mask_path(decoded.path), outputs.overlay_path(decoded.path)
+    prob_map_path = outputs.prob_map_path(decoded.path)
     try:
         if mask_path:
-            save_mask_png(detection.mask, mask_path, source=decoded.path)
+            save_mask_png(detection.mask, mask_path, source=decoded.path, threshold=detection.threshold)
+        if prob_map_path:
+            save_mask_png(detection.mask, prob_map_path, source=decoded.path)
         if overlay_path:
-            save_overlay_png(decoded.image, detection.mask, overlay_path, source=decoded.path)
+            save_overlay_png(decoded.image, detection.mask, overlay_path, decoded.path, detection, outputs.overlay_size)
     except OSError as exc:
         if exc.errno in _DISK_FULL:
-            raise ResultsUnwritable(f"cannot write {mask_path or overlay_path}: {exc.strerror}") from None
+            written = mask_path or prob_map_path or overlay_path
+            raise ResultsUnwritable(f"cannot write {written}: {exc.strerror}") from None
         return {"path": decoded.path, "error": f"{decoded.path}: cannot write outputs: {exc}"}
     finishing_ms = (time.perf_counter() - start) * 1e3
     ms = decoded.ms + detection.ms + finishing_ms
