@@ -48,6 +48,7 @@ from .preprocess import DEFAULT_MAX_PIXELS, ImageLoadError, decode_image
 from .report import write_report
 from .selfcheck import SelfCheckFailed
 from .selfcheck import self_check as run_self_check
+from .tiling import detect_tiled
 
 # A JPEG may be decoded at 1/2..1/8 scale while both sides stay >= this many times the model input:
 # the model's own resize still averages over >= 4x4 decoded pixels, and a 108 Mpx photo never
@@ -126,6 +127,12 @@ def _check_device(ctx, param, value: str | None) -> str | None:
     default=DEFAULT_OVERLAY_SIZE,
     show_default=True,
     help="Long side of the overlay PNGs in pixels (0: the photo's own size).",
+)
+@click.option(
+    "--tiles",
+    is_flag=True,
+    help="Masks at the image's own resolution from overlapping model-size tiles (the verdict stays the whole "
+    "image's); fits models trained on native-resolution crops.",
 )
 @click.option(
     "--report", "report_path", type=click.Path(dir_okay=False), help="Also write a self-contained HTML report."
@@ -294,6 +301,7 @@ def run(
     prob_maps: str | None = None,
     overlay_size: int = DEFAULT_OVERLAY_SIZE,
     report_path: str | None = None,
+    tiles: bool = False,
 ) -> int:
     if self_check_only:
         return _self_check_only(model, backend, device, threads, batch, strict, quiet)
@@ -329,7 +337,7 @@ def run(
         progress = tqdm(total=len(paths), disable=quiet or len(paths) <= 1, file=sys.stderr, unit="img", desc=PROG)
         try:
             decoding = DecodeOptions(
-                max_pixels, None if overlays else DECODE_MARGIN * detector.artifact.preprocess.size
+                max_pixels, None if overlays or tiles else DECODE_MARGIN * detector.artifact.preprocess.size, tiles
             )
             for record in _detect_all(detector, paths, outputs, decoding):
                 if "error" in record:
@@ -469,7 +477,8 @@ def _open_detector(
 @dataclass(frozen=True)
 class DecodeOptions:
     max_pixels: int
-    reduce_to: int | None  # see decode_image; None when the full-size photo is needed (overlays)
+    reduce_to: int | None  # see decode_image; None when the full-size photo is needed (overlays, tiles)
+    tiles: bool = False  # masks stitched from native-resolution tiles (tiling.py)
 
 
 @dataclass(frozen=True)
@@ -520,7 +529,7 @@ def _detect_all(detector: Detector, paths: list[str], outputs: ImageOutputs, dec
             decoded = [f.result() for f in decoding_now]
             following = chunks[index + 1] if index + 1 < len(chunks) else []
             decoding_now = [pool.submit(_decode, p, detector, decoding) for p in following]
-            answers = _infer(detector, decoded)
+            answers = _infer(detector, decoded, decoding.tiles)
             yield from (f.result() for f in writing)
             writing = [pool.submit(_finish, detector, item, detection, outputs) for item, detection in answers]
         yield from (f.result() for f in writing)
@@ -540,11 +549,13 @@ def _decode(path: str, detector: Detector, decoding: DecodeOptions) -> Decoded:
     return Decoded(path, sha256, image, prepared, ms=(time.perf_counter() - start) * 1e3 - prepared.ms)
 
 
-def _infer(detector: Detector, chunk: list[Decoded]) -> list[tuple[Decoded, Detection | None]]:
+def _infer(detector: Detector, chunk: list[Decoded], tiles: bool = False) -> list[tuple[Decoded, Detection | None]]:
     """Run the decodable images of a chunk; an inference failure fails this chunk, not the whole run."""
     decodable = [d for d in chunk if d.error is None]
     try:
         answers = dict(zip(map(id, decodable), detector.detect_prepared([d.prepared for d in decodable]), strict=True))
+        if tiles:
+            answers = {id(d): detect_tiled(detector, d.image, answers[id(d)]) for d in decodable}
     except Exception as exc:  # ONNX Runtime / TensorRT raise their own exception classes
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         for d in decodable:

@@ -36,6 +36,7 @@ DETAIL_FIELDS = (
     "threshold",
     "uncertain_below",
     "mask_fraction",
+    "mask_policy",
     "mask",
     "overlay",
     "ms",
