@@ -89,7 +89,7 @@ def explained_overlay(
 ) -> Image.Image:
     """heat_overlay (long side at most max_side) above a legend strip: verdict, probabilities, colour bar.
 
-    prob: [H,W] at the image's size. The photo's pixels stay in the top-left (width x height) block of
+    prob: [H,W], at the image's size or any other (it is resized). The photo's pixels stay in the top-left block of
     the result; the legend is drawn below them, never over the photo.
     """
     size = fit_within(image.size, max_side)
@@ -97,6 +97,7 @@ def explained_overlay(
     prob = np.asarray(prob, dtype=np.float32)
     if size != image.size:
         photo = photo.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+    if prob.shape != (size[1], size[0]):
         prob = np.asarray(Image.fromarray(prob, "F").resize(size, Image.Resampling.BOX))
     heat = heat_overlay(photo, prob, detection.threshold)
     legend = _legend(max(size[0], LEGEND_MIN_WIDTH), detection)

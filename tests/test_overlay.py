@@ -113,3 +113,11 @@ def test_narrow_photo_gets_a_canvas_wide_enough_for_the_legend_and_the_png_recor
         assert png.width > 64 and png.text["maskclip-source"] == source_tag("x.jpg")
         assert overlay_photo_size(png) == (64, 64)
         np.testing.assert_array_equal(np.asarray(png.convert("RGB"))[:64, :64], np.asarray(photo))
+
+
+def test_a_probability_map_of_another_size_is_resized_to_the_photo():
+    photo = Image.new("RGB", (100, 50), (128, 128, 128))
+    prob = np.zeros((25, 50), np.float32)
+    prob[:, 25:] = 1.0  # the right half
+    overlay = np.asarray(explained_overlay(photo, prob, _detection("fake", prob)))
+    assert (overlay[:50, :40] == 128).all() and (overlay[:50, 60:] != 128).any(axis=-1).all()
