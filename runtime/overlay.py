@@ -113,7 +113,7 @@ def _legend(width: int, detection: Detection) -> Image.Image:
     line = font.getbbox("Ag")[3] + font_size // 3
     pad = font_size // 2
     bar_height = font_size
-    height = pad + 3 * line + pad + bar_height + line + pad
+    height = pad + 4 * line + pad + bar_height + line + pad
     legend = Image.new("RGB", (width, height), (24, 24, 24))
     draw = ImageDraw.Draw(legend)
 
@@ -125,14 +125,18 @@ def _legend(width: int, detection: Detection) -> Image.Image:
     scores = f"P(generated) {detection.fake_prob:.3f}"
     if detection.calibrated_prob is not None:
         scores += f"   calibrated {detection.calibrated_prob:.3f}"
-    scores += f"   fake above {detection.verdict_threshold:.3f}"
     draw.text((box[2] + 3 * pad, pad), scores, fill="white", font=font)
+    if detection.band:  # a calibrated verdict: the thresholds apply to the calibrated probability
+        rule = f"calibrated: real at or below {detection.band[0]:.3f}, generated above {detection.band[1]:.3f}"
+    else:
+        rule = f"generated above {detection.verdict_threshold:.3f}"
+    draw.text((pad, pad + line), rule, fill=(220, 220, 220), font=font)
     area = f"outlined: mask > {detection.threshold:.2f}, {100 * detection.mask_fraction:.1f} % of the image"
-    draw.text((pad, pad + line), area, fill=(220, 220, 220), font=font)
+    draw.text((pad, pad + 2 * line), area, fill=(220, 220, 220), font=font)
 
     title = "mask probability (colour over grey, as blended on the photo)"
-    draw.text((pad, pad + 2 * line), title, fill=(200, 200, 200), font=font)
-    bar_left, bar_top = 2 * pad, 3 * line + 2 * pad  # the gap above holds the threshold marker
+    draw.text((pad, pad + 3 * line), title, fill=(200, 200, 200), font=font)
+    bar_left, bar_top = 2 * pad, 4 * line + 2 * pad  # the gap above holds the threshold marker
     bar_width = min(24 * font_size, width - 2 * bar_left)
     gradient = np.tile(np.linspace(0.0, 1.0, bar_width, dtype=np.float32), (bar_height, 1))
     grey = Image.new("RGB", (bar_width, bar_height), (128, 128, 128))
