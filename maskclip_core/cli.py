@@ -7,6 +7,7 @@ line on stderr naming the file and a non-zero status, never a traceback.
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -153,7 +154,9 @@ def evaluate(
         if robustness:
             _robustness(predictor, samples, source, data, split, per_generator, batch_size, workers, output)
             return
+        started = time.perf_counter()
         accumulator = collect(predictor, samples, batch_size, workers)
+        seconds = time.perf_counter() - started
     except USER_ERRORS as exc:
         _fail(exc)
     except RuntimeError as exc:  # runtime's BackendUnavailable / ArtifactError are one-line messages too
@@ -161,6 +164,7 @@ def evaluate(
     summary = accumulator.summary()
     doc = report(summary, model=source, predictor=predictor.name, data=data, split=split, images=len(samples))
     click.echo(doc["table"])
+    click.echo(_eval_summary(accumulator, predictor.threshold, seconds), err=True)
     if record is not None:
         if (record.fitted_on.get("data"), record.fitted_on.get("split")) == (str(data), split):
             click.echo("note: these images include the record's fitting data; its scores here are optimistic", err=True)
@@ -170,6 +174,17 @@ def evaluate(
     if output:
         save_report(doc, output)
         click.echo(f"saved {output}", err=True)
+
+
+def _eval_summary(accumulator, threshold: float, seconds: float) -> str:
+    """The end-of-run line: images, verdicts at the threshold against the data's labels, images/s."""
+    labels, fake_prob = accumulator.scores()
+    flagged = int((fake_prob > threshold).sum())
+    return (
+        f"maskclip-eval: {len(labels)} images: {len(labels) - flagged} real, {flagged} fake at threshold {threshold} "
+        f"(labelled {int((labels == 0).sum())} real, {int((labels == 1).sum())} fake), "
+        f"{len(labels) / max(seconds, 1e-9):.1f} images/s"
+    )
 
 
 def _calibration_to_measure(path: str | None, predictor):

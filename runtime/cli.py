@@ -34,6 +34,7 @@ from .backends.onnxruntime import parse_device
 from .detector import MASKS_FOR, Detection, Detector, PreparedImage
 from .inputs import expand_inputs
 from .outputs import (
+    DEFAULT_OVERLAY_SIZE,
     ResultsUnwritable,
     ResultTables,
     TableBusy,
@@ -44,8 +45,10 @@ from .outputs import (
     source_tag,
 )
 from .preprocess import DEFAULT_MAX_PIXELS, ImageLoadError, decode_image
+from .report import write_report
 from .selfcheck import SelfCheckFailed
 from .selfcheck import self_check as run_self_check
+from .tiling import detect_tiled
 
 # A JPEG may be decoded at 1/2..1/8 scale while both sides stay >= this many times the model input:
 # the model's own resize still averages over >= 4x4 decoded pixels, and a 108 Mpx photo never
@@ -109,8 +112,31 @@ def _check_device(ctx, param, value: str | None) -> str | None:
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads for ONNX Runtime.")
 @click.option("--json", "json_target", default="-", show_default=True, help="JSON lines output file, - for stdout.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Also write a CSV table.")
-@click.option("--masks", type=click.Path(file_okay=False), help="Folder for 8-bit probability mask PNGs.")
-@click.option("--overlays", type=click.Path(file_okay=False), help="Folder for heat-overlay PNGs.")
+@click.option(
+    "--masks", type=click.Path(file_okay=False), help="Folder for binary mask PNGs (255 = over the threshold)."
+)
+@click.option(
+    "--prob-maps", type=click.Path(file_okay=False), help="Folder for 8-bit probability-map PNGs (255 = certain)."
+)
+@click.option(
+    "--overlays", type=click.Path(file_okay=False), help="Folder for overlay PNGs (heat map, outline, legend)."
+)
+@click.option(
+    "--overlay-size",
+    type=click.IntRange(min=0),
+    default=DEFAULT_OVERLAY_SIZE,
+    show_default=True,
+    help="Long side of the overlay PNGs in pixels (0: the photo's own size).",
+)
+@click.option(
+    "--tiles",
+    is_flag=True,
+    help="Masks at the image's own resolution from overlapping model-size tiles (the verdict stays the whole "
+    "image's); fits models trained on native-resolution crops.",
+)
+@click.option(
+    "--report", "report_path", type=click.Path(dir_okay=False), help="Also write a self-contained HTML report."
+)
 @click.option(
     "--masks-for",
     type=click.Choice(MASKS_FOR),
@@ -282,6 +308,10 @@ def run(
     no_self_check: bool = False,
     strict: bool = False,
     masks_for: str | None = None,
+    prob_maps: str | None = None,
+    overlay_size: int = DEFAULT_OVERLAY_SIZE,
+    report_path: str | None = None,
+    tiles: bool = False,
 ) -> int:
     if self_check_only and no_self_check:
         raise UsageFailure("--self-check and --no-self-check contradict each other")
@@ -289,10 +319,10 @@ def run(
         return _self_check_only(model, backend, device, threads, batch, strict, quiet)
     if resume and json_target == "-":
         raise UsageFailure("--resume needs --json FILE (the answers of the earlier run)")
-    if masks_for == "none" and (masks or overlays):
-        raise UsageFailure("--masks-for none writes no masks: drop --masks/--overlays or pick all/fake")
-    masks_for = masks_for or ("all" if masks or overlays else "fake")
-    _check_destinations(json_target, csv_path, masks, overlays)
+    if masks_for == "none" and (masks or overlays or prob_maps):
+        raise UsageFailure("--masks-for none writes no masks: drop --masks/--overlays/--prob-maps or pick all/fake")
+    masks_for = masks_for or ("all" if masks or overlays or prob_maps else "fake")
+    _check_destinations(json_target, csv_path, masks, overlays, prob_maps, report_path)
     paths = expand_inputs(images, null_separated=null_separated)
     if not paths:
         raise UsageFailure("no input images (give files, folders, globs, or - to read paths from stdin)")
@@ -306,10 +336,12 @@ def run(
         detector.close()
         raise UsageFailure(f"cannot write results: {exc}") from None
     failures = 0
+    records: list[dict] = []
     try:
         kept = _answers_to_keep(tables, detector, json_target) if resume else []
         tables.start(kept)
-        outputs = ImageOutputs(masks, overlays, _output_stems(paths))
+        records.extend(kept)
+        outputs = ImageOutputs(masks, overlays, _output_stems(paths), prob_maps, overlay_size or None)
         if resume:
             answered = {os.path.realpath(r["path"]) for r in kept}
             todo = [p for p in paths if os.path.realpath(p) not in answered]
@@ -320,34 +352,52 @@ def run(
         progress = tqdm(total=len(paths), disable=quiet or len(paths) <= 1, file=sys.stderr, unit="img", desc=PROG)
         try:
             decoding = DecodeOptions(
-                max_pixels, None if overlays else DECODE_MARGIN * detector.artifact.preprocess.size
+                max_pixels, None if overlays or tiles else DECODE_MARGIN * detector.artifact.preprocess.size, tiles
             )
             for record in _detect_all(detector, paths, outputs, decoding, masks_for):
                 if "error" in record:
                     failures += 1
                     progress.write(f"{PROG}: {record['error']}", file=sys.stderr)
                 tables.write(record)
+                records.append(record)
                 progress.update()
         finally:
             progress.close()
     finally:
         tables.close()
         detector.close()
+    if report_path:
+        try:
+            write_report(records, report_path)
+        except OSError as exc:
+            raise ResultsUnwritable(f"cannot write the report {report_path}: {exc.strerror or exc}") from None
     if not quiet and len(paths) > 1:
         seconds = time.perf_counter() - started
+        verdicts = Counter(r.get("verdict") for r in records[len(kept) :] if "error" not in r)
+        counts = ", ".join(f"{verdicts[v]} {v}" for v in ("real", "uncertain", "fake"))
         click.echo(
-            f"{PROG}: {len(paths)} images, {failures} failed, {len(paths) / seconds:.1f} images/s ({detector.backend})",
+            f"{PROG}: {len(paths)} images, {failures} failed ({counts}), {len(paths) / seconds:.1f} images/s "
+            f"({detector.backend})",
             err=True,
         )
     return 1 if failures else 0
 
 
-def _check_destinations(json_target: str, csv_path: str | None, masks: str | None, overlays: str | None) -> None:
+def _check_destinations(
+    json_target: str,
+    csv_path: str | None,
+    masks: str | None,
+    overlays: str | None,
+    prob_maps: str | None = None,
+    report_path: str | None = None,
+) -> None:
     """Every output must be writable before the first image is processed, not found unusable after the last."""
     tables = [path for path in (None if json_target == "-" else json_target, csv_path) if path]
     if len(tables) == 2 and os.path.realpath(tables[0]) == os.path.realpath(tables[1]):
         raise UsageFailure(f"--json and --csv name the same file ({csv_path}); give two different files")
-    for path in tables:
+    if report_path and os.path.realpath(report_path) in map(os.path.realpath, tables):
+        raise UsageFailure(f"--report names a results table ({report_path}); give it a file of its own")
+    for path in [*tables, *([report_path] if report_path else [])]:
         folder = os.path.dirname(os.path.abspath(path))
         if os.path.isdir(path):
             raise UsageFailure(f"cannot write results to {path}: it is a folder")
@@ -355,7 +405,7 @@ def _check_destinations(json_target: str, csv_path: str | None, masks: str | Non
             raise UsageFailure(f"cannot write results to {path}: folder {folder} does not exist")
         if not os.access(path if os.path.exists(path) else folder, os.W_OK):
             raise UsageFailure(f"cannot write results to {path}: permission denied")
-    for folder in (masks, overlays):
+    for folder in (masks, overlays, prob_maps):
         if not folder:
             continue
         try:
@@ -442,7 +492,8 @@ def _open_detector(
 @dataclass(frozen=True)
 class DecodeOptions:
     max_pixels: int
-    reduce_to: int | None  # see decode_image; None when the full-size photo is needed (overlays)
+    reduce_to: int | None  # see decode_image; None when the full-size photo is needed (overlays, tiles)
+    tiles: bool = False  # masks stitched from native-resolution tiles (tiling.py)
 
 
 @dataclass(frozen=True)
@@ -455,9 +506,14 @@ class ImageOutputs:
     masks: str | None
     overlays: str | None
     stems: dict[str, str]
+    prob_maps: str | None = None
+    overlay_size: int | None = None  # long side of an overlay; None: the photo's own size
 
     def mask_path(self, path: str) -> str | None:
         return self._png_path(self.masks, path, "mask")
+
+    def prob_map_path(self, path: str) -> str | None:
+        return self._png_path(self.prob_maps, path, "prob")
 
     def overlay_path(self, path: str) -> str | None:
         return self._png_path(self.overlays, path, "overlay")
@@ -490,7 +546,7 @@ def _detect_all(
             decoded = [f.result() for f in decoding_now]
             following = chunks[index + 1] if index + 1 < len(chunks) else []
             decoding_now = [pool.submit(_decode, p, detector, decoding) for p in following]
-            answers = _infer(detector, decoded, masks_for)
+            answers = _infer(detector, decoded, masks_for, decoding.tiles)
             yield from (f.result() for f in writing)
             writing = [pool.submit(_finish, detector, item, detection, outputs) for item, detection in answers]
         yield from (f.result() for f in writing)
@@ -510,12 +566,18 @@ def _decode(path: str, detector: Detector, decoding: DecodeOptions) -> Decoded:
     return Decoded(path, sha256, image, prepared, ms=(time.perf_counter() - start) * 1e3 - prepared.ms)
 
 
-def _infer(detector: Detector, chunk: list[Decoded], masks_for: str) -> list[tuple[Decoded, Detection | None]]:
+def _infer(
+    detector: Detector, chunk: list[Decoded], masks_for: str, tiles: bool = False
+) -> list[tuple[Decoded, Detection | None]]:
     """Run the decodable images of a chunk; an inference failure fails this chunk, not the whole run."""
     decodable = [d for d in chunk if d.error is None]
     try:
         detections = detector.detect_prepared([d.prepared for d in decodable], masks_for)
         answers = dict(zip(map(id, decodable), detections, strict=True))
+        if tiles:  # native-resolution masks, for the images that get a mask at all
+            for d in decodable:
+                if answers[id(d)].mask_computed:
+                    answers[id(d)] = detect_tiled(detector, d.image, answers[id(d)])
     except Exception as exc:  # ONNX Runtime / TensorRT raise their own exception classes
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         for d in decodable:
@@ -533,17 +595,21 @@ def _finish(detector: Detector, decoded: Decoded, detection: Detection | None, o
     if detection is None:
         return {"path": decoded.path, "error": decoded.error}
     start = time.perf_counter()
-    mask_path, overlay_path = None, None
+    mask_path, overlay_path, prob_map_path = None, None, None
     if detection.mask_computed:  # --masks-for fake: an image judged real has no mask to write
         mask_path, overlay_path = outputs.mask_path(decoded.path), outputs.overlay_path(decoded.path)
+        prob_map_path = outputs.prob_map_path(decoded.path)
     try:
         if mask_path:
-            save_mask_png(detection.mask, mask_path, source=decoded.path)
+            save_mask_png(detection.mask, mask_path, source=decoded.path, threshold=detection.threshold)
+        if prob_map_path:
+            save_mask_png(detection.mask, prob_map_path, source=decoded.path)
         if overlay_path:
-            save_overlay_png(decoded.image, detection.mask, overlay_path, source=decoded.path)
+            save_overlay_png(decoded.image, detection.mask, overlay_path, decoded.path, detection, outputs.overlay_size)
     except OSError as exc:
         if exc.errno in _DISK_FULL:
-            raise ResultsUnwritable(f"cannot write {mask_path or overlay_path}: {exc.strerror}") from None
+            written = mask_path or prob_map_path or overlay_path
+            raise ResultsUnwritable(f"cannot write {written}: {exc.strerror}") from None
         return {"path": decoded.path, "error": f"{decoded.path}: cannot write outputs: {exc}"}
     finishing_ms = (time.perf_counter() - start) * 1e3
     ms = decoded.ms + detection.ms + finishing_ms

@@ -56,6 +56,7 @@ class Detection:
     calibrated_prob: float | None = None  # temperature-scaled fake_prob, when the artifact has a calibration
     operating_point: str = PLAIN_OPERATING_POINT  # what decided the verdict
     band: tuple[float, float] | None = None  # calibrated (real <=, fake >) thresholds of a calibrated verdict
+    mask_policy: str = "resize"  # how the mask was made: the global view resized, or tiles (tiling.py)
 
     @property
     def verdict_threshold(self) -> float:

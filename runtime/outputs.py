@@ -1,4 +1,4 @@
-"""Result files: probability-mask PNGs, heat overlays, JSON lines and CSV.
+"""Result files: mask PNGs (binary at the threshold, or the probability map), overlays, JSON lines and CSV.
 
 PNGs are written to a hidden temporary file in the destination folder and moved over the final
 name with os.replace, so a reader (or a crash) never sees half a PNG. They record which image they
@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, PngImagePlugin
 
+from .overlay import DEFAULT_OVERLAY_SIZE, explained_overlay, fit_within, heat_overlay
+
 try:
     import fcntl
 except ImportError:  # Windows: tables are written the same way, without the lock
@@ -60,6 +62,7 @@ RECORD_FIELDS = (
     "uncertain_below",
     "mask_fraction",
     "mask_computed",
+    "mask_policy",
     "mask",
     "overlay",
     "backend",
@@ -113,6 +116,7 @@ def detection_record(
         "uncertain_below": detection.band[0] if detection.band else None,
         "mask_fraction": None if detection.mask_fraction is None else round(detection.mask_fraction, 6),
         "mask_computed": detection.mask_computed,
+        "mask_policy": detection.mask_policy,
         "mask": mask,
         "overlay": overlay,
         "backend": detector.backend,
@@ -139,53 +143,68 @@ def made_for_another_image(png_path: str | os.PathLike, image_path: str) -> bool
         return True
 
 
-def _png_info(image_path: str | None) -> PngImagePlugin.PngInfo | None:
-    if image_path is None:
+# PNG text key of an overlay with a legend: "WxH", the photo's block in its top-left corner (for thumbnails).
+PHOTO_SIZE_KEY = "maskclip-photo-size"
+
+
+def _png_info(image_path: str | None, photo_size: tuple[int, int] | None = None) -> PngImagePlugin.PngInfo | None:
+    if image_path is None and photo_size is None:
         return None
     info = PngImagePlugin.PngInfo()
-    info.add_text(SOURCE_KEY, source_tag(image_path))
+    if image_path is not None:
+        info.add_text(SOURCE_KEY, source_tag(image_path))
+    if photo_size is not None:
+        info.add_text(PHOTO_SIZE_KEY, "{}x{}".format(*photo_size))
     return info
 
 
-def mask_image(prob: np.ndarray) -> Image.Image:
-    """Probability map [H,W] in 0..1 -> 8-bit greyscale image (0 = real, 255 = certainly generated)."""
+def overlay_photo_size(png: Image.Image) -> tuple[int, int]:
+    """The size of the photo block at the top left of an overlay PNG (the whole PNG when it has no legend)."""
+    width, _, height = png.text.get(PHOTO_SIZE_KEY, "").partition("x") if hasattr(png, "text") else ("", "", "")
+    return (int(width), int(height)) if width.isdigit() and height.isdigit() else png.size
+
+
+def mask_image(prob: np.ndarray, threshold: float | None = None) -> Image.Image:
+    """Probability map [H,W] in 0..1 -> 8-bit greyscale image (0 = real, 255 = certainly generated).
+
+    threshold: the binary mask instead, 255 where prob > threshold (the pixels mask_fraction counts)."""
     prob = np.asarray(prob, dtype=np.float32)
     levels = np.empty(prob.shape, np.uint8)
     # In strips: a 108-megapixel mask is 430 MB in float32, and each whole-size temporary another.
     for top in range(0, len(prob), 1024):
-        levels[top : top + 1024] = np.clip(np.rint(prob[top : top + 1024] * 255.0), 0, 255)
+        strip = prob[top : top + 1024]
+        if threshold is None:
+            levels[top : top + 1024] = np.clip(np.rint(strip * 255.0), 0, 255)
+        else:
+            levels[top : top + 1024] = np.where(strip > threshold, 255, 0)
     return Image.fromarray(levels, "L")
 
 
-def save_mask_png(prob: np.ndarray, path: str | os.PathLike, source: str | None = None) -> None:
+def save_mask_png(
+    prob: np.ndarray, path: str | os.PathLike, source: str | None = None, threshold: float | None = None
+) -> None:
     """The mask_image as a PNG; source: the image's path, recorded in the PNG (see made_for_another_image)."""
     with atomic_path(path) as temp:
-        mask_image(prob).save(temp, format="PNG", compress_level=PNG_COMPRESS_LEVEL, pnginfo=_png_info(source))
+        image = mask_image(prob, threshold)
+        image.save(temp, format="PNG", compress_level=PNG_COMPRESS_LEVEL, pnginfo=_png_info(source))
 
 
-def heat_overlay(image: Image.Image, prob: np.ndarray) -> Image.Image:
-    """Blend a red-to-yellow heat map over the photo where the mask probability is high.
-
-    Below 0.25 the photo is left untouched, so the eye goes to the suspicious regions; the colour
-    runs red -> yellow and the opacity (at most 0.7) rises with the probability. The blend is done
-    by Pillow on 8-bit planes: float RGB copies of a 50-megapixel photo would cost gigabytes.
-    """
-    prob = np.asarray(prob, dtype=np.float32)
-    opacity = _to_u8(np.clip((prob - 0.25) / 0.75, 0.0, 1.0) * (0.7 * 255.0))
-    green = _to_u8(np.clip((prob - 0.5) * 2.0, 0.0, 1.0) * 255.0)
-    size = (prob.shape[1], prob.shape[0])
-    heat = Image.merge("RGB", (Image.new("L", size, 255), Image.fromarray(green, "L"), Image.new("L", size, 0)))
-    return Image.composite(heat, image.convert("RGB"), Image.fromarray(opacity, "L"))
-
-
-def _to_u8(values: np.ndarray) -> np.ndarray:
-    return np.rint(values).astype(np.uint8)
-
-
-def save_overlay_png(image: Image.Image, prob: np.ndarray, path: str | os.PathLike, source: str | None = None) -> None:
+def save_overlay_png(
+    image: Image.Image,
+    prob: np.ndarray,
+    path: str | os.PathLike,
+    source: str | None = None,
+    detection: Detection | None = None,
+    max_side: int | None = DEFAULT_OVERLAY_SIZE,
+) -> None:
+    """The overlay as a PNG: with detection, explained_overlay (legend, capped at max_side), else the
+    bare heat_overlay at the photo's size. source: as for save_mask_png."""
     with atomic_path(path) as temp:
-        overlay = heat_overlay(image, prob)
-        overlay.save(temp, format="PNG", compress_level=PNG_COMPRESS_LEVEL, pnginfo=_png_info(source))
+        if detection is None:
+            overlay, photo_size = heat_overlay(image, prob), None
+        else:
+            overlay, photo_size = explained_overlay(image, prob, detection, max_side), fit_within(image.size, max_side)
+        overlay.save(temp, format="PNG", compress_level=PNG_COMPRESS_LEVEL, pnginfo=_png_info(source, photo_size))
 
 
 class ResultsUnwritable(Exception):

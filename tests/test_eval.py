@@ -1,6 +1,7 @@
 """Evaluation: predictor abstraction, report format, CLI (checkpoint path, bad inputs, synth)."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -96,6 +97,12 @@ def test_eval_cli_checkpoint_and_errors(data, tmp_path):
     )
     assert ok.returncode == 0, ok.stderr[-2000:]
     assert "IoU / F1 (pixel)" in ok.stdout and json.loads(out.read_text())["images"] == 4
+    summary = re.search(
+        r"4 images: (\d+) real, (\d+) fake at threshold .*\(labelled (\d+) real, (\d+) fake\)", ok.stderr
+    )
+    labels = [s.label for s in open_samples(str(data), "test")[:4]]
+    assert summary and int(summary[1]) + int(summary[2]) == 4
+    assert (int(summary[3]), int(summary[4])) == (labels.count(0), labels.count(1))
     bad = _run(
         "from maskclip_core.cli import evaluate; evaluate()",
         "--data",

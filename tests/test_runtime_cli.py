@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from PIL import Image
+from PIL import Image, ImageFilter
 from test_runtime_standin import build_standin_artifact, expected_standin_output, sample_photos
 
 from maskclip_runtime import cli
@@ -60,9 +60,11 @@ def temp_files(*folders: Path) -> list[Path]:
 
 def test_records_masks_overlays_and_csv_are_consistent(artifact, photo_dir, tmp_path):
     out_json, out_csv, masks, overlays = tmp_path / "r.jsonl", tmp_path / "r.csv", tmp_path / "m", tmp_path / "o"
+    prob_maps = tmp_path / "p"
     code, stdout, stderr = run_cli(
-        photo_dir, "--model", artifact, "--json", out_json, "--csv", out_csv, "--masks", masks, "--overlays", overlays
-    )
+        photo_dir, "--model", artifact, "--json", out_json, "--csv", out_csv, "--masks", masks, "--overlays", overlays,
+        "--prob-maps", prob_maps,
+    )  # fmt: skip
     assert code == 0, stderr
     assert stdout == ""  # the JSON lines went to the file
     records = json_lines(out_json.read_text())
@@ -73,23 +75,30 @@ def test_records_masks_overlays_and_csv_are_consistent(artifact, photo_dir, tmp_
             photo = image.convert("RGB")
         assert record["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
         assert (record["width"], record["height"]) == photo.size
-        fake_prob, _ = expected_standin_output(photo)
+        fake_prob, model_mask = expected_standin_output(photo)
         assert record["fake_prob"] == pytest.approx(fake_prob, abs=1e-5)
         assert record["verdict"] == ("fake" if record["fake_prob"] > record["threshold"] else "real")
         assert record["threshold"] == 0.5
         assert (record["backend"], record["model_id"]) == ("onnxruntime-cpu", "standin-split")
         assert record["ms"] > 0
+        # --masks: the binary mask the verdict's mask_fraction counted; --prob-maps: the probability map.
         mask = np.asarray(Image.open(record["mask"]))
         assert mask.dtype == np.uint8 and mask.shape == (photo.height, photo.width)
-        assert record["mask_fraction"] == pytest.approx(float((mask / 255.0 > 0.5).mean()), abs=1e-3)
+        assert set(np.unique(mask)) <= {0, 255}
+        assert record["mask_fraction"] == pytest.approx(float((mask == 255).mean()), abs=1e-6)
+        prob = np.asarray(Image.open(prob_maps / Path(record["mask"]).name.replace("_mask", "_prob")))
+        assert prob.shape == mask.shape
+        assert abs(prob.mean() / 255.0 - float(np.mean(model_mask))) < 0.02
+        # The same pixels on both sides of the threshold, up to the 8-bit rounding of the probability map.
+        assert (mask[prob >= 129] == 255).all() and (mask[prob <= 126] == 0).all()
         with Image.open(record["overlay"]) as overlay:
-            assert overlay.size == photo.size and overlay.mode == "RGB"
-            # Where the mask is ~0 the photo shows through unchanged; where it is high the overlay is redder.
-            overlay_px, photo_px = np.asarray(overlay, np.int16), np.asarray(photo, np.int16)
-        calm, hot = mask < 30, mask > 230
+            # The photo (under the cap) on top, the legend strip below it.
+            assert overlay.mode == "RGB" and overlay.width >= photo.width and overlay.height > photo.height
+            overlay_px = np.asarray(overlay, np.int16)[: photo.height, : photo.width]
+            photo_px = np.asarray(photo, np.int16)
+        # Where the mask is ~0 (and away from the outline) the photo shows through unchanged.
+        calm = (prob < 30) & ~np.asarray(Image.fromarray(mask).filter(ImageFilter.MaxFilter(7)), bool)
         assert np.abs(overlay_px[calm] - photo_px[calm]).max() <= 1
-        if hot.any():
-            assert (overlay_px[hot][:, 0] >= photo_px[hot][:, 0]).mean() > 0.95
     with open(out_csv, newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == len(records)
@@ -231,11 +240,11 @@ def test_exif_rotated_photo_gets_an_upright_mask(artifact, tmp_path):
     exif[ORIENTATION] = 6
     path = tmp_path / "phone.jpg"
     stored.save(path, quality=95, exif=exif)
-    code, stdout, stderr = run_cli(path, "--model", artifact, "--masks", tmp_path / "masks")
+    code, stdout, stderr = run_cli(path, "--model", artifact, "--prob-maps", tmp_path / "masks")
     assert code == 0, stderr
     (record,) = json_lines(stdout)
     assert (record["width"], record["height"]) == (400, 600)  # the displayed size
-    mask = np.asarray(Image.open(record["mask"]))
+    mask = np.asarray(Image.open(tmp_path / "masks" / "phone_prob.png"))
     assert mask.shape == (600, 400)
     # Reference: the raw decoded pixels rotated by numpy, not by Pillow's EXIF handling.
     with Image.open(path) as raw:

@@ -19,7 +19,6 @@ from maskclip_runtime.outputs import (
     ResultTables,
     TableBusy,
     atomic_path,
-    heat_overlay,
     read_json_lines,
     save_mask_png,
 )
@@ -86,15 +85,6 @@ def test_mask_png_is_8_bit_probability(tmp_path):
     with Image.open(tmp_path / "m.png") as png:
         assert png.mode == "L" and png.size == (16, 16)
         np.testing.assert_array_equal(np.asarray(png), np.arange(256, dtype=np.uint8).reshape(16, 16))
-
-
-def test_heat_overlay_keeps_calm_pixels_and_colours_hot_ones():
-    photo = Image.new("RGB", (4, 1), (40, 80, 120))
-    prob = np.array([[0.0, 0.2, 0.6, 1.0]], np.float32)
-    pixels = np.asarray(heat_overlay(photo, prob), np.int16)[0]
-    assert (pixels[0] == (40, 80, 120)).all() and (pixels[1] == (40, 80, 120)).all()
-    assert pixels[2][0] > 90 and pixels[3][0] > pixels[2][0]  # redder as the probability rises
-    assert pixels[3][1] > pixels[2][1]  # and towards yellow at the top
 
 
 def _csv_rows(path):

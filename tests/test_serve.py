@@ -92,8 +92,8 @@ def run_records(tmp_path_factory) -> dict[str, dict]:
     out = tmp_path_factory.mktemp("run")
     result = CliRunner().invoke(
         cli.main,
-        [*map(str, EXAMPLES), "--json", str(out / "r.jsonl"), "--masks", str(out / "m"), "--overlays", str(out / "o")]
-        + ["--backend", "onnxruntime", "--device", "cpu", "--quiet"],
+        [*map(str, EXAMPLES), "--json", str(out / "r.jsonl"), "--prob-maps", str(out / "m")]
+        + ["--overlays", str(out / "o"), "--backend", "onnxruntime", "--device", "cpu", "--quiet"],
     )
     assert result.exit_code == 0, result.stderr
     records = [json.loads(line) for line in (out / "r.jsonl").read_text().splitlines()]
@@ -134,8 +134,14 @@ def test_mask_and_overlay_pngs_match_maskclip_runs_files(client, run_records):
     path = EXAMPLES[1]
     answer = client.post("/v1/detect?mask=png&overlay=png", files={"file": (path.name, path.read_bytes())}).json()
     expected = run_records[path.name]
-    np.testing.assert_array_equal(png_from_data_uri(answer["mask"]), np.asarray(Image.open(expected["mask"])))
-    np.testing.assert_array_equal(png_from_data_uri(answer["overlay"]), np.asarray(Image.open(expected["overlay"])))
+    prob_map = Path(expected["overlay"]).parent.parent / "m" / f"{path.stem}_prob.png"
+    np.testing.assert_array_equal(png_from_data_uri(answer["mask"]), np.asarray(Image.open(prob_map)))
+    # The run's overlay file is the server's overlay (the photo is under the size cap) above a legend strip.
+    overlay = png_from_data_uri(answer["overlay"])
+    assert overlay.shape[:2] == (expected["height"], expected["width"])
+    with Image.open(expected["overlay"]) as png:
+        assert png.height > expected["height"]
+        np.testing.assert_array_equal(overlay, np.asarray(png)[: expected["height"], : expected["width"]])
 
 
 def test_batch_endpoint_answers_in_order_and_reports_a_bad_file(client, run_records):

@@ -3,36 +3,20 @@ example, see the verdict, probability, overlay and legend that the API gives for
 
 from __future__ import annotations
 
-import shutil
 import signal
 
 import pytest
 
 pytest.importorskip("fastapi", reason="maskclip-serve needs the serve extra: pip install -e '.[serve]'")
-webdriver = pytest.importorskip("selenium.webdriver", reason="the page test drives chromium with selenium (dev extra)")
+pytest.importorskip("selenium.webdriver", reason="the page test drives chromium with selenium (dev extra)")
 
+from headless_browser import needs_chromium, start_chromium  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support import expected_conditions  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 from test_serve import EXAMPLES, post_image, start_server  # noqa: E402
 
-CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(
-    not (CHROMIUM and CHROMEDRIVER),
-    reason="no chromium/chromedriver: apt-get install -y chromium chromium-driver (CI's .ci/run does)",
-)
-# No network of its own: no updates, no sync, no QUIC probes; the page must work offline anyway.
-CHROMIUM_FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-)
+pytestmark = needs_chromium
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +29,7 @@ def server():
 
 @pytest.fixture(scope="module")
 def browser():
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in CHROMIUM_FLAGS:
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=CHROMEDRIVER), options=options)
+    driver = start_chromium()
     yield driver
     driver.quit()
 

@@ -340,7 +340,8 @@ async def _infer(batcher: MicroBatcher, images: list[PreparedImage], deadline: f
 def _record(state: ServerState, decoded: Decoded, detection: Detection, with_mask: bool, with_overlay: bool) -> dict:
     start = time.perf_counter()
     mask = _png_data_uri(mask_image(detection.mask)) if with_mask else None
-    overlay = _png_data_uri(heat_overlay(decoded.image, detection.mask)) if with_overlay else None
+    # The bare overlay (heat map and outline, at the photo's size): the page shows verdict and legend itself.
+    overlay = _png_data_uri(heat_overlay(decoded.image, detection.mask, detection.threshold)) if with_overlay else None
     state.metrics.images.labels(detection.verdict).inc()
     ms = decoded.ms + detection.ms + (time.perf_counter() - start) * 1e3
     return detection_record(decoded.name, decoded.sha256, detection, state.detector, ms, mask, overlay)
