@@ -138,13 +138,15 @@ def _result_row(record: dict) -> str:
     )
     thumbnail = _thumbnail_uri(record["path"], record.get("overlay"))
     image = f'<img alt="overlay" src="{thumbnail}">' if thumbnail else "no preview"
+    fraction = record.get("mask_fraction")  # None: no mask computed (--masks-for fake, judged real)
+    area = "no mask" if fraction is None else f"{100 * fraction:.1f} %"
     return (
         f'<tr data-prob="{record["fake_prob"]}"><td>{image}</td>'
         f"<td><details><summary>{_text(os.path.basename(record['path']))}</summary><dl>{details}</dl></details></td>"
         f'<td class="verdict {verdict}">{_text(verdict)}</td>'
         f'<td class="num prob">{record["fake_prob"]:.3f}</td>'
         f'<td class="num">{"" if calibrated is None else f"{calibrated:.3f}"}</td>'
-        f'<td class="num">{100 * record.get("mask_fraction", 0.0):.1f} %</td>'
+        f'<td class="num">{area}</td>'
         f'<td class="num">{record.get("ms", "")}</td></tr>'
     )
 
