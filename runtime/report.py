@@ -18,28 +18,15 @@ from datetime import datetime, timezone
 
 from PIL import Image
 
-from .outputs import atomic_path, overlay_photo_size
+from .outputs import RECORD_FIELDS, atomic_path, overlay_photo_size
 from .preprocess import ImageLoadError, decode_image
 
 THUMBNAIL_SIDE = 160  # px, long side: about 5 kB a JPEG, so 1000 images stay a 5 MB page
 VERDICTS = ("real", "uncertain", "fake")
 IDENTITY_FIELDS = ("model_id", "precision", "backend", "self_check", "operating_point", "threshold")
-DETAIL_FIELDS = (
-    "path",
-    "sha256",
-    "width",
-    "height",
-    "fake_prob",
-    "calibrated_prob",
-    "verdict",
-    "operating_point",
-    "threshold",
-    "uncertain_below",
-    "mask_fraction",
-    "mask_policy",
-    "mask",
-    "overlay",
-    "ms",
+# Per image: every record field but the run-wide identity (shown once) and the error (its own table).
+DETAIL_FIELDS = tuple(
+    f for f in RECORD_FIELDS if f not in ("backend", "model_id", "precision", "self_check", "mask_computed", "error")
 )
 
 _STYLE = """
