@@ -219,14 +219,8 @@ def reusable_export_seconds(out: Path, model, precision: str, max_batch: int, to
     return float(sum(manifest.get("export_seconds", {}).values())) if same else None
 
 
-def gate_parity(artifact_dir: Path, runtime: str) -> dict:
-    """Parity with PyTorch from the export gate's report (ONNX Runtime CPU, or the engine gate for TensorRT)."""
-    from maskclip_runtime.artifact import load_artifact
-
-    manifest = load_artifact(artifact_dir).manifest
-    report = manifest.get("engine_verification" if runtime == "tensorrt" else "verification") or {}
-    if not report or report.get("skipped"):
-        return {}
+def gate_summary(report: dict) -> dict:
+    """The figures of a verification report a benchmark row carries."""
     return {
         "max_prob_diff": report["max_prob_diff"],
         "flips": report["flips"],
@@ -235,6 +229,17 @@ def gate_parity(artifact_dir: Path, runtime: str) -> dict:
         "passed": report["passed"],
         "failures": report.get("failures", []),
     }
+
+
+def gate_parity(artifact_dir: Path, runtime: str) -> dict:
+    """Parity with PyTorch from the export gate's report (ONNX Runtime CPU, or the engine gate for TensorRT)."""
+    from maskclip_runtime.artifact import load_artifact
+
+    manifest = load_artifact(artifact_dir).manifest
+    report = manifest.get("engine_verification" if runtime == "tensorrt" else "verification") or {}
+    if not report or report.get("skipped"):
+        return {}
+    return gate_summary(report)
 
 
 @dataclass
@@ -381,12 +386,7 @@ def torch_gate(model, device: str, precision: str, max_batch: int) -> dict:
     finally:
         model.to("cpu")
     return {
-        "max_prob_diff": report["max_prob_diff"],
-        "flips": report["flips"],
-        "mask_iou": report["mask_iou_mean"],
-        "images": report["images"],
-        "passed": report["passed"],
-        "failures": report["failures"],
+        **gate_summary(report),
         "reference": f"pytorch fp32 eager on {device}",
     }
 
