@@ -20,7 +20,7 @@ from .bench import (
     ort_op_profile,
     run,
 )
-from .report import TARGET_MODEL, evaluate_targets, render_markdown, write_atomic, write_json
+from .report import TARGET_MODEL, evaluate_targets, render_markdown, write_json, write_markdown
 from .roofline import best_ceiling, best_of, measure_ceilings
 
 
@@ -143,7 +143,7 @@ def main(
     if json_path:
         write_json(json_path, report)
     if out:
-        write_atomic(out, markdown)
+        write_markdown(out, markdown)
     else:
         click.echo(markdown)
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
+
+from maskclip_runtime.atomic import write_text_atomic
 
 # The deployment targets the CPU report must show for opensdi-vitl14 at batch 1.
 TARGET_MODEL = "opensdi-vitl14"
@@ -20,21 +21,17 @@ CEILING_GAP = 1.3  # fp32 achieved GFLOP/s within this factor of the fp32 GEMM c
 INT8_BACKENDS = ("ort-int8", "ort-int8-cpu")
 
 
-def write_atomic(path: str | os.PathLike, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_json(path: str | os.PathLike, report: dict) -> None:
-    write_atomic(path, json.dumps(report, indent=2, default=_jsonable) + "\n")
+    _write(path, json.dumps(report, indent=2, default=_jsonable) + "\n")
+
+
+def write_markdown(path: str | os.PathLike, markdown: str) -> None:
+    _write(path, markdown)
+
+
+def _write(path: str | os.PathLike, text: str) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, text)
 
 
 def _jsonable(value):

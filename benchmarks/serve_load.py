@@ -37,8 +37,8 @@ from pathlib import Path
 import click
 
 from maskclip_runtime.artifact import load_artifact
+from maskclip_runtime.atomic import atomic_path
 from maskclip_runtime.cli import DEMO_DIR
-from maskclip_runtime.outputs import atomic_path
 
 TARGET_FRACTION = 0.8  # the server should reach this share of maskclip-run's images/s at the top concurrency
 CLI_RATE = re.compile(r"([\d.]+) images/s")

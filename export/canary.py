@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from maskclip_runtime.atomic import write_bytes_atomic
 from maskclip_runtime.preprocess import PreprocessSpec, preprocess_batch
 
 from .verify import IOU_MIN_REFERENCE_AREA, Predictor, Tolerances
@@ -68,8 +69,8 @@ def write_canaries(
     entries = []
     for i, ((name, image), prob, mask) in enumerate(zip(canaries, outputs["fake_prob"], masks, strict=True)):
         image_file, mask_file = f"{CANARY_DIR}/{i:02d}.png", f"{CANARY_DIR}/{i:02d}.mask.png"
-        (directory / image_file).write_bytes(_png_bytes(image))
-        (directory / mask_file).write_bytes(_png_bytes(Image.fromarray(mask).convert("1")))
+        write_bytes_atomic(directory / image_file, _png_bytes(image))
+        write_bytes_atomic(directory / mask_file, _png_bytes(Image.fromarray(mask).convert("1")))
         entries.append({"source": name, "image": image_file, "mask": mask_file, "fake_prob": float(prob)})
     return {
         "reference": "pytorch",

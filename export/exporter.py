@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from maskclip_core.model import MaskCLIP
 from maskclip_runtime.artifact import FORMAT, MANIFEST_NAME, load_artifact
+from maskclip_runtime.atomic import write_text_atomic
 from maskclip_runtime.backends.onnxruntime import OnnxRuntimeRunner
 from maskclip_runtime.calibration import Calibration
 from maskclip_runtime.detector import Detector
@@ -331,7 +332,7 @@ def _keep_failed(staging: Path, out: Path, report: dict) -> Path:
     failed = out.with_name(out.name + FAILED_SUFFIX)
     manifest = staging / MANIFEST_NAME
     os.replace(manifest, staging / FAILED_MANIFEST_NAME)
-    (staging / FAILED_REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    write_text_atomic(staging / FAILED_REPORT_NAME, json.dumps(report, indent=2) + "\n")
     if failed.exists():
         shutil.rmtree(failed)
     os.replace(staging, failed)

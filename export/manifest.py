@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import onnx
@@ -19,7 +18,9 @@ import torch
 
 import maskclip_core
 from maskclip_core.model import MaskCLIP
-from maskclip_runtime.artifact import FORMAT, MANIFEST_NAME, file_sha256
+from maskclip_runtime.artifact import FORMAT, MANIFEST_NAME
+from maskclip_runtime.atomic import write_text_atomic
+from maskclip_runtime.hashing import file_sha256
 
 from .onnx_export import BatchSpec, GraphSpec
 
@@ -129,7 +130,5 @@ def write_manifest(directory: Path, manifest: dict) -> Path:
     """Hash the folder's files into the manifest and write it (atomically)."""
     manifest = {**manifest, "files": hash_files(directory)}
     path = directory / MANIFEST_NAME
-    tmp = path.with_name(f".{MANIFEST_NAME}.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(manifest, indent=2) + "\n")
     return path

@@ -30,8 +30,9 @@ from pathlib import Path
 import numpy as np
 
 from maskclip_runtime.artifact import Artifact, BatchSpec, GraphSpec, load_artifact
+from maskclip_runtime.atomic import write_bytes_atomic
 from maskclip_runtime.backends.tensorrt import cuda_call, gpu_identity, import_cudart, import_tensorrt
-from maskclip_runtime.engine_header import sidecar_path, write_bytes_atomic, write_engine
+from maskclip_runtime.engine_header import sidecar_path, write_engine
 from maskclip_runtime.preprocess import load_image, preprocess_batch
 
 from .exporter import GateFailed, _install, _keep_failed, _make_staging

@@ -30,6 +30,7 @@ import click
 import numpy as np
 
 from maskclip_runtime.artifact import FINAL_OUTPUTS, Artifact, ArtifactError, GraphSpec, TensorSpec, load_artifact
+from maskclip_runtime.atomic import atomic_path, write_text_atomic
 
 PROG = "maskclip-triton"
 RAW_INPUT = "image_rgb8"
@@ -212,17 +213,14 @@ def _tensor_block(kind: str, tensors, batching: Batching) -> str:
 
 
 def _install_model(folder: Path, config: str, model_file: Path | None, filename: str | None) -> Path:
-    """Write folder/config.pbtxt and folder/1/<filename>, each atomically (temp file + rename)."""
+    """Write folder/config.pbtxt and folder/1/<filename>, each atomically."""
     version = folder / "1"
     version.mkdir(parents=True, exist_ok=True)
     if model_file is not None:
         for source, target in _model_files(model_file, filename):
-            temp = version / f".{target}.tmp"
-            shutil.copyfile(source, temp)
-            os.replace(temp, version / target)
-    temp = folder / ".config.pbtxt.tmp"
-    temp.write_text(config, encoding="utf-8")
-    os.replace(temp, folder / "config.pbtxt")
+            with atomic_path(version / target) as temp:
+                shutil.copyfile(source, temp)
+    write_text_atomic(folder / "config.pbtxt", config)
     return folder
 
 

@@ -185,7 +185,7 @@ def save_reliability_diagram(labels, prob, record: Calibration, path: str | Path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from maskclip_runtime.outputs import atomic_path
+    from maskclip_runtime.atomic import atomic_path
 
     y = np.asarray(labels, dtype=np.float64)
     raw = np.asarray(prob, dtype=np.float64)

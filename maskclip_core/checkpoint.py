@@ -6,14 +6,14 @@ and `config.json`. `load_checkpoint(path)` rebuilds the model from those alone.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from maskclip_runtime.atomic import atomic_path, write_text_atomic
+from maskclip_runtime.hashing import file_sha256
 
 from .config import MaskCLIPConfig
 from .model import MaskCLIP
@@ -35,29 +35,16 @@ def checkpoint_files(path: str | Path) -> tuple[Path, Path]:
     return path / "model.safetensors", path / "config.json"
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a checkpoint is an ordinary shared file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_checkpoint(model: MaskCLIP, path: str | Path, metadata: dict | None = None) -> Path:
     """Write weights and config atomically; returns the weights path."""
     weights, config = checkpoint_files(path)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     meta = {"config_name": model.config.name, **{k: str(v) for k, v in (metadata or {}).items()}}
-    _atomic_write(weights, lambda tmp: save_file(state, tmp, metadata=meta))
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(weights) as temp:
+        save_file(state, str(temp), metadata=meta)
     doc = {"config": model.config.to_dict(), "metadata": metadata or {}}
-    _atomic_write(config, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=2)))
+    write_text_atomic(config, json.dumps(doc, indent=2))
     return weights
 
 
@@ -93,8 +80,4 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 def weights_digest(path: str | Path) -> str:
     """sha256 of the weights file (hex), the basis of a model id."""
     weights, _ = checkpoint_files(path)
-    h = hashlib.sha256()
-    with open(weights, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_sha256(weights)

@@ -268,8 +268,8 @@ def _fit(data, split, checkpoint, artifact, backend, device, batch_size, workers
     from maskclip_core.calibrate import fit_calibration, split_holdout
     from maskclip_core.data import open_samples
     from maskclip_core.evaluate import collect
+    from maskclip_runtime.atomic import atomic_path
     from maskclip_runtime.calibration import write_calibration
-    from maskclip_runtime.outputs import atomic_path
 
     if any(not 0.0 <= t < 1.0 for t in target_fprs):
         raise ValueError(f"--target-fpr must lie in [0, 1), got {', '.join(map(str, target_fprs))}")

@@ -23,7 +23,7 @@ from PIL import Image
 from maskclip_core.data import Sample
 from maskclip_core.evaluate import Perturb, Predictor, collect, without_nan
 from maskclip_core.metrics import _fmt
-from maskclip_runtime.outputs import atomic_path
+from maskclip_runtime.atomic import atomic_path
 
 METRICS = (  # summary key, label
     ("auc", "image AUC"),

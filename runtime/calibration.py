@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import write_text_atomic
+
 CALIBRATION_FORMAT = "maskclip-calibration"
 CALIBRATION_VERSION = 1
 PROB_EPS = 1e-7
@@ -184,10 +186,7 @@ def read_calibration(path: str | os.PathLike) -> Calibration:
 
 
 def write_calibration(record: Calibration, path: str | os.PathLike) -> None:
-    from .outputs import atomic_path
-
-    with atomic_path(path) as temp:
-        temp.write_text(json.dumps(record.to_dict(), indent=2) + "\n", encoding="utf-8")
+    write_text_atomic(path, json.dumps(record.to_dict(), indent=2) + "\n")
 
 
 def attach_calibration(artifact_dir: str | os.PathLike, record: Calibration, force: bool = False) -> Path:
@@ -197,7 +196,6 @@ def attach_calibration(artifact_dir: str | os.PathLike, record: Calibration, for
     unless `force`. Returns the manifest path.
     """
     from .artifact import MANIFEST_NAME, load_artifact
-    from .outputs import atomic_path
 
     artifact = load_artifact(artifact_dir)
     fitted_id = record.fitted_on.get("model_id")
@@ -208,6 +206,5 @@ def attach_calibration(artifact_dir: str | os.PathLike, record: Calibration, for
         )
     manifest = {**artifact.manifest, "calibration": record.to_dict()}
     path = artifact.dir / MANIFEST_NAME
-    with atomic_path(path) as temp:
-        temp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    write_text_atomic(path, json.dumps(manifest, indent=2) + "\n")
     return path

@@ -28,10 +28,11 @@ import click
 from PIL import Image
 from tqdm import tqdm
 
-from .artifact import MANIFEST_NAME, ArtifactError, file_sha256
+from .artifact import MANIFEST_NAME, ArtifactError
 from .backends.base import BackendUnavailable
-from .backends.onnxruntime import parse_device
 from .detector import MASKS_FOR, Detection, Detector, PreparedImage, wants_mask
+from .devices import parse_device
+from .hashing import file_sha256
 from .inputs import expand_inputs
 from .outputs import (
     DEFAULT_OVERLAY_SIZE,

@@ -27,6 +27,8 @@ from PIL import Image
 from .artifact import Artifact, ArtifactError, load_artifact
 from .backends.base import BackendUnavailable, Runner
 from .calibration import PLAIN_OPERATING_POINT
+from .chain import check_chain, run_chain
+from .devices import parse_device
 from .host import current_host
 from .preprocess import resize_and_normalize, resize_probability_map
 from .selfcheck import SelfCheckResult
@@ -134,7 +136,7 @@ class Detector:
         self.batch_size = _batch_size(self.artifact, batch)
         self.device = device or "default"
         self._runners = _build_runners(self.artifact, backend, device, threads)
-        _check_chain(self._runners)
+        check_chain(self._runners)
         self._screen_graphs = _verdict_stage_length(self._runners)
         if self.backend.startswith("onnxruntime-cpu"):
             _check_cpu_features(self.artifact, strict)
@@ -220,7 +222,7 @@ class Detector:
         n = len(batch)
         if n > self.batch_size:
             raise ValueError(f"forward takes at most {self.batch_size} images, got {n}")
-        tensors = self._run(self._runners[: self._screen_graphs], {"image": self._pad(batch)})
+        tensors = run_chain(self._runners[: self._screen_graphs], {"image": self._pad(batch)})
         # Copy: a runner may hand out views of buffers it reuses (TensorRT's pinned host memory).
         return tensors["fake_prob"].reshape(-1)[:n].copy(), tensors
 
@@ -231,7 +233,7 @@ class Detector:
             batch = len(tensors["image"])
             if rows != list(range(batch))[: len(rows)] or self._pad_size(len(rows)) != batch:
                 tensors = {name: self._pad(value[rows]) for name, value in tensors.items()}
-            tensors = self._run(self._runners[self._screen_graphs :], tensors)
+            tensors = run_chain(self._runners[self._screen_graphs :], tensors)
             rows = list(range(len(rows)))
         mask = tensors["mask"]
         if mask.ndim == 4:  # [B,1,S,S] -> [B,S,S]
@@ -248,13 +250,6 @@ class Detector:
         if padded == len(batch):
             return batch
         return np.concatenate([batch, np.repeat(batch[-1:], padded - len(batch), axis=0)])
-
-    @staticmethod
-    def _run(runners: list[Runner], tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        tensors = dict(tensors)
-        for runner in runners:
-            tensors.update(runner.infer({name: tensors[name] for name in runner.input_names}))
-        return tensors
 
     def _detection(self, item: PreparedImage, fake_prob: float, mask: np.ndarray | None, shared_ms: float) -> Detection:
         verdict = "fake" if fake_prob > self.threshold else "real"
@@ -323,7 +318,7 @@ def _build_runners(artifact: Artifact, backend: str, device: str | None, threads
 
 
 def _tensorrt_preferred(artifact: Artifact, device: str | None) -> bool:
-    on_cpu = device is not None and device.strip().lower() == "cpu"
+    on_cpu = device is not None and not parse_device(device).gpu
     return bool(artifact.engines) and not on_cpu and importlib.util.find_spec("tensorrt") is not None
 
 
@@ -366,26 +361,12 @@ def _tensorrt_runners(artifact: Artifact, device: str | None) -> list[Runner]:
 
 def _cuda_index(device: str | None) -> int:
     """TensorRT runs on a CUDA GPU: None/'cuda'/'tensorrt' -> 0, 'cuda:N' -> N."""
-    name = (device or "cuda").strip().lower()
-    kind, _, index = name.partition(":")
-    if kind not in ("cuda", "tensorrt") or (index and not index.isdigit()):
+    parsed = parse_device(device or "cuda")
+    if not parsed.gpu:
         raise BackendUnavailable(f"TensorRT needs a CUDA device (cuda or cuda:N), not {device!r}")
-    return int(index or 0)
+    return parsed.index
 
 
 def _verdict_stage_length(runners: list[Runner]) -> int:
     """How many leading graphs the verdict needs: up to and including the first that makes fake_prob."""
     return next(i + 1 for i, runner in enumerate(runners) if "fake_prob" in runner.output_names)
-
-
-def _check_chain(runners: list[Runner]) -> None:
-    """Every graph input must be the image or an earlier graph's output; the chain must end in fake_prob and mask."""
-    available = {"image"}
-    for runner in runners:
-        missing = [name for name in runner.input_names if name not in available]
-        if missing:
-            raise ArtifactError(f"graph inputs {missing} are produced by no earlier graph; re-export the artifact")
-        available.update(runner.output_names)
-    absent = [name for name in ("fake_prob", "mask") if name not in available]
-    if absent:
-        raise ArtifactError(f"the artifact's graphs produce no {absent}; re-export the artifact")

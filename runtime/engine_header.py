@@ -16,8 +16,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
+
+from .atomic import write_bytes_atomic
 
 SIDECAR_SUFFIX = ".json"
 FORMAT = "maskclip-trt-engine"
@@ -38,18 +39,6 @@ def sidecar_path(engine_path: str | os.PathLike) -> Path:
     """model.fp16.engine -> model.fp16.engine.json"""
     path = Path(engine_path)
     return path.with_name(path.name + SIDECAR_SUFFIX)
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write a file through a temp file in the same folder and os.replace: readers see old or new, never half."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_engine(path: str | os.PathLike, metadata: dict, plan: bytes) -> None:

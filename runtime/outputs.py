@@ -22,17 +22,17 @@ import hashlib
 import io
 import json
 import os
-import secrets
 import stat
 import sys
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Iterable
+from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, PngImagePlugin
 
+from .atomic import atomic_path
 from .overlay import DEFAULT_OVERLAY_SIZE, explained_overlay, fit_within, heat_overlay
 
 try:
@@ -72,18 +72,6 @@ RECORD_FIELDS = (
     "ms",
     "error",
 )
-
-
-@contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it replaces `path`, on error it is removed."""
-    path = Path(path)
-    temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        yield temp
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
 
 
 # PNG text key holding source_tag() of the image a mask or overlay was made for.
@@ -283,17 +271,16 @@ class LockedTable:
         so a crash here leaves the old content or the new, never a mix."""
         if not self.regular or (os.fstat(self._fd).st_size == 0 and not content):
             return
-        temp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}.tmp")
-        fd = os.open(temp, _OPEN_FLAGS | os.O_EXCL, 0o666)
+        fd = None
         try:
-            _lock(fd)  # nobody else can know this file yet: it is ours before it has the name
-            os.chmod(temp, stat.S_IMODE(os.fstat(self._fd).st_mode))
-            _write_all(fd, content)
-            os.fsync(fd)
-            os.replace(temp, self.path)
+            with atomic_path(self.path) as temp:
+                fd = os.open(temp, _OPEN_FLAGS)
+                _lock(fd)  # nobody else can know this file yet: it is ours before it has the name
+                os.chmod(temp, stat.S_IMODE(os.fstat(self._fd).st_mode))
+                _write_all(fd, content)
         except BaseException:
-            os.close(fd)
-            temp.unlink(missing_ok=True)
+            if fd is not None:
+                os.close(fd)
             raise
         os.close(self._fd)
         self._fd = fd

@@ -18,7 +18,8 @@ from datetime import datetime, timezone
 
 from PIL import Image
 
-from .outputs import RECORD_FIELDS, atomic_path, overlay_photo_size
+from .atomic import atomic_path
+from .outputs import RECORD_FIELDS, overlay_photo_size
 from .preprocess import ImageLoadError, decode_image
 
 THUMBNAIL_SIDE = 160  # px, long side: about 5 kB a JPEG, so 1000 images stay a 5 MB page

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from .artifact import ArtifactError
+from .atomic import write_text_atomic
 from .host import current_host
 
 if TYPE_CHECKING:
@@ -209,8 +209,6 @@ def _cache_put(key: str, result: SelfCheckResult) -> None:
         entries.pop(next(iter(entries)))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=".self-check-", delete=False) as tmp:
-            json.dump(entries, tmp)
-        os.replace(tmp.name, path)
+        write_text_atomic(path, json.dumps(entries))
     except OSError:
         pass

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from maskclip_bench.bench import PeakMemory, achieved_gflops, percentiles, sample_images, time_calls
 from maskclip_bench.cli import main
-from maskclip_bench.report import evaluate_targets, render_markdown, write_atomic, write_json
+from maskclip_bench.report import evaluate_targets, render_markdown, write_json, write_markdown
 from maskclip_bench.roofline import GemmCeiling, best_ceiling, gflops, matmul_flops
 
 
@@ -215,7 +215,7 @@ def test_markdown_has_every_row_and_the_unavailable_reason(tmp_path):
     table_lines = [line for line in markdown.splitlines() if line.startswith("| t") or line.startswith("| o")]
     assert len({line.count("|") for line in table_lines}) == 1  # every row has the header's column count
     write_json(tmp_path / "r.json", report)
-    write_atomic(tmp_path / "r.md", markdown)
+    write_markdown(tmp_path / "r.md", markdown)
     assert json.loads((tmp_path / "r.json").read_text())["rows"][2]["status"] == "unavailable"
     assert (tmp_path / "r.md").read_text() == markdown
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json", "r.md"]

@@ -9,9 +9,10 @@ import pytest
 from test_runtime_standin import SIZE, build_standin_artifact, read_manifest, write_manifest
 
 from maskclip_runtime import __version__
-from maskclip_runtime import artifact as artifact_module
-from maskclip_runtime.artifact import ArtifactError, file_sha256, load_artifact
+from maskclip_runtime import hashing as hashing_module
+from maskclip_runtime.artifact import ArtifactError, load_artifact
 from maskclip_runtime.detector import Detector
+from maskclip_runtime.hashing import file_sha256
 
 
 @pytest.fixture
@@ -116,13 +117,13 @@ def test_file_sha256_matches_hashlib(artifact):
 
 def test_hashes_are_cached_only_for_files_at_rest(artifact, monkeypatch):
     hashed = []
-    real_hash = artifact_module._hash_file
-    monkeypatch.setattr(artifact_module, "_hash_file", lambda path: hashed.append(path) or real_hash(path))
-    monkeypatch.setattr(artifact_module, "_HASH_CACHE", {})
+    real_hash = hashing_module._hash_file
+    monkeypatch.setattr(hashing_module, "_hash_file", lambda path: hashed.append(path) or real_hash(path))
+    monkeypatch.setattr(hashing_module, "_HASH_CACHE", {})
     load_artifact(artifact)
     load_artifact(artifact)
     assert len(hashed) == 4  # just written: hashed at every load
-    monkeypatch.setattr(artifact_module, "SETTLED_NS", -1)  # now treat the files as long at rest
+    monkeypatch.setattr(hashing_module, "SETTLED_NS", -1)  # now treat the files as long at rest
     hashed.clear()
     load_artifact(artifact)
     load_artifact(artifact)

@@ -13,12 +13,12 @@ import pytest
 from PIL import Image
 
 from maskclip_runtime import outputs
+from maskclip_runtime.atomic import atomic_path
 from maskclip_runtime.inputs import expand_inputs, images_in_folder
 from maskclip_runtime.outputs import (
     ResultsUnwritable,
     ResultTables,
     TableBusy,
-    atomic_path,
     read_json_lines,
     save_mask_png,
 )

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 
 import numpy as np
 
+from ..devices import parse_device
 from .base import BackendUnavailable, Runner
 
 log = logging.getLogger("maskclip_runtime")
@@ -36,8 +36,6 @@ _PROVIDER_IDS = {
     "TensorrtExecutionProvider": "tensorrt",
 }
 
-_DEVICE = re.compile(r"^(cpu|cuda|tensorrt)(?::(\d+))?$")
-
 
 def _import_onnxruntime():
     try:
@@ -45,14 +43,6 @@ def _import_onnxruntime():
     except ImportError:
         raise BackendUnavailable(INSTALL_HINT) from None
     return onnxruntime
-
-
-def parse_device(device: str) -> tuple[str, int]:
-    """'cpu' | 'cuda' | 'cuda:N' | 'tensorrt' | 'tensorrt:N' -> (kind, index)."""
-    match = _DEVICE.match(device.strip().lower())
-    if not match:
-        raise ValueError(f"unknown device {device!r}: use cpu, cuda, cuda:N, tensorrt or tensorrt:N")
-    return match.group(1), int(match.group(2) or 0)
 
 
 def providers_for(device: str, available: list[str]) -> tuple[list, str | None]:

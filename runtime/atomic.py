@@ -1,0 +1,52 @@
+"""Atomic file writes: the one way this project writes a file that someone may read.
+
+The content goes to a hidden temporary file in the target's own folder (a rename across file
+systems would not be atomic), is flushed to disk, and replaces the target with os.replace: a reader,
+or a crash, sees the old file or the new one, never half of one. The temporary file is created like
+an ordinary file (mode 0666 less the umask): tempfile.mkstemp's 0600 would leave an engine or a
+checkpoint in a shared model folder unreadable to everyone but its writer.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path` for a writer that takes a file name (PIL, safetensors, ...);
+    on success it is synced and replaces `path`, on error (or an interrupt) it is removed."""
+    path = Path(path)
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # the umask applies, as for open()
+    try:
+        yield temp
+        _sync(temp)
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as temp:
+        temp.write_bytes(data)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """UTF-8 text, newlines as given."""
+    with atomic_path(path) as temp:
+        temp.write_bytes(text.encode("utf-8"))
+
+
+def _sync(path: Path) -> None:
+    """Flush the file's data to disk before the rename: otherwise a power cut can leave the new name on
+    an empty file."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
