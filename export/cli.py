@@ -75,13 +75,13 @@ def load_source(checkpoint: str | None, config: str | None) -> ModelSource:
 
 def _build_engines(out: Path, calib: str | None, calib_count: int) -> None:
     """--trt: engines into the installed artifact; TensorRT missing -> one line and exit 3 (ONNX kept)."""
-    from .verify import image_paths
+    from maskclip_runtime.inputs import image_files
 
     try:
         from .tensorrt import build_engines
     except ImportError as exc:
         _fail(f"TensorRT export is not available in this install ({exc}); the ONNX artifact is at {out}", 3)
-    calib_images = image_paths(calib)[:calib_count] if calib else ()
+    calib_images = image_files(calib)[:calib_count] if calib else ()
     try:
         engines = build_engines(out, calib_images=calib_images, log=lambda m: click.echo(m, err=True))
     except BackendUnavailable as exc:

@@ -26,7 +26,9 @@ from maskclip_runtime.artifact import FORMAT, MANIFEST_NAME, load_artifact
 from maskclip_runtime.atomic import write_text_atomic
 from maskclip_runtime.backends.onnxruntime import OnnxRuntimeRunner
 from maskclip_runtime.calibration import Calibration
+from maskclip_runtime.chain import run_chain
 from maskclip_runtime.detector import Detector
+from maskclip_runtime.inputs import image_files
 from maskclip_runtime.preprocess import ImageLoadError, PreprocessSpec, load_image, preprocess_batch
 
 from .canary import write_canaries
@@ -39,7 +41,6 @@ from .verify import (
     MIN_VERIFICATION_IMAGES,
     batch_chunks,
     chain_predictor,
-    image_paths,
     verification_images,
     verify,
 )
@@ -135,7 +136,7 @@ class _Steps:
 
 def calibration_paths(pattern: str, count: int) -> list[Path]:
     """Up to `count` image paths from a folder/glob; raises if there are none."""
-    paths = image_paths(pattern)[:count]
+    paths = [Path(p) for p in image_files(pattern)[:count]]
     if not paths:
         raise ExportError(f"no calibration images found at {pattern!r}")
     return paths
@@ -165,11 +166,7 @@ def calibration_feeds(
     runners = [OnnxRuntimeRunner(fp32_paths[spec.name]) for spec in specs]
     feeds: dict[str, list[dict[str, np.ndarray]]] = {spec.name: [] for spec in specs}
     for chunk, _ in batch_chunks(images, BatchSpec(size=1, dynamic=True) if batch.dynamic else batch):
-        tensors = {"image": chunk}
-        for spec, runner in zip(specs, runners, strict=True):
-            feed = {name: tensors[name] for name in spec.inputs}
-            feeds[spec.name].append(feed)
-            tensors.update(runner.infer(feed))
+        run_chain(runners, {"image": chunk}, on_feed=lambda i, feed: feeds[specs[i].name].append(feed))
     for runner in runners:
         runner.close()
     return feeds

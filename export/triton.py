@@ -31,6 +31,7 @@ import numpy as np
 
 from maskclip_runtime.artifact import FINAL_OUTPUTS, Artifact, ArtifactError, GraphSpec, TensorSpec, load_artifact
 from maskclip_runtime.atomic import atomic_path, write_text_atomic
+from maskclip_runtime.chain import run_chain
 
 PROG = "maskclip-triton"
 RAW_INPUT = "image_rgb8"
@@ -315,16 +316,12 @@ def _demo_examples():
 
 def _run_chain(runners, first: str, images: np.ndarray, artifact: Artifact) -> dict[str, np.ndarray]:
     """Run the graphs over all images in chunks the artifact accepts (fixed batches padded, padding dropped)."""
-    size = artifact.batch.max
+    from .onnx_export import BatchSpec as ExportBatch
+    from .verify import batch_chunks
+
     results: dict[str, list[np.ndarray]] = {}
-    for start in range(0, len(images), size):
-        chunk = images[start : start + size]
-        count = len(chunk)
-        if not artifact.batch.dynamic and count < size:
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], size - count, axis=0)])
-        tensors = {first: chunk}
-        for runner in runners:
-            tensors.update(runner.infer({name: tensors[name] for name in runner.input_names}))
+    for chunk, count in batch_chunks(images, ExportBatch(size=artifact.batch.max, dynamic=artifact.batch.dynamic)):
+        tensors = run_chain(runners, {first: chunk})
         for name in FINAL_OUTPUTS:
             if name in tensors:
                 results.setdefault(name, []).append(np.asarray(tensors[name], np.float32)[:count])

@@ -8,7 +8,6 @@ engines in the TensorRT export (wrap its runners with `chain_predictor`).
 
 from __future__ import annotations
 
-import glob
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,13 +16,14 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from maskclip_runtime.backends.base import Runner
+from maskclip_runtime.chain import run_chain
+from maskclip_runtime.inputs import image_files
 from maskclip_runtime.preprocess import PreprocessSpec, load_image, preprocess_batch
 
 from .onnx_export import BatchSpec
 
 Predictor = Callable[[np.ndarray], dict[str, np.ndarray]]  # image batch [B,3,S,S] -> named outputs
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 # 64 images: one flip is 1.6 %, under the int8 flip limit of 2 %.
 MIN_VERIFICATION_IMAGES = 64
 # scikit-image's bundled samples (no download): photos, scans, textures, greyscale.
@@ -142,21 +142,11 @@ def default_verification_images() -> list[tuple[str, np.ndarray]]:
     return images
 
 
-def image_paths(pattern: str) -> list[Path]:
-    """A folder (its image files, sorted) or a glob pattern -> image paths."""
-    path = Path(pattern)
-    if path.is_dir():
-        candidates = sorted(path.iterdir())
-    else:
-        candidates = sorted(Path(p) for p in glob.glob(pattern, recursive=True))
-    return [p for p in candidates if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
-
-
 def load_images(pattern: str, limit: int | None = None) -> list[tuple[str, Image.Image]]:
     """Images named by a folder or glob, loaded through the shared loader; raises if there are none."""
-    paths = image_paths(pattern)[:limit]
+    paths = [Path(p) for p in image_files(pattern)[:limit]]
     if not paths:
-        raise VerificationError(f"no images found at {pattern!r} ({', '.join(IMAGE_SUFFIXES)})")
+        raise VerificationError(f"no images found at {pattern!r}")
     return [(p.name, load_image(p)) for p in paths]
 
 
@@ -178,9 +168,7 @@ def chain_predictor(runners: Sequence[Runner]) -> Predictor:
     """Run graphs in order, each fed by name from "image" and the previous graphs' outputs."""
 
     def predict(images: np.ndarray) -> dict[str, np.ndarray]:
-        tensors = {"image": images}
-        for runner in runners:
-            tensors.update(runner.infer({name: tensors[name] for name in runner.input_names}))
+        tensors = run_chain(runners, {"image": images})
         del tensors["image"]
         return tensors
 

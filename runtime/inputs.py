@@ -60,14 +60,32 @@ def _stdin_paths(stream: IO, null_separated: bool) -> list[str]:
     return [line.removesuffix("\r") for line in data.split("\n") if line.strip()]
 
 
+def image_files(pattern: str | os.PathLike) -> list[str]:
+    """The images a folder (recursively) or a glob names: only files with an image extension, folders
+    matched by the glob searched like a named folder. For calibration and verification sets, where a
+    stray sidecar file is noise rather than a failed input."""
+    if os.path.isdir(pattern):
+        return images_in_folder(pattern)
+    found = []
+    for match in sorted(glob.glob(os.fspath(pattern), recursive=True)):
+        if os.path.isdir(match):
+            found.extend(images_in_folder(match))
+        elif os.path.isfile(match) and is_image_name(match):
+            found.append(match)
+    return list(dict.fromkeys(found))  # a recursive glob matches a folder and the files in it
+
+
 def images_in_folder(folder: str | os.PathLike) -> list[str]:
-    """Image files under a folder, recursively, sorted; hidden files and folders are skipped."""
+    """Image files under a folder, recursively, sorted (a folder's own images, then each sub-folder's by
+    name); hidden files and folders are skipped. Every command lists folders through here."""
     found = []
     for root, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         found.extend(
-            os.path.join(root, name)
-            for name in sorted(files)
-            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS
+            os.path.join(root, name) for name in sorted(files) if not name.startswith(".") and is_image_name(name)
         )
     return found
+
+
+def is_image_name(name: str | os.PathLike) -> bool:
+    return Path(name).suffix.lower() in IMAGE_EXTENSIONS

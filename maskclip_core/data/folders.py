@@ -9,12 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from maskclip_core.data.samples import DataError, Sample, parse_key
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
+from maskclip_runtime.inputs import images_in_folder
 
 
 def _images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    return [Path(p) for p in images_in_folder(folder)]
 
 
 def is_folder_layout(root: Path) -> bool:
