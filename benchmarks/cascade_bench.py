@@ -26,9 +26,12 @@ from pathlib import Path
 import click
 import numpy as np
 
-from .bench import default_workdir, environment, export_artifact, reusable_export_seconds, sample_images
+from .artifacts import export_artifact, reusable_export_seconds
+from .bench import default_workdir
 from .cli import _csv, load_models
+from .environment import environment
 from .report import TARGET_MODEL, write_json
+from .samples import sample_images
 
 # The targets on opensdi-vitl14 fp32, batch 1, CPU (speed-up over the full graph's images/s).
 TARGETS = {"verdict only": ("min", 2.8), "10% fake": ("min", 2.5), "100% fake": ("min", 0.95)}

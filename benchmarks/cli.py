@@ -10,16 +10,11 @@ from pathlib import Path
 
 import click
 
-from .bench import (
-    BACKENDS,
-    BenchSettings,
-    attach_ceilings,
-    cuda_unavailable_reason,
-    default_workdir,
-    environment,
-    ort_op_profile,
-    run,
-)
+from .backends import BACKENDS
+from .bench import BenchSettings, attach_ceilings, default_workdir, run
+from .environment import environment
+from .op_profile import ort_op_profile
+from .pytorch import cuda_unavailable_reason
 from .report import TARGET_MODEL, evaluate_targets, render_markdown, write_json, write_markdown
 from .roofline import best_ceiling, best_of, measure_ceilings
 

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from maskclip_runtime.devices import parse_device
 from maskclip_runtime.host import current_host
 
 
@@ -65,7 +66,7 @@ def torch_ceiling(dtype: str = "float32", device: str = "cpu", n: int = 2048, re
 
     def run():
         a @ b
-        if device.startswith("cuda"):
+        if parse_device(device).gpu:
             torch.cuda.synchronize()
 
     with torch.inference_mode():
@@ -79,7 +80,7 @@ def measure_ceilings(device: str = "cpu", n: int = 2048, repeats: int = 5) -> li
     ceilings = [numpy_ceiling(n, repeats), torch_ceiling("float32", "cpu", n, repeats)]
     if current_host().native_bf16:
         ceilings.append(torch_ceiling("bfloat16", "cpu", n, repeats))
-    if device.startswith("cuda"):
+    if parse_device(device).gpu:
         cuda_n = max(n, 8192)  # a GPU needs a bigger problem to reach its peak
         ceilings.append(torch_ceiling("float32", device, cuda_n, repeats))
         ceilings.append(torch_ceiling("float16", device, cuda_n, repeats))
@@ -100,6 +101,6 @@ def best_of(*runs: list[GemmCeiling]) -> list[GemmCeiling]:
 
 def best_ceiling(ceilings: list[GemmCeiling], dtype: str, device: str) -> GemmCeiling | None:
     """The fastest measured matmul of this dtype on this kind of device ("cpu" / "cuda")."""
-    kind = device.split(":")[0]
-    matching = [c for c in ceilings if c.dtype == dtype and c.device.split(":")[0] == kind]
+    kind = parse_device(device).kind
+    matching = [c for c in ceilings if c.dtype == dtype and parse_device(c.device).kind == kind]
     return max(matching, key=lambda c: c.gflops, default=None)

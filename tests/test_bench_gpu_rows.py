@@ -9,9 +9,10 @@ import torch
 import trt_standin
 from click.testing import CliRunner
 
-from maskclip_bench import bench
-from maskclip_bench.bench import BenchSettings, ModelBench, torch_forward, torch_predictor
+from maskclip_bench import memory
+from maskclip_bench.bench import BenchSettings, ModelBench
 from maskclip_bench.cli import main
+from maskclip_bench.pytorch import torch_forward, torch_predictor
 from maskclip_bench.report import render_markdown
 
 
@@ -75,7 +76,7 @@ def test_ort_cuda_row_without_the_cuda_provider_is_unavailable(tmp_path, model):
 @pytest.fixture
 def fake_gpu_memory(monkeypatch):
     """PeakMemory on 'cuda' reads device memory through torch; here it reads nothing."""
-    monkeypatch.setattr(bench, "_gpu_used_bytes", lambda index: 0)
+    monkeypatch.setattr(memory, "_gpu_used_bytes", lambda index: 0)
 
 
 def test_refused_engines_are_timed_and_marked(shared, model, monkeypatch, fake_gpu_memory, one_torch_thread):

@@ -9,10 +9,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from maskclip_bench.bench import PeakMemory, achieved_gflops, percentiles, sample_images, time_calls
 from maskclip_bench.cli import main
+from maskclip_bench.memory import PeakMemory
 from maskclip_bench.report import evaluate_targets, render_markdown, write_json, write_markdown
 from maskclip_bench.roofline import GemmCeiling, best_ceiling, gflops, matmul_flops
+from maskclip_bench.samples import sample_images
+from maskclip_bench.timing import achieved_gflops, percentiles, time_calls
 
 
 def test_percentiles_match_numpy():
@@ -149,7 +151,7 @@ def test_targets_prefer_the_paired_measurement():
 
 
 def test_paired_speedup_alternates_and_takes_the_median_ratio():
-    from maskclip_bench.bench import paired_speedup
+    from maskclip_bench.timing import paired_speedup
 
     calls = []
 
@@ -179,7 +181,7 @@ def test_a_refused_artifact_is_marked_in_its_row_and_the_notes():
 
 def test_bench_times_an_artifact_its_gate_refused(tmp_path, monkeypatch):
     """A refused export is installed in the work folder with its refusal, loads, and reports passed: false."""
-    from maskclip_bench.bench import export_artifact, gate_parity
+    from maskclip_bench.artifacts import export_artifact, gate_parity
     from maskclip_core.model import build_model
     from maskclip_export.verify import GATES, Tolerances
     from maskclip_runtime.artifact import load_artifact
