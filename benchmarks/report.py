@@ -145,6 +145,19 @@ def _gate_refusals(rows: list[dict]) -> list[str]:
 
 
 def render_markdown(report: dict) -> str:
+    sections = [
+        _header(report),
+        _ceilings(report["ceilings"]),
+        *(_model_table(model, report["rows"]) for model in report["models"]),
+        _paired(report["models"]),
+        _targets(report.get("targets")),
+        _op_profiles(report.get("op_profiles")),
+        _notes(report),
+    ]
+    return "\n".join(line for section in sections for line in section) + "\n"
+
+
+def _header(report: dict) -> list[str]:
     env = report["environment"]
     lines = [
         f"# maskclip-bench: {env['device']}",
@@ -163,79 +176,110 @@ def render_markdown(report: dict) -> str:
             f"- machine load average (1 / 5 / 15 min): {start} at start, {end} at end "
             f"(a load above the {env['cpu_cores']} cores means other processes competed for them)"
         )
-    lines += [
+    lines.append(
         "- columns: model-only = forward on a ready batch (host/device copies included); end-to-end = JPEG "
         "decode + preprocess + forward + mask resize to the image size; GFLOP/s = counted model FLOPs x batch / "
         "model-only p50, against the best measured matmul of the row's compute type; peak memory = growth of "
         "resident memory (CPU) or device memory in use (CUDA) while the backend loads and runs (the PyTorch "
-        "weights are loaded before); parity = the export gate's comparison with PyTorch eager fp32",
+        "weights are loaded before); parity = the export gate's comparison with PyTorch eager fp32"
+    )
+    return lines
+
+
+def _ceilings(ceilings: list[dict]) -> list[str]:
+    lines = [
         "",
         "## Measured GEMM ceiling (one large square matmul, best of the repeats)",
         "",
         "| library | dtype | device | n | GFLOP/s |",
         "|---|---|---|---|---|",
     ]
-    for c in report["ceilings"]:
+    for c in ceilings:
         lines.append(f"| {c['library']} | {c['dtype']} | {c['device']} | {c['size']} | {_fmt(c['gflops'])} |")
-    for model in report["models"]:
-        lines += [
-            "",
-            f"## {model['name']}",
-            "",
-            f"{model['description']}. Counted compute: {_fmt(model['gflop_per_image'])} GFLOP per image "
-            f"({_fmt(model['gflop_per_image'] / 2)} GMACs) at {model['image_size']} px.",
-            "",
-            "| backend | batch | status | model-only ms p50 / p90 / p99 | end-to-end ms p50 / p90 / p99 | images/s "
-            "| GFLOP/s | of ceiling | peak memory MB | size MB | build s | max prob diff | flips | mask IoU |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for row in (r for r in report["rows"] if r["model"] == model["name"]):
-            if row["status"] != "ok":
-                lines.append(f"| {row['backend']} | {row['batch']} | {row['status']}: {row['reason']} |" + " - |" * 11)
-                continue
-            diff, flips, iou = _parity(row)
-            fraction = row.get("ceiling_fraction")
-            status = "ok, gate refused" if (row.get("parity") or {}).get("passed") is False else "ok"
-            if row.get("fell_back"):
-                status += f", ran on {row['ran_on']}"
-            lines.append(
-                f"| {row['backend']} | {row['batch']} | {status} | {_latency(row['model_ms'])} "
-                f"| {_latency(row['e2e_ms'])} "
-                f"| {_fmt(row['images_per_s'], 2)} | {_fmt(row.get('gflops'))} "
-                f"| {_fmt(fraction * 100 if fraction else None, 0)}% | {_fmt(row.get('peak_memory_mb'), 0)} "
-                f"| {_fmt(row.get('artifact_mb'))} | {_fmt(row.get('build_s'))} | {diff} | {flips} | {iou} |"
-            )
-    paired = [(m["name"], p) for m in report["models"] for p in m.get("paired", [])]
-    if paired:
-        lines += [
-            "",
-            "## Paired speed-ups (alternating calls on one ready batch, order flipped every pair)",
-            "",
-            "| model | slower | faster | batch | pairs | slower ms (median) | faster ms (median) "
-            "| speed-up median (min - max) |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for name, p in paired:
-            lines.append(
-                f"| {name} | {p['slow']} | {p['fast']} | {p['batch']} | {p['pairs']} | {_fmt(p['slow_ms_median'])} "
-                f"| {_fmt(p['fast_ms_median'])} | {p['speedup_median']:.2f} ({p['speedup_min']:.2f} - "
-                f"{p['speedup_max']:.2f}) |"
-            )
-    if report.get("targets"):
-        lines += ["", f"## Targets ({TARGET_MODEL}, batch 1)", "", "| check | target | measured | result |"]
-        lines.append("|---|---|---|---|")
-        for check in report["targets"]:
-            comparison = ">=" if "speed-up" in check["name"] else "<="
-            lines.append(
-                f"| {check['name']} | {comparison} {check['target']} | {_fmt(check['measured'], 2)} | {check['note']} |"
-            )
-    if report.get("op_profiles"):
-        lines += ["", "## Where the time goes (ONNX Runtime profile, batch 1, share of node time by op type)", ""]
-        for name, ops in report["op_profiles"].items():
-            top = ", ".join(f"{op['op_type']} {op['share'] * 100:.0f}%" for op in ops[:6])
-            lines.append(f"- {name}: {top}")
-    refusals = _gate_refusals(report["rows"])
-    if report.get("notes") or refusals:
-        lines += ["", "## Notes", ""]
-        lines += [f"- {note}" for note in [*refusals, *report.get("notes", [])]]
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def _model_table(model: dict, rows: list[dict]) -> list[str]:
+    lines = [
+        "",
+        f"## {model['name']}",
+        "",
+        f"{model['description']}. Counted compute: {_fmt(model['gflop_per_image'])} GFLOP per image "
+        f"({_fmt(model['gflop_per_image'] / 2)} GMACs) at {model['image_size']} px.",
+        "",
+        "| backend | batch | status | model-only ms p50 / p90 / p99 | end-to-end ms p50 / p90 / p99 | images/s "
+        "| GFLOP/s | of ceiling | peak memory MB | size MB | build s | max prob diff | flips | mask IoU |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    return lines + [_row_line(row) for row in rows if row["model"] == model["name"]]
+
+
+def _row_line(row: dict) -> str:
+    if row["status"] != "ok":
+        return f"| {row['backend']} | {row['batch']} | {row['status']}: {row['reason']} |" + " - |" * 11
+    diff, flips, iou = _parity(row)
+    fraction = row.get("ceiling_fraction")
+    status = "ok, gate refused" if (row.get("parity") or {}).get("passed") is False else "ok"
+    if row.get("fell_back"):
+        status += f", ran on {row['ran_on']}"
+    return (
+        f"| {row['backend']} | {row['batch']} | {status} | {_latency(row['model_ms'])} "
+        f"| {_latency(row['e2e_ms'])} "
+        f"| {_fmt(row['images_per_s'], 2)} | {_fmt(row.get('gflops'))} "
+        f"| {_fmt(fraction * 100 if fraction else None, 0)}% | {_fmt(row.get('peak_memory_mb'), 0)} "
+        f"| {_fmt(row.get('artifact_mb'))} | {_fmt(row.get('build_s'))} | {diff} | {flips} | {iou} |"
+    )
+
+
+def _paired(models: list[dict]) -> list[str]:
+    paired = [(m["name"], p) for m in models for p in m.get("paired", [])]
+    if not paired:
+        return []
+    lines = [
+        "",
+        "## Paired speed-ups (alternating calls on one ready batch, order flipped every pair)",
+        "",
+        "| model | slower | faster | batch | pairs | slower ms (median) | faster ms (median) "
+        "| speed-up median (min - max) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, p in paired:
+        lines.append(
+            f"| {name} | {p['slow']} | {p['fast']} | {p['batch']} | {p['pairs']} | {_fmt(p['slow_ms_median'])} "
+            f"| {_fmt(p['fast_ms_median'])} | {p['speedup_median']:.2f} ({p['speedup_min']:.2f} - "
+            f"{p['speedup_max']:.2f}) |"
+        )
+    return lines
+
+
+def _targets(targets: list[dict] | None) -> list[str]:
+    if not targets:
+        return []
+    lines = [
+        "",
+        f"## Targets ({TARGET_MODEL}, batch 1)",
+        "",
+        "| check | target | measured | result |",
+        "|---|---|---|---|",
+    ]
+    for check in targets:
+        comparison = ">=" if "speed-up" in check["name"] else "<="
+        lines.append(
+            f"| {check['name']} | {comparison} {check['target']} | {_fmt(check['measured'], 2)} | {check['note']} |"
+        )
+    return lines
+
+
+def _op_profiles(profiles: dict | None) -> list[str]:
+    if not profiles:
+        return []
+    lines = ["", "## Where the time goes (ONNX Runtime profile, batch 1, share of node time by op type)", ""]
+    for name, ops in profiles.items():
+        top = ", ".join(f"{op['op_type']} {op['share'] * 100:.0f}%" for op in ops[:6])
+        lines.append(f"- {name}: {top}")
+    return lines
+
+
+def _notes(report: dict) -> list[str]:
+    notes = [*_gate_refusals(report["rows"]), *report.get("notes", [])]
+    return ["", "## Notes", "", *(f"- {note}" for note in notes)] if notes else []
