@@ -224,3 +224,22 @@ def test_an_undecodable_calibration_image_is_skipped_with_a_warning(tmp_path):
     assert len(warnings) == 1 and str(bad) in warnings[0]
     with pytest.raises(ExportError, match="none of the 1 calibration images"):
         calibration_images([bad], PreprocessSpec(size=32), warnings.append)
+
+
+def test_calibration_and_verification_folders_are_searched_recursively(tmp_path):
+    """--calib DIR and --verify-images DIR list images like every other command: recursively, sorted."""
+    from PIL import Image
+
+    from maskclip_export.exporter import ExportError, calibration_paths
+    from maskclip_export.verify import load_images
+
+    for name in ("b.png", "a/z.jpg", "a/deeper/c.webp", ".hidden/d.png"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / name, format="PNG")
+    (tmp_path / "notes.txt").write_text("not an image")
+    found = [p.relative_to(tmp_path).as_posix() for p in calibration_paths(str(tmp_path), 10)]
+    assert found == ["b.png", "a/z.jpg", "a/deeper/c.webp"]
+    assert [p.name for p in calibration_paths(str(tmp_path), 2)] == ["b.png", "z.jpg"]
+    assert [name for name, _ in load_images(str(tmp_path))] == ["b.png", "z.jpg", "c.webp"]
+    with pytest.raises(ExportError):
+        calibration_paths(str(tmp_path / "notes.txt"), 10)

@@ -25,6 +25,7 @@ from maskclip_runtime.backends import tensorrt as tensorrt_backend
 from maskclip_runtime.backends.base import BackendUnavailable
 from maskclip_runtime.backends.onnxruntime import OnnxRuntimeRunner, providers_for
 from maskclip_runtime.detector import Detector
+from maskclip_runtime.devices import DeviceError
 from maskclip_runtime.engine_header import EngineIncompatibleError
 
 
@@ -115,6 +116,15 @@ def test_auto_backend_without_engines_is_onnxruntime(fused):
 def test_tensorrt_without_engines_is_a_clear_error(fused):
     with pytest.raises(BackendUnavailable, match="no TensorRT engine.*--backend onnxruntime"):
         Detector(fused, backend="tensorrt")
+
+
+def test_device_names_are_checked_by_every_backend(fused):
+    with pytest.raises(DeviceError):
+        Detector(fused, backend="onnxruntime", device="gpu")
+    with pytest.raises(DeviceError):
+        Detector(fused, backend="tensorrt", device="cuda:x")
+    with pytest.raises(BackendUnavailable):  # a valid name, but TensorRT runs only on a GPU
+        Detector(fused, backend="tensorrt", device="cpu")
 
 
 def test_providers_follow_the_device_and_fall_back_with_a_warning():

@@ -7,14 +7,16 @@ import errno
 import io
 import json
 import os
+import stat
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from maskclip_runtime import outputs
-from maskclip_runtime.atomic import atomic_path
-from maskclip_runtime.inputs import expand_inputs, images_in_folder
+from maskclip_runtime.atomic import atomic_path, write_bytes_atomic, write_text_atomic
+from maskclip_runtime.devices import Device, DeviceError, parse_device
+from maskclip_runtime.inputs import expand_inputs, image_files, images_in_folder
 from maskclip_runtime.outputs import (
     ResultsUnwritable,
     ResultTables,
@@ -77,6 +79,65 @@ def test_atomic_path_replaces_only_on_success(tmp_path):
         temp.write_bytes(b"new")
     assert target.read_bytes() == b"new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["result.png"]
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_atomic_writes_get_an_ordinary_files_mode(tmp_path, umask, mode):
+    previous = os.umask(umask)
+    try:
+        write_bytes_atomic(tmp_path / "plan.engine", b"plan")
+        write_text_atomic(tmp_path / "manifest.json", "{}\n")
+        save_mask_png(np.zeros((4, 4), np.float32), tmp_path / "mask.png")
+    finally:
+        os.umask(previous)
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()} == {
+        "plan.engine": mode,
+        "manifest.json": mode,
+        "mask.png": mode,
+    }
+
+
+def test_failed_or_interrupted_atomic_writes_leave_the_old_file_and_no_temp_file(tmp_path):
+    target = tmp_path / "manifest.json"
+    write_text_atomic(target, "old")
+    with pytest.raises(TypeError):
+        write_bytes_atomic(target, "not bytes")
+    with pytest.raises(KeyboardInterrupt), atomic_path(target) as temp:
+        temp.write_text("half")
+        raise KeyboardInterrupt
+    with pytest.raises(TypeError):
+        write_bytes_atomic(tmp_path / "new.bin", None)
+    assert [p.name for p in tmp_path.iterdir()] == ["manifest.json"]
+    assert target.read_text() == "old"
+
+
+def test_image_files_takes_a_folder_recursively_or_a_glob_of_images_only(tree):
+    everything = ["a.jpg", "b.PNG", "sub/c.jpeg", "sub/deeper/d.webp"]
+    assert _rel(image_files(tree), tree) == everything
+    assert _rel(image_files(str(tree / "*")), tree) == everything  # notes.txt dropped, sub/ searched
+    assert _rel(image_files(str(tree / "**")), tree) == everything  # each image once
+    assert _rel(image_files(str(tree / "sub" / "**" / "*.webp")), tree) == ["sub/deeper/d.webp"]
+    assert image_files(str(tree / "nothing*")) == []
+
+
+@pytest.mark.parametrize(
+    "name, device",
+    [
+        ("cpu", Device("cpu", 0)),
+        (" CUDA ", Device("cuda", 0)),
+        ("cuda:1", Device("cuda", 1)),
+        ("tensorrt:2", Device("tensorrt", 2)),
+    ],
+)
+def test_device_names(name, device):
+    assert parse_device(name) == device
+    assert parse_device(name).gpu == (device.kind != "cpu")
+
+
+@pytest.mark.parametrize("name", ["gpu", "", "cuda:", "cuda:x", "cuda:-1", "cuda1", "cuda:0:1", "mps"])
+def test_unknown_device_names_are_refused(name):
+    with pytest.raises(DeviceError):
+        parse_device(name)
 
 
 def test_mask_png_is_8_bit_probability(tmp_path):

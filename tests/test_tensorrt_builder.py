@@ -2,6 +2,8 @@
 configured, calibrated, written, staged and recorded."""
 
 import json
+import os
+import stat
 
 import numpy as np
 import onnx
@@ -186,6 +188,19 @@ def test_build_engines_writes_plain_plans_with_sidecars(tmp_path, standins):
     build_engines(folder, **quiet)  # a rebuild replaces, never duplicates
     assert len(load_artifact(folder).manifest["engines"]) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]  # no staging folder left behind
+
+
+def test_engines_and_their_files_are_ordinary_files(tmp_path, standins):
+    """Readable by everyone the umask allows, like the ONNX graphs beside them (not mkstemp's 0600)."""
+    standins("10.3.0")
+    folder = _artifact(tmp_path / "art")
+    previous = os.umask(0o022)
+    try:
+        build_engines(folder, **quiet)
+    finally:
+        os.umask(previous)
+    written = ["model.fp16.engine", "model.fp16.engine.json", "timing.cache", MANIFEST_NAME]
+    assert {name: stat.S_IMODE((folder / name).stat().st_mode) for name in written} == dict.fromkeys(written, 0o644)
 
 
 def test_failed_build_leaves_the_old_artifact_loadable(tmp_path, standins, monkeypatch):
