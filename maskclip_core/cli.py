@@ -129,9 +129,15 @@ def _beside(path: str | None, suffix: str) -> str | None:
 @click.option("--reliability", default=None, type=click.Path(dir_okay=False), help="Reliability diagram PNG path.")
 @click.option("--robustness", is_flag=True, help="Also score under JPEG/WebP, downscale, blur, noise and crop.")
 @click.option("--per-generator", default=None, type=int, help="Robustness on a stratified subset of N per generator.")
+@click.option(
+    "--tiles",
+    is_flag=True,
+    help="Score native-resolution masks as maskclip-run --tiles makes them (an artifact; without --artifact the "
+    "runtime's embedded demo), at each image's own size instead of the model size.",
+)
 def evaluate(
     data, split, checkpoint, artifact, backend, device, batch_size, workers, limit, output, calibration, reliability,
-    robustness, per_generator,
+    robustness, per_generator, tiles,
 ):  # fmt: skip
     """Score a checkpoint or an exported artifact: IoU/F1 per generator + AVG, detection F1/Acc/AUC.
 
@@ -139,14 +145,24 @@ def evaluate(
     record (--calibration, or one in the artifact's manifest): ECE, Brier, AUC and TPR at 1 %/5 %
     FPR before and after, and a reliability diagram (--reliability, default beside --output).
     With --robustness: the report per degradation as JSON, Markdown and a plot (beside --output).
+    With --tiles: pixel metrics of tiled masks at each image's own size (a different scale from the
+    default, which scores every mask at the model's input size as EVALUATION.md defines).
     """
     from maskclip_core.data import open_samples
-    from maskclip_core.evaluate import collect, report, save_report
+    from maskclip_core.evaluate import collect, collect_tiled, report, save_report
 
     if not data:
         _fail(ValueError("--data is required"))
     if per_generator is not None and not robustness:
         _fail(ValueError("--per-generator sizes the --robustness subset; add --robustness"))
+    if tiles and (checkpoint or robustness):
+        _fail(ValueError("--tiles scores an exported artifact through the runtime, without --robustness: "
+                         "give --artifact (maskclip-export makes one from a checkpoint)"))  # fmt: skip
+    if tiles and not artifact:
+        from maskclip_runtime.cli import DEMO_DIR
+
+        artifact = str(DEMO_DIR)
+        click.echo(f"no --artifact given: scoring the runtime's embedded demo artifact ({DEMO_DIR})", err=True)
     try:
         samples = open_samples(data, split)[:limit]
         predictor, source = _open_predictor(checkpoint, artifact, backend, device)
@@ -155,7 +171,10 @@ def evaluate(
             _robustness(predictor, samples, source, data, split, per_generator, batch_size, workers, output)
             return
         started = time.perf_counter()
-        accumulator = collect(predictor, samples, batch_size, workers)
+        if tiles:
+            accumulator = collect_tiled(predictor.detector, samples)
+        else:
+            accumulator = collect(predictor, samples, batch_size, workers)
         seconds = time.perf_counter() - started
     except USER_ERRORS as exc:
         _fail(exc)
@@ -163,6 +182,7 @@ def evaluate(
         _fail(exc)
     summary = accumulator.summary()
     doc = report(summary, model=source, predictor=predictor.name, data=data, split=split, images=len(samples))
+    doc["masks_scored_at"] = "native resolution, tiles" if tiles else f"model input ({predictor.spec.size} px)"
     click.echo(doc["table"])
     click.echo(_eval_summary(accumulator, predictor.threshold, seconds), err=True)
     if record is not None:
