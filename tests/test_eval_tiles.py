@@ -58,7 +58,18 @@ def test_tiled_pixel_scores_match_an_independent_computation(data, tmp_path):
         assert doc["metrics"][generator]["n_partial"] == len(scores)
 
     plain = tmp_path / "plain.json"
-    args = ["--data", str(data), "--split", "test", "--artifact", str(DEMO_DIR), "--workers", "0", "--output", str(plain)]
+    args = [
+        "--data",
+        str(data),
+        "--split",
+        "test",
+        "--artifact",
+        str(DEMO_DIR),
+        "--workers",
+        "0",
+        "--output",
+        str(plain),
+    ]
     assert CliRunner().invoke(eval_command, args).exit_code == 0
     plain_doc = json.loads(plain.read_text())
     assert plain_doc["masks_scored_at"] == "model input (128 px)"
