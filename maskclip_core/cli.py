@@ -281,6 +281,20 @@ def calibrate(
         _fail(exc)
 
 
+def _calibrate_summary(fitted, fitted_images: int, checking, seconds: float) -> str:
+    """The end-of-run line: images fitted and checked, the check half's calibrated verdicts, images/s."""
+    labels, fake_prob = checking.scores()
+    counts = {verdict: 0 for verdict in ("real", "uncertain", "fake")}
+    for verdict in fitted.verdicts(fitted.calibrate(fake_prob)):
+        counts[str(verdict)] += 1
+    images = fitted_images + len(labels)
+    return (
+        f"maskclip-calibrate: fitted on {fitted_images} images, checked on {len(labels)}: {counts['real']} real, "
+        f"{counts['uncertain']} uncertain, {counts['fake']} fake by the calibrated verdicts (labelled "
+        f"{int((labels == 0).sum())} real, {int((labels == 1).sum())} fake), {images / max(seconds, 1e-9):.1f} images/s"
+    )
+
+
 def _fit(data, split, checkpoint, artifact, backend, device, batch_size, workers, limit, out, fit_fraction, seed,
          target_fprs):  # fmt: skip
     import json
@@ -296,6 +310,7 @@ def _fit(data, split, checkpoint, artifact, backend, device, batch_size, workers
     samples = open_samples(data, split)[:limit]
     fit_samples, check_samples = split_holdout(samples, fit_fraction, seed)
     predictor, source = _open_predictor(checkpoint, artifact, backend, device)
+    started = time.perf_counter()
     fit_labels, fit_prob = collect(predictor, fit_samples, batch_size, workers, desc="fit").scores()
     model_id = predictor.detector.model_id if artifact else None
     fitted_on = {"model": source, "model_id": model_id, "data": str(data), "split": split, "seed": seed,
@@ -305,6 +320,7 @@ def _fit(data, split, checkpoint, artifact, backend, device, batch_size, workers
     write_calibration(fitted, out)
     click.echo(f"wrote {out} (temperature {fitted.temperature:.4f}, sha256 {fitted.sha256})")
     checking = collect(predictor, check_samples, batch_size, workers, desc="check")
+    click.echo(_calibrate_summary(fitted, len(fit_samples), checking, time.perf_counter() - started), err=True)
     measured = _measure_calibration(fitted, checking, _beside(out, "-reliability.png"))
     report_path = Path(_beside(out, "-report.json"))
     doc = {"record": fitted.to_dict(), "checked_on": {"images": len(check_samples)}, **measured}
