@@ -179,9 +179,7 @@ class Detector:
         """
         return self.detect_prepared([self.prepare(image) for image in images], masks_for)
 
-    def detect_prepared(
-        self, prepared: list[PreparedImage], masks_for: str | Sequence[str] = "all"
-    ) -> list[Detection]:
+    def detect_prepared(self, prepared: list[PreparedImage], masks_for: str | Sequence[str] = "all") -> list[Detection]:
         """PreparedImages -> Detections. masks_for: one policy for all, or one per image (a server's
         micro-batch mixes requests that asked for different ones: they still share one screen pass)."""
         policies = [masks_for] * len(prepared) if isinstance(masks_for, str) else list(masks_for)

@@ -397,7 +397,7 @@ def test_one_forward_pass_serves_requests_with_different_mask_policies():
     first = batcher.submit(prepared[:1], "none")
     assert gate.entered.wait(10)
     policies = ["all", "none", "fake"][: len(prepared)]
-    futures = [f for p, policy in zip(prepared, policies) for f in batcher.submit([p], policy)]
+    futures = [f for p, policy in zip(prepared, policies, strict=True) for f in batcher.submit([p], policy)]
     gate.open.set()
     answers = [f.result(timeout=10) for f in futures]
     first[0].result(timeout=10)
