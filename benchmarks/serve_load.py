@@ -37,7 +37,7 @@ from pathlib import Path
 import click
 
 from maskclip_runtime.artifact import load_artifact
-from maskclip_runtime.atomic import atomic_path
+from maskclip_runtime.atomic import write_text_atomic
 from maskclip_runtime.cli import DEMO_DIR
 
 TARGET_FRACTION = 0.8  # the server should reach this share of maskclip-run's images/s at the top concurrency
@@ -306,8 +306,7 @@ def main(model, batch, threads, concurrency, requests, seconds, rounds, max_wait
                 "rss_mib": {"warm": warm_rss, "first_half_max": max(first_half), "second_half_max": max(second_half)},
             },
         }
-        with atomic_path(json_path) as temp:
-            temp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        write_text_atomic(json_path, json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":

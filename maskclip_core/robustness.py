@@ -23,7 +23,7 @@ from PIL import Image
 from maskclip_core.data import Sample
 from maskclip_core.evaluate import Perturb, Predictor, collect, without_nan
 from maskclip_core.metrics import _fmt
-from maskclip_runtime.atomic import atomic_path
+from maskclip_runtime.atomic import atomic_path, write_text_atomic
 
 METRICS = (  # summary key, label
     ("auc", "image AUC"),
@@ -210,11 +210,9 @@ def save_robustness(doc: dict, results: dict, json_path: str | Path, title: str 
     json_path = Path(json_path)
     json_path.parent.mkdir(parents=True, exist_ok=True)
     md_path, png_path = json_path.with_suffix(".md"), json_path.with_suffix(".png")
-    with atomic_path(json_path) as temp:
-        temp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    write_text_atomic(json_path, json.dumps(doc, indent=2) + "\n")
     header = [f"# {title or 'Robustness report'}", ""]
     header += [f"- {k}: {v}" for k, v in doc.items() if k not in ("conditions", "markdown")]
-    with atomic_path(md_path) as temp:
-        temp.write_text("\n".join([*header, "", doc["markdown"], ""]), encoding="utf-8")
+    write_text_atomic(md_path, "\n".join([*header, "", doc["markdown"], ""]))
     save_robustness_plot(results, png_path, title)
     return [json_path, md_path, png_path]
