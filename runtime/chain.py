@@ -29,9 +29,9 @@ def run_chain(
     return tensors
 
 
-def check_chain(runners: Sequence[Runner], given: Sequence[str] = ("image",)) -> None:
-    """Every graph input must be given or an earlier graph's output; the chain must end in fake_prob and mask."""
-    available = set(given)
+def check_chain(runners: Sequence[Runner]) -> None:
+    """Every graph input must be the image or an earlier graph's output; the chain must end in fake_prob and mask."""
+    available = {"image"}
     for runner in runners:
         missing = [name for name in runner.input_names if name not in available]
         if missing:
