@@ -19,6 +19,7 @@ from pathlib import Path
 
 from . import __version__
 from .calibration import Calibration, CalibrationError
+from .chain import chain_problem
 from .hashing import file_sha256
 from .preprocess import LEGACY_RESIZE, RESIZE_METHODS, PreprocessSpec
 
@@ -366,13 +367,7 @@ def _parse_graphs(manifest: dict) -> tuple[GraphSpec, ...]:
     graphs = tuple(GraphSpec.from_dict(g) for g in manifest["graphs"])
     if not graphs:
         raise ValueError("no graphs listed")
-    produced = {"image"}
-    for graph in graphs:
-        missing = [t.name for t in graph.inputs if t.name not in produced]
-        if missing:
-            raise ValueError(f"graph {graph.name!r} needs {missing}, produced by no earlier graph")
-        produced |= {t.name for t in graph.outputs}
-    absent = [name for name in ("fake_prob", "mask") if name not in produced]
-    if absent:
-        raise ValueError(f"no graph produces {absent}")
+    problem = chain_problem((g.name, [t.name for t in g.inputs], [t.name for t in g.outputs]) for g in graphs)
+    if problem:
+        raise ValueError(problem)
     return graphs

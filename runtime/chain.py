@@ -1,14 +1,13 @@
 """Graph chaining: a split or cascade artifact is several graphs, each fed by tensor name from the
-batch and the outputs of the graphs before it. The runtime, the export gate, int8 calibration and
-the Triton check all run a chain through here, so they cannot disagree on how graphs connect."""
+batch and the outputs of the graphs before it. The manifest check, the runtime, the export gate, int8
+calibration and the Triton check all go through here, so they cannot disagree on how graphs connect."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
-from .artifact import ArtifactError
 from .backends.base import Runner
 
 FeedObserver = Callable[[int, dict[str, np.ndarray]], None]
@@ -29,14 +28,14 @@ def run_chain(
     return tensors
 
 
-def check_chain(runners: Sequence[Runner]) -> None:
-    """Every graph input must be the image or an earlier graph's output; the chain must end in fake_prob and mask."""
+def chain_problem(graphs: Iterable[tuple[str, Iterable[str], Iterable[str]]]) -> str | None:
+    """(name, input names, output names) of each graph, in order -> why they do not chain from "image" to
+    fake_prob and mask, or None when they do."""
     available = {"image"}
-    for runner in runners:
-        missing = [name for name in runner.input_names if name not in available]
+    for name, inputs, outputs in graphs:
+        missing = [tensor for tensor in inputs if tensor not in available]
         if missing:
-            raise ArtifactError(f"graph inputs {missing} are produced by no earlier graph; re-export the artifact")
-        available.update(runner.output_names)
-    absent = [name for name in ("fake_prob", "mask") if name not in available]
-    if absent:
-        raise ArtifactError(f"the artifact's graphs produce no {absent}; re-export the artifact")
+            return f"graph {name!r} needs {missing}, produced by no earlier graph"
+        available.update(outputs)
+    absent = [tensor for tensor in ("fake_prob", "mask") if tensor not in available]
+    return f"no graph produces {absent}" if absent else None

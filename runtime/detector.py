@@ -27,7 +27,7 @@ from PIL import Image
 from .artifact import Artifact, ArtifactError, load_artifact
 from .backends.base import BackendUnavailable, Runner
 from .calibration import PLAIN_OPERATING_POINT
-from .chain import check_chain, run_chain
+from .chain import chain_problem, run_chain
 from .devices import parse_device
 from .host import current_host
 from .preprocess import resize_and_normalize, resize_probability_map
@@ -136,7 +136,7 @@ class Detector:
         self.batch_size = _batch_size(self.artifact, batch)
         self.device = device or "default"
         self._runners = _build_runners(self.artifact, backend, device, threads)
-        check_chain(self._runners)
+        _check_chain(self.artifact, self._runners)
         self._screen_graphs = _verdict_stage_length(self._runners)
         if self.backend.startswith("onnxruntime-cpu"):
             _check_cpu_features(self.artifact, strict)
@@ -368,3 +368,11 @@ def _cuda_index(device: str | None) -> int:
 def _verdict_stage_length(runners: list[Runner]) -> int:
     """How many leading graphs the verdict needs: up to and including the first that makes fake_prob."""
     return next(i + 1 for i, runner in enumerate(runners) if "fake_prob" in runner.output_names)
+
+
+def _check_chain(artifact: Artifact, runners: list[Runner]) -> None:
+    """The graphs as loaded (names from the files themselves) must chain like the manifest says they do."""
+    graphs = zip((g.name for g in artifact.graphs), runners, strict=True)
+    problem = chain_problem((name, runner.input_names, runner.output_names) for name, runner in graphs)
+    if problem:
+        raise ArtifactError(f"{problem}; re-export the artifact")
