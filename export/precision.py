@@ -300,3 +300,6 @@ INT8_SCHEMES = {
         symmetric=False,
     ),
 }
+
+# Precisions made from the fp32 graph without calibration: name -> (src, dst) -> op types kept in fp32.
+FLOAT_CONVERSIONS: dict[str, Callable[[Path, Path], list[str]]] = {"fp16": convert_to_fp16}

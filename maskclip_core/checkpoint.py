@@ -90,11 +90,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return model.eval()
 
 
-def weights_digest(path: str | Path) -> str:
-    """sha256 of the weights file (hex), the basis of a model id."""
-    weights, _ = checkpoint_files(path)
+def weights_digest(model: MaskCLIP) -> str:
+    """sha256 over the model's tensors (names, dtypes, shapes, bytes), the weights part of its identity
+    (maskclip_runtime.contract.ModelIdentity). Computed from the tensors, not a file's bytes, so a
+    checkpoint gets the same digest however it was saved, and as the model it loads into."""
     h = hashlib.sha256()
-    with open(weights, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()

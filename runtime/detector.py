@@ -278,7 +278,7 @@ def _check_cpu_features(artifact: Artifact, strict: bool) -> None:
         return
     wanted = ", ".join(" or ".join(alternatives) for alternatives in missing)
     message = (
-        f"this {artifact.manifest.get('precision', '')} artifact assumes CPU features this host lacks ({wanted}) "
+        f"this {artifact.precision} artifact assumes CPU features this host lacks ({wanted}) "
         f"on {current_host().cpu}; its results may differ from the verified ones (re-export with maskclip-export "
         f"--int8-cpu for a portable graph)"
     )
