@@ -26,6 +26,7 @@ from PIL import Image
 
 from maskclip_runtime.backends.base import BackendUnavailable
 from maskclip_runtime.host import current_host
+from maskclip_runtime.precisions import ONNXRUNTIME, PRECISIONS, TENSORRT
 from maskclip_runtime.preprocess import load_image, preprocess_batch, resize_probability_map
 
 from .report import INT8_BACKENDS
@@ -33,7 +34,9 @@ from .roofline import best_ceiling, gflops
 
 #: backend id -> (runtime, precision); "torch" is the PyTorch eager fp32 baseline. Reduced-precision
 #: PyTorch rows run under autocast (mixed precision, like the fp16 graphs: the model's own fp32 casts
-#: stay); "-graph" rows replay one captured CUDA graph per batch size (CUDA only).
+#: stay); "-graph" rows replay one captured CUDA graph per batch size (CUDA only). The artifact rows
+#: are the precision table's: one per precision and backend its graphs may go to.
+RUNTIME_PREFIXES = {ONNXRUNTIME: "ort", TENSORRT: "trt"}
 BACKENDS = {
     "torch": ("torch", "fp32"),
     "torch-fp16": ("torch", "fp16"),
@@ -41,13 +44,12 @@ BACKENDS = {
     "torch-graph": ("torch-cudagraph", "fp32"),
     "torch-fp16-graph": ("torch-cudagraph", "fp16"),
     "torch-bf16-graph": ("torch-cudagraph", "bf16"),
-    "ort-fp32": ("onnxruntime", "fp32"),
-    "ort-int8": ("onnxruntime", "int8"),
-    "ort-int8-cpu": ("onnxruntime", "int8-cpu"),
-    "ort-fp16": ("onnxruntime", "fp16"),
-    "trt-fp32": ("tensorrt", "fp32"),
-    "trt-fp16": ("tensorrt", "fp16"),
-    "trt-int8": ("tensorrt", "int8"),
+    **{
+        f"{RUNTIME_PREFIXES[runtime]}-{row.name}": (runtime, row.name)
+        for runtime in RUNTIME_PREFIXES
+        for row in PRECISIONS.values()
+        if runtime in row.backends
+    },
 }
 
 
@@ -164,21 +166,22 @@ def export_artifact(model, precision: str, out: Path, max_batch: int, workdir: P
     An artifact the gate refuses is still timed (a speed benchmark of random weights must not depend
     on their masks): its graphs are installed at `out` with the refusal in the manifest, and the
     row's parity columns say so."""
-    from maskclip_export.exporter import INT8_PRECISIONS, ExportOptions, GateFailed, ModelSource, export_artifact
-    from maskclip_export.manifest import state_dict_digest
-    from maskclip_export.onnx_export import BatchSpec
+    from maskclip_core.checkpoint import weights_digest
+    from maskclip_export.exporter import ExportOptions, GateFailed, ModelSource, export_artifact
+    from maskclip_runtime.contract import BatchSpec
+    from maskclip_runtime.precisions import precision_row
 
-    int8 = precision in INT8_PRECISIONS
+    calibrated = precision_row(precision).calibrated
     options = ExportOptions(
         out=out,
         precision=precision,
         topology=topology,
-        batch=BatchSpec(size=max_batch, dynamic=True),
-        calib=str(workdir / "calib") if int8 else None,
+        batch=BatchSpec.up_to(max_batch),
+        calib=str(workdir / "calib") if calibrated else None,
     )
-    if int8:
+    if calibrated:
         calibration_images(workdir)
-    source = ModelSource(model, "benchmark model", state_dict_digest(model))
+    source = ModelSource(model, "benchmark model", weights_digest(model))
     try:
         export_artifact(source, options, progress=False, log=lambda _: None)
     except GateFailed as refused:
@@ -203,20 +206,16 @@ def reusable_export_seconds(out: Path, model, precision: str, max_batch: int, to
     exported."""
     import json
 
-    from maskclip_export.manifest import model_id, state_dict_digest
+    from maskclip_core.checkpoint import weights_digest
+    from maskclip_runtime.contract import MANIFEST_NAME, Manifest, ModelIdentity
 
     try:
-        manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        manifest = Manifest.from_dict(json.loads((out / MANIFEST_NAME).read_text(encoding="utf-8")))
+    except (OSError, ValueError):  # ManifestError is a ValueError
         return None
-    expected = model_id(model.config.name, state_dict_digest(model))
-    same = (
-        manifest.get("model", {}).get("model_id") == expected
-        and manifest.get("precision") == precision
-        and manifest.get("topology", "fused") == topology
-        and manifest.get("batch", {}).get("max") == max_batch
-    )
-    return float(sum(manifest.get("export_seconds", {}).values())) if same else None
+    expected = ModelIdentity(model.config.name, weights_digest(model), precision, topology)
+    same = manifest.identity == expected and manifest.batch.max == max_batch
+    return float(sum(manifest.export_seconds.values())) if same else None
 
 
 def gate_summary(report: dict) -> dict:
@@ -236,7 +235,7 @@ def gate_parity(artifact_dir: Path, runtime: str) -> dict:
     from maskclip_runtime.artifact import load_artifact
 
     manifest = load_artifact(artifact_dir).manifest
-    report = manifest.get("engine_verification" if runtime == "tensorrt" else "verification") or {}
+    report = (manifest.engine_verification if runtime == "tensorrt" else manifest.verification) or {}
     if not report or report.get("skipped"):
         return {}
     return gate_summary(report)
@@ -369,8 +368,8 @@ def torch_session(model, device: str, precision: str = "fp32", cuda_graph: bool 
 def torch_gate(model, device: str, precision: str, max_batch: int) -> dict:
     """The export gate's comparison of PyTorch at a reduced precision with PyTorch fp32 eager, both on
     `device` (bf16 is judged by fp16's tolerances): what precision alone costs, before any export."""
-    from maskclip_export.onnx_export import BatchSpec as ExportBatch
     from maskclip_export.verify import verification_batch, verify
+    from maskclip_runtime.contract import BatchSpec
 
     names, images = verification_batch(model.preprocess_spec())
     try:
@@ -381,7 +380,7 @@ def torch_gate(model, device: str, precision: str, max_batch: int) -> dict:
             names,
             "fp16" if precision == "bf16" else precision,
             model.config.threshold,
-            ExportBatch(size=max_batch, dynamic=True),
+            BatchSpec.up_to(max_batch),
         )
     finally:
         model.to("cpu")
@@ -400,7 +399,7 @@ def artifact_session(artifact_dir: Path, runtime: str, device: str, batch: int) 
     # A refused artifact is timed anyway and its row says so: its self-check would only repeat the refusal.
     refused = gate_parity(artifact_dir, runtime).get("passed") is False
     detector = Detector(artifact_dir, backend=runtime, device=device, batch=batch, self_check=not refused)
-    files = load_artifact(artifact_dir).manifest["files"]
+    files = load_artifact(artifact_dir).manifest.files
     used = (
         [f for f in files if f.endswith(".engine")]
         if runtime == "tensorrt"

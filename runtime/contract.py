@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass, field, replace
 
 from .calibration import Calibration, CalibrationError
-from .precisions import PRECISIONS
+from .precisions import DEFAULT_PRECISION, PRECISIONS
 from .preprocess import LEGACY_RESIZE, RESIZE_METHODS, PreprocessSpec
 
 FORMAT = "maskclip-artifact"
@@ -488,7 +488,7 @@ def consistency_problem(manifest: Manifest) -> str | None:
         for e in manifest.engines
         if e.precision not in PRECISIONS
         or not PRECISIONS[e.precision].tensorrt
-        or manifest.precision not in ("fp32", e.precision)
+        or manifest.precision not in (DEFAULT_PRECISION, e.precision)
     ]
     if wrong:
         return f"engines {', '.join(wrong)} have a precision TensorRT cannot build from {manifest.precision} graphs"
