@@ -23,7 +23,7 @@ def test_loads_folder_manifest_and_member_file(artifact):
     for path in (artifact, artifact / "manifest.json", artifact / "heads.onnx"):
         loaded = load_artifact(path)
         assert loaded.dir == artifact
-        assert loaded.model_id == "standin-split"
+        assert loaded.model_id == "standin-split-fp32-split"  # version 1: its id + precision + topology
         assert loaded.preprocess.size == SIZE
         assert loaded.threshold == 0.5
         assert [g.name for g in loaded.graphs] == ["features", "heads"]
@@ -59,7 +59,7 @@ def test_missing_path_is_refused(tmp_path):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"format_version": 2}, "unknown artifact format_version 2"),
+        ({"format_version": 3}, "unknown artifact format_version 3"),
         ({"format": "something-else"}, "not a MaskCLIP artifact"),
         ({"package_version": f"{int(__version__.split('.')[0]) + 1}.0.0"}, "major versions differ"),
         ({"files": {}}, "lists no file hashes"),

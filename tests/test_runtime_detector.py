@@ -46,7 +46,7 @@ def split(tmp_path_factory):
 def test_detection_matches_independent_computation(fused, photos):
     detector = Detector(fused, backend="onnxruntime", device="cpu")
     assert detector.backend == "onnxruntime-cpu"
-    assert detector.model_id == "standin-fused"
+    assert detector.model_id == "standin-fused-fp32-fused"
     for image, detection in zip(photos, detector.detect(photos), strict=True):
         fake_prob, mask = expected_standin_output(image)
         assert detection.fake_prob == pytest.approx(fake_prob, abs=1e-5)

@@ -11,7 +11,6 @@ from onnx import TensorProto, helper
 from PIL import Image
 from trt_standin import NETWORK_LAYERS, OTHER_GPU_CACHE
 
-from maskclip_export.manifest import write_manifest
 from maskclip_export.tensorrt import (
     EngineGateFailed,
     PrecisionPlanError,
@@ -21,7 +20,8 @@ from maskclip_export.tensorrt import (
     graph_digest,
     plan_precision,
 )
-from maskclip_runtime.artifact import MANIFEST_NAME, GraphSpec, load_artifact
+from maskclip_runtime.artifact import MANIFEST_NAME, load_artifact, write_manifest
+from maskclip_runtime.contract import GraphSpec, Manifest
 from maskclip_runtime.engine_header import read_engine_metadata, read_plan, sidecar_path
 from maskclip_runtime.preprocess import PreprocessSpec
 
@@ -71,7 +71,7 @@ def _artifact(folder, precision="fp16"):
             }
         ],
     }
-    write_manifest(folder, manifest)
+    write_manifest(folder, Manifest.from_dict(manifest))
     return folder
 
 
@@ -180,7 +180,7 @@ def test_build_engines_writes_plain_plans_with_sidecars(tmp_path, standins):
     assert read_plan(engine) == b"plan:"
     artifact = load_artifact(folder)  # the runtime accepts it: every file hashed, engines listed
     assert artifact.engines == {"fused": engine}
-    assert {"timing.cache", "model.fp16.engine.json"} <= set(artifact.manifest["files"])
+    assert {"timing.cache", "model.fp16.engine.json"} <= set(artifact.manifest.files)
     assert artifact.manifest["engine_verification"]["passed"]
 
     build_engines(folder, **quiet)  # a rebuild replaces, never duplicates
@@ -233,7 +233,7 @@ def test_int8_calibration_cache_is_keyed_by_the_graph(tmp_path, standins):
     assert len(batches) == len(images) and batches[0].shape == (1, 3, 4, 4)  # every image, through the GPU copy
     artifact = load_artifact(folder)
     cache_name = calibration_cache_name(
-        artifact.graphs[0], graph_digest(artifact.manifest["files"], artifact.graphs[0])
+        artifact.graphs[0], graph_digest(artifact.manifest.files, artifact.graphs[0])
     )
     assert (folder / cache_name).read_bytes() == b"calibration table"
     assert record["config"].flags == {"INT8", "OBEY"}
@@ -242,8 +242,7 @@ def test_int8_calibration_cache_is_keyed_by_the_graph(tmp_path, standins):
     assert record["calibration"] == "from cache"  # same graph: its scales are reused
 
     tiny_onnx(folder / "model.onnx", weight=0.5)  # another model in the same folder
-    manifest = json.loads((folder / MANIFEST_NAME).read_text())
-    write_manifest(folder, manifest)
+    write_manifest(folder, Manifest.from_dict(json.loads((folder / MANIFEST_NAME).read_text())))
     build_engines(folder, "int8", calib_images=images, verify=False, **quiet)
     assert isinstance(record["calibration"], list)  # calibrated afresh, not from the old model's cache
     assert not (folder / cache_name).exists()  # the stale cache is not carried over
