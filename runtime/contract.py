@@ -17,6 +17,7 @@ across versions; it is written back as version 1.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass, field, replace
@@ -355,7 +356,8 @@ class Manifest:
             **self.unknown,
             "files": self.files,
         }
-        return {key: value for key, value in doc.items() if value is not None}
+        # Through JSON once, so the dict is exactly what a reader of the file gets (tuples become lists).
+        return json.loads(json.dumps({key: value for key, value in doc.items() if value is not None}))
 
 
 _KEYS = (
