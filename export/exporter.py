@@ -31,8 +31,8 @@ from maskclip_runtime.contract import (
     BatchSpec,
     GraphSpec,
     Manifest,
-    ManifestError,
     ModelIdentity,
+    claimed_files,
 )
 from maskclip_runtime.detector import Detector
 from maskclip_runtime.precisions import DEFAULT_PRECISION, PRECISIONS, precision_row
@@ -256,15 +256,15 @@ def check_output_location(out: Path) -> None:
 def _refuse_unowned(folder: Path, manifest_name: str, also_owned: tuple[str, ...] = ()) -> None:
     """Raise unless `folder` is an export output whose manifest lists every file in it (replacing it loses nothing)."""
     try:
-        files = Manifest.from_dict(json.loads((folder / manifest_name).read_text(encoding="utf-8"))).files
+        data = json.loads((folder / manifest_name).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ExportError(
-            f"{folder}: folder is not empty and holds no maskclip artifact; refusing to replace it"
-        ) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, ManifestError):
-        raise ExportError(
-            f"{folder}: has a {manifest_name} this maskclip cannot read as an artifact's; refusing to replace it"
-        ) from None
+        data = None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        data = {}
+    files = claimed_files(data)
+    if files is None:
+        what = "holds no maskclip artifact" if data is None else f"has a {manifest_name} not written by maskclip"
+        raise ExportError(f"{folder}: folder is not empty and {what}; refusing to replace it")
     owned = {manifest_name, *also_owned, *files}
     unowned = [
         path.relative_to(folder).as_posix()

@@ -367,6 +367,15 @@ _KEYS = (
 )  # fmt: skip
 
 
+def claimed_files(data) -> set[str] | None:
+    """The files a manifest document (of any version, even one the runtime would refuse) says belong to its
+    artifact; None when it is not a MaskCLIP manifest. Decides what replacing an artifact folder may delete."""
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        return None
+    files = data.get("files")
+    return set(files) if isinstance(files, dict) else set()
+
+
 def _finite(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
