@@ -19,7 +19,6 @@ without either.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import time
@@ -31,7 +30,7 @@ import numpy as np
 
 from maskclip_runtime.artifact import Artifact, load_artifact, write_manifest
 from maskclip_runtime.backends.tensorrt import cuda_call, gpu_identity, import_cudart, import_tensorrt
-from maskclip_runtime.contract import BatchSpec, EngineSpec, GraphSpec
+from maskclip_runtime.contract import BatchSpec, EngineSpec, GraphSpec, graph_digest
 from maskclip_runtime.engine_header import sidecar_path, write_bytes_atomic, write_engine
 from maskclip_runtime.precisions import DEFAULT_PRECISION, PRECISIONS, UnknownPrecision, precision_row
 from maskclip_runtime.preprocess import load_image, preprocess_batch
@@ -154,12 +153,6 @@ def onnx_node_names(onnx_path: str | os.PathLike, op_types: Sequence[str]) -> se
 def engine_file_name(graph: GraphSpec, precision: str) -> str:
     """'model.onnx' / 'model.fp16.onnx' -> 'model.fp16.engine' (one engine per graph and precision)."""
     return f"{Path(graph.file).name.split('.')[0]}.{precision}.engine"
-
-
-def graph_digest(files: dict[str, str], graph: GraphSpec) -> str:
-    """sha256 over the hashes of the graph's files (the ONNX file and its external `.data`, if any)."""
-    names = [name for name in (graph.file, f"{graph.file}.data") if name in files]
-    return hashlib.sha256("".join(f"{name}:{files[name]};" for name in names).encode()).hexdigest()
 
 
 def calibration_cache_name(graph: GraphSpec, digest: str) -> str:

@@ -17,6 +17,7 @@ across versions; it is written back as version 1.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -365,6 +366,24 @@ _KEYS = (
     "topology", "batch", "graphs", "versions", "int8", "calibration", "self_check", "verification",
     "export_seconds", "engines", "engine_verification", "files",
 )  # fmt: skip
+
+
+def graph_digest(files: dict[str, str], graph: GraphSpec) -> str:
+    """sha256 over the hashes of the graph's files (the ONNX file and its external `.data`, if any): what an
+    engine's sidecar records as `onnx_sha256`, the graph it was built from."""
+    names = [name for name in (graph.file, f"{graph.file}.data") if name in files]
+    return hashlib.sha256("".join(f"{name}:{files[name]};" for name in names).encode()).hexdigest()
+
+
+def engine_source_problem(manifest: Manifest, graph: GraphSpec, engine_metadata: dict) -> str | None:
+    """An engine must have been built from this artifact's graph (its sidecar's onnx_sha256), else it computes
+    another model whatever the manifest says."""
+    built_from = engine_metadata.get("onnx_sha256")
+    if built_from != graph_digest(manifest.files, graph):
+        return (
+            f"the engine of graph {graph.name!r} was built from another graph than {graph.file} (onnx_sha256 differs)"
+        )
+    return None
 
 
 def claimed_files(data) -> set[str] | None:

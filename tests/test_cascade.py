@@ -20,7 +20,7 @@ from maskclip_export.verify import chain_predictor, default_verification_images
 from maskclip_runtime import cli
 from maskclip_runtime.artifact import load_artifact
 from maskclip_runtime.backends.onnxruntime import OnnxRuntimeRunner
-from maskclip_runtime.contract import BatchSpec
+from maskclip_runtime.contract import MANIFEST_NAME, BatchSpec
 from maskclip_runtime.detector import Detector
 from maskclip_runtime.preprocess import preprocess_batch
 
@@ -36,7 +36,8 @@ def source(tiny_model):
 def cascade_fp32(source, tmp_path_factory):
     out = tmp_path_factory.mktemp("art") / "cascade-fp32"
     options = ExportOptions(out=out, topology="cascade", batch=BatchSpec.up_to(4))
-    return out, export_artifact(source, options, progress=False)
+    export_artifact(source, options, progress=False)
+    return out, json.loads((out / MANIFEST_NAME).read_text())
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +49,8 @@ def cascade_int8_cpu(source, tmp_path_factory):
     options = ExportOptions(
         out=out, topology="cascade", precision="int8-cpu", calib=str(calib), calib_count=4, batch=BatchSpec.fixed(2)
     )
-    return out, export_artifact(source, options, progress=False)
+    export_artifact(source, options, progress=False)
+    return out, json.loads((out / MANIFEST_NAME).read_text())
 
 
 def six_photos() -> dict[str, Image.Image]:

@@ -19,7 +19,7 @@ from maskclip_export.onnx_export import torch_reference
 from maskclip_export.verify import chain_predictor, default_verification_images, verify
 from maskclip_runtime.artifact import file_sha256, load_artifact
 from maskclip_runtime.backends.onnxruntime import OnnxRuntimeRunner
-from maskclip_runtime.contract import BatchSpec
+from maskclip_runtime.contract import FORMAT_VERSION, MANIFEST_NAME, BatchSpec, ModelIdentity
 from maskclip_runtime.preprocess import PreprocessSpec, preprocess_batch
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -45,7 +45,9 @@ def images(tiny_model):
 
 
 def _export(source, out, **kw) -> dict:
-    return export_artifact(source, ExportOptions(out=out, **kw), progress=False)
+    """The manifest as written (the document a runtime reads)."""
+    export_artifact(source, ExportOptions(out=out, **kw), progress=False)
+    return json.loads((out / MANIFEST_NAME).read_text())
 
 
 @pytest.fixture(scope="module")
@@ -132,9 +134,10 @@ def test_each_export_passes_its_gate_and_loads_in_the_runtime(name, request):
 
 def test_manifest_records_the_contract_fields(fused_dynamic, tiny_model):
     out, manifest = fused_dynamic
-    assert manifest["format"] == "maskclip-artifact" and manifest["format_version"] == 1
+    assert manifest["format"] == "maskclip-artifact" and manifest["format_version"] == FORMAT_VERSION
     assert manifest["model"]["config"] == json.loads(tiny_model.config.to_json())
-    assert manifest["model"]["model_id"].startswith("tiny-") and len(manifest["model"]["model_id"]) == 17
+    assert manifest["model"]["weights_sha256"] == weights_digest(tiny_model)
+    assert manifest["model"]["model_id"] == ModelIdentity("tiny", weights_digest(tiny_model), "fp32", "fused").model_id
     assert PreprocessSpec.from_dict(manifest["preprocess"]) == tiny_model.preprocess_spec()
     assert manifest["threshold"] == 0.5 and manifest["topology"] == "fused" and manifest["precision"] == "fp32"
     assert manifest["batch"] == {"dynamic": True, "min": 1, "opt": 1, "max": 4}

@@ -17,11 +17,10 @@ from maskclip_export.tensorrt import (
     build_engines,
     build_plan,
     calibration_cache_name,
-    graph_digest,
     plan_precision,
 )
 from maskclip_runtime.artifact import MANIFEST_NAME, load_artifact, write_manifest
-from maskclip_runtime.contract import GraphSpec, Manifest
+from maskclip_runtime.contract import ArtifactError, GraphSpec, Manifest, graph_digest
 from maskclip_runtime.engine_header import read_engine_metadata, read_plan, sidecar_path
 from maskclip_runtime.preprocess import PreprocessSpec
 
@@ -166,7 +165,7 @@ def test_failed_build_raises(tmp_path, standins):
 def test_build_engines_writes_plain_plans_with_sidecars(tmp_path, standins):
     standins("10.3.0")
     folder = _artifact(tmp_path / "art")
-    onnx_hash = load_artifact(folder).manifest["files"]["model.onnx"]
+    onnx_hash = load_artifact(folder).manifest.files["model.onnx"]
 
     engines = build_engines(folder, **quiet)
     assert [(e["graph"], e["file"], e["precision"]) for e in engines] == [("fused", "model.fp16.engine", "fp16")]
@@ -181,11 +180,25 @@ def test_build_engines_writes_plain_plans_with_sidecars(tmp_path, standins):
     artifact = load_artifact(folder)  # the runtime accepts it: every file hashed, engines listed
     assert artifact.engines == {"fused": engine}
     assert {"timing.cache", "model.fp16.engine.json"} <= set(artifact.manifest.files)
-    assert artifact.manifest["engine_verification"]["passed"]
+    assert artifact.manifest.engine_verification["passed"]
 
     build_engines(folder, **quiet)  # a rebuild replaces, never duplicates
-    assert len(load_artifact(folder).manifest["engines"]) == 1
+    assert len(load_artifact(folder).manifest.engines) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]  # no staging folder left behind
+
+
+def test_an_engine_built_from_another_graph_is_refused(tmp_path, standins):
+    """The sidecar's onnx_sha256 is enforced: an engine swapped in (and the manifest rehashed) is not run."""
+    from maskclip_runtime.detector import Detector
+
+    standins("10.3.0")
+    folder = _artifact(tmp_path / "art")
+    build_engines(folder, **quiet)
+    sidecar = folder / "model.fp16.engine.json"
+    sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "onnx_sha256": "0" * 64}))
+    write_manifest(folder, Manifest.from_dict(json.loads((folder / MANIFEST_NAME).read_text())))
+    with pytest.raises(ArtifactError):
+        Detector(folder, backend="tensorrt", self_check=False)
 
 
 def test_failed_build_leaves_the_old_artifact_loadable(tmp_path, standins, monkeypatch):
