@@ -453,11 +453,11 @@ def manifest_problem(manifest: dict) -> str | None:
             f"preprocess.resize must be one of {', '.join(RESIZE_METHODS)} (older manifests: resample bilinear)",
         ),
         (
-            isinstance(mean, list) and len(mean) == 3 and all(_finite(v) and 0.0 <= v <= 1.0 for v in mean),
+            isinstance(mean, (list, tuple)) and len(mean) == 3 and all(_finite(v) and 0.0 <= v <= 1.0 for v in mean),
             f"preprocess.mean must be 3 numbers in [0, 1], got {mean!r}",
         ),
         (
-            isinstance(std, list) and len(std) == 3 and all(_finite(v) and v > 0.0 for v in std),
+            isinstance(std, (list, tuple)) and len(std) == 3 and all(_finite(v) and v > 0.0 for v in std),
             f"preprocess.std must be 3 finite numbers > 0, got {std!r}",
         ),
         (
