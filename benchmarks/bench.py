@@ -51,6 +51,8 @@ BACKENDS = {
         if runtime in row.backends
     },
 }
+#: What maskclip-bench runs unless told: the eager baseline and every artifact row.
+DEFAULT_BACKENDS = ("torch", *(name for name, (runtime, _) in BACKENDS.items() if runtime in RUNTIME_PREFIXES))
 
 
 def image_flops(model) -> int:

@@ -12,6 +12,7 @@ import click
 
 from .bench import (
     BACKENDS,
+    DEFAULT_BACKENDS,
     BenchSettings,
     attach_ceilings,
     cuda_unavailable_reason,
@@ -67,7 +68,7 @@ def load_models(names: list[str], seed: int) -> list[tuple[str, object, str]]:
 @click.option("--config", "configs", multiple=True, help="Config name to benchmark (random weights); repeatable.")
 @click.option(
     "--backends",
-    default="torch,ort-fp32,ort-int8,ort-int8-cpu,ort-fp16,trt-fp32,trt-fp16,trt-int8",
+    default=",".join(DEFAULT_BACKENDS),
     show_default=True,
     callback=_csv(str),
     help=f"Comma-separated, from {', '.join(BACKENDS)}.",

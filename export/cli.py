@@ -24,7 +24,7 @@ import torch
 from maskclip_runtime.backends.base import BackendUnavailable
 from maskclip_runtime.calibration import read_calibration
 from maskclip_runtime.contract import BatchSpec
-from maskclip_runtime.precisions import DEFAULT_PRECISION, PRECISIONS, precision_row
+from maskclip_runtime.precisions import DEFAULT_PRECISION, PRECISIONS, TENSORRT, precision_row, precisions_for
 from maskclip_runtime.preprocess import ImageLoadError
 
 from .exporter import ExportError, ExportOptions, GateFailed, ModelSource, check_output_location, export_artifact
@@ -139,8 +139,9 @@ def main(
     if split and cascade:
         _fail("--split and --cascade are exclusive: pick one topology")
     if trt and not precision_row(precision).tensorrt:
-        tensorrt = [row.name for row in PRECISIONS.values() if row.tensorrt]
-        _fail(f"TensorRT cannot build {precision} graphs: --trt takes --precision {' / '.join(tensorrt)}")
+        _fail(
+            f"TensorRT cannot build {precision} graphs: --trt takes --precision {' / '.join(precisions_for(TENSORRT))}"
+        )
     try:
         options = ExportOptions(
             out=Path(out),

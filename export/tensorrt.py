@@ -32,7 +32,7 @@ from maskclip_runtime.artifact import Artifact, load_artifact, write_manifest
 from maskclip_runtime.backends.tensorrt import cuda_call, gpu_identity, import_cudart, import_tensorrt
 from maskclip_runtime.contract import BatchSpec, EngineSpec, GraphSpec, graph_digest
 from maskclip_runtime.engine_header import sidecar_path, write_bytes_atomic, write_engine
-from maskclip_runtime.precisions import DEFAULT_PRECISION, PRECISIONS, UnknownPrecision, precision_row
+from maskclip_runtime.precisions import DEFAULT_PRECISION, TENSORRT, UnknownPrecision, precision_row, precisions_for
 from maskclip_runtime.preprocess import load_image, preprocess_batch
 
 from .exporter import GateFailed, _install, _keep_failed, _make_staging
@@ -81,7 +81,7 @@ def plan_precision(
     trt_version: str, precision: str, graph_precision: str, fp32_ops: Sequence[str] = ()
 ) -> PrecisionPlan:
     """The build recipe for a `precision` engine from a `graph_precision` ONNX graph (pure; no TensorRT)."""
-    buildable = ", ".join(name for name, row in PRECISIONS.items() if row.tensorrt)
+    buildable = ", ".join(precisions_for(TENSORRT))
     try:
         engine, graph = precision_row(precision), precision_row(graph_precision)
     except UnknownPrecision as exc:
