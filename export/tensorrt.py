@@ -426,13 +426,9 @@ def _build_graph_engine(
         profile=profile,
         build_seconds=round(seconds, 1),
     )
+    built = {key: value for key, value in engine.to_dict().items() if key not in ("file", "build_seconds")}
     metadata = {
-        "tensorrt_version": target.tensorrt_version,
-        "gpu_name": target.gpu_name,
-        "compute_capability": target.compute_capability,
-        "precision": plan.precision,
-        "profile": profile,
-        "graph": graph.name,
+        **built,
         "onnx_file": graph.file,
         "onnx_sha256": digest,
         "strongly_typed": plan.strongly_typed,
