@@ -23,7 +23,7 @@ import torch
 
 from maskclip_runtime.backends.base import BackendUnavailable
 from maskclip_runtime.calibration import read_calibration
-from maskclip_runtime.contract import BatchSpec
+from maskclip_runtime.contract import BatchSpec, Manifest
 from maskclip_runtime.precisions import DEFAULT_PRECISION, PRECISIONS, TENSORRT, precision_row, precisions_for
 from maskclip_runtime.preprocess import ImageLoadError
 
@@ -92,18 +92,18 @@ def _build_engines(out: Path, calib: str | None, calib_count: int) -> None:
     click.echo(f"TensorRT: {len(engines)} engine(s) written into {out}")
 
 
-def _export_summary(manifest: dict, out: Path) -> str:
+def _export_summary(manifest: Manifest, out: Path) -> str:
     """The end-of-run line: graphs and size, the gate images' verdicts by the artifact, flips, time."""
     megabytes = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 1e6
-    line = f"maskclip-export: {len(manifest['graphs'])} graph(s), {megabytes:.1f} MB"
-    report = manifest["verification"]
+    line = f"maskclip-export: {len(manifest.graphs)} graph(s), {megabytes:.1f} MB"
+    report = manifest.verification
     if not report.get("skipped"):
         fake = sum(image["fake_prob"] > report["threshold"] for image in report["per_image"])
         line += (
             f"; gate on {report['images']} images: {report['images'] - fake} real, {fake} fake by the artifact, "
             f"{report['flips']} flips against PyTorch"
         )
-    return f"{line}; {sum(manifest['export_seconds'].values()):.0f} s"
+    return f"{line}; {sum(manifest.export_seconds.values()):.0f} s"
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
