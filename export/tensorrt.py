@@ -318,7 +318,7 @@ def build_engines(
     reference: Predictor | None = None,
     verify_images: str | None = None,
     log: Callable[[str], None] = print,
-) -> list[dict]:
+) -> tuple[EngineSpec, ...]:
     """Build one engine per graph of the artifact into a staged copy of it, run the export gate on the
     engines (`verify_engines`; reference: see there), and only then replace the artifact with the copy.
 
@@ -358,7 +358,7 @@ def build_engines(
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
-    return [engine.to_dict() for engine in engines]
+    return engines
 
 
 @dataclass(frozen=True)

@@ -194,7 +194,7 @@ def test_engines_pass_the_gate_on_tiny(tmp_path, precision):
     engines = build_engines(out, reference=torch_reference(model, "fused"), log=lambda _: None)
     artifact = load_artifact(out)
     assert artifact.manifest.engine_verification["passed"]
-    assert engines[0]["profile"]["image"]["max"][0] == 4
+    assert engines[0].profile["image"]["max"][0] == 4
     image = np.random.default_rng(0).standard_normal((3, 3, 128, 128), dtype=np.float32)
     with TensorRTRunner(artifact.engines["fused"]) as runner:
         assert runner.infer({"image": image})["mask"].shape == (3, 1, 128, 128)

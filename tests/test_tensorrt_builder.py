@@ -168,7 +168,7 @@ def test_build_engines_writes_plain_plans_with_sidecars(tmp_path, standins):
     onnx_hash = load_artifact(folder).manifest.files["model.onnx"]
 
     engines = build_engines(folder, **quiet)
-    assert [(e["graph"], e["file"], e["precision"]) for e in engines] == [("fused", "model.fp16.engine", "fp16")]
+    assert [(e.graph, e.file, e.precision) for e in engines] == [("fused", "model.fp16.engine", "fp16")]
     engine = folder / "model.fp16.engine"
     assert engine.read_bytes() == b"plan:"  # exactly TensorRT's plan: trtexec and Triton load it as it is
     metadata = read_engine_metadata(engine)
