@@ -16,21 +16,22 @@ def export_artifact(model, precision: str, out: Path, max_batch: int, workdir: P
     An artifact the gate refuses is still timed (a speed benchmark of random weights must not depend
     on their masks): its graphs are installed at `out` with the refusal in the manifest, and the
     row's parity columns say so."""
-    from maskclip_export.exporter import INT8_PRECISIONS, ExportOptions, GateFailed, ModelSource, export_artifact
-    from maskclip_export.manifest import state_dict_digest
-    from maskclip_export.onnx_export import BatchSpec
+    from maskclip_core.checkpoint import weights_digest
+    from maskclip_export.exporter import ExportOptions, GateFailed, ModelSource, export_artifact
+    from maskclip_runtime.contract import BatchSpec
+    from maskclip_runtime.precisions import precision_row
 
-    int8 = precision in INT8_PRECISIONS
+    calibrated = precision_row(precision).calibrated
     options = ExportOptions(
         out=out,
         precision=precision,
         topology=topology,
-        batch=BatchSpec(size=max_batch, dynamic=True),
-        calib=str(workdir / "calib") if int8 else None,
+        batch=BatchSpec.up_to(max_batch),
+        calib=str(workdir / "calib") if calibrated else None,
     )
-    if int8:
+    if calibrated:
         calibration_images(workdir)
-    source = ModelSource(model, "benchmark model", state_dict_digest(model))
+    source = ModelSource(model, "benchmark model", weights_digest(model))
     try:
         export_artifact(source, options, progress=False, log=lambda _: None)
     except GateFailed as refused:
@@ -55,20 +56,16 @@ def reusable_export_seconds(out: Path, model, precision: str, max_batch: int, to
     exported."""
     import json
 
-    from maskclip_export.manifest import model_id, state_dict_digest
+    from maskclip_core.checkpoint import weights_digest
+    from maskclip_runtime.contract import MANIFEST_NAME, Manifest, ModelIdentity
 
     try:
-        manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        manifest = Manifest.from_dict(json.loads((out / MANIFEST_NAME).read_text(encoding="utf-8")))
+    except (OSError, ValueError):  # ManifestError is a ValueError
         return None
-    expected = model_id(model.config.name, state_dict_digest(model))
-    same = (
-        manifest.get("model", {}).get("model_id") == expected
-        and manifest.get("precision") == precision
-        and manifest.get("topology", "fused") == topology
-        and manifest.get("batch", {}).get("max") == max_batch
-    )
-    return float(sum(manifest.get("export_seconds", {}).values())) if same else None
+    expected = ModelIdentity(model.config.name, weights_digest(model), precision, topology)
+    same = manifest.identity == expected and manifest.batch.max == max_batch
+    return float(sum(manifest.export_seconds.values())) if same else None
 
 
 def gate_summary(report: dict) -> dict:
@@ -88,7 +85,7 @@ def gate_parity(artifact_dir: Path, runtime: str) -> dict:
     from maskclip_runtime.artifact import load_artifact
 
     manifest = load_artifact(artifact_dir).manifest
-    report = manifest.get("engine_verification" if runtime == "tensorrt" else "verification") or {}
+    report = (manifest.engine_verification if runtime == "tensorrt" else manifest.verification) or {}
     if not report or report.get("skipped"):
         return {}
     return gate_summary(report)

@@ -10,13 +10,16 @@ from pathlib import Path
 import numpy as np
 
 from maskclip_runtime.devices import parse_device
+from maskclip_runtime.precisions import ONNXRUNTIME, PRECISIONS, TENSORRT
 from maskclip_runtime.preprocess import load_image, preprocess_batch, resize_probability_map
 
 from .artifacts import gate_parity
 
 #: backend id -> (runtime, precision); "torch" is the PyTorch eager fp32 baseline. Reduced-precision
 #: PyTorch rows run under autocast (mixed precision, like the fp16 graphs: the model's own fp32 casts
-#: stay); "-graph" rows replay one captured CUDA graph per batch size (CUDA only).
+#: stay); "-graph" rows replay one captured CUDA graph per batch size (CUDA only). The artifact rows
+#: are the precision table's: one per precision and backend its graphs may go to.
+RUNTIME_PREFIXES = {ONNXRUNTIME: "ort", TENSORRT: "trt"}
 BACKENDS = {
     "torch": ("torch", "fp32"),
     "torch-fp16": ("torch", "fp16"),
@@ -24,14 +27,15 @@ BACKENDS = {
     "torch-graph": ("torch-cudagraph", "fp32"),
     "torch-fp16-graph": ("torch-cudagraph", "fp16"),
     "torch-bf16-graph": ("torch-cudagraph", "bf16"),
-    "ort-fp32": ("onnxruntime", "fp32"),
-    "ort-int8": ("onnxruntime", "int8"),
-    "ort-int8-cpu": ("onnxruntime", "int8-cpu"),
-    "ort-fp16": ("onnxruntime", "fp16"),
-    "trt-fp32": ("tensorrt", "fp32"),
-    "trt-fp16": ("tensorrt", "fp16"),
-    "trt-int8": ("tensorrt", "int8"),
+    **{
+        f"{RUNTIME_PREFIXES[runtime]}-{row.name}": (runtime, row.name)
+        for runtime in RUNTIME_PREFIXES
+        for row in PRECISIONS.values()
+        if runtime in row.backends
+    },
 }
+#: What maskclip-bench runs unless told: the eager baseline and every artifact row.
+DEFAULT_BACKENDS = ("torch", *(name for name, (runtime, _) in BACKENDS.items() if runtime in RUNTIME_PREFIXES))
 
 
 @dataclass
@@ -64,7 +68,7 @@ def artifact_session(artifact_dir: Path, runtime: str, device: str, batch: int) 
     # A refused artifact is timed anyway and its row says so: its self-check would only repeat the refusal.
     refused = gate_parity(artifact_dir, runtime).get("passed") is False
     detector = Detector(artifact_dir, backend=runtime, device=device, batch=batch, self_check=not refused)
-    files = load_artifact(artifact_dir).manifest["files"]
+    files = load_artifact(artifact_dir).manifest.files
     used = (
         [f for f in files if f.endswith(".engine")]
         if runtime == "tensorrt"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from .backends import BACKENDS
+from .backends import BACKENDS, DEFAULT_BACKENDS
 from .bench import BenchSettings, attach_ceilings, default_workdir, run
 from .environment import environment
 from .op_profile import ort_op_profile
@@ -62,7 +62,7 @@ def load_models(names: list[str], seed: int) -> list[tuple[str, object, str]]:
 @click.option("--config", "configs", multiple=True, help="Config name to benchmark (random weights); repeatable.")
 @click.option(
     "--backends",
-    default="torch,ort-fp32,ort-int8,ort-int8-cpu,ort-fp16,trt-fp32,trt-fp16,trt-int8",
+    default=",".join(DEFAULT_BACKENDS),
     show_default=True,
     callback=_csv(str),
     help=f"Comma-separated, from {', '.join(BACKENDS)}.",

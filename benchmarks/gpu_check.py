@@ -356,9 +356,9 @@ def run_online(args, check: Checker) -> dict:
         timeout_s=600,
     )
     check.command(
-        "maskclip-export --fp16 --trt (the CLI path, tiny)",
-        [python, "-c", "from maskclip_export.cli import main; main()", "--config", "tiny", "--fp16", "--dynamic",
-         "--batch", "8", "--trt", "--quiet", "--out", str(check.work / "artifacts" / "tiny-fp16-cli")],
+        "maskclip-export --precision fp16 --trt (the CLI path, tiny)",
+        [python, "-c", "from maskclip_export.cli import main; main()", "--config", "tiny", "--precision", "fp16",
+         "--dynamic", "--batch", "8", "--trt", "--quiet", "--out", str(check.work / "artifacts" / "tiny-fp16-cli")],
         timeout_s=600,
     )  # fmt: skip
     backends = args.backends or ALL_BACKENDS

@@ -118,8 +118,8 @@ def torch_session(model, device: str, precision: str = "fp32", cuda_graph: bool 
 def torch_gate(model, device: str, precision: str, max_batch: int) -> dict:
     """The export gate's comparison of PyTorch at a reduced precision with PyTorch fp32 eager, both on
     `device` (bf16 is judged by fp16's tolerances): what precision alone costs, before any export."""
-    from maskclip_export.onnx_export import BatchSpec as ExportBatch
     from maskclip_export.verify import verification_batch, verify
+    from maskclip_runtime.contract import BatchSpec
 
     names, images = verification_batch(model.preprocess_spec())
     try:
@@ -130,7 +130,7 @@ def torch_gate(model, device: str, precision: str, max_batch: int) -> dict:
             names,
             "fp16" if precision == "bf16" else precision,
             model.config.threshold,
-            ExportBatch(size=max_batch, dynamic=True),
+            BatchSpec.up_to(max_batch),
         )
     finally:
         model.to("cpu")

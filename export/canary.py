@@ -16,9 +16,10 @@ import numpy as np
 from PIL import Image
 
 from maskclip_runtime.atomic import write_bytes_atomic
+from maskclip_runtime.precisions import Tolerances
 from maskclip_runtime.preprocess import PreprocessSpec, preprocess_batch
 
-from .verify import IOU_MIN_REFERENCE_AREA, Predictor, Tolerances
+from .verify import IOU_MIN_REFERENCE_AREA, Predictor
 
 CANARY_DIR = "canary"
 CANARY_COUNT = 4

@@ -2,12 +2,13 @@
 
 Formats and the flags each takes (Ultralytics-style table; invalid combinations fail before any work):
 
-  precision  flags                               graph
-  fp32       (default)                           plain fp32 ONNX
-  fp16       --fp16                              mixed precision, LayerNorm/Softmax/Sigmoid in fp32
-  int8       --int8 --calib DIR [--calib-count]  static QDQ, symmetric (TensorRT-compatible)
-  int8-cpu   --int8-cpu --calib DIR              ONNX Runtime CPU: dynamic int8 linear layers, static
-                                                 int8 convolutions (fastest on CPU; not for TensorRT)
+  --precision  flags                 graph
+  fp32         (default)             plain fp32 ONNX
+  fp16                               mixed precision, LayerNorm/Softmax/Sigmoid in fp32
+  int8         --calib DIR           static QDQ, symmetric (TensorRT-compatible)
+  int8-cpu     --calib DIR           ONNX Runtime CPU: dynamic int8 linear layers, static
+                                     int8 convolutions (fastest on CPU; not for TensorRT)
+  (the choices and what each allows come from maskclip_runtime.precisions)
   + --split (CLIP / trunk / heads graphs) or --cascade (screen / localise graphs: the runtime localises
   only images judged fake), --dynamic (batch 1..N), --trt (engines on a GPU machine)
 """
@@ -22,11 +23,11 @@ import torch
 
 from maskclip_runtime.backends.base import BackendUnavailable
 from maskclip_runtime.calibration import read_calibration
+from maskclip_runtime.contract import BatchSpec, Manifest
+from maskclip_runtime.precisions import DEFAULT_PRECISION, PRECISIONS, TENSORRT, precision_row, precisions_for
 from maskclip_runtime.preprocess import ImageLoadError
 
 from .exporter import ExportError, ExportOptions, GateFailed, ModelSource, check_output_location, export_artifact
-from .manifest import state_dict_digest
-from .onnx_export import BatchSpec
 from .op_support import UnsupportedOpsError
 from .verify import VerificationError
 
@@ -55,11 +56,11 @@ def load_source(checkpoint: str | None, config: str | None) -> ModelSource:
             model = load_checkpoint(checkpoint)
         except CheckpointError as exc:
             raise ExportError(str(exc)) from None
-        return ModelSource(model, str(Path(checkpoint).resolve()), weights_digest(checkpoint))
+        return ModelSource(model, str(Path(checkpoint).resolve()), weights_digest(model))
     if config:
         torch.manual_seed(0)  # random init, reproducible ids across runs
         model = build_model(config).eval()
-        return ModelSource(model, f"random init ({config})", state_dict_digest(model))
+        return ModelSource(model, f"random init ({config})", weights_digest(model))
     try:
         from maskclip_core.demo import load_demo_model
     except ImportError:
@@ -70,7 +71,7 @@ def load_source(checkpoint: str | None, config: str | None) -> ModelSource:
         model = load_demo_model().eval()
     except CheckpointError as exc:
         raise ExportError(f"embedded demo model unavailable ({exc}); pass --checkpoint or --config") from None
-    return ModelSource(model, "embedded demo model", state_dict_digest(model))
+    return ModelSource(model, "embedded demo model", weights_digest(model))
 
 
 def _build_engines(out: Path, calib: str | None, calib_count: int) -> None:
@@ -91,18 +92,18 @@ def _build_engines(out: Path, calib: str | None, calib_count: int) -> None:
     click.echo(f"TensorRT: {len(engines)} engine(s) written into {out}")
 
 
-def _export_summary(manifest: dict, out: Path) -> str:
+def _export_summary(manifest: Manifest, out: Path) -> str:
     """The end-of-run line: graphs and size, the gate images' verdicts by the artifact, flips, time."""
     megabytes = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 1e6
-    line = f"maskclip-export: {len(manifest['graphs'])} graph(s), {megabytes:.1f} MB"
-    report = manifest["verification"]
+    line = f"maskclip-export: {len(manifest.graphs)} graph(s), {megabytes:.1f} MB"
+    report = manifest.verification
     if not report.get("skipped"):
         fake = sum(image["fake_prob"] > report["threshold"] for image in report["per_image"])
         line += (
             f"; gate on {report['images']} images: {report['images'] - fake} real, {fake} fake by the artifact, "
             f"{report['flips']} flips against PyTorch"
         )
-    return f"{line}; {sum(manifest['export_seconds'].values()):.0f} s"
+    return f"{line}; {sum(manifest.export_seconds.values()):.0f} s"
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -112,15 +113,21 @@ def _export_summary(manifest: dict, out: Path) -> str:
 @click.option("--opset", default=17, show_default=True, type=int, help="ONNX opset (17..20).")
 @click.option("--batch", default=1, show_default=True, type=int, help="Batch size (static), or the max with --dynamic.")
 @click.option("--dynamic", is_flag=True, help="Dynamic batch from 1 to --batch.")
-@click.option("--fp16", is_flag=True, help="Mixed-precision fp16 graph (sensitive ops in fp32).")
-@click.option("--int8", is_flag=True, help="Static int8 QDQ graph, symmetric: the TensorRT int8 graph; needs --calib.")
 @click.option(
-    "--int8-cpu",
-    is_flag=True,
-    help="Int8 graph for ONNX Runtime on CPU (dynamic linear layers, static convolutions); needs --calib. "
-    "Not buildable by TensorRT: use --int8 there.",
+    "--precision",
+    type=click.Choice(list(PRECISIONS)),
+    default=DEFAULT_PRECISION,
+    show_default=True,
+    help="Graph precision: "
+    + "; ".join(
+        f"{row.name}: {row.help}"
+        + (" (needs --calib)" if row.calibrated else "")
+        + ("" if row.tensorrt else ", no --trt")
+        for row in PRECISIONS.values()
+    )
+    + ".",
 )
-@click.option("--calib", help="Calibration images for --int8 / --int8-cpu: folder or glob.")
+@click.option("--calib", help="Calibration images for the int8 precisions: folder or glob.")
 @click.option("--calib-count", default=32, show_default=True, type=int, help="Calibration images to use.")
 @click.option("--split", is_flag=True, help="Separate CLIP / trunk / heads graphs instead of one fused graph.")
 @click.option(
@@ -139,25 +146,22 @@ def _export_summary(manifest: dict, out: Path) -> str:
 )
 @click.option("--quiet", is_flag=True, help="No progress display.")
 def main(
-    checkpoint, config_name, out, opset, batch, dynamic, fp16, int8, int8_cpu, calib, calib_count, split, cascade,
+    checkpoint, config_name, out, opset, batch, dynamic, precision, calib, calib_count, split, cascade,
     verify_images, no_verify, trt, calibration, quiet,
 ):  # fmt: skip
     """Export MaskCLIP to a verified ONNX artifact folder (manifest.json + graphs)."""
-    chosen = [flag for flag, on in (("--fp16", fp16), ("--int8", int8), ("--int8-cpu", int8_cpu)) if on]
-    if len(chosen) > 1:
-        _fail(f"{' and '.join(chosen)} are exclusive: pick one precision")
     if split and cascade:
         _fail("--split and --cascade are exclusive: pick one topology")
-    if int8_cpu and trt:
+    if trt and not precision_row(precision).tensorrt:
         _fail(
-            "--int8-cpu graphs use ONNX Runtime's dynamic quantisation, which TensorRT cannot build: use --int8 --trt"
+            f"TensorRT cannot build {precision} graphs: --trt takes --precision {' / '.join(precisions_for(TENSORRT))}"
         )
     try:
         options = ExportOptions(
             out=Path(out),
-            precision=chosen[0].lstrip("-") if chosen else "fp32",
+            precision=precision,
             topology="split" if split else "cascade" if cascade else "fused",
-            batch=BatchSpec(size=batch, dynamic=dynamic),
+            batch=BatchSpec.up_to(batch) if dynamic else BatchSpec.fixed(batch),
             opset=opset,
             calib=calib,
             calib_count=calib_count,
@@ -177,7 +181,7 @@ def main(
         _fail(f"{exc}; report: {exc.report_path}", 2)
     except (ExportError, UnsupportedOpsError, VerificationError, ImageLoadError, BackendUnavailable) as exc:
         _fail(str(exc))
-    report = manifest["verification"]
+    report = manifest.verification
     if report.get("skipped"):
         click.echo("verification: skipped (--no-verify)", err=True)
     else:
@@ -186,7 +190,7 @@ def main(
             f"{report['flips']} flips, mask IoU mean {report['mask_iou_mean']:.4f} / min {report['mask_iou_min']:.4f}",
             err=True,
         )
-    summary = f"{manifest['precision']}, {manifest['topology']}, {manifest['model']['model_id']}"
+    summary = f"{manifest.precision}, {manifest.topology}, {manifest.model_id}"
     click.echo(f"wrote {options.out} ({summary})")
     click.echo(_export_summary(manifest, options.out), err=True)
     if trt:

@@ -22,22 +22,31 @@ import numpy as np
 from tqdm import tqdm
 
 from maskclip_core.model import MaskCLIP
-from maskclip_runtime.artifact import FORMAT, MANIFEST_NAME, load_artifact
+from maskclip_runtime.artifact import load_artifact, write_manifest
 from maskclip_runtime.atomic import write_text_atomic
 from maskclip_runtime.backends.onnxruntime import OnnxRuntimeRunner
 from maskclip_runtime.calibration import Calibration
 from maskclip_runtime.chain import run_chain
+from maskclip_runtime.contract import (
+    MANIFEST_NAME,
+    TOPOLOGIES,
+    BatchSpec,
+    GraphSpec,
+    Manifest,
+    ModelIdentity,
+    claimed_files,
+)
 from maskclip_runtime.detector import Detector
 from maskclip_runtime.inputs import image_files
+from maskclip_runtime.precisions import DEFAULT_PRECISION, PRECISIONS, precision_row
 from maskclip_runtime.preprocess import ImageLoadError, PreprocessSpec, load_image, preprocess_batch
 
 from .canary import write_canaries
-from .manifest import build_manifest, model_id, write_manifest
-from .onnx_export import TOPOLOGY_GRAPHS, BatchSpec, GraphSpec, export_graphs, graph_specs, torch_reference
+from .manifest import build_manifest
+from .onnx_export import export_graphs, graph_specs, torch_reference
 from .op_support import check_tensorrt_ops
-from .precision import INT8_SCHEMES, FeedCalibrationReader, convert_to_fp16
+from .precision import FLOAT_CONVERSIONS, INT8_SCHEMES, FeedCalibrationReader
 from .verify import (
-    GATES,
     MIN_VERIFICATION_IMAGES,
     batch_chunks,
     chain_predictor,
@@ -45,9 +54,6 @@ from .verify import (
     verify,
 )
 
-PRECISIONS = ("fp32", "fp16", "int8", "int8-cpu")
-INT8_PRECISIONS = tuple(INT8_SCHEMES)  # both calibrate
-TOPOLOGIES = tuple(TOPOLOGY_GRAPHS)  # fused, split (clip/trunk/heads), cascade (screen/localise)
 OPSET_RANGE = (17, 20)  # LayerNormalization needs 17; the TorchScript exporter stops at 20
 FAILED_SUFFIX = ".failed"
 FAILED_MANIFEST_NAME = "manifest.failed.json"  # a refused export's manifest: no runtime looks for it
@@ -69,9 +75,9 @@ class GateFailed(ExportError):
 @dataclass(frozen=True)
 class ExportOptions:
     out: Path
-    precision: str = "fp32"
+    precision: str = DEFAULT_PRECISION
     topology: str = "fused"
-    batch: BatchSpec = field(default_factory=BatchSpec)
+    batch: BatchSpec = field(default_factory=lambda: BatchSpec.fixed(1))
     opset: int = 17
     calib: str | None = None
     calib_count: int = 32
@@ -87,10 +93,11 @@ class ExportOptions:
             raise ExportError(f"topology must be one of {', '.join(TOPOLOGIES)}, got {self.topology!r}")
         if not OPSET_RANGE[0] <= self.opset <= OPSET_RANGE[1]:
             raise ExportError(f"--opset must be between {OPSET_RANGE[0]} and {OPSET_RANGE[1]}, got {self.opset}")
-        if self.precision in INT8_PRECISIONS and not self.calib:
-            raise ExportError(f"--{self.precision} needs calibration images: --calib DIR_OR_GLOB")
-        if self.calib and self.precision not in INT8_PRECISIONS:
-            raise ExportError("--calib is only used with --int8 / --int8-cpu")
+        calibrated = [name for name, row in PRECISIONS.items() if row.calibrated]
+        if self.precision in calibrated and not self.calib:
+            raise ExportError(f"--precision {self.precision} needs calibration images: --calib DIR_OR_GLOB")
+        if self.calib and self.precision not in calibrated:
+            raise ExportError(f"--calib is only used with --precision {' / '.join(calibrated)}")
         if self.calib_count < 1:
             raise ExportError(f"--calib-count must be >= 1, got {self.calib_count}")
         if self.verify_images and not self.verify:
@@ -165,18 +172,18 @@ def calibration_feeds(
     batches and needs them all the same size, which a short last batch would break."""
     runners = [OnnxRuntimeRunner(fp32_paths[spec.name]) for spec in specs]
     feeds: dict[str, list[dict[str, np.ndarray]]] = {spec.name: [] for spec in specs}
-    for chunk, _ in batch_chunks(images, BatchSpec(size=1, dynamic=True) if batch.dynamic else batch):
+    for chunk, _ in batch_chunks(images, BatchSpec.up_to(1) if batch.dynamic else batch):
         run_chain(runners, {"image": chunk}, on_feed=lambda i, feed: feeds[specs[i].name].append(feed))
     for runner in runners:
         runner.close()
     return feeds
 
 
-def _to_fp16(specs, fp32_paths: dict[str, Path], staging: Path, steps: _Steps) -> list[str]:
+def _to_float(precision: str, specs, fp32_paths: dict[str, Path], staging: Path, steps: _Steps) -> list[str]:
     fp32_ops: set[str] = set()
     for spec in specs:
-        steps.start(f"fp16 {spec.name}")
-        fp32_ops |= set(convert_to_fp16(fp32_paths[spec.name], staging / spec.file))
+        steps.start(f"{precision} {spec.name}")
+        fp32_ops |= set(FLOAT_CONVERSIONS[precision](fp32_paths[spec.name], staging / spec.file))
     return sorted(fp32_ops)
 
 
@@ -203,19 +210,17 @@ def _to_int8(
             fp32_paths[spec.name], staging / spec.file, reader, reduce_range=scheme.weight_bits == 7
         )
         fp32_ops |= set(ops)
-    extra = {
-        "int8": {
-            "scheme": scheme.description,
-            "calibration_images": len(images),
-            "calibration_method": scheme.calibration_method,
-            "symmetric": scheme.symmetric,
-            "per_channel_weights": True,
-            "weight_bits": scheme.weight_bits,
-            "cpu_features": [list(alternatives) for alternatives in scheme.cpu_features],
-            "fp32_nodes": excluded,  # attention products, position tables, detection and mask heads
-        }
+    record = {
+        "scheme": scheme.description,
+        "calibration_images": len(images),
+        "calibration_method": scheme.calibration_method,
+        "symmetric": scheme.symmetric,
+        "per_channel_weights": True,
+        "weight_bits": scheme.weight_bits,
+        "cpu_features": [list(alternatives) for alternatives in scheme.cpu_features],
+        "fp32_nodes": excluded,  # attention products, position tables, detection and mask heads
     }
-    return sorted(fp32_ops), extra
+    return sorted(fp32_ops), record
 
 
 def check_output_location(out: Path) -> None:
@@ -249,16 +254,16 @@ def check_output_location(out: Path) -> None:
 def _refuse_unowned(folder: Path, manifest_name: str, also_owned: tuple[str, ...] = ()) -> None:
     """Raise unless `folder` is an export output whose manifest lists every file in it (replacing it loses nothing)."""
     try:
-        manifest = json.loads((folder / manifest_name).read_text(encoding="utf-8"))
+        data = json.loads((folder / manifest_name).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        manifest = None
+        data = None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        manifest = {}
-    if manifest is None or not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        what = "holds no maskclip artifact" if manifest is None else f"has a {manifest_name} not written by maskclip"
+        data = {}
+    files = claimed_files(data)
+    if files is None:
+        what = "holds no maskclip artifact" if data is None else f"has a {manifest_name} not written by maskclip"
         raise ExportError(f"{folder}: folder is not empty and {what}; refusing to replace it")
-    files = manifest.get("files")
-    owned = {manifest_name, *also_owned, *(files if isinstance(files, dict) else ())}
+    owned = {manifest_name, *also_owned, *files}
     unowned = [
         path.relative_to(folder).as_posix()
         for path in sorted(folder.rglob("*"))
@@ -341,17 +346,17 @@ def _write_graphs(
 ) -> tuple[dict[str, Path], list[str], dict]:
     """fp32 export into `work`, then the requested precision into `staging`.
 
-    Returns ({graph name: final path}, op types kept in fp32, manifest extras)."""
+    Returns ({graph name: final path}, op types kept in fp32, the manifest's int8 record or None)."""
     specs = graph_specs(options.topology)
     fp32_paths = export_graphs(
         source.model, work, options.topology, options.batch, options.opset, on_graph=steps.start_export
     )
-    fp32_ops, extra = [], {}
-    if options.precision == "fp16":
-        fp32_ops = _to_fp16(specs, fp32_paths, staging, steps)
-    elif options.precision in INT8_PRECISIONS:
-        fp32_ops, extra = _to_int8(options, source, specs, fp32_paths, staging, steps, log)
-    return {spec.name: staging / spec.file for spec in specs}, fp32_ops, extra
+    fp32_ops, int8 = [], None
+    if precision_row(options.precision).calibrated:
+        fp32_ops, int8 = _to_int8(options, source, specs, fp32_paths, staging, steps, log)
+    elif options.precision in FLOAT_CONVERSIONS:
+        fp32_ops = _to_float(options.precision, specs, fp32_paths, staging, steps)
+    return {spec.name: staging / spec.file for spec in specs}, fp32_ops, int8
 
 
 def _run_gate(
@@ -387,96 +392,108 @@ def _run_gate(
     return {**report, "candidate_backend": runners[0].backend}
 
 
-def _check_calibration_model(source: ModelSource, calibration: Calibration | None) -> None:
+def _identity(source: ModelSource, options: ExportOptions) -> ModelIdentity:
+    return ModelIdentity(source.model.config.name, source.weights_digest, options.precision, options.topology)
+
+
+def _check_calibration_model(source: ModelSource, options: ExportOptions) -> None:
     """A record fitted on an artifact names its model id: it must be this model's."""
-    fitted_id = calibration.fitted_on.get("model_id") if calibration else None
-    exported_id = model_id(source.model.config.name, source.weights_digest)
+    fitted_id = options.calibration.fitted_on.get("model_id") if options.calibration else None
+    exported_id = _identity(source, options).model_id
     if fitted_id and fitted_id != exported_id:
         raise ExportError(f"--calibration record was fitted on model {fitted_id}, this export is {exported_id}")
 
 
 def export_artifact(
     source: ModelSource, options: ExportOptions, progress: bool = True, log: Callable[[str], None] = print
-) -> dict:
+) -> Manifest:
     """Export, verify and install an artifact at options.out; returns its manifest.
 
     Raises ExportError (bad options or inputs, nothing written), GateFailed (report kept in <out>.failed),
     UnsupportedOpsError (a graph TensorRT would reject), VerificationError (no usable verification images).
     """
+    _check_before_work(source, options, log)
+    out = Path(options.out)
+    originals = verification_images(options.verify_images if options.verify else None)
+    if options.verify and len(originals) < MIN_VERIFICATION_IMAGES:
+        log(f"warning: verifying on {len(originals)} images (fewer than {MIN_VERIFICATION_IMAGES})")
+    steps = _Steps(_step_count(options), progress)
+    converted = options.precision != DEFAULT_PRECISION
+    staging = _make_staging(out, "partial")
+    work = _make_staging(out, "fp32") if converted else staging
+    try:
+        manifest = _stage_artifact(source, options, originals, staging, work, steps, log)
+        steps.close()
+        if manifest.gate_passed is False:
+            report_path = _keep_failed(staging, out, manifest.verification)
+            raise GateFailed(f"verification gate failed: {'; '.join(manifest.verification['failures'])}", report_path)
+        _install(staging, out)
+        return manifest
+    finally:
+        steps.close()
+        for folder in {staging, work}:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _check_before_work(source: ModelSource, options: ExportOptions, log: Callable[[str], None]) -> None:
+    """Everything that can be refused is refused here, before a graph is written."""
     options.validate()
     out = Path(options.out)
     check_output_location(out)
     remove_stale_staging(out, log)
     if options.calib:
-        calibration_paths(options.calib, options.calib_count)  # fail before any work
-    _check_calibration_model(source, options.calibration)
+        calibration_paths(options.calib, options.calib_count)
+    _check_calibration_model(source, options)
+
+
+def _step_count(options: ExportOptions) -> int:
+    """export (+ convert) each graph, calibrate, op check, verify (2 sides), canaries, manifest, self-check"""
+    row = precision_row(options.precision)
+    graphs = len(graph_specs(options.topology)) * (1 if options.precision == DEFAULT_PRECISION else 2)
+    return graphs + row.calibrated + 3 + row.tensorrt + 2 * options.verify
+
+
+def _stage_artifact(
+    source: ModelSource,
+    options: ExportOptions,
+    originals: list,
+    staging: Path,
+    work: Path,
+    steps: _Steps,
+    log: Callable[[str], None],
+) -> Manifest:
+    """Graphs, op check, gate, canaries and manifest into `staging`; the runtime's own checks run on it
+    unless the gate refused it. Returns the manifest written."""
     spec = source.model.preprocess_spec()
-    originals = verification_images(options.verify_images if options.verify else None)
     names, images = [name for name, _ in originals], preprocess_batch([image for _, image in originals], spec)
-    if options.verify and len(images) < MIN_VERIFICATION_IMAGES:
-        log(f"warning: verifying on {len(images)} images (fewer than {MIN_VERIFICATION_IMAGES})")
+    paths, fp32_ops, int8 = _write_graphs(source, options, staging, work, steps, log)
+    row = precision_row(options.precision)
+    if row.tensorrt:  # a graph only ONNX Runtime runs may hold ops TensorRT lacks
+        steps.start("TensorRT op check")
+        check_tensorrt_ops(paths)
+    report = {"skipped": True, "passed": None}
+    if options.verify:
+        report = _run_gate(source, options, paths, names, images, steps)
+    steps.start("self-check canaries")
+    reference = torch_reference(source.model, options.topology)
+    canaries = write_canaries(staging, originals, spec, reference, source.model.config.threshold, row.gate)
+    steps.start("manifest")
     specs = graph_specs(options.topology)
-    converted = options.precision != "fp32"
-    # export (+ convert) each graph, calibrate, op check, verify (2 sides), canaries, manifest, self-check
-    tensorrt_graph = options.precision != "int8-cpu"  # int8-cpu holds ORT-only dynamic quantisation
-    total = (
-        len(specs) * (2 if converted else 1)
-        + (options.precision in INT8_PRECISIONS)
-        + 3
-        + tensorrt_graph
-        + 2 * options.verify
-    )
-    steps = _Steps(total, progress)
-    staging = _make_staging(out, "partial")
-    work = _make_staging(out, "fp32") if converted else staging
-    try:
-        paths, fp32_ops, extra = _write_graphs(source, options, staging, work, steps, log)
-        if tensorrt_graph:
-            steps.start("TensorRT op check")
-            check_tensorrt_ops(paths)
-        report = {"skipped": True, "passed": None}
-        if options.verify:
-            report = _run_gate(source, options, paths, names, images, steps)
-        steps.start("self-check canaries")
-        canaries = write_canaries(
-            staging,
-            originals,
-            spec,
-            torch_reference(source.model, options.topology),
-            source.model.config.threshold,
-            GATES[options.precision],
-        )
-        steps.start("manifest")
-        manifest = build_manifest(
-            source.model,
-            source.description,
-            source.weights_digest,
-            options.precision,
-            fp32_ops,
-            options.topology,
-            options.batch,
-            [(spec, paths[spec.name]) for spec in specs],
-            options.opset,
-            extra,
-        )
-        if options.calibration is not None:
-            manifest["calibration"] = options.calibration.to_dict()
-        write_manifest(
-            staging, {**manifest, "self_check": canaries, "verification": report, "export_seconds": steps.timings}
-        )
-        load_artifact(staging)  # the runtime must accept what was written
-        if report["passed"] is not False:
-            steps.start("self-check (runtime)")
-            # The runtime's own on-device check, here, through the same code every later load runs.
-            with Detector(staging, backend="onnxruntime", device="cpu"):
-                pass
-        steps.close()
-        if report["passed"] is False:
-            report_path = _keep_failed(staging, out, report)
-            raise GateFailed(f"verification gate failed: {'; '.join(report['failures'])}", report_path)
-        _install(staging, out)
-        return json.loads((out / MANIFEST_NAME).read_text(encoding="utf-8"))
-    finally:
-        steps.close()
-        for folder in {staging, work}:
-            shutil.rmtree(folder, ignore_errors=True)
+    manifest = build_manifest(
+        source.model,
+        source.description,
+        _identity(source, options),
+        fp32_ops,
+        options.batch,
+        [(graph, paths[graph.name]) for graph in specs],
+        options.opset,
+        int8,
+    ).replace(calibration=options.calibration, self_check=canaries, verification=report, export_seconds=steps.timings)
+    manifest = write_manifest(staging, manifest)
+    load_artifact(staging)  # the runtime must accept what was written
+    if report["passed"] is not False:
+        steps.start("self-check (runtime)")
+        # The runtime's own on-device check, here, through the same code every later load runs.
+        with Detector(staging, backend="onnxruntime", device="cpu"):
+            pass
+    return manifest

@@ -16,7 +16,6 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
@@ -25,42 +24,12 @@ import torch
 from torch import nn
 
 from maskclip_core.model import MaskCLIP
+from maskclip_runtime.contract import BATCH_AXIS, TOPOLOGIES, BatchSpec, GraphSpec
 
-OUTPUTS = ("logits", "fake_prob", "mask")
 EXAMPLE_BATCH = 2  # >= 2 so a batch axis frozen by the tracer cannot pass unnoticed
-BATCH_AXIS = "batch"
 # Above this many bytes of weights a graph is saved with its tensors in `<file>.data` (protobuf caps
 # one message at 2 GiB; the margin covers the graph itself).
 EXTERNAL_DATA_BYTES = 1 << 30
-
-
-@dataclass(frozen=True)
-class BatchSpec:
-    """Static batch `size`, or dynamic from 1 to `size` (the TensorRT profile max)."""
-
-    size: int = 1
-    dynamic: bool = False
-
-    def __post_init__(self) -> None:
-        if self.size < 1:
-            raise ValueError(f"batch must be >= 1, got {self.size}")
-
-    @property
-    def dim(self) -> int | str:
-        return BATCH_AXIS if self.dynamic else self.size
-
-    def to_manifest(self) -> dict:
-        if self.dynamic:
-            return {"dynamic": True, "min": 1, "opt": 1, "max": self.size}
-        return {"dynamic": False, "size": self.size}
-
-
-@dataclass(frozen=True)
-class GraphSpec:
-    name: str
-    file: str
-    inputs: tuple[str, ...]
-    outputs: tuple[str, ...]
 
 
 class _WithText(nn.Module):
@@ -131,18 +100,6 @@ class LocaliseGraph(_WithText):
         return self.model.mask_head(self.model.trunk(image, clip_maps), self.text)["mask_prob"]
 
 
-FUSED = (GraphSpec("fused", "model.onnx", ("image",), OUTPUTS),)
-SPLIT = (
-    GraphSpec("clip", "clip.onnx", ("image",), ("clip_cls", "clip_maps")),
-    GraphSpec("trunk", "trunk.onnx", ("image", "clip_maps"), ("features",)),
-    GraphSpec("heads", "heads.onnx", ("features", "clip_cls"), OUTPUTS),
-)
-# Verdict first, mask only where needed: the runtime may run `localise` on a sub-batch (or not at all).
-CASCADE = (
-    GraphSpec("screen", "screen.onnx", ("image",), ("logits", "fake_prob", "clip_maps")),
-    GraphSpec("localise", "localise.onnx", ("image", "clip_maps"), ("mask",)),
-)
-TOPOLOGY_GRAPHS = {"fused": FUSED, "split": SPLIT, "cascade": CASCADE}
 _WRAPPERS = {
     "fused": FusedGraph,
     "clip": ClipGraph,
@@ -154,9 +111,9 @@ _WRAPPERS = {
 
 
 def graph_specs(topology: str) -> tuple[GraphSpec, ...]:
-    if topology not in TOPOLOGY_GRAPHS:
-        raise ValueError(f"topology must be one of {', '.join(TOPOLOGY_GRAPHS)}, got {topology!r}")
-    return TOPOLOGY_GRAPHS[topology]
+    if topology not in TOPOLOGIES:
+        raise ValueError(f"topology must be one of {', '.join(TOPOLOGIES)}, got {topology!r}")
+    return TOPOLOGIES[topology]
 
 
 def wrap(model: MaskCLIP, spec: GraphSpec) -> nn.Module:
@@ -170,9 +127,9 @@ def example_feeds(model: MaskCLIP, specs: tuple[GraphSpec, ...], batch: int, see
     generator = torch.Generator().manual_seed(seed)
     tensors = {"image": torch.randn(batch, 3, size, size, generator=generator)}
     for spec in specs:
-        outputs = wrap(model, spec)(*(tensors[name] for name in spec.inputs))
+        outputs = wrap(model, spec)(*(tensors[name] for name in spec.input_names))
         outputs = outputs if isinstance(outputs, tuple) else (outputs,)
-        tensors.update(zip(spec.outputs, outputs, strict=True))
+        tensors.update(zip(spec.output_names, outputs, strict=True))
     return tensors
 
 
@@ -243,7 +200,7 @@ def check_batch_axis(model: onnx.ModelProto, batch: BatchSpec, graph_name: str) 
 
 
 def _trace_to_onnx(module: nn.Module, args: tuple[torch.Tensor, ...], spec: GraphSpec, opset: int) -> onnx.ModelProto:
-    names = (*spec.inputs, *spec.outputs)
+    names = (*spec.input_names, *spec.output_names)
     with tempfile.TemporaryDirectory(prefix="maskclip-trace-") as tmp, warnings.catch_warnings():
         # The tracer warns about Python-side shape arithmetic; the batch checks below are the real guard.
         warnings.simplefilter("ignore")
@@ -254,8 +211,8 @@ def _trace_to_onnx(module: nn.Module, args: tuple[torch.Tensor, ...], spec: Grap
             str(path),
             dynamo=False,
             opset_version=opset,
-            input_names=list(spec.inputs),
-            output_names=list(spec.outputs),
+            input_names=list(spec.input_names),
+            output_names=list(spec.output_names),
             dynamic_axes={name: {0: BATCH_AXIS} for name in names},
             do_constant_folding=True,
         )
@@ -272,8 +229,8 @@ def export_graph(
 ) -> list[Path]:
     """Trace one wrapper on example tensors (its inputs, and its outputs for their shapes), fix the IO
     shapes and batch axis, slim, check; returns the files written."""
-    model = _trace_to_onnx(module, tuple(tensors[name] for name in spec.inputs), spec, opset)
-    _set_io_shapes(model, {name: tuple(tensors[name].shape) for name in (*spec.inputs, *spec.outputs)}, batch)
+    model = _trace_to_onnx(module, tuple(tensors[name] for name in spec.input_names), spec, opset)
+    _set_io_shapes(model, {name: tuple(tensors[name].shape) for name in (*spec.input_names, *spec.output_names)}, batch)
     model = onnxslim.slim(model)
     check_batch_axis(model, batch, spec.name)
     files = save_onnx(model, path)

@@ -47,7 +47,7 @@ def op_types(model: onnx.ModelProto) -> set[str]:
 
 
 def fp16_block_list(model: onnx.ModelProto) -> list[str]:
-    """The op types this graph keeps in fp32 under --fp16."""
+    """The op types this graph keeps in fp32 under --precision fp16."""
     present = op_types(model)
     keep = list(FP16_KEEP_FP32)
     if "LayerNormalization" not in present:
@@ -300,3 +300,6 @@ INT8_SCHEMES = {
         symmetric=False,
     ),
 }
+
+# Precisions made from the fp32 graph without calibration: name -> (src, dst) -> op types kept in fp32.
+FLOAT_CONVERSIONS: dict[str, Callable[[Path, Path], list[str]]] = {"fp16": convert_to_fp16}

@@ -9,7 +9,7 @@ Two ways to reduced precision, chosen per TensorRT version by `plan_precision`:
   TensorRT 10 builds such graphs the same way.
 
 Each engine is a plain TensorRT plan with a JSON sidecar (runtime/engine_header.py), recorded in
-manifest["engines"] and hashed in manifest["files"]. Engines are staged like the exporter's graphs: a
+the manifest's engines and hashed in its files. Engines are staged like the exporter's graphs: a
 complete copy of the artifact (its files hard-linked) gets the new engines, and replaces the artifact
 only after the engine gate passes; a failed build leaves the old artifact as it was, and a refused one
 is kept in `<artifact>.failed/` without a loadable manifest. TensorRT and cuda-python are imported only
@@ -19,7 +19,6 @@ without either.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import time
@@ -29,17 +28,17 @@ from pathlib import Path
 
 import numpy as np
 
-from maskclip_runtime.artifact import Artifact, BatchSpec, GraphSpec, load_artifact
+from maskclip_runtime.artifact import Artifact, load_artifact, write_manifest
 from maskclip_runtime.atomic import write_bytes_atomic
 from maskclip_runtime.backends.tensorrt import cuda_call, gpu_identity, import_cudart, import_tensorrt
+from maskclip_runtime.contract import BatchSpec, EngineSpec, GraphSpec, graph_digest
 from maskclip_runtime.engine_header import sidecar_path, write_engine
+from maskclip_runtime.precisions import DEFAULT_PRECISION, TENSORRT, UnknownPrecision, precision_row, precisions_for
 from maskclip_runtime.preprocess import load_image, preprocess_batch
 
 from .exporter import GateFailed, _install, _keep_failed, _make_staging
-from .manifest import write_manifest
 from .verify import Predictor, chain_predictor, verification_batch, verify
 
-PRECISIONS = ("fp32", "fp16", "int8")
 # ONNX op types whose TensorRT layer type is unambiguous; others are matched by node name.
 ONNX_OP_LAYER_TYPES = {
     "LayerNormalization": "NORMALIZATION",
@@ -83,15 +82,18 @@ def plan_precision(
     trt_version: str, precision: str, graph_precision: str, fp32_ops: Sequence[str] = ()
 ) -> PrecisionPlan:
     """The build recipe for a `precision` engine from a `graph_precision` ONNX graph (pure; no TensorRT)."""
-    if graph_precision == "int8-cpu":
+    buildable = ", ".join(precisions_for(TENSORRT))
+    try:
+        engine, graph = precision_row(precision), precision_row(graph_precision)
+    except UnknownPrecision as exc:
+        raise PrecisionPlanError(str(exc)) from None
+    if not graph.tensorrt:
         raise PrecisionPlanError(
-            "this artifact is int8-cpu (ONNX Runtime's dynamic quantisation, which TensorRT cannot build): "
-            "build engines from an fp32 or --int8 export"
+            f"this artifact is {graph_precision}, which TensorRT cannot build: build engines from a {buildable} export"
         )
-    for name, value in (("engine", precision), ("graph", graph_precision)):
-        if value not in PRECISIONS:
-            raise PrecisionPlanError(f"unknown {name} precision {value!r} (expected one of {', '.join(PRECISIONS)})")
-    if graph_precision != "fp32":
+    if not engine.tensorrt:
+        raise PrecisionPlanError(f"TensorRT builds {buildable} engines, not {precision}")
+    if graph_precision != DEFAULT_PRECISION:
         if precision != graph_precision:
             raise PrecisionPlanError(
                 f"the artifact's graphs are {graph_precision}; a {precision} engine needs an {precision} "
@@ -99,20 +101,19 @@ def plan_precision(
             )
         # Precision is already in the graph (Cast / Q-DQ nodes): build exactly what it says.
         return PrecisionPlan(precision, strongly_typed=True, cleared_flags=NO_TF32)
-    if precision == "fp32":
-        return PrecisionPlan("fp32", strongly_typed=False, cleared_flags=NO_TF32)
+    if not engine.tensorrt_flags:
+        return PrecisionPlan(precision, strongly_typed=False, cleared_flags=NO_TF32)
     if _major(trt_version) >= 11:
         raise PrecisionPlanError(
-            f"TensorRT {trt_version} has no fp16/int8 builder flags: export the {precision} graph first "
-            f"(maskclip-export --{precision} --trt) and the engine is built strongly typed from it"
+            f"TensorRT {trt_version} has no {'/'.join(engine.tensorrt_flags)} builder flag: export the {precision} "
+            f"graph first (maskclip-export --precision {precision} --trt); its engine is built strongly typed"
         )
-    flags = ("FP16",) if precision == "fp16" else ("INT8",)
     return PrecisionPlan(
         precision,
         strongly_typed=False,
-        builder_flags=(*flags, "OBEY_PRECISION_CONSTRAINTS"),
+        builder_flags=(*engine.tensorrt_flags, "OBEY_PRECISION_CONSTRAINTS"),
         cleared_flags=NO_TF32,
-        calibrate=precision == "int8",
+        calibrate=engine.calibrated,
         fp32_ops=tuple(fp32_ops),
     )
 
@@ -155,12 +156,6 @@ def engine_file_name(graph: GraphSpec, precision: str) -> str:
     return f"{Path(graph.file).name.split('.')[0]}.{precision}.engine"
 
 
-def graph_digest(files: dict[str, str], graph: GraphSpec) -> str:
-    """sha256 over the hashes of the graph's files (the ONNX file and its external `.data`, if any)."""
-    names = [name for name in (graph.file, f"{graph.file}.data") if name in files]
-    return hashlib.sha256("".join(f"{name}:{files[name]};" for name in names).encode()).hexdigest()
-
-
 def calibration_cache_name(graph: GraphSpec, digest: str) -> str:
     """An INT8 calibration cache is only valid for the graph it was measured on: its name carries the graph's
     digest, so a changed model never reuses an older model's scales."""
@@ -173,16 +168,13 @@ def _calibration_feeds(
     """(calibration batch size, graph name -> feeds): the images preprocessed exactly as deployed and run
     through the earlier fp32 graphs (split artifacts), in full batches of one shape."""
     from .exporter import calibration_feeds
-    from .onnx_export import BatchSpec as ExportBatch
-    from .onnx_export import graph_specs
 
     calib_batch = max(batch.min, min(batch.opt, len(calib_images)))
     if len(calib_images) < calib_batch:
         raise PrecisionPlanError(f"{len(calib_images)} calibration images, fewer than the batch {calib_batch}")
     images = preprocess_batch([load_image(p) for p in calib_images], artifact.preprocess)
-    specs = graph_specs(artifact.manifest.get("topology", "fused"))
     paths = {graph.name: artifact.file(graph.file) for graph in artifact.graphs}
-    return calib_batch, calibration_feeds(specs, paths, images, ExportBatch(size=calib_batch, dynamic=False))
+    return calib_batch, calibration_feeds(artifact.graphs, paths, images, BatchSpec.fixed(calib_batch))
 
 
 def make_entropy_calibrator(trt, batches: Iterable[dict[str, np.ndarray]], batch_size: int, cache_path: Path):
@@ -327,13 +319,13 @@ def build_engines(
     reference: Predictor | None = None,
     verify_images: str | None = None,
     log: Callable[[str], None] = print,
-) -> list[dict]:
+) -> tuple[EngineSpec, ...]:
     """Build one engine per graph of the artifact into a staged copy of it, run the export gate on the
     engines (`verify_engines`; reference: see there), and only then replace the artifact with the copy.
 
     precision defaults to the artifact's; batch to its manifest batch profile; timing_cache defaults to
     `timing.cache` in the artifact (reused by later builds). The new engines replace earlier ones.
-    Returns the new manifest["engines"]. A build that fails leaves the artifact as it was.
+    Returns the new engine entries of the manifest. A build that fails leaves the artifact as it was.
     Raises BackendUnavailable (one line: what to install) when TensorRT or a GPU is missing, and
     EngineGateFailed when the engines do not match the reference within the precision's tolerances (the
     artifact is left as it was; the refused copy is kept in `<artifact>.failed/`).
@@ -341,81 +333,28 @@ def build_engines(
     """
     trt = import_tensorrt()
     artifact = load_artifact(artifact_dir)
-    graph_precision = artifact.manifest.get("precision", "fp32")
-    precision = precision or graph_precision
-    plan = plan_precision(trt.__version__, precision, graph_precision, artifact.manifest.get("fp32_ops", ()))
+    precision = precision or artifact.precision
+    plan = plan_precision(trt.__version__, precision, artifact.precision, artifact.manifest.fp32_ops)
     if plan.calibrate and not calib_images:
-        raise PrecisionPlanError("an int8 engine from an fp32 graph on TensorRT 10 needs --calib images")
-    gpu_name, compute_capability = gpu_identity(device)
+        raise PrecisionPlanError(f"a {precision} engine from an fp32 graph on TensorRT 10 needs --calib images")
+    target = _BuildTarget(*gpu_identity(device), trt.__version__)
     cuda_call(import_cudart(), import_cudart().cudaSetDevice(device))
     batch = batch or artifact.batch
-    files = artifact.manifest["files"]
-    digests = {graph.name: graph_digest(files, graph) for graph in artifact.graphs}
+    digests = {graph.name: graph_digest(artifact.manifest.files, graph) for graph in artifact.graphs}
     calibration_caches = {calibration_cache_name(g, digests[g.name]) for g in artifact.graphs}
 
     staging = _stage_copy(artifact, keep=lambda name: not name.endswith(".calib") or name in calibration_caches)
     try:
         cache_path = Path(timing_cache) if timing_cache else staging / "timing.cache"
-        if plan.calibrate:
-            calib_batch, feeds = _calibration_feeds(artifact, calib_images, batch)
-        engines = []
-        for graph in artifact.graphs:
-            shapes = profile_shapes(graph.inputs, batch)
-            calibrator_factory = calibration_shapes = None
-            if plan.calibrate:
-                calibration_shapes = {name: (calib_batch, *low[1:]) for name, (low, _, _) in shapes.items()}
-
-                def calibrator_factory(graph=graph):
-                    cache = staging / calibration_cache_name(graph, digests[graph.name])
-                    return make_entropy_calibrator(trt, feeds[graph.name], calib_batch, cache)
-
-            log(f"building {precision} engine for graph {graph.name!r} ({graph.file}) with TensorRT {trt.__version__}")
-            started = time.perf_counter()
-            serialized = build_plan(
-                staging / graph.file,
-                plan,
-                shapes,
-                workspace_gb,
-                cache_path,
-                calibrator_factory,
-                calibration_shapes,
-                log,
-            )
-            seconds = time.perf_counter() - started
-            profile = {name: {"min": list(s[0]), "opt": list(s[1]), "max": list(s[2])} for name, s in shapes.items()}
-            file_name = engine_file_name(graph, precision)
-            metadata = {
-                "tensorrt_version": trt.__version__,
-                "gpu_name": gpu_name,
-                "compute_capability": compute_capability,
-                "precision": precision,
-                "profile": profile,
-                "graph": graph.name,
-                "onnx_file": graph.file,
-                "onnx_sha256": digests[graph.name],
-                "strongly_typed": plan.strongly_typed,
-                "builder_flags": list(plan.builder_flags),
-                "fp32_ops": list(plan.fp32_ops),
-                "model_id": artifact.model_id,
-            }
-            write_engine(staging / file_name, metadata, serialized)
-            entry = {
-                k: metadata[k] for k in ("graph", "precision", "tensorrt_version", "gpu_name", "compute_capability")
-            }
-            engines.append({"file": file_name, **entry, "profile": profile, "build_seconds": round(seconds, 1)})
-            log(f"  wrote {file_name} ({(staging / file_name).stat().st_size / 1e6:.1f} MB) in {seconds:.0f} s")
-
-        manifest = {k: v for k, v in artifact.manifest.items() if k != "engine_verification"}
-        write_manifest(staging, {**manifest, "engines": engines})
+        calibration = _Calibration(artifact, calib_images, batch, staging, digests) if plan.calibrate else None
+        engines = tuple(
+            _build_graph_engine(artifact, graph, plan, batch, target, staging, digests[graph.name], workspace_gb,
+                                cache_path, calibration, log)
+            for graph in artifact.graphs
+        )  # fmt: skip
+        write_manifest(staging, artifact.manifest.replace(engines=engines, engine_verification=None))
         if verify:
-            report = verify_engines(staging, reference, verify_images, device, log)
-            if not report["passed"]:
-                report_path = _keep_failed(staging, artifact.dir, report)
-                raise EngineGateFailed(
-                    f"TensorRT {precision} engines fail the gate: {'; '.join(report['failures'])} "
-                    f"(artifact left as it was; the refused engines are in {report_path.parent})",
-                    report_path,
-                )
+            _gate_engines(staging, artifact, precision, reference, verify_images, device, log)
         _install(staging, artifact.dir)
     finally:
         if staging.exists():
@@ -423,14 +362,112 @@ def build_engines(
     return engines
 
 
+@dataclass(frozen=True)
+class _BuildTarget:
+    """Where engines are built for: an engine runs only on this GPU model with this TensorRT."""
+
+    gpu_name: str
+    compute_capability: str
+    tensorrt_version: str
+
+
+class _Calibration:
+    """Int8 calibration for engines built from fp32 graphs: the feeds of every graph, one calibrator per graph
+    caching its scales in the staged artifact under the graph's digest."""
+
+    def __init__(self, artifact: Artifact, calib_images, batch: BatchSpec, staging: Path, digests: dict[str, str]):
+        self.batch, self.feeds = _calibration_feeds(artifact, calib_images, batch)
+        self.staging, self.digests = staging, digests
+
+    def shapes(self, shapes: dict[str, tuple[tuple[int, ...], ...]]) -> dict[str, tuple[int, ...]]:
+        return {name: (self.batch, *low[1:]) for name, (low, _, _) in shapes.items()}
+
+    def factory(self, trt, graph: GraphSpec) -> Callable[[], object]:
+        cache = self.staging / calibration_cache_name(graph, self.digests[graph.name])
+        return lambda: make_entropy_calibrator(trt, self.feeds[graph.name], self.batch, cache)
+
+
+def _build_graph_engine(
+    artifact: Artifact,
+    graph: GraphSpec,
+    plan: PrecisionPlan,
+    batch: BatchSpec,
+    target: _BuildTarget,
+    staging: Path,
+    digest: str,
+    workspace_gb: float,
+    cache_path: Path,
+    calibration: _Calibration | None,
+    log: Callable[[str], None],
+) -> EngineSpec:
+    """Build one graph's engine into `staging` (plan + sidecar with its build record); returns its manifest entry."""
+    trt = import_tensorrt()
+    shapes = profile_shapes(graph.inputs, batch)
+    log(f"building {plan.precision} engine for graph {graph.name!r} ({graph.file}) with TensorRT {trt.__version__}")
+    started = time.perf_counter()
+    serialized = build_plan(
+        staging / graph.file,
+        plan,
+        shapes,
+        workspace_gb,
+        cache_path,
+        calibration.factory(trt, graph) if calibration else None,
+        calibration.shapes(shapes) if calibration else None,
+        log,
+    )
+    seconds = time.perf_counter() - started
+    profile = {name: {"min": list(s[0]), "opt": list(s[1]), "max": list(s[2])} for name, s in shapes.items()}
+    engine = EngineSpec(
+        file=engine_file_name(graph, plan.precision),
+        graph=graph.name,
+        precision=plan.precision,
+        tensorrt_version=target.tensorrt_version,
+        gpu_name=target.gpu_name,
+        compute_capability=target.compute_capability,
+        profile=profile,
+        build_seconds=round(seconds, 1),
+    )
+    built = {key: value for key, value in engine.to_dict().items() if key not in ("file", "build_seconds")}
+    metadata = {
+        **built,
+        "onnx_file": graph.file,
+        "onnx_sha256": digest,
+        "strongly_typed": plan.strongly_typed,
+        "builder_flags": list(plan.builder_flags),
+        "fp32_ops": list(plan.fp32_ops),
+        "model_id": artifact.model_id,
+    }
+    write_engine(staging / engine.file, metadata, serialized)
+    log(f"  wrote {engine.file} ({(staging / engine.file).stat().st_size / 1e6:.1f} MB) in {seconds:.0f} s")
+    return engine
+
+
+def _gate_engines(
+    staging: Path,
+    artifact: Artifact,
+    precision: str,
+    reference: Predictor | None,
+    verify_images: str | None,
+    device: int,
+    log: Callable[[str], None],
+) -> None:
+    """The engine gate on the staged copy; a refusal keeps the copy in `<artifact>.failed/` and raises."""
+    report = verify_engines(staging, reference, verify_images, device, log)
+    if not report["passed"]:
+        report_path = _keep_failed(staging, artifact.dir, report)
+        raise EngineGateFailed(
+            f"TensorRT {precision} engines fail the gate: {'; '.join(report['failures'])} "
+            f"(artifact left as it was; the refused engines are in {report_path.parent})",
+            report_path,
+        )
+
+
 def _stage_copy(artifact: Artifact, keep: Callable[[str], bool]) -> Path:
     """A staging folder beside the artifact holding its files (hard links where the filesystem allows, they
     are never written in place) except its engines and the files `keep` refuses; no manifest yet."""
     staging = _make_staging(artifact.dir, "engines")
-    engine_files = {
-        name for e in artifact.manifest.get("engines", ()) for name in (e["file"], sidecar_path(e["file"]).name)
-    }
-    for name in artifact.manifest["files"]:
+    engine_files = {name for e in artifact.manifest.engines for name in (e.file, sidecar_path(e.file).name)}
+    for name in artifact.manifest.files:
         if name in engine_files or not keep(name):
             continue
         target = staging / name
@@ -453,19 +490,17 @@ def verify_engines(
 
     reference: the PyTorch model's predictor when the caller has it; else the artifact's own ONNX
     graphs on ONNX Runtime (CPU), which passed that gate against PyTorch at export. The report is
-    stored as manifest["engine_verification"]; returns it ("passed" inside).
+    stored as the manifest's engine_verification; returns it ("passed" inside).
     """
     from maskclip_runtime.backends.onnxruntime import OnnxRuntimeRunner
     from maskclip_runtime.backends.tensorrt import TensorRTRunner
 
-    from .onnx_export import BatchSpec as ExportBatch
-
     artifact = load_artifact(artifact_dir)
-    engines = artifact.manifest.get("engines", ())
+    engines = artifact.manifest.engines
     if not engines:
         raise ValueError(f"{artifact.dir}: no engines to verify; build them first")
-    precision = engines[0]["precision"]
-    largest = min(max(shape["max"][0] for shape in e["profile"].values()) for e in engines)
+    precision = engines[0].precision
+    largest = min(e.max_batch for e in engines)
     names, batch = verification_batch(artifact.preprocess, images)
     onnx_runners = [] if reference else [OnnxRuntimeRunner(artifact.file(g.file)) for g in artifact.graphs]
     trt_runners = []
@@ -478,16 +513,14 @@ def verify_engines(
             names,
             precision,
             artifact.threshold,
-            ExportBatch(size=largest, dynamic=artifact.batch.dynamic),
+            BatchSpec.up_to(largest) if artifact.batch.dynamic else BatchSpec.fixed(largest),
             progress=lambda side: log(f"  engine gate: running the {side}"),
         )
     finally:
         for runner in (*onnx_runners, *trt_runners):
             runner.close()
     report["reference"] = "pytorch" if reference else "onnx graphs on onnxruntime-cpu"
-    manifest = dict(artifact.manifest)
-    manifest["engine_verification"] = report
-    write_manifest(artifact.dir, manifest)
+    write_manifest(artifact.dir, artifact.manifest.replace(engine_verification=report))
     verdict = "passed" if report["passed"] else "FAILED: " + "; ".join(report["failures"])
     log(f"  engine gate ({precision}, {report['images']} images): {verdict}")
     return report

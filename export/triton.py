@@ -29,9 +29,10 @@ from pathlib import Path
 import click
 import numpy as np
 
-from maskclip_runtime.artifact import FINAL_OUTPUTS, Artifact, ArtifactError, GraphSpec, TensorSpec, load_artifact
+from maskclip_runtime.artifact import Artifact, load_artifact
 from maskclip_runtime.atomic import atomic_path, write_text_atomic
 from maskclip_runtime.chain import run_chain
+from maskclip_runtime.contract import FINAL_OUTPUTS, ArtifactError, GraphSpec, TensorSpec
 
 PROG = "maskclip-triton"
 RAW_INPUT = "image_rgb8"
@@ -137,9 +138,7 @@ def _choose_backend(artifact: Artifact, backend: str, raw_input: bool) -> bool:
 
 
 def _engine_batch_max(artifact: Artifact) -> int | None:
-    profiles = [e.get("profile", {}) for e in artifact.manifest.get("engines", ())]
-    tops = [shape["max"][0] for profile in profiles for shape in profile.values() if shape.get("max")]
-    return min(tops) if tops else None
+    return min((e.max_batch for e in artifact.manifest.engines), default=None)
 
 
 def _copy_plan(engine: Path, destination: Path) -> None:
@@ -288,9 +287,10 @@ def bake_preprocessing(source: Path, destination: Path, spec) -> None:
 def gate_baked_graphs(artifact: Artifact, installed: dict[str, Path]) -> dict:
     """Original graphs + numpy preprocessing vs the repository's graphs on uint8 pixels, same images."""
     from maskclip_runtime.backends.onnxruntime import OnnxRuntimeRunner
+    from maskclip_runtime.precisions import precision_row
     from maskclip_runtime.preprocess import resize_and_normalize, resize_rgb8
 
-    from .verify import GATES, compare, default_verification_images, gate_failures
+    from .verify import compare, default_verification_images, gate_failures
 
     images = default_verification_images() + _demo_examples()
     names = [name for name, _ in images]
@@ -302,8 +302,7 @@ def gate_baked_graphs(artifact: Artifact, installed: dict[str, Path]) -> dict:
     reference = _run_chain(original, "image", floats, artifact)
     candidate = _run_chain(baked, RAW_INPUT, pixels, artifact)
     stats = compare(reference, candidate, names, artifact.threshold)
-    precision = artifact.manifest.get("precision", "fp32")
-    stats["failures"] = gate_failures(stats, GATES.get(precision, GATES["fp32"]))
+    stats["failures"] = gate_failures(stats, precision_row(artifact.precision).gate)
     return stats
 
 

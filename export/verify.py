@@ -9,7 +9,7 @@ engines in the TensorRT export (wrap its runners with `chain_predictor`).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +17,10 @@ from PIL import Image, ImageFilter
 
 from maskclip_runtime.backends.base import Runner
 from maskclip_runtime.chain import run_chain
+from maskclip_runtime.contract import BatchSpec
 from maskclip_runtime.inputs import image_files
+from maskclip_runtime.precisions import Tolerances, precision_row
 from maskclip_runtime.preprocess import PreprocessSpec, load_image, preprocess_batch
-
-from .onnx_export import BatchSpec
 
 Predictor = Callable[[np.ndarray], dict[str, np.ndarray]]  # image batch [B,3,S,S] -> named outputs
 
@@ -35,47 +35,6 @@ SAMPLE_IMAGES = (
 # pixels: below it IoU is ill-conditioned (a reference of a few pixels gives IoU 0 for one pixel of
 # difference); such images are bounded by their pixel agreement instead.
 IOU_MIN_REFERENCE_AREA = 0.01
-
-
-@dataclass(frozen=True)
-class Tolerances:
-    """Gate limits; None = recorded, not gated.
-
-    max_prob_diff bounds max |fake_prob - PyTorch| over the images; min_mask_iou the mean mask IoU,
-    min_worst_mask_iou the worst image's (where IoU is well-conditioned, see IOU_MIN_REFERENCE_AREA),
-    min_pixel_agreement the worst image's share of mask pixels on the same side of the threshold.
-    """
-
-    max_prob_diff: float | None
-    max_flip_rate: float
-    min_mask_iou: float | None
-    min_worst_mask_iou: float | None = None
-    min_pixel_agreement: float | None = None
-    max_mask_diff: float | None = None
-
-
-# fp32 also gates the mask: fake_prob depends on the CLIP branch only, so without a mask limit a
-# broken MAE/decoder path would pass an fp32 export. The reduced-precision limits were set from
-# measurements on the embedded demo model over the 67 default images, on AVX-512-VNNI and on
-# AVX2-only x86 (README, "Export gate"): each sits well outside what a faithful graph shows and
-# well inside what a degraded one (e.g. int8 GEMMs saturating on a CPU without VNNI) shows.
-GATES = {
-    "fp32": Tolerances(
-        max_prob_diff=1e-4,
-        max_flip_rate=0.0,
-        min_mask_iou=0.99,
-        min_worst_mask_iou=0.95,
-        min_pixel_agreement=0.999,
-        max_mask_diff=1e-3,
-    ),
-    "fp16": Tolerances(
-        max_prob_diff=0.01, max_flip_rate=0.0, min_mask_iou=0.98, min_worst_mask_iou=0.90, min_pixel_agreement=0.99
-    ),
-    "int8": Tolerances(
-        max_prob_diff=0.05, max_flip_rate=0.02, min_mask_iou=0.90, min_worst_mask_iou=0.75, min_pixel_agreement=0.95
-    ),
-}
-GATES["int8-cpu"] = GATES["int8"]
 
 
 class VerificationError(RuntimeError):
@@ -304,7 +263,7 @@ def verify(
     """
     if len(images) == 0:
         raise VerificationError("no verification images")
-    tolerances = GATES[precision]
+    tolerances = precision_row(precision).gate
     if progress:
         progress("reference")
     ref_out = run_batched(reference, images, batch)

@@ -6,6 +6,7 @@ and `config.json`. `load_checkpoint(path)` rebuilds the model from those alone.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -13,7 +14,6 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from maskclip_runtime.atomic import atomic_path, write_text_atomic
-from maskclip_runtime.hashing import file_sha256
 
 from .config import MaskCLIPConfig
 from .model import MaskCLIP
@@ -77,7 +77,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return model.eval()
 
 
-def weights_digest(path: str | Path) -> str:
-    """sha256 of the weights file (hex), the basis of a model id."""
-    weights, _ = checkpoint_files(path)
-    return file_sha256(weights)
+def weights_digest(model: MaskCLIP) -> str:
+    """sha256 over the model's tensors (names, dtypes, shapes, bytes), the weights part of its identity
+    (maskclip_runtime.contract.ModelIdentity). Computed from the tensors, not a file's bytes, so a
+    checkpoint gets the same digest however it was saved, and as the model it loads into."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

@@ -9,155 +9,94 @@ instead of producing plausible-looking but wrong probabilities later.
 from __future__ import annotations
 
 import json
-import math
 import mmap
 import os
-import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import __version__
-from .calibration import Calibration, CalibrationError
-from .chain import chain_problem
+from .atomic import write_text_atomic
+from .calibration import Calibration
+from .contract import MANIFEST_NAME, ArtifactError, BatchSpec, GraphSpec, Manifest, ManifestError
 from .hashing import file_sha256
-from .preprocess import LEGACY_RESIZE, RESIZE_METHODS, PreprocessSpec
-
-FORMAT = "maskclip-artifact"
-SUPPORTED_FORMAT_VERSIONS = (1,)
-MANIFEST_NAME = "manifest.json"
-FINAL_OUTPUTS = ("logits", "fake_prob", "mask")
-
-
-class ArtifactError(ValueError):
-    """An artifact that cannot be used; the message says why and, where possible, what to do."""
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    name: str
-    shape: tuple  # ints, or strings for symbolic dims such as "batch"
-    dtype: str
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TensorSpec:
-        return cls(name=d["name"], shape=tuple(d.get("shape", ())), dtype=d.get("dtype", "float32"))
-
-
-@dataclass(frozen=True)
-class GraphSpec:
-    """One graph of the chain: its ONNX file and the tensors it consumes and produces."""
-
-    name: str
-    file: str
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
-
-    @classmethod
-    def from_dict(cls, d: dict) -> GraphSpec:
-        return cls(
-            name=d["name"],
-            file=d["file"],
-            inputs=tuple(TensorSpec.from_dict(t) for t in d.get("inputs", ())),
-            outputs=tuple(TensorSpec.from_dict(t) for t in d.get("outputs", ())),
-        )
-
-
-@dataclass(frozen=True)
-class BatchSpec:
-    """The batch sizes the graphs accept: a dynamic range (min..max, opt preferred), or one fixed size."""
-
-    dynamic: bool
-    min: int
-    opt: int
-    max: int
-
-    @classmethod
-    def from_dict(cls, d: dict | None) -> BatchSpec:
-        if not d:
-            return cls(dynamic=False, min=1, opt=1, max=1)
-        if d.get("dynamic", False):
-            low, high = int(d.get("min", 1)), int(d.get("max", d.get("opt", 1)))
-            return cls(dynamic=True, min=low, opt=int(d.get("opt", low)), max=high)
-        size = int(d["size"])
-        return cls(dynamic=False, min=size, opt=size, max=size)
+from .preprocess import PreprocessSpec
 
 
 @dataclass(frozen=True)
 class Artifact:
-    """A verified artifact: the manifest plus the parsed parts the runtime uses."""
+    """A verified artifact folder: its parsed manifest, every listed file checked against its hash."""
 
     dir: Path
-    manifest: dict
-    preprocess: PreprocessSpec
-    threshold: float
-    graphs: tuple[GraphSpec, ...]
-    batch: BatchSpec
-    model_id: str
-    precision: str
-    calibration: Calibration | None = None  # temperature + operating points, when one was attached
+    manifest: Manifest
+
+    @property
+    def preprocess(self) -> PreprocessSpec:
+        return self.manifest.preprocess
+
+    @property
+    def threshold(self) -> float:
+        return self.manifest.threshold
+
+    @property
+    def graphs(self) -> tuple[GraphSpec, ...]:
+        return self.manifest.graphs
+
+    @property
+    def batch(self) -> BatchSpec:
+        return self.manifest.batch
+
+    @property
+    def model_id(self) -> str:
+        return self.manifest.model_id
+
+    @property
+    def precision(self) -> str:
+        return self.manifest.precision
+
+    @property
+    def calibration(self) -> Calibration | None:
+        """Temperature + operating points, when one was attached."""
+        return self.manifest.calibration
 
     @property
     def engines(self) -> dict[str, Path]:
         """Graph name -> TensorRT engine file, for artifacts exported with engines."""
-        return {e["graph"]: self.dir / e["file"] for e in self.manifest.get("engines", ())}
+        return {e.graph: self.dir / e.file for e in self.manifest.engines}
 
     def file(self, name: str) -> Path:
         return self.dir / name
 
     @property
     def cpu_features(self) -> list[list[str]]:
-        """CPU features the graphs' results depend on: each entry lists alternatives, any one suffices.
-
-        Int8 artifacts from before the record existed quantised weights to the full 8 bits, which
-        ONNX Runtime's x86 kernels saturate on CPUs without VNNI (AVX2 alone)."""
-        int8 = self.manifest.get("int8")
-        if not int8:
-            return []
-        if "cpu_features" in int8:
-            return [list(alternatives) for alternatives in int8["cpu_features"]]
-        return [["avx512_vnni", "avx_vnni"]]
+        """CPU features the graphs' results depend on: each entry lists alternatives, any one suffices."""
+        return self.manifest.cpu_features
 
 
 def load_artifact(path: str | os.PathLike) -> Artifact:
     """Artifact folder, its manifest.json, or an .onnx inside an artifact folder -> verified Artifact."""
     manifest_path = _find_manifest(Path(path))
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        data = json.loads(manifest_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"{manifest_path}: unreadable manifest ({exc})") from None
-    if not isinstance(manifest, dict):
-        raise ArtifactError(f"{manifest_path}: manifest is not a JSON object")
-    _check_format(manifest, manifest_path)
-    problem = manifest_problem(manifest)
-    if problem:
-        raise ArtifactError(f"{manifest_path}: invalid manifest: {problem}")
+        raise ManifestError(f"{manifest_path}: unreadable manifest ({exc})") from None
+    manifest = Manifest.from_dict(data, str(manifest_path))
+    _check_package_version(manifest, manifest_path)
     directory = manifest_path.parent
     _check_files(manifest, directory)
-    calibration = _parse_calibration(manifest, manifest_path)
-    try:
-        return Artifact(
-            dir=directory,
-            manifest=manifest,
-            preprocess=PreprocessSpec.from_dict(manifest["preprocess"]),
-            threshold=float(manifest.get("threshold", 0.5)),
-            graphs=_parse_graphs(manifest),
-            batch=BatchSpec.from_dict(manifest.get("batch")),
-            model_id=str(manifest.get("model", {}).get("model_id", "unknown")),
-            precision=str(manifest.get("precision", "unknown")),
-            calibration=calibration,
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ArtifactError(f"{manifest_path}: malformed manifest ({type(exc).__name__}: {exc})") from None
+    return Artifact(dir=directory, manifest=manifest)
 
 
-def _parse_calibration(manifest: dict, manifest_path: Path) -> Calibration | None:
-    if manifest.get("calibration") is None:
-        return None
-    try:
-        return Calibration.from_dict(manifest["calibration"], f"{manifest_path} calibration")
-    except CalibrationError as exc:
-        raise ArtifactError(str(exc)) from None
+def write_manifest(directory: Path, manifest: Manifest) -> Manifest:
+    """Hash the folder's files into the manifest and write it (atomically); returns what was written."""
+    files = {
+        path.relative_to(directory).as_posix(): file_sha256(path)
+        for path in sorted(directory.rglob("*"))
+        if path.is_file() and path.name != MANIFEST_NAME
+    }
+    manifest = manifest.replace(files=files)
+    write_text_atomic(directory / MANIFEST_NAME, json.dumps(manifest.to_dict(), indent=2) + "\n")
+    return manifest
 
 
 def _find_manifest(path: Path) -> Path:
@@ -179,18 +118,10 @@ def _find_manifest(path: Path) -> Path:
     )
 
 
-def _check_format(manifest: dict, manifest_path: Path) -> None:
-    if manifest.get("format") != FORMAT:
-        raise ArtifactError(f"{manifest_path}: not a MaskCLIP artifact manifest (format={manifest.get('format')!r})")
-    version = manifest.get("format_version")
-    if version not in SUPPORTED_FORMAT_VERSIONS:
-        raise ArtifactError(
-            f"{manifest_path}: unknown artifact format_version {version!r} (this runtime reads "
-            f"{', '.join(map(str, SUPPORTED_FORMAT_VERSIONS))}); upgrade maskclip or re-export"
-        )
-    exported_with = str(manifest.get("package_version", ""))
+def _check_package_version(manifest: Manifest, manifest_path: Path) -> None:
+    exported_with = manifest.package_version
     if _major(exported_with) != _major(__version__):
-        raise ArtifactError(
+        raise ManifestError(
             f"{manifest_path}: exported with maskclip {exported_with or '?'}, this runtime is {__version__} "
             f"(major versions differ); re-export with a matching maskclip-export"
         )
@@ -200,21 +131,19 @@ def _major(version: str) -> str:
     return version.split(".", 1)[0]
 
 
-def _check_files(manifest: dict, directory: Path) -> None:
-    files = manifest.get("files")
-    if not isinstance(files, dict) or not files:
-        raise ArtifactError(f"{directory / MANIFEST_NAME}: manifest lists no file hashes")
-    referenced = {g.get("file") for g in manifest.get("graphs", ())} | {
-        e.get("file") for e in manifest.get("engines", ())
-    }
+def _check_files(manifest: Manifest, directory: Path) -> None:
+    files = manifest.files
+    if not files:
+        raise ManifestError(f"{directory / MANIFEST_NAME}: manifest lists no file hashes")
+    referenced = {g.file for g in manifest.graphs} | {e.file for e in manifest.engines}
     unhashed = sorted(str(f) for f in referenced - set(files))
     if unhashed:
-        raise ArtifactError(f"{directory / MANIFEST_NAME}: files used but not hashed: {', '.join(unhashed)}")
-    for graph in manifest.get("graphs", ()):
-        unlisted = sorted(_external_data_files(directory, graph["file"]) - set(files))
+        raise ManifestError(f"{directory / MANIFEST_NAME}: files used but not hashed: {', '.join(unhashed)}")
+    for graph in manifest.graphs:
+        unlisted = sorted(_external_data_files(directory, graph.file) - set(files))
         if unlisted:
-            raise ArtifactError(
-                f"{directory / MANIFEST_NAME}: graph {graph['file']} reads external data the manifest does not "
+            raise ManifestError(
+                f"{directory / MANIFEST_NAME}: graph {graph.file} reads external data the manifest does not "
                 f"list (so it is never hash-checked): {', '.join(unlisted)}"
             )
     root = directory.resolve()
@@ -233,95 +162,6 @@ def _check_files(manifest: dict, directory: Path) -> None:
     for name, expected in files.items():
         if digests[name] != str(expected).lower():
             raise ArtifactError(f"{directory}: tampered or corrupted: {name} (sha256 differs from the manifest)")
-
-
-def _finite(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _count(value, least: int = 1) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= least
-
-
-def _batch_problem(batch) -> str | None:
-    if batch is None:
-        return None
-    if not isinstance(batch, dict):
-        return f"batch must be an object, got {batch!r}"
-    if batch.get("dynamic", False):
-        sizes = {key: batch.get(key, 1) for key in ("min", "opt", "max")}
-        if not all(_count(v) for v in sizes.values()) or not sizes["min"] <= sizes["opt"] <= sizes["max"]:
-            return f"batch min/opt/max must be integers with 1 <= min <= opt <= max, got {sizes}"
-    elif not _count(batch.get("size")):
-        return f"batch.size must be an integer >= 1, got {batch.get('size')!r}"
-    return None
-
-
-_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
-
-
-def manifest_problem(manifest: dict) -> str | None:
-    """The first value the runtime cannot use, in words ("preprocess.std must be ..."); None if all are sound.
-
-    Checked on load, so a NaN, zero or wrongly typed value is refused here instead of crashing mid-run
-    or turning every answer into NaN. Keys this runtime does not know are left alone."""
-    pre = manifest.get("preprocess")
-    if not isinstance(pre, dict):
-        return "preprocess must be an object"
-    mean, std = pre.get("mean"), pre.get("std")
-    checks = [
-        (_count(pre.get("size")), f"preprocess.size must be an integer >= 1, got {pre.get('size')!r}"),
-        (
-            pre.get("resize", LEGACY_RESIZE) in RESIZE_METHODS and pre.get("resample", "bilinear") == "bilinear",
-            f"preprocess.resize must be one of {', '.join(RESIZE_METHODS)} (older manifests: resample bilinear)",
-        ),
-        (
-            isinstance(mean, list) and len(mean) == 3 and all(_finite(v) and 0.0 <= v <= 1.0 for v in mean),
-            f"preprocess.mean must be 3 numbers in [0, 1], got {mean!r}",
-        ),
-        (
-            isinstance(std, list) and len(std) == 3 and all(_finite(v) and v > 0.0 for v in std),
-            f"preprocess.std must be 3 finite numbers > 0, got {std!r}",
-        ),
-        (
-            _finite(pre.get("scale", 1.0)) and pre.get("scale", 1.0) > 0,
-            f"preprocess.scale must be a finite number > 0, got {pre.get('scale')!r}",
-        ),
-        (
-            pre.get("channel_order", "RGB") == "RGB",
-            f"preprocess.channel_order must be RGB, got {pre.get('channel_order')!r}",
-        ),
-        (pre.get("layout", "NCHW") == "NCHW", f"preprocess.layout must be NCHW, got {pre.get('layout')!r}"),
-        (pre.get("dtype", "float32") == "float32", f"preprocess.dtype must be float32, got {pre.get('dtype')!r}"),
-        (
-            _finite(manifest.get("threshold", 0.5)) and 0.0 <= manifest.get("threshold", 0.5) <= 1.0,
-            f"threshold must be a number in [0, 1], got {manifest.get('threshold')!r}",
-        ),
-        (
-            isinstance(manifest.get("graphs"), list)
-            and all(
-                isinstance(g, dict) and isinstance(g.get("name"), str) and isinstance(g.get("file"), str)
-                for g in manifest["graphs"]
-            ),
-            "graphs must be a list of objects with a name and a file",
-        ),
-        (
-            all(
-                isinstance(name, str) and isinstance(digest, str) and _SHA256.fullmatch(digest)
-                for name, digest in manifest.get("files", {}).items()
-            )
-            if isinstance(manifest.get("files"), dict)
-            else True,
-            "files must map file names to sha256 hex digests",
-        ),
-        (
-            isinstance(manifest.get("engines", []), list)
-            and all(isinstance(e, dict) for e in manifest.get("engines", [])),
-            "engines must be a list of objects",
-        ),
-    ]
-    problem = next((message for ok, message in checks if not ok), None)
-    return problem or _batch_problem(manifest.get("batch"))
 
 
 # How an ONNX TensorProto names an external-data file: the entry key "location" (field 1, 8 bytes) then
@@ -361,13 +201,3 @@ def _varint(data, at: int) -> tuple[int, int]:
             break
         shift += 7
     return value, at
-
-
-def _parse_graphs(manifest: dict) -> tuple[GraphSpec, ...]:
-    graphs = tuple(GraphSpec.from_dict(g) for g in manifest["graphs"])
-    if not graphs:
-        raise ValueError("no graphs listed")
-    problem = chain_problem((g.name, [t.name for t in g.inputs], [t.name for t in g.outputs]) for g in graphs)
-    if problem:
-        raise ValueError(problem)
-    return graphs

@@ -195,7 +195,7 @@ def attach_calibration(artifact_dir: str | os.PathLike, record: Calibration, for
     The artifact is verified first; a record fitted on a different model (by model id) is refused
     unless `force`. Returns the manifest path.
     """
-    from .artifact import MANIFEST_NAME, load_artifact
+    from .artifact import MANIFEST_NAME, load_artifact, write_manifest
 
     artifact = load_artifact(artifact_dir)
     fitted_id = record.fitted_on.get("model_id")
@@ -204,7 +204,5 @@ def attach_calibration(artifact_dir: str | os.PathLike, record: Calibration, for
             f"{artifact.dir}: record was fitted on model {fitted_id}, the artifact is {artifact.model_id} "
             f"(use --force to attach anyway)"
         )
-    manifest = {**artifact.manifest, "calibration": record.to_dict()}
-    path = artifact.dir / MANIFEST_NAME
-    write_text_atomic(path, json.dumps(manifest, indent=2) + "\n")
-    return path
+    write_manifest(artifact.dir, artifact.manifest.replace(calibration=record))
+    return artifact.dir / MANIFEST_NAME

@@ -28,7 +28,9 @@ from .artifact import Artifact, ArtifactError, load_artifact
 from .backends.base import BackendUnavailable, Runner
 from .calibration import PLAIN_OPERATING_POINT
 from .chain import chain_problem, run_chain
+from .contract import engine_source_problem
 from .devices import parse_device
+from .engine_header import EngineFileError, read_engine_metadata
 from .host import current_host
 from .preprocess import resize_and_normalize, resize_probability_map
 from .selfcheck import SelfCheckResult
@@ -282,9 +284,9 @@ def _check_cpu_features(artifact: Artifact, strict: bool) -> None:
         return
     wanted = ", ".join(" or ".join(alternatives) for alternatives in missing)
     message = (
-        f"this {artifact.manifest.get('precision', '')} artifact assumes CPU features this host lacks ({wanted}) "
+        f"this {artifact.precision} artifact assumes CPU features this host lacks ({wanted}) "
         f"on {current_host().cpu}; its results may differ from the verified ones (re-export with maskclip-export "
-        f"--int8-cpu for a portable graph)"
+        f"--precision int8-cpu for a portable graph)"
     )
     if strict:
         raise ArtifactError(message)
@@ -336,6 +338,13 @@ def _tensorrt_runners(artifact: Artifact, device: str | None) -> list[Runner]:
             f"the artifact has no TensorRT engine for graph(s) {', '.join(missing)}; "
             f"export with maskclip-export --trt or use --backend onnxruntime"
         )
+    for graph in artifact.graphs:
+        try:
+            problem = engine_source_problem(artifact.manifest, graph, read_engine_metadata(engines[graph.name]))
+        except EngineFileError as exc:
+            problem = str(exc)
+        if problem:
+            raise ArtifactError(f"{artifact.dir}: {problem}; rebuild the engines with maskclip-export --trt")
     try:
         from .backends.tensorrt import TensorRTRunner
     except ImportError as exc:

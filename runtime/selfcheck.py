@@ -67,7 +67,7 @@ class SelfCheckResult:
 
 def self_check(detector: Detector, use_cache: bool = True) -> SelfCheckResult:
     """Run the artifact's canaries through the detector's backend; raise SelfCheckFailed if they disagree."""
-    spec = detector.artifact.manifest.get("self_check")
+    spec = detector.artifact.manifest.self_check
     if not spec:
         return SelfCheckResult("unavailable", detector.backend, detector.device, current_host().describe())
     key = _cache_key(detector)
@@ -162,7 +162,7 @@ def _cache_key(detector: Detector) -> str:
     """What the outcome depends on: the exact files, the backend and device, the host and the runtimes."""
     from . import __version__
 
-    files = detector.artifact.manifest.get("files", {})
+    files = detector.artifact.manifest.files
     parts = {
         "files": files,
         "backend": detector.backend,

@@ -1,5 +1,6 @@
 """maskclip-bench pieces: statistics, FLOP arithmetic, targets, report rendering, and a tiny end-to-end run."""
 
+import dataclasses
 import importlib.util
 import json
 import time
@@ -183,10 +184,11 @@ def test_bench_times_an_artifact_its_gate_refused(tmp_path, monkeypatch):
     """A refused export is installed in the work folder with its refusal, loads, and reports passed: false."""
     from maskclip_bench.artifacts import export_artifact, gate_parity
     from maskclip_core.model import build_model
-    from maskclip_export.verify import GATES, Tolerances
     from maskclip_runtime.artifact import load_artifact
+    from maskclip_runtime.precisions import PRECISIONS, Tolerances
 
-    monkeypatch.setitem(GATES, "fp32", Tolerances(max_prob_diff=-1.0, max_flip_rate=0.0, min_mask_iou=None))
+    refusing = Tolerances(max_prob_diff=-1.0, max_flip_rate=0.0, min_mask_iou=None)
+    monkeypatch.setitem(PRECISIONS, "fp32", dataclasses.replace(PRECISIONS["fp32"], gate=refusing))
     torch.manual_seed(0)
     out = tmp_path / "tiny-fp32"
     export_artifact(build_model("tiny").eval(), "fp32", out, 1, tmp_path)

@@ -13,13 +13,14 @@ from click.testing import CliRunner
 from PIL import Image
 from test_runtime_standin import build_standin_artifact, sample_photos
 
+from maskclip_core.checkpoint import weights_digest
 from maskclip_export.exporter import ExportOptions, ModelSource, export_artifact
-from maskclip_export.manifest import state_dict_digest
-from maskclip_export.onnx_export import BatchSpec, export_graphs
+from maskclip_export.onnx_export import export_graphs
 from maskclip_export.verify import chain_predictor, default_verification_images
 from maskclip_runtime import cli
 from maskclip_runtime.artifact import load_artifact
 from maskclip_runtime.backends.onnxruntime import OnnxRuntimeRunner
+from maskclip_runtime.contract import MANIFEST_NAME, BatchSpec
 from maskclip_runtime.detector import Detector
 from maskclip_runtime.preprocess import preprocess_batch
 
@@ -28,14 +29,15 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def source(tiny_model):
-    return ModelSource(tiny_model, "random init (tiny)", state_dict_digest(tiny_model))
+    return ModelSource(tiny_model, "random init (tiny)", weights_digest(tiny_model))
 
 
 @pytest.fixture(scope="module")
 def cascade_fp32(source, tmp_path_factory):
     out = tmp_path_factory.mktemp("art") / "cascade-fp32"
-    options = ExportOptions(out=out, topology="cascade", batch=BatchSpec(4, dynamic=True))
-    return out, export_artifact(source, options, progress=False)
+    options = ExportOptions(out=out, topology="cascade", batch=BatchSpec.up_to(4))
+    export_artifact(source, options, progress=False)
+    return out, json.loads((out / MANIFEST_NAME).read_text())
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +47,10 @@ def cascade_int8_cpu(source, tmp_path_factory):
         Image.fromarray(image).save(calib / f"{name}.png")
     out = tmp_path_factory.mktemp("art") / "cascade-int8-cpu"
     options = ExportOptions(
-        out=out, topology="cascade", precision="int8-cpu", calib=str(calib), calib_count=4, batch=BatchSpec(2)
+        out=out, topology="cascade", precision="int8-cpu", calib=str(calib), calib_count=4, batch=BatchSpec.fixed(2)
     )
-    return out, export_artifact(source, options, progress=False)
+    export_artifact(source, options, progress=False)
+    return out, json.loads((out / MANIFEST_NAME).read_text())
 
 
 def six_photos() -> dict[str, Image.Image]:
@@ -110,7 +113,7 @@ def test_cascade_export_passes_its_gate_and_self_check(name, request):
 
 def test_chained_screen_and_localise_equal_the_fused_graph(cascade_fp32, tiny_model, tmp_path):
     out, _ = cascade_fp32
-    fused_path = export_graphs(tiny_model, tmp_path, "fused", BatchSpec(4, dynamic=True), 17)["fused"]
+    fused_path = export_graphs(tiny_model, tmp_path, "fused", BatchSpec.up_to(4), 17)["fused"]
     images = preprocess_batch([image for _, image in default_verification_images()[:4]], tiny_model.preprocess_spec())
     artifact = load_artifact(out)
     cascade_runners = [OnnxRuntimeRunner(artifact.file(g.file), threads=1) for g in artifact.graphs]

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from maskclip_core.checkpoint import load_checkpoint
+from maskclip_core.checkpoint import load_checkpoint, weights_digest
 from maskclip_core.demo import DEMO_CHECKPOINT
-from maskclip_export.manifest import model_id, state_dict_digest
 from maskclip_runtime import Detector
+from maskclip_runtime.artifact import load_artifact
+from maskclip_runtime.contract import ModelIdentity
 from maskclip_runtime.preprocess import load_image, preprocess_batch
 
 DEMO_DIR = Path(__file__).resolve().parents[1] / "runtime" / "demo"
@@ -19,9 +19,9 @@ DEMO_DIR = Path(__file__).resolve().parents[1] / "runtime" / "demo"
 
 def test_demo_artifact_was_exported_from_the_demo_checkpoint():
     model = load_checkpoint(DEMO_CHECKPOINT)
-    manifest = json.loads((DEMO_DIR / "manifest.json").read_text())
-    assert manifest["model"]["model_id"] == model_id("tiny", state_dict_digest(model))
-    assert manifest["verification"]["passed"] is True
+    manifest = load_artifact(DEMO_DIR).manifest  # a format version 1 manifest: its id named the weights only
+    assert manifest.model_id == ModelIdentity("tiny", weights_digest(model), "fp32", "fused").model_id
+    assert manifest.gate_passed is True
 
 
 def test_demo_artifact_computes_what_the_checkpoint_computes():

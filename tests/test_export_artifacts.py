@@ -13,12 +13,13 @@ import pytest
 from onnx import numpy_helper
 from PIL import Image
 
+from maskclip_core.checkpoint import weights_digest
 from maskclip_export.exporter import ExportOptions, GateFailed, ModelSource, export_artifact
-from maskclip_export.manifest import state_dict_digest
-from maskclip_export.onnx_export import BatchSpec, torch_reference
+from maskclip_export.onnx_export import torch_reference
 from maskclip_export.verify import chain_predictor, default_verification_images, verify
 from maskclip_runtime.artifact import file_sha256, load_artifact
 from maskclip_runtime.backends.onnxruntime import OnnxRuntimeRunner
+from maskclip_runtime.contract import FORMAT_VERSION, MANIFEST_NAME, BatchSpec, ModelIdentity
 from maskclip_runtime.preprocess import PreprocessSpec, preprocess_batch
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -26,7 +27,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def source(tiny_model):
-    return ModelSource(tiny_model, "random init (tiny)", state_dict_digest(tiny_model))
+    return ModelSource(tiny_model, "random init (tiny)", weights_digest(tiny_model))
 
 
 @pytest.fixture(scope="module")
@@ -44,19 +45,21 @@ def images(tiny_model):
 
 
 def _export(source, out, **kw) -> dict:
-    return export_artifact(source, ExportOptions(out=out, **kw), progress=False)
+    """The manifest as written (the document a runtime reads)."""
+    export_artifact(source, ExportOptions(out=out, **kw), progress=False)
+    return json.loads((out / MANIFEST_NAME).read_text())
 
 
 @pytest.fixture(scope="module")
 def fused_dynamic(source, tmp_path_factory):
     out = tmp_path_factory.mktemp("art") / "fused-dyn"
-    return out, _export(source, out, batch=BatchSpec(4, dynamic=True))
+    return out, _export(source, out, batch=BatchSpec.up_to(4))
 
 
 @pytest.fixture(scope="module")
 def split_static(source, tmp_path_factory):
     out = tmp_path_factory.mktemp("art") / "split-b2"
-    return out, _export(source, out, topology="split", batch=BatchSpec(2))
+    return out, _export(source, out, topology="split", batch=BatchSpec.fixed(2))
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +77,7 @@ def fused_int8(source, calib_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def fused_int8_cpu(source, calib_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("art") / "fused-int8-cpu"
-    return out, _export(source, out, precision="int8-cpu", calib=str(calib_dir), batch=BatchSpec(4, dynamic=True))
+    return out, _export(source, out, precision="int8-cpu", calib=str(calib_dir), batch=BatchSpec.up_to(4))
 
 
 @pytest.fixture(scope="module")
@@ -86,14 +89,14 @@ def split_int8(source, calib_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def split_int8_cpu(source, calib_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("art") / "split-int8-cpu"
-    options = {"calib": str(calib_dir), "calib_count": 5, "batch": BatchSpec(2, dynamic=True)}
+    options = {"calib": str(calib_dir), "calib_count": 5, "batch": BatchSpec.up_to(2)}
     return out, _export(source, out, topology="split", precision="int8-cpu", **options)
 
 
 @pytest.fixture(scope="module")
 def split_fp16(source, tmp_path_factory):
     out = tmp_path_factory.mktemp("art") / "split-fp16"
-    return out, _export(source, out, topology="split", precision="fp16", batch=BatchSpec(2, dynamic=True))
+    return out, _export(source, out, topology="split", precision="fp16", batch=BatchSpec.up_to(2))
 
 
 ALL = [
@@ -131,9 +134,10 @@ def test_each_export_passes_its_gate_and_loads_in_the_runtime(name, request):
 
 def test_manifest_records_the_contract_fields(fused_dynamic, tiny_model):
     out, manifest = fused_dynamic
-    assert manifest["format"] == "maskclip-artifact" and manifest["format_version"] == 1
+    assert manifest["format"] == "maskclip-artifact" and manifest["format_version"] == FORMAT_VERSION
     assert manifest["model"]["config"] == json.loads(tiny_model.config.to_json())
-    assert manifest["model"]["model_id"].startswith("tiny-") and len(manifest["model"]["model_id"]) == 17
+    assert manifest["model"]["weights_sha256"] == weights_digest(tiny_model)
+    assert manifest["model"]["model_id"] == ModelIdentity("tiny", weights_digest(tiny_model), "fp32", "fused").model_id
     assert PreprocessSpec.from_dict(manifest["preprocess"]) == tiny_model.preprocess_spec()
     assert manifest["threshold"] == 0.5 and manifest["topology"] == "fused" and manifest["precision"] == "fp32"
     assert manifest["batch"] == {"dynamic": True, "min": 1, "opt": 1, "max": 4}
@@ -283,7 +287,7 @@ def test_corrupted_graph_fails_the_gate(fused_dynamic, tiny_model, tmp_path):
         names,
         "fp32",
         0.5,
-        BatchSpec(4, dynamic=True),
+        BatchSpec.up_to(4),
     )
     assert not report["passed"]
     assert any("mask" in f for f in report["failures"]), report["failures"]
@@ -322,7 +326,7 @@ def test_reexport_replaces_an_existing_artifact(source, tmp_path):
     out = tmp_path / "art"
     first = _export(source, out, verify=False)
     assert first["verification"] == {"skipped": True, "passed": None}
-    second = _export(source, out, verify=False, batch=BatchSpec(3))
+    second = _export(source, out, verify=False, batch=BatchSpec.fixed(3))
     assert second["batch"] == {"dynamic": False, "size": 3}
     load_artifact(out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]

@@ -7,10 +7,11 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from maskclip_export.onnx_export import BatchSpec
 from maskclip_export.op_support import UnsupportedOpsError, check_tensorrt_ops, find_unsupported_ops, tensorrt_op_table
 from maskclip_export.precision import int8_excluded_nodes
-from maskclip_export.verify import GATES, compare, gate_failures, mask_iou, run_batched
+from maskclip_export.verify import compare, gate_failures, mask_iou, run_batched
+from maskclip_runtime.contract import BatchSpec
+from maskclip_runtime.precisions import PRECISIONS
 
 
 def _graph(nodes, initializers=(), opset=17) -> onnx.ModelProto:
@@ -87,11 +88,11 @@ def test_run_batched_pads_static_batches_and_drops_the_padding():
         return {"fake_prob": x[:, 0, 0, 0]}
 
     images = np.arange(5, dtype=np.float32).reshape(5, 1, 1, 1)
-    out = run_batched(predict, images, BatchSpec(2))
+    out = run_batched(predict, images, BatchSpec.fixed(2))
     assert seen == [2, 2, 2]
     np.testing.assert_array_equal(out["fake_prob"], np.arange(5))
     seen.clear()
-    run_batched(predict, images, BatchSpec(4, dynamic=True))
+    run_batched(predict, images, BatchSpec.up_to(4))
     assert seen == [4, 1]
 
 
@@ -107,8 +108,8 @@ def test_gate_counts_flips_and_judges_by_precision():
     stats = compare(reference, candidate, ["a", "b", "c", "d"], 0.5)
     assert stats["flips"] == 1 and stats["flip_rate"] == 0.25
     assert stats["per_image"][1]["flip"] and stats["max_prob_diff"] == pytest.approx(0.02, abs=1e-6)
-    assert len(gate_failures(stats, GATES["fp32"])) == 2  # prob diff and flips (masks agree)
-    assert len(gate_failures(stats, GATES["int8"])) == 1  # flips only
+    assert len(gate_failures(stats, PRECISIONS["fp32"].gate)) == 2  # prob diff and flips (masks agree)
+    assert len(gate_failures(stats, PRECISIONS["int8"].gate)) == 1  # flips only
 
 
 def test_gate_rejects_non_finite_outputs():
@@ -116,7 +117,7 @@ def test_gate_rejects_non_finite_outputs():
     candidate = _outputs([0.2], masks)
     candidate["logits"][0, 0] = np.nan
     stats = compare(_outputs([0.2], masks), candidate, ["a"], 0.5)
-    assert "logits: non-finite values" in gate_failures(stats, GATES["fp16"])
+    assert "logits: non-finite values" in gate_failures(stats, PRECISIONS["fp16"].gate)
 
 
 def test_int8_quantises_only_linear_layer_matmuls():

@@ -60,7 +60,18 @@ def test_int8_cpu_export_prints_only_its_result(checkpoint, tmp_path):
         Image.fromarray(image).save(calib / f"{name}.png")
     out = tmp_path / "art"
     result = CliRunner().invoke(
-        main, ["--quiet", "--checkpoint", str(checkpoint), "--out", str(out), "--int8-cpu", "--calib", str(calib)]
+        main,
+        [
+            "--quiet",
+            "--checkpoint",
+            str(checkpoint),
+            "--out",
+            str(out),
+            "--precision",
+            "int8-cpu",
+            "--calib",
+            str(calib),
+        ],
     )
     assert result.exit_code == 0, result.output
     model_id = json.loads((out / "manifest.json").read_text())["model"]["model_id"]
@@ -111,7 +122,7 @@ def test_output_folder_with_foreign_files_is_not_replaced(tmp_path):
 def test_empty_calibration_folder(tmp_path):
     calib = tmp_path / "calib"
     calib.mkdir()
-    result = _run("--config", "tiny", "--out", tmp_path / "a", "--int8", "--calib", calib)
+    result = _run("--config", "tiny", "--out", tmp_path / "a", "--precision", "int8", "--calib", calib)
     _assert_one_line_error(result, "no calibration images")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["calib"]
 
@@ -119,12 +130,10 @@ def test_empty_calibration_folder(tmp_path):
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--int8"], "--calib"),
-        (["--fp16", "--int8", "--calib", "x"], "exclusive"),
-        (["--int8", "--int8-cpu", "--calib", "x"], "--int8 and --int8-cpu are exclusive"),
-        (["--int8-cpu"], "--int8-cpu needs calibration images"),
-        (["--int8-cpu", "--calib", "x", "--trt"], "TensorRT cannot build: use --int8 --trt"),
-        (["--fp16", "--calib", "x"], "only used with --int8"),
+        (["--precision", "int8"], "--calib"),
+        (["--precision", "int8-cpu"], "needs calibration images"),
+        (["--precision", "int8-cpu", "--calib", "x", "--trt"], "TensorRT cannot build"),
+        (["--precision", "fp16", "--calib", "x"], "only used with"),
         (["--opset", "11"], "--opset"),
         (["--batch", "0"], "batch"),
         (["--no-verify", "--verify-images", "x"], "contradict"),
@@ -147,7 +156,7 @@ def test_verification_images_folder_without_images(tmp_path):
 
 def _fake_artifact(folder, *extra):
     """A folder that holds a maskclip artifact's manifest listing model.onnx, plus `extra` files of the user's."""
-    from maskclip_runtime.artifact import FORMAT
+    from maskclip_runtime.contract import FORMAT
 
     folder.mkdir(parents=True)
     (folder / "model.onnx").write_bytes(b"graph")
@@ -253,3 +262,39 @@ def test_calibration_and_verification_folders_are_searched_recursively(tmp_path)
     assert [name for name, _ in load_images(str(tmp_path))] == ["b.png", "z.jpg", "c.webp"]
     with pytest.raises(ExportError):
         calibration_paths(str(tmp_path / "notes.txt"), 10)
+
+
+# ---- the precision table and the model identity (issue 17)
+
+
+def test_a_precision_outside_the_table_is_a_usage_error(tmp_path):
+    from maskclip_runtime.precisions import PRECISIONS
+
+    assert _run("--config", "tiny", "--out", tmp_path / "a", "--precision", "bf16").exit_code == 2
+    _nothing_written(tmp_path)
+    # Every row is a choice: the option accepts it (the bad --opset then stops the export before any work).
+    for name in PRECISIONS:
+        result = _run("--config", "tiny", "--out", tmp_path / "a", "--precision", name, "--opset", "11")
+        assert result.exit_code not in (0, 2), result.output
+    _nothing_written(tmp_path)
+
+
+def test_same_weights_get_one_digest_from_checkpoint_file_and_from_memory(checkpoint, tiny_model):
+    from maskclip_core.checkpoint import load_checkpoint, weights_digest
+
+    assert weights_digest(load_checkpoint(checkpoint)) == weights_digest(tiny_model)
+
+
+def test_fp32_and_fp16_artifacts_of_one_checkpoint_are_different_models(checkpoint, tiny_model, tmp_path):
+    from maskclip_core.checkpoint import weights_digest
+    from maskclip_runtime.artifact import load_artifact
+
+    ids = {}
+    for precision in ("fp32", "fp16"):
+        out = tmp_path / precision
+        result = _run("--checkpoint", checkpoint, "--out", out, "--precision", precision, "--no-verify")
+        assert result.exit_code == 0, result.output
+        identity = load_artifact(out).manifest.identity
+        assert identity.weights_sha256 == weights_digest(tiny_model)  # the tensors', not the file's bytes
+        ids[precision] = identity.model_id
+    assert ids["fp32"] != ids["fp16"]

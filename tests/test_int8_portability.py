@@ -17,10 +17,11 @@ import textwrap
 import numpy as np
 import pytest
 
-from maskclip_export.onnx_export import BatchSpec, export_graphs
+from maskclip_export.onnx_export import export_graphs
 from maskclip_export.precision import FeedCalibrationReader, quantize_for_cpu, quantize_to_int8
 from maskclip_export.verify import default_verification_images, mask_agreement
 from maskclip_runtime.backends.onnxruntime import OnnxRuntimeRunner
+from maskclip_runtime.contract import BatchSpec
 from maskclip_runtime.preprocess import preprocess_batch
 
 QEMU = shutil.which("qemu-x86_64")
@@ -48,7 +49,7 @@ RUN_GRAPHS = textwrap.dedent(
 def graphs(tiny_model, tmp_path_factory):
     work = tmp_path_factory.mktemp("isa")
     images = preprocess_batch([im for _, im in default_verification_images()[16:22]], tiny_model.preprocess_spec())
-    fp32 = export_graphs(tiny_model, work, "fused", BatchSpec(1), 17)["fused"]
+    fp32 = export_graphs(tiny_model, work, "fused", BatchSpec.fixed(1), 17)["fused"]
     calib = [{"image": images[i : i + 1]} for i in range(len(images))]
     built = {}
     for name, quantize, reduce_range in (

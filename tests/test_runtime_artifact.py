@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 
 import pytest
@@ -11,6 +12,8 @@ from test_runtime_standin import SIZE, build_standin_artifact, read_manifest, wr
 from maskclip_runtime import __version__
 from maskclip_runtime import hashing as hashing_module
 from maskclip_runtime.artifact import ArtifactError, load_artifact
+from maskclip_runtime.cli import DEMO_DIR
+from maskclip_runtime.contract import MANIFEST_NAME, Manifest, ManifestError, ModelIdentity
 from maskclip_runtime.detector import Detector
 from maskclip_runtime.hashing import file_sha256
 
@@ -24,7 +27,7 @@ def test_loads_folder_manifest_and_member_file(artifact):
     for path in (artifact, artifact / "manifest.json", artifact / "heads.onnx"):
         loaded = load_artifact(path)
         assert loaded.dir == artifact
-        assert loaded.model_id == "standin-split"
+        assert loaded.model_id == "standin-split-fp32-split"  # version 1: its id + precision + topology
         assert loaded.preprocess.size == SIZE
         assert loaded.threshold == 0.5
         assert [g.name for g in loaded.graphs] == ["features", "heads"]
@@ -60,7 +63,7 @@ def test_missing_path_is_refused(tmp_path):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"format_version": 2}, "unknown artifact format_version 2"),
+        ({"format_version": 3}, "unknown artifact format_version 3"),
         ({"format": "something-else"}, "not a MaskCLIP artifact"),
         ({"package_version": f"{int(__version__.split('.')[0]) + 1}.0.0"}, "major versions differ"),
         ({"files": {}}, "lists no file hashes"),
@@ -203,3 +206,66 @@ def test_an_unlisted_data_file_beside_a_graph_is_refused(artifact):
 
 def test_the_precision_is_read_from_the_manifest(artifact):
     assert load_artifact(artifact).precision == "fp32"
+
+
+def _manifest_with(artifact, **changes) -> dict:
+    return {**read_manifest(artifact), **changes}
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        lambda m: {k: v for k, v in m.items() if k != "precision"},
+        lambda m: {**m, "precision": "bf16"},  # not a row of the precision table
+        lambda m: {**m, "topology": "sideways"},
+        lambda m: {**m, "model": {k: v for k, v in m["model"].items() if k != "config_name"}},
+        lambda m: {**m, "model": {**m["model"], "model_id": ""}},
+        lambda m: {**m, "graphs": [{**g, "inputs": [{**t, "shape": [2, 3, SIZE + 1, SIZE]} for t in g["inputs"]]}
+                                   if g["name"] == "features" else g for g in m["graphs"]]},  # fmt: skip
+        lambda m: {**m, "engines": [{"file": "x.engine", "graph": "heads", "precision": "int8-cpu",
+                                     "tensorrt_version": "10", "gpu_name": "g", "compute_capability": "9.0",
+                                     "profile": {}, "build_seconds": 1.0}]},  # fmt: skip
+        lambda m: {**m, "format_version": 2},  # version 2 requires the full weights digest
+    ],
+    ids=["no-precision", "unknown-precision", "unknown-topology", "no-config-name", "empty-model-id",
+         "image-shape-vs-preprocess", "engine-precision-tensorrt-cannot-build", "v2-without-weights-digest"],
+)  # fmt: skip
+def test_manifest_breaking_the_contract_is_refused_with_manifest_error(artifact, broken):
+    write_manifest(artifact, broken(read_manifest(artifact)))
+    with pytest.raises(ManifestError):
+        load_artifact(artifact)
+
+
+def test_version_2_model_id_must_be_what_weights_precision_and_topology_make(artifact):
+    digest = "ab" * 32
+    model = {"config_name": "standin", "config": {}, "weights_sha256": digest, "source": "test"}
+    identity = ModelIdentity("standin", digest, "fp32", "split")
+    write_manifest(artifact, _manifest_with(artifact, format_version=2, model={**model, "model_id": identity.model_id}))
+    assert load_artifact(artifact).manifest.identity == identity
+    stale = ModelIdentity("standin", digest, "fp16", "split").model_id  # an id recorded for another precision
+    write_manifest(artifact, _manifest_with(artifact, format_version=2, model={**model, "model_id": stale}))
+    with pytest.raises(ManifestError):
+        load_artifact(artifact)
+
+
+def test_manifest_round_trips_through_the_contract(artifact):
+    data = read_manifest(artifact)
+    manifest = Manifest.from_dict(data)
+    assert Manifest.from_dict(manifest.to_dict()) == manifest
+    written = manifest.to_dict()  # plus the defaults of the fields the stand-in leaves out
+    assert {key: written[key] for key in data} == data
+
+
+def test_the_shipped_version_1_demo_manifest_round_trips_unchanged():
+    data = json.loads((DEMO_DIR / MANIFEST_NAME).read_text())
+    assert json.loads(json.dumps(Manifest.from_dict(data).to_dict())) == data
+
+
+def test_one_identity_differs_in_each_of_weights_precision_and_topology():
+    base = ModelIdentity("tiny", "0" * 64, "fp32", "fused")
+    others = [
+        ModelIdentity("tiny", "1" * 64, "fp32", "fused"),
+        ModelIdentity("tiny", "0" * 64, "fp16", "fused"),
+        ModelIdentity("tiny", "0" * 64, "fp32", "split"),
+    ]
+    assert len({base.model_id, *(o.model_id for o in others)}) == 4

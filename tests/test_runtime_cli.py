@@ -79,7 +79,7 @@ def test_records_masks_overlays_and_csv_are_consistent(artifact, photo_dir, tmp_
         assert record["fake_prob"] == pytest.approx(fake_prob, abs=1e-5)
         assert record["verdict"] == ("fake" if record["fake_prob"] > record["threshold"] else "real")
         assert record["threshold"] == 0.5
-        assert (record["backend"], record["model_id"]) == ("onnxruntime-cpu", "standin-split")
+        assert (record["backend"], record["model_id"]) == ("onnxruntime-cpu", "standin-split-fp32-split")
         assert record["ms"] > 0
         # --masks: the binary mask the verdict's mask_fraction counted; --prob-maps: the probability map.
         mask = np.asarray(Image.open(record["mask"]))

@@ -24,9 +24,10 @@ from maskclip_runtime import detector as detector_module
 from maskclip_runtime.backends import tensorrt as tensorrt_backend
 from maskclip_runtime.backends.base import BackendUnavailable
 from maskclip_runtime.backends.onnxruntime import OnnxRuntimeRunner, providers_for
+from maskclip_runtime.contract import GraphSpec, graph_digest
 from maskclip_runtime.detector import Detector
 from maskclip_runtime.devices import DeviceError
-from maskclip_runtime.engine_header import EngineIncompatibleError
+from maskclip_runtime.engine_header import EngineIncompatibleError, sidecar_path, write_engine
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +48,7 @@ def split(tmp_path_factory):
 def test_detection_matches_independent_computation(fused, photos):
     detector = Detector(fused, backend="onnxruntime", device="cpu")
     assert detector.backend == "onnxruntime-cpu"
-    assert detector.model_id == "standin-fused"
+    assert detector.model_id == "standin-fused-fp32-fused"
     for image, detection in zip(photos, detector.detect(photos), strict=True):
         fake_prob, mask = expected_standin_output(image)
         assert detection.fake_prob == pytest.approx(fake_prob, abs=1e-5)
@@ -195,9 +196,14 @@ def with_engines(tmp_path):
     manifest["engines"] = []
     for graph in manifest["graphs"]:
         engine = folder / f"{graph['name']}.fp32.engine"
-        engine.write_bytes(b"MCLIPTRT-not-a-real-plan-" + graph["name"].encode())
-        manifest["engines"].append({"graph": graph["name"], "file": engine.name})
-        manifest["files"][engine.name] = sha256_of(engine)
+        built = {"graph": graph["name"], "precision": "fp32", "tensorrt_version": "10.3.0", "gpu_name": "Fake GPU",
+                 "compute_capability": "8.0", "profile": {}}  # fmt: skip
+        # The sidecar names the graph the engine was built from, as the runtime checks.
+        source = graph_digest(manifest["files"], GraphSpec.from_dict(graph))
+        write_engine(engine, {**built, "onnx_sha256": source}, b"not-a-real-plan-" + graph["name"].encode())
+        manifest["engines"].append({"file": engine.name, **built, "build_seconds": 0.0})
+        for file in (engine, sidecar_path(engine)):
+            manifest["files"][file.name] = sha256_of(file)
     write_manifest(folder, manifest)
     return folder
 

@@ -13,14 +13,14 @@ from click.testing import CliRunner
 from onnx import numpy_helper
 from PIL import Image
 
+from maskclip_core.checkpoint import weights_digest
 from maskclip_export.exporter import ExportOptions, ModelSource, export_artifact
-from maskclip_export.manifest import state_dict_digest, write_manifest
-from maskclip_export.onnx_export import BatchSpec
-from maskclip_export.verify import GATES
 from maskclip_runtime import cli as run_cli
-from maskclip_runtime.artifact import MANIFEST_NAME, ArtifactError, load_artifact
+from maskclip_runtime.artifact import MANIFEST_NAME, ArtifactError, load_artifact, write_manifest
+from maskclip_runtime.contract import BatchSpec, Manifest
 from maskclip_runtime.detector import Detector
 from maskclip_runtime.host import Host
+from maskclip_runtime.precisions import PRECISIONS
 from maskclip_runtime.selfcheck import SelfCheckFailed
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -29,8 +29,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def artifact(tiny_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("selfcheck") / "fp32"
-    source = ModelSource(tiny_model, "random init (tiny)", state_dict_digest(tiny_model))
-    export_artifact(source, ExportOptions(out=out, batch=BatchSpec(2, dynamic=True)), progress=False)
+    source = ModelSource(tiny_model, "random init (tiny)", weights_digest(tiny_model))
+    export_artifact(source, ExportOptions(out=out, batch=BatchSpec.up_to(2)), progress=False)
     return out
 
 
@@ -42,9 +42,7 @@ def _copy(artifact, tmp_path):
 
 def _rehash(folder):
     """Rewrite the manifest's file hashes for the folder as it is now (what a careless or hostile edit does)."""
-    manifest = json.loads((folder / MANIFEST_NAME).read_text())
-    manifest.pop("files")
-    write_manifest(folder, manifest)
+    write_manifest(folder, Manifest.from_dict(json.loads((folder / MANIFEST_NAME).read_text())))
 
 
 def _perturb_mask_head(folder, factor: float = -1.0):
@@ -63,7 +61,7 @@ def test_manifest_carries_canaries_with_pytorch_outputs_and_the_gate_tolerances(
     manifest = json.loads((artifact / MANIFEST_NAME).read_text())
     block = manifest["self_check"]
     assert len(block["canaries"]) == 4
-    assert block["tolerances"]["max_prob_diff"] == GATES["fp32"].max_prob_diff
+    assert block["tolerances"]["max_prob_diff"] == PRECISIONS["fp32"].gate.max_prob_diff
     size = tiny_model.config.image_size
     for canary in block["canaries"]:
         assert canary["image"] in manifest["files"] and canary["mask"] in manifest["files"]  # hashed like graphs
@@ -101,7 +99,7 @@ def test_altered_and_rehashed_graph_is_refused(artifact, tmp_path):
     with pytest.raises(SelfCheckFailed) as caught:
         Detector(folder, device="cpu")
     result = caught.value.result
-    assert result.status == "failed" and result.mask_pixel_agreement_min < GATES["fp32"].min_pixel_agreement
+    assert result.status == "failed" and result.mask_pixel_agreement_min < PRECISIONS["fp32"].gate.min_pixel_agreement
     assert "onnxruntime-cpu" in str(caught.value)
 
 

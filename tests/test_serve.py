@@ -29,6 +29,7 @@ pytest.importorskip("httpx", reason="FastAPI's TestClient needs httpx (dev extra
 from fastapi.testclient import TestClient  # noqa: E402
 
 from maskclip_runtime import cli  # noqa: E402
+from maskclip_runtime.artifact import load_artifact  # noqa: E402
 from maskclip_runtime.detector import Detector  # noqa: E402
 from maskclip_runtime.selfcheck import SelfCheckFailed, SelfCheckResult  # noqa: E402
 from maskclip_runtime.serve import cli as serve_cli  # noqa: E402
@@ -161,15 +162,15 @@ def test_health_readiness_and_model_summary(client):
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["ready"] is True
-    manifest = json.loads((cli.DEMO_DIR / "manifest.json").read_text())
+    manifest = load_artifact(cli.DEMO_DIR).manifest
     model = client.get("/v1/model").json()
-    assert model["model_id"] == manifest["model"]["model_id"] == ready.json()["model_id"]
-    assert model["precision"] == manifest["precision"]
+    assert model["model_id"] == manifest.model_id == ready.json()["model_id"]
+    assert model["precision"] == manifest.precision
     assert model["backend"] == "onnxruntime-cpu"
-    assert model["batch"]["max"] == manifest["batch"]["max"] == model["server_batch"]
-    assert model["input_size"] == manifest["preprocess"]["size"]
-    assert model["gate"]["passed"] is manifest["verification"]["passed"]
-    assert model["gate"]["max_prob_diff"] == manifest["verification"]["max_prob_diff"]
+    assert model["batch"]["max"] == manifest.batch.max == model["server_batch"]
+    assert model["input_size"] == manifest.preprocess.size
+    assert model["gate"]["passed"] is manifest.verification["passed"]
+    assert model["gate"]["max_prob_diff"] == manifest.verification["max_prob_diff"]
 
 
 def test_page_is_self_contained(client):

@@ -13,17 +13,16 @@ from onnx import TensorProto, helper
 from PIL import Image
 from trt_standin import NETWORK_LAYERS, OTHER_GPU_CACHE
 
-from maskclip_export.manifest import write_manifest
 from maskclip_export.tensorrt import (
     EngineGateFailed,
     PrecisionPlanError,
     build_engines,
     build_plan,
     calibration_cache_name,
-    graph_digest,
     plan_precision,
 )
-from maskclip_runtime.artifact import MANIFEST_NAME, GraphSpec, load_artifact
+from maskclip_runtime.artifact import MANIFEST_NAME, load_artifact, write_manifest
+from maskclip_runtime.contract import ArtifactError, GraphSpec, Manifest, graph_digest
 from maskclip_runtime.engine_header import read_engine_metadata, read_plan, sidecar_path
 from maskclip_runtime.preprocess import PreprocessSpec
 
@@ -73,7 +72,7 @@ def _artifact(folder, precision="fp16"):
             }
         ],
     }
-    write_manifest(folder, manifest)
+    write_manifest(folder, Manifest.from_dict(manifest))
     return folder
 
 
@@ -168,10 +167,10 @@ def test_failed_build_raises(tmp_path, standins):
 def test_build_engines_writes_plain_plans_with_sidecars(tmp_path, standins):
     standins("10.3.0")
     folder = _artifact(tmp_path / "art")
-    onnx_hash = load_artifact(folder).manifest["files"]["model.onnx"]
+    onnx_hash = load_artifact(folder).manifest.files["model.onnx"]
 
     engines = build_engines(folder, **quiet)
-    assert [(e["graph"], e["file"], e["precision"]) for e in engines] == [("fused", "model.fp16.engine", "fp16")]
+    assert [(e.graph, e.file, e.precision) for e in engines] == [("fused", "model.fp16.engine", "fp16")]
     engine = folder / "model.fp16.engine"
     assert engine.read_bytes() == b"plan:"  # exactly TensorRT's plan: trtexec and Triton load it as it is
     metadata = read_engine_metadata(engine)
@@ -182,11 +181,11 @@ def test_build_engines_writes_plain_plans_with_sidecars(tmp_path, standins):
     assert read_plan(engine) == b"plan:"
     artifact = load_artifact(folder)  # the runtime accepts it: every file hashed, engines listed
     assert artifact.engines == {"fused": engine}
-    assert {"timing.cache", "model.fp16.engine.json"} <= set(artifact.manifest["files"])
-    assert artifact.manifest["engine_verification"]["passed"]
+    assert {"timing.cache", "model.fp16.engine.json"} <= set(artifact.manifest.files)
+    assert artifact.manifest.engine_verification["passed"]
 
     build_engines(folder, **quiet)  # a rebuild replaces, never duplicates
-    assert len(load_artifact(folder).manifest["engines"]) == 1
+    assert len(load_artifact(folder).manifest.engines) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]  # no staging folder left behind
 
 
@@ -201,6 +200,20 @@ def test_engines_and_their_files_are_ordinary_files(tmp_path, standins):
         os.umask(previous)
     written = ["model.fp16.engine", "model.fp16.engine.json", "timing.cache", MANIFEST_NAME]
     assert {name: stat.S_IMODE((folder / name).stat().st_mode) for name in written} == dict.fromkeys(written, 0o644)
+
+
+def test_an_engine_built_from_another_graph_is_refused(tmp_path, standins):
+    """The sidecar's onnx_sha256 is enforced: an engine swapped in (and the manifest rehashed) is not run."""
+    from maskclip_runtime.detector import Detector
+
+    standins("10.3.0")
+    folder = _artifact(tmp_path / "art")
+    build_engines(folder, **quiet)
+    sidecar = folder / "model.fp16.engine.json"
+    sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "onnx_sha256": "0" * 64}))
+    write_manifest(folder, Manifest.from_dict(json.loads((folder / MANIFEST_NAME).read_text())))
+    with pytest.raises(ArtifactError):
+        Detector(folder, backend="tensorrt", self_check=False)
 
 
 def test_failed_build_leaves_the_old_artifact_loadable(tmp_path, standins, monkeypatch):
@@ -247,9 +260,7 @@ def test_int8_calibration_cache_is_keyed_by_the_graph(tmp_path, standins):
     batches = record["calibration"]
     assert len(batches) == len(images) and batches[0].shape == (1, 3, 4, 4)  # every image, through the GPU copy
     artifact = load_artifact(folder)
-    cache_name = calibration_cache_name(
-        artifact.graphs[0], graph_digest(artifact.manifest["files"], artifact.graphs[0])
-    )
+    cache_name = calibration_cache_name(artifact.graphs[0], graph_digest(artifact.manifest.files, artifact.graphs[0]))
     assert (folder / cache_name).read_bytes() == b"calibration table"
     assert record["config"].flags == {"INT8", "OBEY"}
 
@@ -257,8 +268,7 @@ def test_int8_calibration_cache_is_keyed_by_the_graph(tmp_path, standins):
     assert record["calibration"] == "from cache"  # same graph: its scales are reused
 
     tiny_onnx(folder / "model.onnx", weight=0.5)  # another model in the same folder
-    manifest = json.loads((folder / MANIFEST_NAME).read_text())
-    write_manifest(folder, manifest)
+    write_manifest(folder, Manifest.from_dict(json.loads((folder / MANIFEST_NAME).read_text())))
     build_engines(folder, "int8", calib_images=images, verify=False, **quiet)
     assert isinstance(record["calibration"], list)  # calibrated afresh, not from the old model's cache
     assert not (folder / cache_name).exists()  # the stale cache is not carried over

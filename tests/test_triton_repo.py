@@ -161,12 +161,13 @@ def _add_engine(artifact, plan: bytes, with_header: bool, batch_max: int):
     manifest = json.loads((artifact / "manifest.json").read_text())
     profile = {"image": {"min": [1, 3, 32, 32], "opt": [4, 3, 32, 32], "max": [batch_max, 3, 32, 32]}}
     engine = artifact / "fused.engine"
+    header = {"tensorrt_version": "10.0", "gpu_name": "test", "compute_capability": "8.0", "precision": "fp32"}
     if with_header:
-        header = {"tensorrt_version": "10.0", "gpu_name": "test", "compute_capability": "8.0", "precision": "fp32"}
         write_engine(engine, {**header, "profile": profile}, plan)
     else:
         engine.write_bytes(plan)
-    manifest["engines"] = [{"graph": "fused", "file": engine.name, "precision": "fp32", "profile": profile}]
+    entry = {"graph": "fused", "file": engine.name, **header, "profile": profile, "build_seconds": 1.0}
+    manifest["engines"] = [entry]
     manifest["files"][engine.name] = sha256_of(engine)
     (artifact / "manifest.json").write_text(json.dumps(manifest))
 

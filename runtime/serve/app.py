@@ -263,22 +263,21 @@ def model_summary(detector: Detector) -> dict:
     """What /v1/model answers: which model, how it was exported and how it passed the gate."""
     artifact = detector.artifact
     manifest = artifact.manifest
-    verification = manifest.get("verification", {})
     batch = artifact.batch
     return {
         "model_id": artifact.model_id,
-        "config": manifest.get("model", {}).get("config_name"),
-        "source": manifest.get("model", {}).get("source"),
-        "precision": manifest.get("precision"),
-        "topology": manifest.get("topology"),
+        "config": manifest.identity.config_name,
+        "source": manifest.source,
+        "precision": manifest.precision,
+        "topology": manifest.topology,
         "backend": detector.backend,
         "self_check": detector.self_check.status,
         "threshold": detector.threshold,
         "input_size": artifact.preprocess.size,
         "batch": {"dynamic": batch.dynamic, "min": batch.min, "opt": batch.opt, "max": batch.max},
         "server_batch": detector.batch_size,
-        "package_version": manifest.get("package_version"),
-        "gate": {key: verification.get(key) for key in GATE_SUMMARY_KEYS},
+        "package_version": manifest.package_version,
+        "gate": {key: manifest.verification.get(key) for key in GATE_SUMMARY_KEYS},
     }
 
 

@@ -1,0 +1,49 @@
+"""The precision table is the one place precisions are defined: everything that offers or handles one follows it."""
+
+from __future__ import annotations
+
+import pytest
+
+from maskclip_runtime.precisions import (
+    DEFAULT_PRECISION,
+    ONNXRUNTIME,
+    PRECISIONS,
+    TENSORRT,
+    UnknownPrecision,
+    precision_row,
+    precisions_for,
+)
+
+
+def test_an_unknown_precision_is_refused_with_its_own_error():
+    with pytest.raises(UnknownPrecision):
+        precision_row("bf16")
+
+
+def test_every_row_can_be_exported():
+    """A row needs a graph conversion: none for the default, calibrated quantisation or a float conversion."""
+    from maskclip_export.precision import FLOAT_CONVERSIONS, INT8_SCHEMES
+
+    for name, row in PRECISIONS.items():
+        if name == DEFAULT_PRECISION:
+            continue
+        assert name in (INT8_SCHEMES if row.calibrated else FLOAT_CONVERSIONS), name
+
+
+def test_benchmark_artifact_rows_are_the_tables_backends():
+    from maskclip_bench.bench import BACKENDS, RUNTIME_PREFIXES
+
+    artifact_rows = {pair for pair in BACKENDS.values() if pair[0] in RUNTIME_PREFIXES}
+    assert artifact_rows == {(backend, name) for name, row in PRECISIONS.items() for backend in row.backends}
+
+
+def test_only_rows_that_list_tensorrt_go_to_tensorrt():
+    assert set(precisions_for(TENSORRT)) == {name for name, row in PRECISIONS.items() if row.tensorrt}
+    assert set(precisions_for(ONNXRUNTIME)) == set(PRECISIONS)  # every graph runs on ONNX Runtime
+    assert "int8-cpu" not in precisions_for(TENSORRT)
+
+
+def test_a_gate_is_no_looser_than_the_default_precisions():
+    strict = PRECISIONS[DEFAULT_PRECISION].gate
+    for row in PRECISIONS.values():
+        assert row.gate.max_prob_diff >= strict.max_prob_diff and row.gate.max_flip_rate >= strict.max_flip_rate
