@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from maskclip_runtime.backends.base import BackendUnavailable
+from maskclip_runtime.errors import BackendUnavailable
 from maskclip_runtime.host import current_host
 from maskclip_runtime.preprocess import load_image, preprocess_batch, resize_probability_map
 

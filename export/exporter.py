@@ -26,6 +26,7 @@ from maskclip_runtime.artifact import FORMAT, MANIFEST_NAME, load_artifact
 from maskclip_runtime.backends.onnxruntime import OnnxRuntimeRunner
 from maskclip_runtime.calibration import Calibration
 from maskclip_runtime.detector import Detector
+from maskclip_runtime.errors import InputError, VerificationFailed
 from maskclip_runtime.preprocess import ImageLoadError, PreprocessSpec, load_image, preprocess_batch
 
 from .canary import write_canaries
@@ -52,11 +53,11 @@ FAILED_MANIFEST_NAME = "manifest.failed.json"  # a refused export's manifest: no
 FAILED_REPORT_NAME = "verification.json"
 
 
-class ExportError(RuntimeError):
+class ExportError(InputError, RuntimeError):
     """A user-facing export failure; the message is one line."""
 
 
-class GateFailed(ExportError):
+class GateFailed(VerificationFailed, ExportError):
     """The verification gate ran and rejected the export; the report is kept at `report_path`."""
 
     def __init__(self, message: str, report_path: Path):

@@ -32,6 +32,7 @@ import numpy as np
 from maskclip_runtime.artifact import Artifact, BatchSpec, GraphSpec, load_artifact
 from maskclip_runtime.backends.tensorrt import cuda_call, gpu_identity, import_cudart, import_tensorrt
 from maskclip_runtime.engine_header import sidecar_path, write_bytes_atomic, write_engine
+from maskclip_runtime.errors import InputError
 from maskclip_runtime.preprocess import load_image, preprocess_batch
 
 from .exporter import GateFailed, _install, _keep_failed, _make_staging
@@ -58,7 +59,7 @@ class EngineGateFailed(GateFailed):
     staged artifact with the refused engines is kept beside the report at `report_path`."""
 
 
-class PrecisionPlanError(ValueError):
+class PrecisionPlanError(InputError, ValueError):
     """The requested engine precision cannot be built from this graph with this TensorRT."""
 
 

@@ -30,6 +30,7 @@ import click
 import numpy as np
 
 from maskclip_runtime.artifact import FINAL_OUTPUTS, Artifact, ArtifactError, GraphSpec, TensorSpec, load_artifact
+from maskclip_runtime.errors import InputError, VerificationFailed
 
 PROG = "maskclip-triton"
 RAW_INPUT = "image_rgb8"
@@ -46,11 +47,11 @@ TRITON_TYPES = {
 ENGINE_MAGIC = b"MCLIPTRT"  # engine files written with a metadata header in front of the plan
 
 
-class TritonExportError(ValueError):
+class TritonExportError(InputError, ValueError):
     """The repository cannot be written as asked; the message says why."""
 
 
-class BakedGraphGateFailed(TritonExportError):
+class BakedGraphGateFailed(VerificationFailed, TritonExportError):
     """The graph with preprocessing baked in does not compute what the original graph computes."""
 
 

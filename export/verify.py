@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from maskclip_runtime.backends.base import Runner
+from maskclip_runtime.errors import InputError
 from maskclip_runtime.preprocess import PreprocessSpec, load_image, preprocess_batch
 
 from .onnx_export import BatchSpec
@@ -78,7 +79,7 @@ GATES = {
 GATES["int8-cpu"] = GATES["int8"]
 
 
-class VerificationError(RuntimeError):
+class VerificationError(InputError, RuntimeError):
     """The gate cannot run (no images, unreadable images); distinct from a gate that ran and failed."""
 
 

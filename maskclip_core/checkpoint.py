@@ -15,11 +15,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from maskclip_runtime.errors import InputError
+
 from .config import MaskCLIPConfig
 from .model import MaskCLIP
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError, ValueError):
     """An unusable checkpoint; the message names the file."""
 
 

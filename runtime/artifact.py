@@ -21,6 +21,7 @@ from pathlib import Path
 
 from . import __version__
 from .calibration import Calibration, CalibrationError
+from .errors import InputError
 from .preprocess import LEGACY_RESIZE, RESIZE_METHODS, PreprocessSpec
 
 FORMAT = "maskclip-artifact"
@@ -29,7 +30,7 @@ MANIFEST_NAME = "manifest.json"
 FINAL_OUTPUTS = ("logits", "fake_prob", "mask")
 
 
-class ArtifactError(ValueError):
+class ArtifactError(InputError, ValueError):
     """An artifact that cannot be used; the message says why and, where possible, what to do."""
 
 

@@ -24,8 +24,9 @@ import numpy as np
 from PIL import Image
 
 from .artifact import Artifact, ArtifactError, load_artifact
-from .backends.base import BackendUnavailable, Runner
+from .backends.base import Runner
 from .calibration import PLAIN_OPERATING_POINT
+from .errors import BackendUnavailable
 from .host import current_host
 from .preprocess import resize_and_normalize, resize_probability_map
 from .selfcheck import SelfCheckResult

@@ -22,10 +22,10 @@ from test_runtime_standin import (
 
 from maskclip_runtime import detector as detector_module
 from maskclip_runtime.backends import tensorrt as tensorrt_backend
-from maskclip_runtime.backends.base import BackendUnavailable
 from maskclip_runtime.backends.onnxruntime import OnnxRuntimeRunner, providers_for
 from maskclip_runtime.detector import Detector
 from maskclip_runtime.engine_header import EngineIncompatibleError
+from maskclip_runtime.errors import BackendUnavailable
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ from maskclip_export.tensorrt import (
     select_fp32_layers,
 )
 from maskclip_runtime.artifact import BatchSpec, GraphSpec, TensorSpec
-from maskclip_runtime.backends.base import BackendUnavailable
 from maskclip_runtime.backends.tensorrt import (
     TENSORRT_HINT,
     ShapeOutsideProfile,
@@ -22,6 +21,7 @@ from maskclip_runtime.backends.tensorrt import (
     check_input_shape,
     is_static_profile,
 )
+from maskclip_runtime.errors import BackendUnavailable
 
 FP32_OPS = ("LayerNormalization", "Softmax", "Sigmoid")
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None

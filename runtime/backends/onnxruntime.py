@@ -13,7 +13,8 @@ import re
 
 import numpy as np
 
-from .base import BackendUnavailable, Runner
+from ..errors import BackendUnavailable
+from .base import Runner
 
 log = logging.getLogger("maskclip_runtime")
 

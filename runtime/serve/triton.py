@@ -24,13 +24,14 @@ from functools import partial
 import numpy as np
 
 from ..detector import Detector
+from ..errors import BackendUnavailable
 from ..preprocess import ImageLoadError, decode_bytes
 
 MODEL_NAME = "maskclip"
 log = logging.getLogger("maskclip_runtime")
 
 
-class TritonUnavailable(RuntimeError):
+class TritonUnavailable(BackendUnavailable):
     """PyTriton is missing or cannot start its tritonserver here; the message says what is needed."""
 
 
