@@ -29,8 +29,18 @@ from .errors import (
 # Top-level modules of the optional dependencies -> the extra (setup.py) that installs them.
 EXTRA_OF_MODULE = {
     **dict.fromkeys(
-        ("torch", "torchvision", "open_clip", "timm", "safetensors", "albumentations", "pyarrow", "skimage", "scipy",
-         "matplotlib"),  # fmt: skip
+        (
+            "torch",
+            "torchvision",
+            "open_clip",
+            "timm",
+            "safetensors",
+            "albumentations",
+            "pyarrow",
+            "skimage",
+            "scipy",
+            "matplotlib",
+        ),  # fmt: skip
         "train",
     ),
     **dict.fromkeys(("onnx", "onnxslim", "polygraphy"), "export"),
@@ -71,6 +81,8 @@ class MaskclipCommand(click.Command):
             click.echo(f"{self.name}: interrupted", err=True)
             ctx.exit(EXIT_INTERRUPTED)
         except MaskclipError as exc:
+            if not exc.args:  # e.g. SomeInputsFailed(): each failure was reported as it happened
+                ctx.exit(exc.exit_code)
             self._fail(ctx, message_of(exc), exc.exit_code)
         except ModuleNotFoundError as exc:
             root = (exc.name or "").partition(".")[0]
