@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,8 @@ from pathlib import Path
 import click
 import numpy as np
 
-from maskclip_runtime.artifact import FINAL_OUTPUTS, Artifact, ArtifactError, GraphSpec, TensorSpec, load_artifact
+from maskclip_runtime.artifact import FINAL_OUTPUTS, Artifact, GraphSpec, TensorSpec, load_artifact
+from maskclip_runtime.command import command
 from maskclip_runtime.errors import InputError, VerificationFailed
 
 PROG = "maskclip-triton"
@@ -335,10 +335,7 @@ def _run_chain(runners, first: str, images: np.ndarray, artifact: Artifact) -> d
 
 
 # --- command ------------------------------------------------------------------------------------------
-@click.command(
-    context_settings={"help_option_names": ["-h", "--help"]},
-    epilog="Exit status: 0 written, 1 gate failed, 2 usage error.",
-)
+@command(PROG, extra="export")
 @click.argument("artifact", type=click.Path())
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Model repository folder to write into.")
 @click.option("--name", default="maskclip", show_default=True, help="Model name in the repository.")
@@ -349,7 +346,7 @@ def _run_chain(runners, first: str, images: np.ndarray, artifact: Artifact) -> d
 )
 @click.option("--max-wait-ms", type=click.FloatRange(min=0), default=DEFAULT_MAX_WAIT_MS, show_default=True,
               help="Triton's dynamic batching max_queue_delay.")  # fmt: skip
-@click.option("--quiet", is_flag=True, help="No progress lines.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 def main(artifact, out, name, backend, raw_input, max_wait_ms, quiet) -> None:
     """Write a Triton Inference Server model repository for an exported ARTIFACT."""
 
@@ -357,17 +354,6 @@ def main(artifact, out, name, backend, raw_input, max_wait_ms, quiet) -> None:
         if not quiet:
             click.echo(f"{PROG}: {message}", err=True)
 
-    try:
-        written = write_repository(artifact, out, name, backend, raw_input, max_wait_ms, log)
-    except BakedGraphGateFailed as exc:
-        click.echo(f"{PROG}: error: {exc}", err=True)
-        sys.exit(1)
-    except (ArtifactError, TritonExportError, OSError) as exc:
-        click.echo(f"{PROG}: error: {exc}", err=True)
-        sys.exit(2)
-    except Exception as exc:  # a bug or an environment failure (ONNX, ONNX Runtime): still one line
-        reason = str(exc).splitlines()[0] if str(exc) else ""
-        click.echo(f"{PROG}: error: {type(exc).__name__}: {reason}", err=True)
-        sys.exit(1)
+    written = write_repository(artifact, out, name, backend, raw_input, max_wait_ms, log)
     for folder in written:
         log(f"wrote {folder}")

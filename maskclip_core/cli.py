@@ -8,13 +8,12 @@ inside the commands, so `--help` works in the runtime-only install.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import click
 
-from maskclip_runtime.command import command
+from maskclip_runtime.command import command, json_option, write_json
 from maskclip_runtime.errors import UsageError
 
 # The core's own checks raise ValueError/KeyError for values the user gave (sizes, fractions, names).
@@ -114,9 +113,7 @@ def _beside(path: str | None, suffix: str) -> str | None:
 
 @command("maskclip-eval", extra="train", input_errors=USER_VALUE_ERRORS, show_default=True)
 @_model_options
-@click.option(
-    "--json", "json_path", default=None, help="Save the report as JSON here (- for stdout: the tables go to stderr)."
-)
+@json_option("the report (with -, the tables go to stderr)")
 @click.option(
     "--calibration",
     default=None,
@@ -138,7 +135,7 @@ def evaluate(
     With --robustness: the report per degradation as JSON, Markdown and a plot (beside --json).
     """
     from maskclip_core.data import open_samples
-    from maskclip_core.evaluate import collect, report, save_report
+    from maskclip_core.evaluate import collect, report
 
     if not data:
         raise UsageError("--data is required")
@@ -165,11 +162,8 @@ def evaluate(
         doc["calibration"] = _measure_calibration(
             record, accumulator, reliability or _beside(file_path, "-reliability.png"), err=to_stdout
         )
-    if to_stdout:
-        click.echo(json.dumps(doc, indent=2))
-    elif json_path:
-        save_report(doc, json_path)
-        click.echo(f"saved {json_path}", err=True)
+    if json_path:
+        write_json(doc, json_path)
 
 
 def _eval_summary(accumulator, threshold: float, seconds: float) -> str:
@@ -214,7 +208,7 @@ def _robustness(predictor, samples, source, data, split, per_generator, batch_si
     doc = robustness_report(results, model=source, predictor=predictor.name, data=data, split=split, images=len(subset))
     click.echo(doc["markdown"], err=json_path == "-")
     if json_path == "-":
-        click.echo(json.dumps(doc, indent=2))
+        write_json(doc, json_path)
     elif json_path:
         for path in save_robustness(doc, results, json_path, title=f"Robustness: {Path(source).name}"):
             click.echo(f"saved {path}", err=True)
@@ -267,7 +261,6 @@ def _fit(data, split, checkpoint, artifact, backend, device, batch_size, workers
     from maskclip_core.data import open_samples
     from maskclip_core.evaluate import collect
     from maskclip_runtime.calibration import write_calibration
-    from maskclip_runtime.outputs import atomic_path
 
     if any(not 0.0 <= t < 1.0 for t in target_fprs):
         raise UsageError(f"--target-fpr must lie in [0, 1), got {', '.join(map(str, target_fprs))}")
@@ -286,8 +279,7 @@ def _fit(data, split, checkpoint, artifact, backend, device, batch_size, workers
     measured = _measure_calibration(fitted, checking, str(out / RELIABILITY_NAME))
     report_path = out / CHECK_NAME
     doc = {"record": fitted.to_dict(), "checked_on": {"images": len(check_samples)}, **measured}
-    with atomic_path(report_path) as temp:
-        temp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    write_json(doc, str(report_path))
     click.echo(f"saved {report_path}", err=True)
     return fitted
 

@@ -12,7 +12,9 @@ the extra to install, status 4. Set MASKCLIP_TRACEBACK=1 to see the traceback of
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
 import click
 
@@ -25,6 +27,7 @@ from .errors import (
     MaskclipError,
     message_of,
 )
+from .outputs import atomic_path
 
 # Top-level modules of the optional dependencies -> the extra (setup.py) that installs them.
 EXTRA_OF_MODULE = {
@@ -116,3 +119,25 @@ def command(name: str, *, extra: str | None = None, input_errors=(), epilog: str
         epilog=exit_status_epilog(epilog),
         context_settings={"help_option_names": ["-h", "--help"], **settings},
     )
+
+
+def json_option(what: str):
+    """--json PATH: where a command writes its JSON document; - is stdout (every command's meaning)."""
+    return click.option(
+        "--json",
+        "json_path",
+        metavar="PATH",
+        type=click.Path(dir_okay=False, allow_dash=True),
+        help=f"Write {what} as JSON to PATH (- for stdout).",
+    )
+
+
+def write_json(doc: dict, path: str) -> None:
+    """The document of --json: to stdout for -, else atomically into PATH (its folder created)."""
+    text = json.dumps(doc, indent=2) + "\n"
+    if path == "-":
+        click.echo(text, nl=False)
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as temp:
+        temp.write_text(text, encoding="utf-8")
