@@ -1,4 +1,8 @@
-"""maskclip-bench: one table across backends for this device (latency, throughput, memory, parity, roofline)."""
+"""maskclip-bench: one table across backends for this device (latency, throughput, memory, parity, roofline).
+
+Models are checked before any work (an unknown name is status 2, a CUDA device PyTorch cannot use is 4):
+measuring takes minutes, and a typo must not cost them.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,10 @@ from pathlib import Path
 
 import click
 
+from maskclip_core.config import list_configs
+from maskclip_runtime.command import command, json_option, write_json
+from maskclip_runtime.errors import BackendUnavailable, InputError
+
 from .bench import (
     BACKENDS,
     BenchSettings,
@@ -20,7 +28,7 @@ from .bench import (
     ort_op_profile,
     run,
 )
-from .report import TARGET_MODEL, evaluate_targets, render_markdown, write_atomic, write_json
+from .report import TARGET_MODEL, evaluate_targets, render_markdown, write_atomic
 from .roofline import best_ceiling, best_of, measure_ceilings
 
 
@@ -33,6 +41,21 @@ def _csv(kind):
             raise click.BadParameter(str(err)) from None
 
     return parse
+
+
+# What --out DIR holds.
+MARKDOWN_NAME = "bench.md"
+JSON_NAME = "bench.json"
+
+
+def check_model_names(names: list[str]) -> None:
+    """Every name is demo, a registered config or an existing checkpoint path; else InputError, before any work."""
+    known = list_configs()
+    unknown = [name for name in names if name != "demo" and name not in known and not Path(name).exists()]
+    if unknown:
+        raise InputError(
+            f"unknown model(s) {', '.join(unknown)}: give demo, a config ({', '.join(known)}) or a checkpoint path"
+        )
 
 
 def load_models(names: list[str], seed: int) -> list[tuple[str, object, str]]:
@@ -62,7 +85,7 @@ def load_models(names: list[str], seed: int) -> list[tuple[str, object, str]]:
     return models
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@command("maskclip-bench", extra="export")
 @click.argument("models", nargs=-1)
 @click.option("--config", "configs", multiple=True, help="Config name to benchmark (random weights); repeatable.")
 @click.option(
@@ -76,8 +99,12 @@ def load_models(names: list[str], seed: int) -> list[tuple[str, object, str]]:
 @click.option("--warmup", default=2, show_default=True, type=click.IntRange(0), help="Untimed calls per row.")
 @click.option("--iters", default=10, show_default=True, type=click.IntRange(1), help="Timed calls per row.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, or cuda[:N] for PyTorch CUDA / ORT CUDA / TRT.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Markdown report path.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="JSON report path.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help=f"Folder for the report: {MARKDOWN_NAME} and {JSON_NAME} (default: the Markdown on stdout).",
+)
+@json_option("the report (also, or instead of --out)")
 @click.option(
     "--workdir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -105,11 +132,11 @@ def main(
     if not batch_sizes or min(batch_sizes) < 1:
         raise click.BadParameter("batch sizes must be >= 1", param_hint="--batch-sizes")
     names = list(models) + list(configs) or ["tiny"]
+    check_model_names(names)
     if device.startswith("cuda"):
         reason = cuda_unavailable_reason(device)
         if reason:  # before minutes of model building and exports end in a GEMM-ceiling traceback
-            click.echo(f"error: {reason}", err=True)
-            sys.exit(3)
+            raise BackendUnavailable(reason)
     settings = BenchSettings(backends, batch_sizes, warmup, iters, device, workdir or default_workdir(), pairs)
     say = lambda text: click.echo(text, err=True)  # noqa: E731 - progress goes to stderr
 
@@ -140,11 +167,13 @@ def main(
     if any(s["name"] == TARGET_MODEL for s in summaries) and 1 in batch_sizes:
         report["targets"] = evaluate_targets(report)
     markdown = render_markdown(report)
-    if json_path:
-        write_json(json_path, report)
     if out:
-        write_atomic(out, markdown)
-    else:
+        out.mkdir(parents=True, exist_ok=True)
+        write_atomic(out / MARKDOWN_NAME, markdown)
+        write_json(report, str(out / JSON_NAME))
+    if json_path:
+        write_json(report, json_path)
+    if not out and json_path != "-":  # stdout holds one document
         click.echo(markdown)
 
 
