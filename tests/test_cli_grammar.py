@@ -136,3 +136,9 @@ def test_click_usage_errors_and_h_follow_the_table():
 
     assert CliRunner().invoke(main, ["--n", "x"]).exit_code == EXIT_USAGE
     assert CliRunner().invoke(main, ["-h"]).exit_code == 0
+
+
+def test_the_readme_shows_the_one_exit_table():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    rows = [line for line in readme.splitlines() if re.match(r"^\| \d+ \| ", line)]
+    assert rows == [f"| {status} | {meaning} |" for status, meaning in EXIT_STATUSES]
