@@ -123,9 +123,15 @@ def _beside(path: str | None, suffix: str) -> str | None:
 @click.option("--reliability", default=None, type=click.Path(dir_okay=False), help="Reliability diagram PNG path.")
 @click.option("--robustness", is_flag=True, help="Also score under JPEG/WebP, downscale, blur, noise and crop.")
 @click.option("--per-generator", default=None, type=int, help="Robustness on a stratified subset of N per generator.")
+@click.option(
+    "--tiles",
+    is_flag=True,
+    help="Score native-resolution masks as maskclip-run --tiles makes them (an artifact; without --artifact the "
+    "runtime's embedded demo), at each image's own size instead of the model size.",
+)
 def evaluate(
     data, split, checkpoint, artifact, backend, device, batch_size, workers, limit, json_path, calibration,
-    reliability, robustness, per_generator,
+    reliability, robustness, per_generator, tiles,
 ):  # fmt: skip
     """Score a checkpoint or an exported artifact: IoU/F1 per generator + AVG, detection F1/Acc/AUC.
 
@@ -133,14 +139,24 @@ def evaluate(
     record (--calibration, or one in the artifact's manifest): ECE, Brier, AUC and TPR at 1 %/5 %
     FPR before and after, and a reliability diagram (--reliability, default beside --json).
     With --robustness: the report per degradation as JSON, Markdown and a plot (beside --json).
+    With --tiles: pixel metrics of tiled masks at each image's own size (a different scale from the
+    default, which scores every mask at the model's input size as EVALUATION.md defines).
     """
     from maskclip_core.data import open_samples
-    from maskclip_core.evaluate import collect, report
+    from maskclip_core.evaluate import collect, collect_tiled, report
 
     if not data:
         raise UsageError("--data is required")
     if per_generator is not None and not robustness:
         raise UsageError("--per-generator sizes the --robustness subset; add --robustness")
+    if tiles and (checkpoint or robustness):
+        raise UsageError("--tiles scores an exported artifact through the runtime, without --robustness: "
+                         "give --artifact (maskclip-export makes one from a checkpoint)")  # fmt: skip
+    if tiles and not artifact:
+        from maskclip_runtime.options import DEMO_DIR
+
+        artifact = str(DEMO_DIR)
+        click.echo(f"no --artifact given: scoring the runtime's embedded demo artifact ({DEMO_DIR})", err=True)
     to_stdout = json_path == "-"
     file_path = None if to_stdout else json_path  # the figures go beside a report file
     samples = open_samples(data, split)[:limit]
@@ -150,10 +166,14 @@ def evaluate(
         _robustness(predictor, samples, source, data, split, per_generator, batch_size, workers, json_path)
         return
     started = time.perf_counter()
-    accumulator = collect(predictor, samples, batch_size, workers)
+    if tiles:
+        accumulator = collect_tiled(predictor.detector, samples)
+    else:
+        accumulator = collect(predictor, samples, batch_size, workers)
     seconds = time.perf_counter() - started
     summary = accumulator.summary()
     doc = report(summary, model=source, predictor=predictor.name, data=data, split=split, images=len(samples))
+    doc["masks_scored_at"] = "native resolution, tiles" if tiles else f"model input ({predictor.spec.size} px)"
     click.echo(doc["table"], err=to_stdout)
     click.echo(_eval_summary(accumulator, predictor.threshold, seconds), err=True)
     if record is not None:
@@ -255,6 +275,20 @@ def calibrate(
         click.echo(f"attached calibration {fitted.sha256[:12]} to {manifest}")
 
 
+def _calibrate_summary(fitted, fitted_images: int, checking, seconds: float) -> str:
+    """The end-of-run line: images fitted and checked, the check half's calibrated verdicts, images/s."""
+    labels, fake_prob = checking.scores()
+    counts = {verdict: 0 for verdict in ("real", "uncertain", "fake")}
+    for verdict in fitted.verdicts(fitted.calibrate(fake_prob)):
+        counts[str(verdict)] += 1
+    images = fitted_images + len(labels)
+    return (
+        f"maskclip-calibrate: fitted on {fitted_images} images, checked on {len(labels)}: {counts['real']} real, "
+        f"{counts['uncertain']} uncertain, {counts['fake']} fake by the calibrated verdicts (labelled "
+        f"{int((labels == 0).sum())} real, {int((labels == 1).sum())} fake), {images / max(seconds, 1e-9):.1f} images/s"
+    )
+
+
 def _fit(data, split, checkpoint, artifact, backend, device, batch_size, workers, limit, out: Path, fit_fraction, seed,
          target_fprs):  # fmt: skip
     from maskclip_core.calibrate import fit_calibration, split_holdout
@@ -267,6 +301,7 @@ def _fit(data, split, checkpoint, artifact, backend, device, batch_size, workers
     samples = open_samples(data, split)[:limit]
     fit_samples, check_samples = split_holdout(samples, fit_fraction, seed)
     predictor, source = _open_predictor(checkpoint, artifact, backend, device)
+    started = time.perf_counter()
     fit_labels, fit_prob = collect(predictor, fit_samples, batch_size, workers, desc="fit").scores()
     model_id = predictor.detector.model_id if artifact else None
     fitted_on = {"model": source, "model_id": model_id, "data": str(data), "split": split, "seed": seed,
@@ -276,6 +311,7 @@ def _fit(data, split, checkpoint, artifact, backend, device, batch_size, workers
     write_calibration(fitted, out / RECORD_NAME)
     click.echo(f"wrote {out / RECORD_NAME} (temperature {fitted.temperature:.4f}, sha256 {fitted.sha256})")
     checking = collect(predictor, check_samples, batch_size, workers, desc="check")
+    click.echo(_calibrate_summary(fitted, len(fit_samples), checking, time.perf_counter() - started), err=True)
     measured = _measure_calibration(fitted, checking, str(out / RELIABILITY_NAME))
     report_path = out / CHECK_NAME
     doc = {"record": fitted.to_dict(), "checked_on": {"images": len(check_samples)}, **measured}

@@ -17,6 +17,7 @@ import importlib.util
 import logging
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
 
@@ -36,6 +37,11 @@ log = logging.getLogger("maskclip_runtime")
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
 MASKS_FOR = ("all", "fake", "none")  # which images get a mask: every one, those judged fake, none
+
+
+def wants_mask(masks_for: str, verdict: str) -> bool:
+    """Whether an image with this verdict gets a mask under this policy ("fake" covers "uncertain" too)."""
+    return masks_for == "all" or (masks_for == "fake" and verdict != "real")
 
 
 @dataclass(frozen=True)
@@ -172,9 +178,14 @@ class Detector:
         """
         return self.detect_prepared([self.prepare(image) for image in images], masks_for)
 
-    def detect_prepared(self, prepared: list[PreparedImage], masks_for: str = "all") -> list[Detection]:
-        if masks_for not in MASKS_FOR:
-            raise ValueError(f"masks_for must be one of {', '.join(MASKS_FOR)}, got {masks_for!r}")
+    def detect_prepared(self, prepared: list[PreparedImage], masks_for: str | Sequence[str] = "all") -> list[Detection]:
+        """PreparedImages -> Detections. masks_for: one policy for all, or one per image (a server's
+        micro-batch mixes requests that asked for different ones: they still share one screen pass)."""
+        policies = [masks_for] * len(prepared) if isinstance(masks_for, str) else list(masks_for)
+        if len(policies) != len(prepared):
+            raise ValueError(f"masks_for has {len(policies)} policies for {len(prepared)} images")
+        for policy in set(policies) - set(MASKS_FOR):
+            raise ValueError(f"masks_for must be one of {', '.join(MASKS_FOR)}, got {policy!r}")
         detections = []
         for start in range(0, len(prepared), self.batch_size):
             chunk = prepared[start : start + self.batch_size]
@@ -186,9 +197,7 @@ class Detector:
             answers = [
                 self._detection(item, float(p), None, screen_ms) for item, p in zip(chunk, fake_prob, strict=True)
             ]
-            rows = [
-                i for i, a in enumerate(answers) if masks_for == "all" or (masks_for == "fake" and a.verdict != "real")
-            ]
+            rows = [i for i, a in enumerate(answers) if wants_mask(policies[start + i], a.verdict)]
             if rows:
                 masks = self.localise(tensors, rows)
                 localise_ms = (time.perf_counter() - screened) * 1e3 / len(rows)
