@@ -134,6 +134,7 @@ def main(
     names = list(models) + list(configs) or ["tiny"]
     check_model_names(names)
     import torch  # noqa: F401 - every model is built with it: without the extra, refused before any work
+
     if device.startswith("cuda"):
         reason = cuda_unavailable_reason(device)
         if reason:  # before minutes of model building and exports end in a GEMM-ceiling traceback
