@@ -30,6 +30,7 @@ import numpy as np
 
 from maskclip_runtime.artifact import FINAL_OUTPUTS, Artifact, GraphSpec, TensorSpec, load_artifact
 from maskclip_runtime.command import command
+from maskclip_runtime.detector import BACKENDS
 from maskclip_runtime.errors import InputError, VerificationFailed
 
 PROG = "maskclip-triton"
@@ -122,7 +123,7 @@ def write_repository(
 
 def _choose_backend(artifact: Artifact, backend: str, raw_input: bool) -> bool:
     """True: serve the TensorRT engines; False: the ONNX graphs."""
-    if backend not in ("auto", "onnxruntime", "tensorrt"):
+    if backend not in BACKENDS:
         raise TritonExportError(f"unknown backend {backend!r}: use auto, onnxruntime or tensorrt")
     has_engines = bool(artifact.engines) and all(g.name in artifact.engines for g in artifact.graphs)
     if backend == "tensorrt" and not has_engines:
@@ -339,7 +340,7 @@ def _run_chain(runners, first: str, images: np.ndarray, artifact: Artifact) -> d
 @click.argument("artifact", type=click.Path())
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Model repository folder to write into.")
 @click.option("--name", default="maskclip", show_default=True, help="Model name in the repository.")
-@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "tensorrt"]), default="auto", show_default=True,
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
               help="auto: the TensorRT engines when the artifact has them, else the ONNX graphs.")  # fmt: skip
 @click.option(
     "--raw-input", is_flag=True, help="Bake normalisation into the graph: uint8 NHWC pixels at model size in."

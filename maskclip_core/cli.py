@@ -13,7 +13,8 @@ from pathlib import Path
 
 import click
 
-from maskclip_runtime.command import command, json_option, write_json
+from maskclip_runtime.command import command, json_option, option_group, write_json
+from maskclip_runtime.detector import BACKENDS
 from maskclip_runtime.errors import UsageError
 
 # The core's own checks raise ValueError/KeyError for values the user gave (sizes, fractions, names).
@@ -82,29 +83,18 @@ def _open_predictor(checkpoint: str | None, artifact: str | None, backend: str, 
     return TorchPredictor(load_checkpoint(source), device), source
 
 
-def _model_options(command):
-    """The options that pick what is scored, shared by maskclip-eval and maskclip-calibrate."""
-    for option in reversed(
-        (
-            click.option(
-                "--data", default=None, help="OpenSDID parquet file/folder, folder layout, or HF data set name."
-            ),
-            click.option("--split", default=None, help="Sub-folder (local) or split (hub), e.g. test."),
-            click.option(
-                "--checkpoint", default=None, type=click.Path(), help="PyTorch checkpoint (folder or .safetensors)."
-            ),
-            click.option(
-                "--artifact", default=None, type=click.Path(), help="Exported artifact folder (via the runtime)."
-            ),
-            click.option("--backend", default="auto", help="Artifact backend: auto, onnxruntime or tensorrt."),
-            click.option("--device", default=None, help="cpu, cuda or cuda:N (default: GPU if available)."),
-            click.option("--batch", "batch_size", default=16, type=int, help="Images per forward pass."),
-            click.option("--workers", default=2, type=int),
-            click.option("--limit", default=None, type=int, help="Use only the first N images (quick checks)."),
-        )
-    ):
-        command = option(command)
-    return command
+# The options that pick what is scored, shared by maskclip-eval and maskclip-calibrate.
+_model_options = option_group(
+    click.option("--data", default=None, help="OpenSDID parquet file/folder, folder layout, or HF data set name."),
+    click.option("--split", default=None, help="Sub-folder (local) or split (hub), e.g. test."),
+    click.option("--checkpoint", default=None, type=click.Path(), help="PyTorch checkpoint (folder or .safetensors)."),
+    click.option("--artifact", default=None, type=click.Path(), help="Exported artifact folder (via the runtime)."),
+    click.option("--backend", default="auto", type=click.Choice(BACKENDS), help="Backend of an --artifact."),
+    click.option("--device", default=None, help="cpu, cuda or cuda:N (default: GPU if available)."),
+    click.option("--batch", "batch_size", default=16, type=int, help="Images per forward pass."),
+    click.option("--workers", default=2, type=int),
+    click.option("--limit", default=None, type=int, help="Use only the first N images (quick checks)."),
+)
 
 
 def _beside(path: str | None, suffix: str) -> str | None:

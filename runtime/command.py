@@ -121,6 +121,17 @@ def command(name: str, *, extra: str | None = None, input_errors=(), epilog: str
     )
 
 
+def option_group(*options):
+    """One decorator for click options shared by several commands, listed in --help in the order given."""
+
+    def apply(command):
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return apply
+
+
 def json_option(what: str):
     """--json PATH: where a command writes its JSON document; - is stdout (every command's meaning)."""
     return click.option(

@@ -10,6 +10,8 @@ from pathlib import Path
 import click
 
 from .backends.onnxruntime import parse_device
+from .command import option_group
+from .detector import BACKENDS
 
 DEMO_DIR = Path(__file__).resolve().parent / "demo"
 DEMO_NOTE = "using the embedded demo model (tiny, trained on synthetic edits)"
@@ -24,11 +26,10 @@ def _check_device(ctx, param, value: str | None) -> str | None:
     return value
 
 
-_MODEL_OPTIONS = (
+# --model, --backend, --device, --threshold, --batch, --threads
+model_options = option_group(
     click.option("--model", type=click.Path(), help="Artifact folder or manifest.json (default: embedded demo model)."),
-    click.option(
-        "--backend", type=click.Choice(["auto", "onnxruntime", "tensorrt"]), default="auto", show_default=True
-    ),
+    click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True),
     click.option("--device", callback=_check_device, help="cpu, cuda or cuda:N (default: the GPU when usable)."),
     click.option(
         "--threshold", type=click.FloatRange(0.0, 1.0), help="Verdict and mask threshold (default: manifest)."
@@ -37,7 +38,8 @@ _MODEL_OPTIONS = (
     click.option("--threads", type=click.IntRange(min=1), help="CPU threads for ONNX Runtime."),
 )
 
-_CHECK_OPTIONS = (
+# --no-self-check, --strict, --quiet
+check_options = option_group(
     click.option(
         "--no-self-check",
         is_flag=True,
@@ -50,19 +52,3 @@ _CHECK_OPTIONS = (
         "--quiet", "-q", is_flag=True, help="No progress, notes or library chatter on stderr (errors still shown)."
     ),
 )
-
-
-def _apply(options, command):
-    for option in reversed(options):
-        command = option(command)
-    return command
-
-
-def model_options(command):
-    """--model, --backend, --device, --threshold, --batch, --threads."""
-    return _apply(_MODEL_OPTIONS, command)
-
-
-def check_options(command):
-    """--no-self-check, --strict, --quiet."""
-    return _apply(_CHECK_OPTIONS, command)
