@@ -36,8 +36,20 @@ SCRIPTS = {
         r'"(maskclip-[a-z]+)=([\w.]+):(\w+)"', (ROOT / "setup.py").read_text(encoding="utf-8")
     )
 }
-# What the runtime-only install lacks (setup.py's train and export extras).
-BLOCKED = ("torch", "torchvision", "open_clip", "timm", "safetensors", "onnx", "onnxslim", "polygraphy")
+# What the base install lacks (the extras train, export, cpu and serve).
+BLOCKED = (
+    "torch",
+    "torchvision",
+    "open_clip",
+    "timm",
+    "safetensors",
+    "onnx",
+    "onnxslim",
+    "polygraphy",
+    "onnxruntime",
+    "fastapi",
+    "uvicorn",
+)
 WITHOUT_TORCH = f"""
 import sys
 
