@@ -149,8 +149,8 @@ def evaluate(
         click.echo(f"no --artifact given: scoring the runtime's embedded demo artifact ({DEMO_DIR})", err=True)
     to_stdout = json_path == "-"
     file_path = None if to_stdout else json_path  # the figures go beside a report file
+    predictor, source = _open_predictor(checkpoint, artifact, backend, device)  # a bad model: before the data
     samples = open_samples(data, split)[:limit]
-    predictor, source = _open_predictor(checkpoint, artifact, backend, device)
     record = _calibration_to_measure(calibration, predictor)
     if robustness:
         _robustness(predictor, samples, source, data, split, per_generator, batch_size, workers, json_path)
@@ -288,9 +288,9 @@ def _fit(data, split, checkpoint, artifact, backend, device, batch_size, workers
 
     if any(not 0.0 <= t < 1.0 for t in target_fprs):
         raise UsageError(f"--target-fpr must lie in [0, 1), got {', '.join(map(str, target_fprs))}")
+    predictor, source = _open_predictor(checkpoint, artifact, backend, device)  # a bad model: before the data
     samples = open_samples(data, split)[:limit]
     fit_samples, check_samples = split_holdout(samples, fit_fraction, seed)
-    predictor, source = _open_predictor(checkpoint, artifact, backend, device)
     started = time.perf_counter()
     fit_labels, fit_prob = collect(predictor, fit_samples, batch_size, workers, desc="fit").scores()
     model_id = predictor.detector.model_id if artifact else None
