@@ -30,27 +30,17 @@ from .errors import (
 from .outputs import atomic_path
 
 # Top-level modules of the optional dependencies -> the extra (setup.py) that installs them.
+_TRAIN_MODULES = "torch torchvision open_clip timm safetensors albumentations pyarrow skimage scipy matplotlib"
 EXTRA_OF_MODULE = {
-    **dict.fromkeys(
-        (
-            "torch",
-            "torchvision",
-            "open_clip",
-            "timm",
-            "safetensors",
-            "albumentations",
-            "pyarrow",
-            "skimage",
-            "scipy",
-            "matplotlib",
-        ),  # fmt: skip
-        "train",
-    ),
+    **dict.fromkeys(_TRAIN_MODULES.split(), "train"),
     **dict.fromkeys(("onnx", "onnxslim", "polygraphy"), "export"),
     "onnxruntime": "cpu",
     **dict.fromkeys(("fastapi", "uvicorn", "multipart", "prometheus_client"), "serve"),
     "pytriton": "triton",
 }
+# Extras that install others too (setup.py: export = train + ..., triton = serve + ...).
+EXTRAS_WITHIN = {"export": {"train", "export"}, "triton": {"serve", "triton"}}
+
 
 # A path that does not exist or cannot be opened is bad input, whichever command is given it.
 BAD_PATH_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
@@ -89,9 +79,11 @@ class MaskclipCommand(click.Command):
             self._fail(ctx, message_of(exc), exc.exit_code)
         except ModuleNotFoundError as exc:
             root = (exc.name or "").partition(".")[0]
-            extra = self.extra or EXTRA_OF_MODULE.get(root)
-            if root not in EXTRA_OF_MODULE or extra is None:
+            if root not in EXTRA_OF_MODULE:
                 self._internal_error(ctx, exc)
+            extra = EXTRA_OF_MODULE[root]
+            if extra in EXTRAS_WITHIN.get(self.extra, ()):  # name the extra that installs the whole command
+                extra = self.extra
             self._fail(ctx, f"{root} is not installed; {self.name} needs: pip install 'maskclip[{extra}]'",
                        EXIT_BACKEND_UNAVAILABLE)  # fmt: skip
         except BAD_PATH_ERRORS + self.input_errors as exc:
