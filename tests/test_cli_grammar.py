@@ -154,3 +154,15 @@ def test_the_readme_shows_the_one_exit_table():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     rows = [line for line in readme.splitlines() if re.match(r"^\| \d+ \| ", line)]
     assert rows == [f"| {status} | {meaning} |" for status, meaning in EXIT_STATUSES]
+
+
+@pytest.mark.parametrize(
+    ("module", "extra"), [("torch", "export"), ("onnx", "export"), ("onnxruntime", "cpu"), ("fastapi", "serve")]
+)
+def test_a_missing_module_names_the_extra_that_installs_it(module, extra):
+    @command("maskclip-test", extra="export")
+    def main():
+        raise ModuleNotFoundError(f"No module named {module!r}", name=module)
+
+    result = CliRunner().invoke(main, [])
+    assert result.exit_code == EXIT_BACKEND_UNAVAILABLE and f"'maskclip[{extra}]'" in result.stderr
