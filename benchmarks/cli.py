@@ -43,11 +43,6 @@ def _csv(kind):
     return parse
 
 
-# What --out DIR holds.
-MARKDOWN_NAME = "bench.md"
-JSON_NAME = "bench.json"
-
-
 def check_model_names(names: list[str]) -> None:
     """Every name is demo, a registered config or an existing checkpoint path; else InputError, before any work."""
     known = list_configs()
@@ -102,8 +97,9 @@ def load_models(names: list[str], seed: int) -> list[tuple[str, object, str]]:
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
-    help=f"Folder for the report: {MARKDOWN_NAME} and {JSON_NAME} (default: the Markdown on stdout).",
+    help="Folder for the report: NAME.md and NAME.json (default: the Markdown on stdout).",
 )
+@click.option("--name", default="bench", show_default=True, help="File name of the report in --out, without suffix.")
 @json_option("the report (also, or instead of --out)")
 @click.option(
     "--workdir",
@@ -121,7 +117,21 @@ def load_models(names: list[str], seed: int) -> list[tuple[str, object, str]]:
 @click.option("--seed", default=0, show_default=True, help="Seed of the random weights of config models.")
 @click.option("--note", "notes", multiple=True, help="A line for the report's notes; repeatable.")
 def main(
-    models, configs, backends, batch_sizes, warmup, iters, device, out, json_path, workdir, pairs, profile, seed, notes
+    models,
+    configs,
+    backends,
+    batch_sizes,
+    warmup,
+    iters,
+    device,
+    out,
+    name,
+    json_path,
+    workdir,
+    pairs,
+    profile,
+    seed,
+    notes,
 ):
     """Benchmark MODELS: demo, config names (tiny, opensdi-vitl14: random weights) or checkpoint paths.
 
@@ -171,8 +181,8 @@ def main(
     markdown = render_markdown(report)
     if out:
         out.mkdir(parents=True, exist_ok=True)
-        write_atomic(out / MARKDOWN_NAME, markdown)
-        write_json(report, str(out / JSON_NAME))
+        write_atomic(out / f"{name}.md", markdown)
+        write_json(report, str(out / f"{name}.json"))
     if json_path:
         write_json(report, json_path)
     if not out and json_path != "-":  # stdout holds one document

@@ -40,9 +40,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 WHEELS = ROOT / "benchmarks" / "wheels"
-# The JSON report maskclip-bench writes into --out DIR (benchmarks/cli.py JSON_NAME; this script imports
-# nothing of the package: it runs before the package can be imported).
-BENCH_JSON = "bench.json"
 
 #: Pure-Python distributions the benchmark imports that a stock CUDA PyTorch image lacks, pinned: the
 #: versions `--fetch-wheels` downloads and the offline mode installs with --no-deps.
@@ -192,11 +189,7 @@ class Checker:
         summary = {
             "seconds": seconds,
             "steps": [asdict(step) for step in self.steps],
-            "files": sorted(
-                p.relative_to(self.out).as_posix()
-                for p in self.out.rglob("*")
-                if p.is_file() and p.name != "summary.json"
-            ),
+            "files": sorted(p.name for p in self.out.iterdir() if p.is_file() and p.name != "summary.json"),
             **facts,
         }
         (self.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
@@ -262,13 +255,13 @@ def probe_step(check: Checker, python: str, env: dict) -> dict:
 def bench_command(
     python: str, model: str, check: Checker, device: str, backends: str, iters: int, pairs: int, report: str = ""
 ) -> list[str]:
-    """maskclip-bench through the interpreter (no console script needed); report: the report folder's name."""
+    """maskclip-bench through the interpreter (no console script needed); report: the report files' stem."""
     report, out = report or model, check.out
     return [
         python, "-c", "from maskclip_bench.cli import main; main()", model, "--device", device,
         "--backends", backends, "--batch-sizes", "1,8", "--warmup", "10", "--iters", str(iters),
         "--pairs", str(pairs), "--no-profile", "--workdir", str(check.work / "artifacts"),
-        "--out", str(out / report),
+        "--out", str(out), "--name", report,
         "--note", "GPU check run by benchmarks/gpu_check.py; random weights",
     ]  # fmt: skip
 
@@ -444,7 +437,7 @@ def main(argv=None) -> int:
     facts = run_offline(args, check) if args.offline else run_online(args, check)
     check.finish(facts)
     # Exit 0 when the benchmark wrote its report, whatever else failed: the report says what did not run.
-    return 0 if (check.out / args.model / BENCH_JSON).is_file() else 1
+    return 0 if (check.out / f"{args.model}.json").is_file() else 1
 
 
 if __name__ == "__main__":

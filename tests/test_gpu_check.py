@@ -137,15 +137,14 @@ def test_offline_mode_end_to_end_on_a_simulated_offline_machine(tmp_path):
     assert status["install maskclip (--no-build-isolation --no-deps)"] == "ok"
     assert status["import check"] == "ok"
     assert sorted(summary["wheels_installed"]) == sorted(p.name for p in wheels.iterdir())
-    files = {"tiny/bench.json", "tiny/bench.md", "tiny-artifacts/bench.json", "tiny-artifacts/bench.md", "log.txt"}
-    files.add("summary.md")
+    files = {"tiny.json", "tiny.md", "tiny-artifacts.json", "tiny-artifacts.md", "log.txt", "summary.md"}
     assert set(summary["files"]) == files and (out / "summary.json").is_file()
     assert summary["environment"]["modules"]["tensorrt"].startswith("MISSING")
     assert (tmp_path / "work" / "site" / "maskclip_bench").is_dir()  # installs went to the work folder
-    rows = {(r["backend"], r["batch"]): r for r in json.loads((out / "tiny" / "bench.json").read_text())["rows"]}
+    rows = {(r["backend"], r["batch"]): r for r in json.loads((out / "tiny.json").read_text())["rows"]}
     assert rows["torch", 8]["status"] == "ok" and rows["torch-bf16", 1]["parity"]["images"] > 0
     assert rows["torch-graph", 1]["status"] == "unavailable"  # no CUDA here: says why
-    trt = json.loads((out / "tiny-artifacts" / "bench.json").read_text())["rows"]
+    trt = json.loads((out / "tiny-artifacts.json").read_text())["rows"]
     assert {r["status"] for r in trt} == {"unavailable"} and "TensorRT is not installed" in trt[0]["reason"]
     # Nothing was written into the interpreter: the project and the wheels went to <out>/site.
     assert subprocess.run([python, "-c", "import open_clip"], capture_output=True, timeout=120).returncode != 0
