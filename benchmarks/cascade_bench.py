@@ -26,11 +26,13 @@ from pathlib import Path
 import click
 import numpy as np
 
+from maskclip_runtime.command import command, json_option, write_json
+
 from .artifacts import export_artifact, reusable_export_seconds
 from .bench import default_workdir
-from .cli import _csv, load_models
+from .cli import _csv, check_model_names, load_models
 from .environment import environment
-from .report import TARGET_MODEL, write_json
+from .report import TARGET_MODEL
 from .samples import sample_images
 
 # The issue's targets on opensdi-vitl14 fp32, batch 1, CPU (speed-up over the full graph's images/s).
@@ -189,7 +191,7 @@ def render(report: dict) -> str:
     return "\n".join(lines)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@command("maskclip_bench.cascade_bench", extra="export")
 @click.argument("models", nargs=-1)
 @click.option("--config", "configs", multiple=True, help="Config name (random weights); repeatable.")
 @click.option("--shares", default="0.1,0.5,1.0", show_default=True, callback=_csv(float), help="Fake shares.")
@@ -199,15 +201,17 @@ def render(report: dict) -> str:
 @click.option("--threads", type=click.IntRange(1), help="ONNX Runtime threads (default: its own).")
 @click.option("--seed", default=0, show_default=True, help="Seed of the random weights of config models.")
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), help="Artifacts (reused when same).")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="JSON report path.")
+@json_option("the report")
 def main(models, configs, shares, images, rounds, batch, threads, seed, workdir, json_path):
     """Benchmark the cascade topology on MODELS (demo, config names, checkpoints; default: demo and tiny)."""
     if not shares or not all(0.0 <= s <= 1.0 for s in shares):
         raise click.BadParameter("shares must lie in [0, 1]", param_hint="--shares")
     say = lambda text: click.echo(text, err=True)  # noqa: E731 - progress goes to stderr
+    names = list(models) + list(configs) or ["demo", "tiny"]
+    check_model_names(names)
     workdir = workdir or default_workdir()
     results = []
-    for name, model, description in load_models(list(models) + list(configs) or ["demo", "tiny"], seed):
+    for name, model, description in load_models(names, seed):
         result = run(model.eval(), name, shares, images, rounds, batch, threads, workdir, say)
         result["description"] = description
         if model.config.name == TARGET_MODEL and batch == 1:
@@ -234,8 +238,9 @@ def main(models, configs, shares, images, rounds, batch, threads, seed, workdir,
         },
     }
     if json_path:
-        write_json(json_path, report)
-    click.echo(render(report))
+        write_json(report, json_path)
+    if json_path != "-":  # stdout holds one document
+        click.echo(render(report))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,8 @@
-"""maskclip-bench: one table across backends for this device (latency, throughput, memory, parity, roofline)."""
+"""maskclip-bench: one table across backends for this device (latency, throughput, memory, parity, roofline).
+
+Models are checked before any work (an unknown name is status 2, a CUDA device PyTorch cannot use is 4):
+measuring takes minutes, and a typo must not cost them.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +14,16 @@ from pathlib import Path
 
 import click
 
+from maskclip_core.config import list_configs
+from maskclip_runtime.command import command, json_option, write_json
+from maskclip_runtime.errors import BackendUnavailable, InputError
+
 from .backends import BACKENDS, DEFAULT_BACKENDS
 from .bench import BenchSettings, attach_ceilings, default_workdir, run
 from .environment import environment
 from .op_profile import ort_op_profile
 from .pytorch import cuda_unavailable_reason
-from .report import TARGET_MODEL, evaluate_targets, render_markdown, write_json, write_markdown
+from .report import TARGET_MODEL, evaluate_targets, render_markdown, write_markdown
 from .roofline import best_ceiling, best_of, measure_ceilings
 
 
@@ -28,6 +36,16 @@ def _csv(kind):
             raise click.BadParameter(str(err)) from None
 
     return parse
+
+
+def check_model_names(names: list[str]) -> None:
+    """Every name is demo, a registered config or an existing checkpoint path; else InputError, before any work."""
+    known = list_configs()
+    unknown = [name for name in names if name != "demo" and name not in known and not Path(name).exists()]
+    if unknown:
+        raise InputError(
+            f"unknown model(s) {', '.join(unknown)}: give demo, a config ({', '.join(known)}) or a checkpoint path"
+        )
 
 
 def load_models(names: list[str], seed: int) -> list[tuple[str, object, str]]:
@@ -57,7 +75,7 @@ def load_models(names: list[str], seed: int) -> list[tuple[str, object, str]]:
     return models
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@command("maskclip-bench", extra="export")
 @click.argument("models", nargs=-1)
 @click.option("--config", "configs", multiple=True, help="Config name to benchmark (random weights); repeatable.")
 @click.option(
@@ -71,8 +89,13 @@ def load_models(names: list[str], seed: int) -> list[tuple[str, object, str]]:
 @click.option("--warmup", default=2, show_default=True, type=click.IntRange(0), help="Untimed calls per row.")
 @click.option("--iters", default=10, show_default=True, type=click.IntRange(1), help="Timed calls per row.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, or cuda[:N] for PyTorch CUDA / ORT CUDA / TRT.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Markdown report path.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="JSON report path.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for the report: NAME.md and NAME.json (default: the Markdown on stdout).",
+)
+@click.option("--name", default="bench", show_default=True, help="File name of the report in --out, without suffix.")
+@json_option("the report (also, or instead of --out)")
 @click.option(
     "--workdir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -89,7 +112,21 @@ def load_models(names: list[str], seed: int) -> list[tuple[str, object, str]]:
 @click.option("--seed", default=0, show_default=True, help="Seed of the random weights of config models.")
 @click.option("--note", "notes", multiple=True, help="A line for the report's notes; repeatable.")
 def main(
-    models, configs, backends, batch_sizes, warmup, iters, device, out, json_path, workdir, pairs, profile, seed, notes
+    models,
+    configs,
+    backends,
+    batch_sizes,
+    warmup,
+    iters,
+    device,
+    out,
+    name,
+    json_path,
+    workdir,
+    pairs,
+    profile,
+    seed,
+    notes,
 ):
     """Benchmark MODELS: demo, config names (tiny, opensdi-vitl14: random weights) or checkpoint paths.
 
@@ -100,11 +137,13 @@ def main(
     if not batch_sizes or min(batch_sizes) < 1:
         raise click.BadParameter("batch sizes must be >= 1", param_hint="--batch-sizes")
     names = list(models) + list(configs) or ["tiny"]
+    check_model_names(names)
+    import torch  # noqa: F401 - every model is built with it: without the extra, refused before any work
+
     if device.startswith("cuda"):
         reason = cuda_unavailable_reason(device)
         if reason:  # before minutes of model building and exports end in a GEMM-ceiling traceback
-            click.echo(f"error: {reason}", err=True)
-            sys.exit(3)
+            raise BackendUnavailable(reason)
     settings = BenchSettings(backends, batch_sizes, warmup, iters, device, workdir or default_workdir(), pairs)
     say = lambda text: click.echo(text, err=True)  # noqa: E731 - progress goes to stderr
 
@@ -135,11 +174,13 @@ def main(
     if any(s["name"] == TARGET_MODEL for s in summaries) and 1 in batch_sizes:
         report["targets"] = evaluate_targets(report)
     markdown = render_markdown(report)
-    if json_path:
-        write_json(json_path, report)
     if out:
-        write_markdown(out, markdown)
-    else:
+        out.mkdir(parents=True, exist_ok=True)
+        write_markdown(out / f"{name}.md", markdown)
+        write_json(report, str(out / f"{name}.json"))
+    if json_path:
+        write_json(report, json_path)
+    if not out and json_path != "-":  # stdout holds one document
         click.echo(markdown)
 
 

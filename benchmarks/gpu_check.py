@@ -261,7 +261,7 @@ def bench_command(
         python, "-c", "from maskclip_bench.cli import main; main()", model, "--device", device,
         "--backends", backends, "--batch-sizes", "1,8", "--warmup", "10", "--iters", str(iters),
         "--pairs", str(pairs), "--no-profile", "--workdir", str(check.work / "artifacts"),
-        "--out", str(out / f"{report}.md"), "--json", str(out / f"{report}.json"),
+        "--out", str(out), "--name", report,
         "--note", "GPU check run by benchmarks/gpu_check.py; random weights",
     ]  # fmt: skip
 

@@ -18,7 +18,6 @@ environment with the serve extra.
 from __future__ import annotations
 
 import http.client
-import json
 import os
 import re
 import shutil
@@ -37,8 +36,8 @@ from pathlib import Path
 import click
 
 from maskclip_runtime.artifact import load_artifact
-from maskclip_runtime.atomic import write_text_atomic
-from maskclip_runtime.cli import DEMO_DIR
+from maskclip_runtime.command import command, json_option, write_json
+from maskclip_runtime.options import DEMO_DIR
 
 TARGET_FRACTION = 0.8  # the server should reach this share of maskclip-run's images/s at the top concurrency
 CLI_RATE = re.compile(r"([\d.]+) images/s")
@@ -216,7 +215,7 @@ def _csv_ints(ctx, param, value: str) -> list[int]:
         raise click.BadParameter(str(exc)) from None
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@command("maskclip_bench.serve_load")
 @click.option("--model", type=click.Path(exists=True), help="Artifact folder (default: the embedded demo model).")
 @click.option("--batch", type=click.IntRange(min=1), help="Batch for both (default: the artifact's max).")
 @click.option("--threads", type=click.IntRange(min=1), help="ONNX Runtime threads for both.")
@@ -226,7 +225,7 @@ def _csv_ints(ctx, param, value: str) -> list[int]:
 @click.option("--rounds", default=3, show_default=True, type=click.IntRange(min=1), help="Alternating repeats.")
 @click.option("--max-wait-ms", default=5.0, show_default=True, type=click.FloatRange(min=0))
 @click.option("--queue-bound", default=8, show_default=True, type=click.IntRange(min=1), help="--max-queue of step 3.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write the figures.")
+@json_option("the figures (also)")
 def main(model, batch, threads, concurrency, requests, seconds, rounds, max_wait_ms, queue_bound, json_path) -> None:
     """Load-test maskclip-serve on loopback against maskclip-run's throughput at the same batch."""
     model = str(model or DEMO_DIR)
@@ -306,7 +305,7 @@ def main(model, batch, threads, concurrency, requests, seconds, rounds, max_wait
                 "rss_mib": {"warm": warm_rss, "first_half_max": max(first_half), "second_half_max": max(second_half)},
             },
         }
-        write_text_atomic(json_path, json.dumps(report, indent=2) + "\n")
+        write_json(report, json_path)
 
 
 if __name__ == "__main__":

@@ -23,8 +23,9 @@ import numpy as np
 from PIL import Image
 
 from maskclip_core.data.synth import GENERATORS, PHOTOS, load_photo, render
-from maskclip_runtime.cli import DEMO_DIR
+from maskclip_runtime.command import command
 from maskclip_runtime.detector import Detector
+from maskclip_runtime.options import DEMO_DIR
 from maskclip_runtime.tiling import detect_tiled
 
 
@@ -64,7 +65,7 @@ def pixel_f1(predicted: np.ndarray, truth: np.ndarray) -> float:
     return 2 * true_positive / (2 * true_positive + wrong) if true_positive or wrong else 1.0
 
 
-@click.command()
+@command("maskclip_bench.tile_masks")
 @click.option("--model", type=click.Path(exists=True), default=str(DEMO_DIR), show_default=True)
 @click.option("--side", type=int, default=2048, show_default=True, help="Photo side in pixels.")
 @click.option("--edit", "edits", default="64,256", show_default=True, help="Edit diameters in pixels.")

@@ -11,51 +11,47 @@ Formats and the flags each takes (Ultralytics-style table; invalid combinations 
   (the choices and what each allows come from maskclip_runtime.precisions)
   + --split (CLIP / trunk / heads graphs) or --cascade (screen / localise graphs: the runtime localises
   only images judged fake), --dynamic (batch 1..N), --trt (engines on a GPU machine)
+
+Exit statuses are the table of maskclip_runtime.errors: 2 usage error or unusable input (found before
+the model is loaded where possible), 3 the verification gate (or TensorRT's op check) refused the
+graphs, 4 TensorRT is not available here (--trt; the ONNX artifact is kept), 5 the engine build failed.
+torch, ONNX and the export modules are imported inside the command: `--help` needs none of them.
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-import torch
 
-from maskclip_runtime.backends.base import BackendUnavailable
-from maskclip_runtime.calibration import read_calibration
-from maskclip_runtime.contract import BatchSpec, Manifest
+from maskclip_runtime.command import command
+from maskclip_runtime.errors import BackendUnavailable, NotFinished, UsageError
 from maskclip_runtime.precisions import DEFAULT_PRECISION, PRECISIONS, TENSORRT, precision_row, precisions_for
-from maskclip_runtime.preprocess import ImageLoadError
 
-from .exporter import ExportError, ExportOptions, GateFailed, ModelSource, check_output_location, export_artifact
-from .op_support import UnsupportedOpsError
-from .verify import VerificationError
+if TYPE_CHECKING:
+    from maskclip_runtime.contract import Manifest
 
-
-def _fail(message: str, code: int = 1) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(code)
+    from .exporter import ModelSource
 
 
 def load_source(checkpoint: str | None, config: str | None) -> ModelSource:
     """--checkpoint (optionally checked against --config), --config alone (random init), or the demo model."""
+    import torch
+
     from maskclip_core.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_config, weights_digest
     from maskclip_core.config import get_config
     from maskclip_core.model import build_model
 
+    from .exporter import ExportError, ModelSource
+
     if config:
-        try:
-            get_config(config)
-        except KeyError as exc:
-            raise ExportError(str(exc.args[0])) from None
+        get_config(config)  # an unknown name: UnknownConfig, status 2
     if checkpoint:
-        try:
-            found = read_checkpoint_config(checkpoint)
-            if config and found.name != config:
-                raise ExportError(f"{checkpoint}: checkpoint is config {found.name!r}, not --config {config!r}")
-            model = load_checkpoint(checkpoint)
-        except CheckpointError as exc:
-            raise ExportError(str(exc)) from None
+        found = read_checkpoint_config(checkpoint)
+        if config and found.name != config:
+            raise ExportError(f"{checkpoint}: checkpoint is config {found.name!r}, not --config {config!r}")
+        model = load_checkpoint(checkpoint)
         return ModelSource(model, str(Path(checkpoint).resolve()), weights_digest(model))
     if config:
         torch.manual_seed(0)  # random init, reproducible ids across runs
@@ -75,20 +71,28 @@ def load_source(checkpoint: str | None, config: str | None) -> ModelSource:
 
 
 def _build_engines(out: Path, calib: str | None, calib_count: int) -> None:
-    """--trt: engines into the installed artifact; TensorRT missing -> one line and exit 3 (ONNX kept)."""
+    """--trt: engines into the installed artifact; TensorRT missing -> status 4, a failed build 5 (ONNX kept)."""
     from maskclip_runtime.inputs import image_files
+
+    from .tensorrt import PrecisionPlanError
 
     try:
         from .tensorrt import build_engines
     except ImportError as exc:
-        _fail(f"TensorRT export is not available in this install ({exc}); the ONNX artifact is at {out}", 3)
+        raise BackendUnavailable(
+            f"TensorRT export is not available in this install ({exc}); the ONNX artifact is at {out}"
+        ) from None
     calib_images = image_files(calib)[:calib_count] if calib else ()
     try:
         engines = build_engines(out, calib_images=calib_images, log=lambda m: click.echo(m, err=True))
     except BackendUnavailable as exc:
-        _fail(f"TensorRT is not available: {exc}; the ONNX artifact is at {out}", 3)
-    except (ValueError, RuntimeError) as exc:  # precision plan refused, engine build failed
-        _fail(f"TensorRT engine build failed: {str(exc).splitlines()[0]}; the ONNX artifact is at {out}", 3)
+        raise BackendUnavailable(f"TensorRT is not available: {exc}; the ONNX artifact is at {out}") from None
+    except PrecisionPlanError:
+        raise
+    except (ValueError, RuntimeError) as exc:  # the engine build failed
+        raise NotFinished(
+            f"TensorRT engine build failed: {str(exc).splitlines()[0]}; the ONNX artifact is at {out}"
+        ) from None
     click.echo(f"TensorRT: {len(engines)} engine(s) written into {out}")
 
 
@@ -106,7 +110,7 @@ def _export_summary(manifest: Manifest, out: Path) -> str:
     return f"{line}; {sum(manifest.export_seconds.values()):.0f} s"
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@command("maskclip-export", extra="export")
 @click.option("--checkpoint", type=click.Path(), help="MaskCLIP checkpoint (.safetensors + .json, or folder).")
 @click.option("--config", "config_name", help="Config name (tiny, opensdi-vitl14); alone: random init.")
 @click.option("--out", required=True, type=click.Path(), help="Artifact folder to write.")
@@ -144,16 +148,21 @@ def _export_summary(manifest: Manifest, out: Path) -> str:
     type=click.Path(dir_okay=False),
     help="Verdict calibration record from maskclip-calibrate, stored in the manifest (not int8's --calib).",
 )
-@click.option("--quiet", is_flag=True, help="No progress display.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 def main(
     checkpoint, config_name, out, opset, batch, dynamic, precision, calib, calib_count, split, cascade,
     verify_images, no_verify, trt, calibration, quiet,
 ):  # fmt: skip
     """Export MaskCLIP to a verified ONNX artifact folder (manifest.json + graphs)."""
+    from maskclip_runtime.calibration import read_calibration
+    from maskclip_runtime.contract import BatchSpec
+
+    from .exporter import ExportOptions, GateFailed, check_output_location, export_artifact
+
     if split and cascade:
-        _fail("--split and --cascade are exclusive: pick one topology")
+        raise UsageError("--split and --cascade are exclusive: pick one topology")
     if trt and not precision_row(precision).tensorrt:
-        _fail(
+        raise UsageError(
             f"TensorRT cannot build {precision} graphs: --trt takes --precision {' / '.join(precisions_for(TENSORRT))}"
         )
     try:
@@ -169,18 +178,16 @@ def main(
             verify=not no_verify,
             calibration=read_calibration(calibration) if calibration else None,
         )
-        options.validate()
-        check_output_location(options.out)  # before the model is even loaded
-    except (ExportError, ValueError) as exc:  # CalibrationError is a ValueError
-        _fail(str(exc))
+    except ValueError as exc:  # e.g. an opset or batch the options cannot take
+        raise UsageError(str(exc)) from None
+    options.validate()
+    check_output_location(options.out)  # before the model is even loaded
+    source = load_source(checkpoint, config_name)
+    click.echo(f"model: {source.model.config.name}, {source.description}", err=True)
     try:
-        source = load_source(checkpoint, config_name)
-        click.echo(f"model: {source.model.config.name}, {source.description}", err=True)
         manifest = export_artifact(source, options, progress=not quiet, log=lambda m: click.echo(m, err=True))
     except GateFailed as exc:
-        _fail(f"{exc}; report: {exc.report_path}", 2)
-    except (ExportError, UnsupportedOpsError, VerificationError, ImageLoadError, BackendUnavailable) as exc:
-        _fail(str(exc))
+        raise GateFailed(f"{exc}; report: {exc.report_path}", exc.report_path) from None
     report = manifest.verification
     if report.get("skipped"):
         click.echo("verification: skipped (--no-verify)", err=True)

@@ -37,6 +37,7 @@ from maskclip_runtime.contract import (
     claimed_files,
 )
 from maskclip_runtime.detector import Detector
+from maskclip_runtime.errors import InputError, VerificationFailed
 from maskclip_runtime.inputs import image_files
 from maskclip_runtime.precisions import DEFAULT_PRECISION, PRECISIONS, precision_row
 from maskclip_runtime.preprocess import ImageLoadError, PreprocessSpec, load_image, preprocess_batch
@@ -60,11 +61,11 @@ FAILED_MANIFEST_NAME = "manifest.failed.json"  # a refused export's manifest: no
 FAILED_REPORT_NAME = "verification.json"
 
 
-class ExportError(RuntimeError):
+class ExportError(InputError, RuntimeError):
     """A user-facing export failure; the message is one line."""
 
 
-class GateFailed(ExportError):
+class GateFailed(VerificationFailed, ExportError):
     """The verification gate ran and rejected the export; the report is kept at `report_path`."""
 
     def __init__(self, message: str, report_path: Path):

@@ -16,11 +16,13 @@ from pathlib import Path
 import onnx
 from onnx import numpy_helper
 
+from maskclip_runtime.errors import VerificationFailed
+
 DEFAULT_DOMAINS = ("", "ai.onnx")
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 
 
-class UnsupportedOpsError(RuntimeError):
+class UnsupportedOpsError(VerificationFailed, RuntimeError):
     """A graph uses ops (or op settings) that TensorRT's ONNX parser does not support."""
 
 

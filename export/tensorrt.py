@@ -33,6 +33,7 @@ from maskclip_runtime.atomic import write_bytes_atomic
 from maskclip_runtime.backends.tensorrt import cuda_call, gpu_identity, import_cudart, import_tensorrt
 from maskclip_runtime.contract import BatchSpec, EngineSpec, GraphSpec, graph_digest
 from maskclip_runtime.engine_header import sidecar_path, write_engine
+from maskclip_runtime.errors import InputError
 from maskclip_runtime.precisions import DEFAULT_PRECISION, TENSORRT, UnknownPrecision, precision_row, precisions_for
 from maskclip_runtime.preprocess import load_image, preprocess_batch
 
@@ -58,7 +59,7 @@ class EngineGateFailed(GateFailed):
     staged artifact with the refused engines is kept beside the report at `report_path`."""
 
 
-class PrecisionPlanError(ValueError):
+class PrecisionPlanError(InputError, ValueError):
     """The requested engine precision cannot be built from this graph with this TensorRT."""
 
 

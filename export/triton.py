@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,10 @@ import numpy as np
 from maskclip_runtime.artifact import Artifact, load_artifact
 from maskclip_runtime.atomic import atomic_path, write_text_atomic
 from maskclip_runtime.chain import run_chain
-from maskclip_runtime.contract import FINAL_OUTPUTS, ArtifactError, GraphSpec, TensorSpec
+from maskclip_runtime.command import command
+from maskclip_runtime.contract import FINAL_OUTPUTS, GraphSpec, TensorSpec
+from maskclip_runtime.detector import BACKENDS
+from maskclip_runtime.errors import InputError, VerificationFailed
 
 PROG = "maskclip-triton"
 RAW_INPUT = "image_rgb8"
@@ -49,11 +51,11 @@ TRITON_TYPES = {
 ENGINE_MAGIC = b"MCLIPTRT"  # engine files written with a metadata header in front of the plan
 
 
-class TritonExportError(ValueError):
+class TritonExportError(InputError, ValueError):
     """The repository cannot be written as asked; the message says why."""
 
 
-class BakedGraphGateFailed(TritonExportError):
+class BakedGraphGateFailed(VerificationFailed, TritonExportError):
     """The graph with preprocessing baked in does not compute what the original graph computes."""
 
 
@@ -124,7 +126,7 @@ def write_repository(
 
 def _choose_backend(artifact: Artifact, backend: str, raw_input: bool) -> bool:
     """True: serve the TensorRT engines; False: the ONNX graphs."""
-    if backend not in ("auto", "onnxruntime", "tensorrt"):
+    if backend not in BACKENDS:
         raise TritonExportError(f"unknown backend {backend!r}: use auto, onnxruntime or tensorrt")
     has_engines = bool(artifact.engines) and all(g.name in artifact.engines for g in artifact.graphs)
     if backend == "tensorrt" and not has_engines:
@@ -328,21 +330,18 @@ def _run_chain(runners, first: str, images: np.ndarray, artifact: Artifact) -> d
 
 
 # --- command ------------------------------------------------------------------------------------------
-@click.command(
-    context_settings={"help_option_names": ["-h", "--help"]},
-    epilog="Exit status: 0 written, 1 gate failed, 2 usage error.",
-)
+@command(PROG, extra="export")
 @click.argument("artifact", type=click.Path())
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Model repository folder to write into.")
 @click.option("--name", default="maskclip", show_default=True, help="Model name in the repository.")
-@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "tensorrt"]), default="auto", show_default=True,
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
               help="auto: the TensorRT engines when the artifact has them, else the ONNX graphs.")  # fmt: skip
 @click.option(
     "--raw-input", is_flag=True, help="Bake normalisation into the graph: uint8 NHWC pixels at model size in."
 )
 @click.option("--max-wait-ms", type=click.FloatRange(min=0), default=DEFAULT_MAX_WAIT_MS, show_default=True,
               help="Triton's dynamic batching max_queue_delay.")  # fmt: skip
-@click.option("--quiet", is_flag=True, help="No progress lines.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 def main(artifact, out, name, backend, raw_input, max_wait_ms, quiet) -> None:
     """Write a Triton Inference Server model repository for an exported ARTIFACT."""
 
@@ -350,17 +349,6 @@ def main(artifact, out, name, backend, raw_input, max_wait_ms, quiet) -> None:
         if not quiet:
             click.echo(f"{PROG}: {message}", err=True)
 
-    try:
-        written = write_repository(artifact, out, name, backend, raw_input, max_wait_ms, log)
-    except BakedGraphGateFailed as exc:
-        click.echo(f"{PROG}: error: {exc}", err=True)
-        sys.exit(1)
-    except (ArtifactError, TritonExportError, OSError) as exc:
-        click.echo(f"{PROG}: error: {exc}", err=True)
-        sys.exit(2)
-    except Exception as exc:  # a bug or an environment failure (ONNX, ONNX Runtime): still one line
-        reason = str(exc).splitlines()[0] if str(exc) else ""
-        click.echo(f"{PROG}: error: {type(exc).__name__}: {reason}", err=True)
-        sys.exit(1)
+    written = write_repository(artifact, out, name, backend, raw_input, max_wait_ms, log)
     for folder in written:
         log(f"wrote {folder}")

@@ -18,6 +18,7 @@ from PIL import Image, ImageFilter
 from maskclip_runtime.backends.base import Runner
 from maskclip_runtime.chain import run_chain
 from maskclip_runtime.contract import BatchSpec
+from maskclip_runtime.errors import InputError
 from maskclip_runtime.inputs import image_files
 from maskclip_runtime.precisions import Tolerances, precision_row
 from maskclip_runtime.preprocess import PreprocessSpec, load_image, preprocess_batch
@@ -37,7 +38,7 @@ SAMPLE_IMAGES = (
 IOU_MIN_REFERENCE_AREA = 0.01
 
 
-class VerificationError(RuntimeError):
+class VerificationError(InputError, RuntimeError):
     """The gate cannot run (no images, unreadable images); distinct from a gate that ran and failed."""
 
 

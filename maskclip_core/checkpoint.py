@@ -14,12 +14,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from maskclip_runtime.atomic import atomic_path, write_text_atomic
+from maskclip_runtime.errors import InputError
 
 from .config import MaskCLIPConfig
 from .model import MaskCLIP
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError, ValueError):
     """An unusable checkpoint; the message names the file."""
 
 

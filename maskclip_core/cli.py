@@ -1,32 +1,32 @@
-"""Console scripts: maskclip-train, -eval, -synth, -import (maskclip-info lives in info.py).
+"""Console scripts: maskclip-train, -eval, -synth, -import, -calibrate (maskclip-info lives in info.py).
 
 Bad input (missing data, undecodable image, unknown config, unusable checkpoint) ends with one
-line on stderr naming the file and a non-zero status, never a traceback.
+line on stderr naming the file and exit status 2, never a traceback (the table of
+maskclip_runtime.errors, through its command wrapper). torch and the model code are imported
+inside the commands, so `--help` works in the runtime-only install.
 """
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
 import click
 
-from maskclip_core.checkpoint import CheckpointError
-from maskclip_core.data import DataError
-from maskclip_core.weights import WeightsUnavailableError
+from maskclip_runtime.command import command, json_option, option_group, write_json
+from maskclip_runtime.detector import BACKENDS
+from maskclip_runtime.errors import UsageError
+
+# The core's own checks raise ValueError/KeyError for values the user gave (sizes, fractions, names).
+USER_VALUE_ERRORS = (ValueError, KeyError)
+
+# What maskclip-calibrate writes into --out.
+RECORD_NAME = "calibration.json"
+CHECK_NAME = "check.json"
+RELIABILITY_NAME = "reliability.png"
 
 
-def _fail(exc: Exception) -> None:
-    message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc  # KeyError's str() adds quotes
-    click.echo(f"error: {message}", err=True)
-    sys.exit(2)
-
-
-USER_ERRORS = (DataError, CheckpointError, FileNotFoundError, KeyError, ValueError, WeightsUnavailableError)
-
-
-@click.command(context_settings={"show_default": True})
+@command("maskclip-train", extra="train", input_errors=USER_VALUE_ERRORS, show_default=True)
 @click.option("--data", required=True, help="OpenSDID parquet file/folder, folder layout, or HF data set name.")
 @click.option("--split", default=None, help="Sub-folder (local) or split (hub) to train on, e.g. train.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder (log, checkpoints).")
@@ -34,7 +34,7 @@ USER_ERRORS = (DataError, CheckpointError, FileNotFoundError, KeyError, ValueErr
 @click.option("--clip-weights", default=None, help="CLIP weights: 'openai' (hub) or a local file.")
 @click.option("--mae-weights", default=None, help="MAE weights: timm tag or a local file.")
 @click.option("--epochs", default=50, type=int)
-@click.option("--batch-size", default=16, type=int, help="Images per process.")
+@click.option("--batch", "batch_size", default=16, type=int, help="Images per batch, per process.")
 @click.option("--lr", default=1e-4, type=float)
 @click.option("--weight-decay", default=0.05, type=float, help="Not applied to biases and 1-D parameters.")
 @click.option("--beta1", default=0.9, type=float)
@@ -59,12 +59,7 @@ def train(**kwargs):
     from maskclip_core.train import TrainArgs
     from maskclip_core.train import train as run
 
-    try:
-        path = run(TrainArgs(**kwargs))
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except USER_ERRORS as exc:
-        _fail(exc)
+    path = run(TrainArgs(**kwargs))
     click.echo(f"checkpoint: {path}")
 
 
@@ -73,7 +68,7 @@ def _open_predictor(checkpoint: str | None, artifact: str | None, backend: str, 
     from maskclip_core.evaluate import ArtifactPredictor, TorchPredictor
 
     if checkpoint and artifact:
-        raise ValueError("give --checkpoint or --artifact, not both")
+        raise UsageError("give --checkpoint or --artifact, not both")
     if artifact:
         return ArtifactPredictor(artifact, backend, device), artifact
     import torch
@@ -88,38 +83,27 @@ def _open_predictor(checkpoint: str | None, artifact: str | None, backend: str, 
     return TorchPredictor(load_checkpoint(source), device), source
 
 
-def _model_options(command):
-    """The options that pick what is scored, shared by maskclip-eval and maskclip-calibrate."""
-    for option in reversed(
-        (
-            click.option(
-                "--data", default=None, help="OpenSDID parquet file/folder, folder layout, or HF data set name."
-            ),
-            click.option("--split", default=None, help="Sub-folder (local) or split (hub), e.g. test."),
-            click.option(
-                "--checkpoint", default=None, type=click.Path(), help="PyTorch checkpoint (folder or .safetensors)."
-            ),
-            click.option(
-                "--artifact", default=None, type=click.Path(), help="Exported artifact folder (via the runtime)."
-            ),
-            click.option("--backend", default="auto", help="Artifact backend: auto, onnxruntime or tensorrt."),
-            click.option("--device", default=None, help="cpu, cuda or cuda:N (default: GPU if available)."),
-            click.option("--batch-size", default=16, type=int),
-            click.option("--workers", default=2, type=int),
-            click.option("--limit", default=None, type=int, help="Use only the first N images (quick checks)."),
-        )
-    ):
-        command = option(command)
-    return command
+# The options that pick what is scored, shared by maskclip-eval and maskclip-calibrate.
+_model_options = option_group(
+    click.option("--data", default=None, help="OpenSDID parquet file/folder, folder layout, or HF data set name."),
+    click.option("--split", default=None, help="Sub-folder (local) or split (hub), e.g. test."),
+    click.option("--checkpoint", default=None, type=click.Path(), help="PyTorch checkpoint (folder or .safetensors)."),
+    click.option("--artifact", default=None, type=click.Path(), help="Exported artifact folder (via the runtime)."),
+    click.option("--backend", default="auto", type=click.Choice(BACKENDS), help="Backend of an --artifact."),
+    click.option("--device", default=None, help="cpu, cuda or cuda:N (default: GPU if available)."),
+    click.option("--batch", "batch_size", default=16, type=int, help="Images per forward pass."),
+    click.option("--workers", default=2, type=int),
+    click.option("--limit", default=None, type=int, help="Use only the first N images (quick checks)."),
+)
 
 
 def _beside(path: str | None, suffix: str) -> str | None:
     return None if path is None else str(Path(path).with_name(Path(path).stem + suffix))
 
 
-@click.command(context_settings={"show_default": True})
+@command("maskclip-eval", extra="train", input_errors=USER_VALUE_ERRORS, show_default=True)
 @_model_options
-@click.option("--output", default=None, type=click.Path(dir_okay=False), help="Save the report as JSON here.")
+@json_option("the report (with -, the tables go to stderr)")
 @click.option(
     "--calibration",
     default=None,
@@ -136,64 +120,60 @@ def _beside(path: str | None, suffix: str) -> str | None:
     "runtime's embedded demo), at each image's own size instead of the model size.",
 )
 def evaluate(
-    data, split, checkpoint, artifact, backend, device, batch_size, workers, limit, output, calibration, reliability,
-    robustness, per_generator, tiles,
+    data, split, checkpoint, artifact, backend, device, batch_size, workers, limit, json_path, calibration,
+    reliability, robustness, per_generator, tiles,
 ):  # fmt: skip
     """Score a checkpoint or an exported artifact: IoU/F1 per generator + AVG, detection F1/Acc/AUC.
 
     Without --checkpoint or --artifact the embedded demo model is evaluated. With a calibration
     record (--calibration, or one in the artifact's manifest): ECE, Brier, AUC and TPR at 1 %/5 %
-    FPR before and after, and a reliability diagram (--reliability, default beside --output).
-    With --robustness: the report per degradation as JSON, Markdown and a plot (beside --output).
+    FPR before and after, and a reliability diagram (--reliability, default beside --json).
+    With --robustness: the report per degradation as JSON, Markdown and a plot (beside --json).
     With --tiles: pixel metrics of tiled masks at each image's own size (a different scale from the
     default, which scores every mask at the model's input size as EVALUATION.md defines).
     """
     from maskclip_core.data import open_samples
-    from maskclip_core.evaluate import collect, collect_tiled, report, save_report
+    from maskclip_core.evaluate import collect, collect_tiled, report
 
     if not data:
-        _fail(ValueError("--data is required"))
+        raise UsageError("--data is required")
     if per_generator is not None and not robustness:
-        _fail(ValueError("--per-generator sizes the --robustness subset; add --robustness"))
+        raise UsageError("--per-generator sizes the --robustness subset; add --robustness")
     if tiles and (checkpoint or robustness):
-        _fail(ValueError("--tiles scores an exported artifact through the runtime, without --robustness: "
-                         "give --artifact (maskclip-export makes one from a checkpoint)"))  # fmt: skip
+        raise UsageError("--tiles scores an exported artifact through the runtime, without --robustness: "
+                         "give --artifact (maskclip-export makes one from a checkpoint)")  # fmt: skip
     if tiles and not artifact:
-        from maskclip_runtime.cli import DEMO_DIR
+        from maskclip_runtime.options import DEMO_DIR
 
         artifact = str(DEMO_DIR)
         click.echo(f"no --artifact given: scoring the runtime's embedded demo artifact ({DEMO_DIR})", err=True)
-    try:
-        samples = open_samples(data, split)[:limit]
-        predictor, source = _open_predictor(checkpoint, artifact, backend, device)
-        record = _calibration_to_measure(calibration, predictor)
-        if robustness:
-            _robustness(predictor, samples, source, data, split, per_generator, batch_size, workers, output)
-            return
-        started = time.perf_counter()
-        if tiles:
-            accumulator = collect_tiled(predictor.detector, samples)
-        else:
-            accumulator = collect(predictor, samples, batch_size, workers)
-        seconds = time.perf_counter() - started
-    except USER_ERRORS as exc:
-        _fail(exc)
-    except RuntimeError as exc:  # runtime's BackendUnavailable / ArtifactError are one-line messages too
-        _fail(exc)
+    to_stdout = json_path == "-"
+    file_path = None if to_stdout else json_path  # the figures go beside a report file
+    predictor, source = _open_predictor(checkpoint, artifact, backend, device)  # a bad model: before the data
+    samples = open_samples(data, split)[:limit]
+    record = _calibration_to_measure(calibration, predictor)
+    if robustness:
+        _robustness(predictor, samples, source, data, split, per_generator, batch_size, workers, json_path)
+        return
+    started = time.perf_counter()
+    if tiles:
+        accumulator = collect_tiled(predictor.detector, samples)
+    else:
+        accumulator = collect(predictor, samples, batch_size, workers)
+    seconds = time.perf_counter() - started
     summary = accumulator.summary()
     doc = report(summary, model=source, predictor=predictor.name, data=data, split=split, images=len(samples))
     doc["masks_scored_at"] = "native resolution, tiles" if tiles else f"model input ({predictor.spec.size} px)"
-    click.echo(doc["table"])
+    click.echo(doc["table"], err=to_stdout)
     click.echo(_eval_summary(accumulator, predictor.threshold, seconds), err=True)
     if record is not None:
         if (record.fitted_on.get("data"), record.fitted_on.get("split")) == (str(data), split):
             click.echo("note: these images include the record's fitting data; its scores here are optimistic", err=True)
         doc["calibration"] = _measure_calibration(
-            record, accumulator, reliability or _beside(output, "-reliability.png")
+            record, accumulator, reliability or _beside(file_path, "-reliability.png"), err=to_stdout
         )
-    if output:
-        save_report(doc, output)
-        click.echo(f"saved {output}", err=True)
+    if json_path:
+        write_json(doc, json_path)
 
 
 def _eval_summary(accumulator, threshold: float, seconds: float) -> str:
@@ -216,13 +196,13 @@ def _calibration_to_measure(path: str | None, predictor):
     return detector.calibration if detector is not None else None
 
 
-def _measure_calibration(record, accumulator, reliability: str | None) -> dict:
+def _measure_calibration(record, accumulator, reliability: str | None, err: bool = False) -> dict:
     from maskclip_core.calibrate import calibration_report, format_calibration, save_reliability_diagram
     from maskclip_core.evaluate import without_nan
 
     labels, prob = accumulator.scores()
     measured = calibration_report(labels, prob, record)
-    click.echo("\n" + format_calibration(measured))
+    click.echo("\n" + format_calibration(measured), err=err)
     if reliability:
         Path(reliability).parent.mkdir(parents=True, exist_ok=True)
         save_reliability_diagram(labels, prob, record, reliability)
@@ -230,21 +210,28 @@ def _measure_calibration(record, accumulator, reliability: str | None) -> dict:
     return without_nan(measured)
 
 
-def _robustness(predictor, samples, source, data, split, per_generator, batch_size, workers, output) -> None:
+def _robustness(predictor, samples, source, data, split, per_generator, batch_size, workers, json_path) -> None:
     from maskclip_core.robustness import robustness, robustness_report, save_robustness, stratified_subset
 
     subset = stratified_subset(samples, per_generator)
     results = robustness(predictor, subset, batch_size, workers)
     doc = robustness_report(results, model=source, predictor=predictor.name, data=data, split=split, images=len(subset))
-    click.echo(doc["markdown"])
-    if output:
-        for path in save_robustness(doc, results, output, title=f"Robustness: {Path(source).name}"):
+    click.echo(doc["markdown"], err=json_path == "-")
+    if json_path == "-":
+        write_json(doc, json_path)
+    elif json_path:
+        for path in save_robustness(doc, results, json_path, title=f"Robustness: {Path(source).name}"):
             click.echo(f"saved {path}", err=True)
 
 
-@click.command(context_settings={"show_default": True})
+@command("maskclip-calibrate", extra="train", input_errors=USER_VALUE_ERRORS, show_default=True)
 @_model_options
-@click.option("--out", default=None, type=click.Path(dir_okay=False), help="Calibration record JSON to write.")
+@click.option(
+    "--out",
+    default=None,
+    type=click.Path(file_okay=False),
+    help=f"Folder to write {RECORD_NAME} (the record), {CHECK_NAME} and {RELIABILITY_NAME} into.",
+)
 @click.option("--fit-fraction", default=0.5, type=float, help="Share of the data to fit on; the rest measures it.")
 @click.option("--seed", default=0, type=int, help="Seed of the fit/check split (stratified by generator, label).")
 @click.option("--target-fpr", "target_fprs", multiple=True, type=float, default=(0.01, 0.05), help="Operating points.")
@@ -259,26 +246,23 @@ def calibrate(
 
     The data are split (seeded, stratified) into a fitting part and a checking part: the record is
     fitted on the first and its before/after metrics (ECE, Brier, AUC, TPR at the target FPRs),
-    operating points and reliability diagram are measured on the second, written beside --out.
+    operating points and reliability diagram are measured on the second, written into --out.
     `--attach ARTIFACT --record FILE` attaches an existing record without fitting anything.
     """
-    from maskclip_runtime.calibration import CalibrationError, attach_calibration, read_calibration
+    from maskclip_runtime.calibration import attach_calibration, read_calibration
 
-    try:
-        if record:
-            if not attach or data or out:
-                raise ValueError("--record goes with --attach only (it attaches an existing record)")
-            fitted = read_calibration(record)
-        else:
-            if not data or not out:
-                raise ValueError("fitting needs --data and --out (or attach an existing record: --attach A --record F)")
-            fitted = _fit(data, split, checkpoint, artifact, backend, device, batch_size, workers, limit, out,
-                          fit_fraction, seed, target_fprs)  # fmt: skip
-        if attach:
-            manifest = attach_calibration(attach, fitted, force=force)
-            click.echo(f"attached calibration {fitted.sha256[:12]} to {manifest}")
-    except (*USER_ERRORS, CalibrationError, RuntimeError) as exc:
-        _fail(exc)
+    if record:
+        if not attach or data or out:
+            raise UsageError("--record goes with --attach only (it attaches an existing record)")
+        fitted = read_calibration(record)
+    else:
+        if not data or not out:
+            raise UsageError("fitting needs --data and --out (or attach an existing record: --attach A --record F)")
+        fitted = _fit(data, split, checkpoint, artifact, backend, device, batch_size, workers, limit, Path(out),
+                      fit_fraction, seed, target_fprs)  # fmt: skip
+    if attach:
+        manifest = attach_calibration(attach, fitted, force=force)
+        click.echo(f"attached calibration {fitted.sha256[:12]} to {manifest}")
 
 
 def _calibrate_summary(fitted, fitted_images: int, checking, seconds: float) -> str:
@@ -295,42 +279,38 @@ def _calibrate_summary(fitted, fitted_images: int, checking, seconds: float) -> 
     )
 
 
-def _fit(data, split, checkpoint, artifact, backend, device, batch_size, workers, limit, out, fit_fraction, seed,
+def _fit(data, split, checkpoint, artifact, backend, device, batch_size, workers, limit, out: Path, fit_fraction, seed,
          target_fprs):  # fmt: skip
-    import json
-
     from maskclip_core.calibrate import fit_calibration, split_holdout
     from maskclip_core.data import open_samples
     from maskclip_core.evaluate import collect
-    from maskclip_runtime.atomic import atomic_path
     from maskclip_runtime.calibration import write_calibration
 
     if any(not 0.0 <= t < 1.0 for t in target_fprs):
-        raise ValueError(f"--target-fpr must lie in [0, 1), got {', '.join(map(str, target_fprs))}")
+        raise UsageError(f"--target-fpr must lie in [0, 1), got {', '.join(map(str, target_fprs))}")
+    predictor, source = _open_predictor(checkpoint, artifact, backend, device)  # a bad model: before the data
     samples = open_samples(data, split)[:limit]
     fit_samples, check_samples = split_holdout(samples, fit_fraction, seed)
-    predictor, source = _open_predictor(checkpoint, artifact, backend, device)
     started = time.perf_counter()
     fit_labels, fit_prob = collect(predictor, fit_samples, batch_size, workers, desc="fit").scores()
     model_id = predictor.detector.model_id if artifact else None
     fitted_on = {"model": source, "model_id": model_id, "data": str(data), "split": split, "seed": seed,
                  "fit_fraction": fit_fraction}  # fmt: skip
     fitted = fit_calibration(fit_labels, fit_prob, fitted_on, target_fprs)
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    write_calibration(fitted, out)
-    click.echo(f"wrote {out} (temperature {fitted.temperature:.4f}, sha256 {fitted.sha256})")
+    out.mkdir(parents=True, exist_ok=True)
+    write_calibration(fitted, out / RECORD_NAME)
+    click.echo(f"wrote {out / RECORD_NAME} (temperature {fitted.temperature:.4f}, sha256 {fitted.sha256})")
     checking = collect(predictor, check_samples, batch_size, workers, desc="check")
     click.echo(_calibrate_summary(fitted, len(fit_samples), checking, time.perf_counter() - started), err=True)
-    measured = _measure_calibration(fitted, checking, _beside(out, "-reliability.png"))
-    report_path = Path(_beside(out, "-report.json"))
+    measured = _measure_calibration(fitted, checking, str(out / RELIABILITY_NAME))
+    report_path = out / CHECK_NAME
     doc = {"record": fitted.to_dict(), "checked_on": {"images": len(check_samples)}, **measured}
-    with atomic_path(report_path) as temp:
-        temp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    write_json(doc, str(report_path))
     click.echo(f"saved {report_path}", err=True)
     return fitted
 
 
-@click.command(context_settings={"show_default": True})
+@command("maskclip-synth", extra="train", input_errors=USER_VALUE_ERRORS, show_default=True)
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder (train/, test/).")
 @click.option("--seed", default=0, type=int)
 @click.option("--count", default=800, type=int, help="Training images per generator (half real).")
@@ -345,17 +325,17 @@ def synth(out, seed, count, test_count, generators, min_size, max_size):
     from maskclip_core.data.synth import GENERATORS, synthesize
 
     names = generators.split(",") if generators else list(GENERATORS)
+    unknown = [name for name in names if name not in GENERATORS]
+    if unknown:  # before the progress bar: a typo is refused before any work
+        raise UsageError(f"--generators: unknown {', '.join(unknown)}; known: {', '.join(GENERATORS)}")
     if min_size < 32 or max_size < min_size:
-        _fail(ValueError(f"need 32 <= --min-size <= --max-size, got {min_size}, {max_size}"))
-    try:
-        with tqdm(total=(count + test_count) * len(names), desc="synth", dynamic_ncols=True) as bar:
-            path = synthesize(Path(out), seed, count, test_count, names, min_size, max_size, progress=bar)
-    except ValueError as exc:
-        _fail(exc)
+        raise UsageError(f"need 32 <= --min-size <= --max-size, got {min_size}, {max_size}")
+    with tqdm(total=(count + test_count) * len(names), desc="synth", dynamic_ncols=True) as bar:
+        path = synthesize(Path(out), seed, count, test_count, names, min_size, max_size, progress=bar)
     click.echo(f"wrote {path} (synthetic proxy, not OpenSDID)")
 
 
-@click.command(context_settings={"show_default": True})
+@command("maskclip-import", extra="train", input_errors=USER_VALUE_ERRORS, show_default=True)
 @click.argument("source", type=click.Path(dir_okay=False))
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Checkpoint folder to write.")
 @click.option("--config", default="opensdi-vitl14", help="Registered config name or a config JSON file.")
@@ -368,10 +348,7 @@ def import_checkpoint(source, out, config):
     from maskclip_core.authors import import_authors_checkpoint
     from maskclip_core.train import resolve_config
 
-    try:
-        path = import_authors_checkpoint(source, out, resolve_config(config))
-    except USER_ERRORS as exc:
-        _fail(exc)
+    path = import_authors_checkpoint(source, out, resolve_config(config))
     click.echo(f"checkpoint: {path.parent}")
 
 

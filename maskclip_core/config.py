@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields, replace
 
+from maskclip_runtime.errors import InputError
 from maskclip_runtime.preprocess import LEGACY_RESIZE, PreprocessSpec
 
 
@@ -140,11 +141,15 @@ def register(cfg: MaskCLIPConfig) -> MaskCLIPConfig:
     return cfg
 
 
+class UnknownConfig(InputError, KeyError):
+    """A config name that is not registered; the message lists the known ones."""
+
+
 def get_config(name: str) -> MaskCLIPConfig:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise KeyError(f"unknown config {name!r}; known: {', '.join(sorted(_REGISTRY))}") from None
+        raise UnknownConfig(f"unknown config {name!r}; known: {', '.join(sorted(_REGISTRY))}") from None
 
 
 def list_configs() -> list[str]:

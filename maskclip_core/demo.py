@@ -33,6 +33,7 @@ from maskclip_core.data import MaskCLIPDataset, open_samples
 from maskclip_core.model import MaskCLIP
 from maskclip_core.model.clip_tower import ClipTower
 from maskclip_core.train import cosine_lr
+from maskclip_runtime.command import command
 
 DEMO_CHECKPOINT = Path(__file__).resolve().parent / "weights" / "maskclip-tiny-demo.safetensors"
 DEMO_MODEL_CARD = DEMO_CHECKPOINT.parent / "MODEL_CARD.md"
@@ -103,7 +104,7 @@ def pretrain_clip(
     return out_file
 
 
-@click.command(context_settings={"show_default": True})
+@command("maskclip_core.demo", extra="train", show_default=True)
 @click.option("--work", required=True, type=click.Path(file_okay=False), help="Folder for data, runs and metrics.")
 @click.option("--clip-steps", default=800, type=int, help="Stage 1 steps (CLIP stand-in pretraining).")
 @click.option("--epochs", default=10, type=int, help="Stage 2 epochs (MaskCLIP training).")

@@ -1,16 +1,20 @@
-"""`maskclip-info`: parameters (total, trainable, per part), input size and GMACs of a config or checkpoint."""
+"""`maskclip-info`: parameters (total, trainable, per part), input size and GMACs of a config or checkpoint.
+
+torch and the model are imported where they are used, so `maskclip-info --help` works without torch.
+"""
 
 from __future__ import annotations
 
-import json
-import sys
+from typing import TYPE_CHECKING
 
 import click
-import torch
-from torch.utils.flop_counter import FlopCounterMode
+
+from maskclip_runtime.command import command, json_option, write_json
 
 from .config import MaskCLIPConfig, get_config, list_configs
-from .model import MaskCLIP
+
+if TYPE_CHECKING:
+    from .model import MaskCLIP
 
 
 def count_macs(model: MaskCLIP | MaskCLIPConfig, batch: int = 1) -> dict[str, float]:
@@ -20,6 +24,11 @@ def count_macs(model: MaskCLIP | MaskCLIPConfig, batch: int = 1) -> dict[str, fl
     The text pass is reported apart: at inference T is a constant and belongs in no deployed graph.
     heads = heads_verdict (VSA, what the cascade's screen adds to clip) + heads_mask (the decoder).
     """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .model import MaskCLIP
+
     cfg = model if isinstance(model, MaskCLIPConfig) else model.config
     s = cfg.image_size
     with torch.device("meta"):
@@ -65,26 +74,26 @@ def describe(model: MaskCLIP, source: str) -> dict:
     }
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@command("maskclip-info", extra="train")
 @click.option("--config", "config_name", type=click.Choice(list_configs()), help="A registered config (built on meta).")
 @click.option("--checkpoint", type=click.Path(), help="A MaskCLIP checkpoint (.safetensors + .json, or its folder).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON (keys parameters.total, parameters.trainable, ...).")
-def main(config_name: str | None, checkpoint: str | None, as_json: bool) -> None:
+@json_option("the description (keys parameters.total, parameters.trainable, ...)")
+def main(config_name: str | None, checkpoint: str | None, json_path: str | None) -> None:
     """Describe a MaskCLIP model: parameters (total, trainable, per part), input size and GMACs per image.
 
     With --config the model is built on PyTorch's meta device: nothing is downloaded or allocated.
     Without either option, the embedded demo model is described.
     """
+    import torch
+
+    from .model import MaskCLIP
+
     if config_name and checkpoint:
         raise click.UsageError("give --config or --checkpoint, not both")
     if checkpoint:
-        from .checkpoint import CheckpointError, read_checkpoint_config
+        from .checkpoint import read_checkpoint_config
 
-        try:
-            cfg = read_checkpoint_config(checkpoint)
-        except CheckpointError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(2)
+        cfg = read_checkpoint_config(checkpoint)
         source = checkpoint
     else:
         cfg = get_config(config_name or "tiny")
@@ -92,8 +101,8 @@ def main(config_name: str | None, checkpoint: str | None, as_json: bool) -> None
     with torch.device("meta"):
         model = MaskCLIP(cfg)
     info = describe(model, source)
-    if as_json:
-        click.echo(json.dumps(info, indent=2))
+    if json_path:
+        write_json(info, json_path)
         return
     p = info["parameters"]
     click.echo(f"MaskCLIP {info['config']}  ({source})")

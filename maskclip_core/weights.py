@@ -15,13 +15,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from maskclip_runtime.errors import InputError
+
 HUB_HOST = ("huggingface.co", 443)
 MAE_HUB_TAGS = {"vit_base_patch16_224.mae": ("timm/vit_base_patch16_224.mae", "model.safetensors")}
 # MAE checkpoint tensors that MaskCLIP's side net does not have
 _MAE_UNUSED_PREFIXES = ("cls_token", "mask_token", "norm.", "fc_norm.", "head.", "decoder")
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(InputError, RuntimeError):
     """Weights could not be obtained; the message names the file to supply and the option to pass."""
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import write_text_atomic
+from .errors import InputError
 
 CALIBRATION_FORMAT = "maskclip-calibration"
 CALIBRATION_VERSION = 1
@@ -36,7 +37,7 @@ VERDICTS = ("real", "uncertain", "fake")
 PLAIN_OPERATING_POINT = "threshold"  # the name records carry when no calibration is applied
 
 
-class CalibrationError(ValueError):
+class CalibrationError(InputError, ValueError):
     """A calibration record that cannot be trusted or used; the message is one line."""
 
 

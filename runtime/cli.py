@@ -1,11 +1,11 @@
 """maskclip-run: detect generated images and pixels with an exported artifact.
 
-Exit status: 0 every image succeeded, 1 some images failed (each reported, the rest completed) or
-the results could not be written (e.g. a full disk), 2 usage error (bad flags, unusable model, no
-inputs, unusable destinations: found before any image is processed), 3 the artifact failed its
-on-device self-check, 128+N killed by signal N (SIGINT, SIGTERM, SIGHUP; the answers so far are
-saved). Errors are one line on stderr, never a traceback: this is a tool people put in shell
-pipelines and cron jobs.
+Exit statuses are the table of errors.py (every command's): 1 some images failed (each reported, the rest
+completed), 2 usage error or unusable model, inputs or destinations (found before any image is processed),
+3 the artifact failed its on-device self-check, 4 the backend cannot run here, 5 the results could not be
+written (e.g. a full disk), 128+N killed by signal N (SIGINT, SIGTERM, SIGHUP; the answers so far are
+saved). Errors are one line on stderr, never a traceback: this is a tool people put in shell pipelines
+and cron jobs.
 """
 
 from __future__ import annotations
@@ -28,12 +28,13 @@ import click
 from PIL import Image
 from tqdm import tqdm
 
-from .artifact import MANIFEST_NAME, ArtifactError
-from .backends.base import BackendUnavailable
+from .artifact import MANIFEST_NAME
+from .command import command
 from .detector import MASKS_FOR, Detection, Detector, PreparedImage, wants_mask
-from .devices import parse_device
+from .errors import MaskclipError, SomeInputsFailed, UsageError, VerificationFailed
 from .hashing import file_sha256
 from .inputs import expand_inputs
+from .options import DEMO_DIR, DEMO_NOTE, check_options, model_options
 from .outputs import (
     DEFAULT_OVERLAY_SIZE,
     ResultsUnwritable,
@@ -57,15 +58,6 @@ from .tiling import DEFAULT_OVERLAP, detect_tiled, tile_policy
 DECODE_MARGIN = 4
 
 PROG = "maskclip-run"
-DEMO_DIR = Path(__file__).resolve().parent / "demo"
-DEMO_NOTE = "using the embedded demo model (tiny, trained on synthetic edits)"
-
-
-class UsageFailure(Exception):
-    """A problem with how the tool was called (exit status 2)."""
-
-
-EXIT_SELF_CHECK_FAILED = 3
 
 
 class Terminated(BaseException):
@@ -90,27 +82,9 @@ class Decoded:
     error: str | None = None
 
 
-def _check_device(ctx, param, value: str | None) -> str | None:
-    if value is not None:
-        try:
-            parse_device(value)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc)) from None
-    return value
-
-
-@click.command(
-    context_settings={"help_option_names": ["-h", "--help"]},
-    epilog="Exit status: 0 all images answered, 1 some images failed (each reported) or the results could not be "
-    "written, 2 usage error, 3 the artifact failed its on-device self-check, 128+N stopped by signal N.",
-)
+@command(PROG, epilog="SIGTERM and SIGHUP stop the run like Ctrl-C: the answers so far are saved (--resume).")
 @click.argument("images", nargs=-1)
-@click.option("--model", type=click.Path(), help="Artifact folder or manifest.json (default: embedded demo model).")
-@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "tensorrt"]), default="auto", show_default=True)
-@click.option("--device", callback=_check_device, help="cpu, cuda or cuda:N (default: the GPU when usable).")
-@click.option("--threshold", type=click.FloatRange(0.0, 1.0), help="Verdict and mask threshold (default: manifest).")
-@click.option("--batch", type=click.IntRange(min=1), help="Images per forward pass (default: the artifact's).")
-@click.option("--threads", type=click.IntRange(min=1), help="CPU threads for ONNX Runtime.")
+@model_options
 @click.option("--json", "json_target", default="-", show_default=True, help="JSON lines output file, - for stdout.")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Also write a CSV table.")
 @click.option(
@@ -161,22 +135,12 @@ def _check_device(ctx, param, value: str | None) -> str | None:
 )
 @click.option("--null", "-0", "null_separated", is_flag=True, help="Paths on stdin are NUL-separated (find -print0).")
 @click.option(
-    "--quiet", "-q", is_flag=True, help="No progress bar, notes or library chatter on stderr (errors still shown)."
-)
-@click.option(
     "--self-check",
     "self_check_only",
     is_flag=True,
     help="Only run the artifact's self-check on this backend and device and print its JSON verdict.",
 )
-@click.option(
-    "--no-self-check",
-    is_flag=True,
-    help="Skip the self-check (canaries compared with PyTorch on first use on a machine; cached once passed).",
-)
-@click.option(
-    "--strict", is_flag=True, help="Refuse, not just warn, when the host lacks CPU features the artifact assumes."
-)
+@check_options
 @click.pass_context
 def main(ctx: click.Context, **options) -> None:
     """Detect generated content in IMAGES (files, folders, globs, or - to read paths from stdin)."""
@@ -185,28 +149,17 @@ def main(ctx: click.Context, **options) -> None:
     logger.addHandler(handler)
     try:
         with _signals_stop_the_run(), _library_stderr_silenced(options["quiet"]), _pixel_limit(options["max_pixels"]):
-            status = run(**options)
-    except SelfCheckFailed as exc:
-        click.echo(f"{PROG}: error: {exc}", err=True)
-        status = EXIT_SELF_CHECK_FAILED
-    except UsageFailure as exc:
-        click.echo(f"{PROG}: error: {exc}", err=True)
-        status = 2
+            run(**options)
     except ResultsUnwritable as exc:
-        click.echo(
-            f"{PROG}: error: {exc} (the answers written so far are kept: fix this and rerun with --resume)", err=True
-        )
-        status = 1
+        raise ResultsUnwritable(
+            f"{exc} (the answers written so far are kept: fix this and rerun with --resume)"
+        ) from None
     except (KeyboardInterrupt, Terminated) as exc:
         what = f"terminated by {exc}" if isinstance(exc, Terminated) else "interrupted"
         click.echo(f"{PROG}: {what} (results so far are saved; rerun with --resume)", err=True)
-        status = 128 + (exc.signum if isinstance(exc, Terminated) else signal.SIGINT)
-    except Exception as exc:  # a bug or an environment failure: still one line, never a traceback
-        click.echo(f"{PROG}: error: {type(exc).__name__}: {exc}", err=True)
-        status = 1
+        ctx.exit(128 + (exc.signum if isinstance(exc, Terminated) else signal.SIGINT))
     finally:
         logger.removeHandler(handler)
-    ctx.exit(status)
 
 
 @contextmanager
@@ -313,29 +266,30 @@ def run(
     overlay_size: int = DEFAULT_OVERLAY_SIZE,
     report_path: str | None = None,
     tiles: bool = False,
-) -> int:
+) -> None:
+    """Raises SomeInputsFailed when some images failed (each already reported), after every other is answered."""
     if self_check_only and no_self_check:
-        raise UsageFailure("--self-check and --no-self-check contradict each other")
+        raise UsageError("--self-check and --no-self-check contradict each other")
     if self_check_only:
         return _self_check_only(model, backend, device, threads, batch, strict, quiet)
     if resume and json_target == "-":
-        raise UsageFailure("--resume needs --json FILE (the answers of the earlier run)")
+        raise UsageError("--resume needs --json FILE (the answers of the earlier run)")
     if masks_for == "none" and (masks or overlays or prob_maps):
-        raise UsageFailure("--masks-for none writes no masks: drop --masks/--overlays/--prob-maps or pick all/fake")
+        raise UsageError("--masks-for none writes no masks: drop --masks/--overlays/--prob-maps or pick all/fake")
     masks_for = masks_for or ("all" if masks or overlays or prob_maps else "fake")
     _check_destinations(json_target, csv_path, masks, overlays, prob_maps, report_path)
     paths = expand_inputs(images, null_separated=null_separated)
     if not paths:
-        raise UsageFailure("no input images (give files, folders, globs, or - to read paths from stdin)")
+        raise UsageError("no input images (give files, folders, globs, or - to read paths from stdin)")
     detector = _open_detector(model, backend, device, threads, threshold, batch, quiet, not no_self_check, strict)
     try:
         tables = ResultTables(json_target, csv_path)
     except TableBusy as exc:
         detector.close()
-        raise UsageFailure(str(exc)) from None
+        raise UsageError(str(exc)) from None
     except OSError as exc:
         detector.close()
-        raise UsageFailure(f"cannot write results: {exc}") from None
+        raise UsageError(f"cannot write results: {exc}") from None
     failures = 0
     records: list[dict] = []
     try:
@@ -382,7 +336,8 @@ def run(
             f"({detector.backend})",
             err=True,
         )
-    return 1 if failures else 0
+    if failures:
+        raise SomeInputsFailed()  # each failure is already on stderr, and in the tables
 
 
 def _check_destinations(
@@ -396,26 +351,26 @@ def _check_destinations(
     """Every output must be writable before the first image is processed, not found unusable after the last."""
     tables = [path for path in (None if json_target == "-" else json_target, csv_path) if path]
     if len(tables) == 2 and os.path.realpath(tables[0]) == os.path.realpath(tables[1]):
-        raise UsageFailure(f"--json and --csv name the same file ({csv_path}); give two different files")
+        raise UsageError(f"--json and --csv name the same file ({csv_path}); give two different files")
     if report_path and os.path.realpath(report_path) in map(os.path.realpath, tables):
-        raise UsageFailure(f"--report names a results table ({report_path}); give it a file of its own")
+        raise UsageError(f"--report names a results table ({report_path}); give it a file of its own")
     for path in [*tables, *([report_path] if report_path else [])]:
         folder = os.path.dirname(os.path.abspath(path))
         if os.path.isdir(path):
-            raise UsageFailure(f"cannot write results to {path}: it is a folder")
+            raise UsageError(f"cannot write results to {path}: it is a folder")
         if not os.path.isdir(folder):
-            raise UsageFailure(f"cannot write results to {path}: folder {folder} does not exist")
+            raise UsageError(f"cannot write results to {path}: folder {folder} does not exist")
         if not os.access(path if os.path.exists(path) else folder, os.W_OK):
-            raise UsageFailure(f"cannot write results to {path}: permission denied")
+            raise UsageError(f"cannot write results to {path}: permission denied")
     for folder in (masks, overlays, prob_maps):
         if not folder:
             continue
         try:
             Path(folder).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise UsageFailure(f"cannot create output folder: {exc}") from None
+            raise UsageError(f"cannot create output folder: {exc}") from None
         if not os.access(folder, os.W_OK | os.X_OK):
-            raise UsageFailure(f"cannot write into output folder {folder}: permission denied")
+            raise UsageError(f"cannot write into output folder {folder}: permission denied")
 
 
 @dataclass(frozen=True)
@@ -458,7 +413,7 @@ def _answers_to_keep(tables: ResultTables, detector: Detector, json_target: str,
             record.get("threshold"),
         )
         if made_with != (detector.model_id, detector.artifact.precision, detector.threshold):
-            raise UsageFailure(
+            raise UsageError(
                 f"{json_target} holds answers made with model {made_with[0]}, precision {made_with[1]}, threshold "
                 f"{made_with[2]}; --resume only continues a run with the same ones (use another --json file)"
             )
@@ -467,7 +422,7 @@ def _answers_to_keep(tables: ResultTables, detector: Detector, json_target: str,
     return list(kept.values())
 
 
-def _self_check_only(model, backend, device, threads, batch, strict, quiet) -> int:
+def _self_check_only(model, backend, device, threads, batch, strict, quiet) -> None:
     """--self-check: run the canaries afresh (never from the cache) and print the verdict as one JSON object."""
     detector = _open_detector(model, backend, device, threads, None, batch, quiet, self_check=False, strict=strict)
     try:
@@ -480,7 +435,8 @@ def _self_check_only(model, backend, device, threads, batch, strict, quiet) -> i
     click.echo(json.dumps(verdict, indent=2))
     if result.status == "unavailable" and not quiet:
         click.echo(f"{PROG}: this artifact carries no self-check canaries (exported before they existed)", err=True)
-    return EXIT_SELF_CHECK_FAILED if result.status == "failed" else 0
+    if result.status == "failed":
+        raise VerificationFailed(f"the self-check failed on {detector.backend} (the verdict above says where)")
 
 
 def _open_detector(
@@ -488,7 +444,7 @@ def _open_detector(
 ) -> Detector:
     if model is None:
         if not (DEMO_DIR / MANIFEST_NAME).is_file():
-            raise UsageFailure(f"the embedded demo model is missing ({DEMO_DIR / MANIFEST_NAME}); pass --model PATH")
+            raise UsageError(f"the embedded demo model is missing ({DEMO_DIR / MANIFEST_NAME}); pass --model PATH")
         model = DEMO_DIR
         if not quiet:
             click.echo(f"{PROG}: {DEMO_NOTE}", err=True)
@@ -503,10 +459,10 @@ def _open_detector(
             self_check=self_check,
             strict=strict,
         )
-    except SelfCheckFailed:
+    except MaskclipError:  # already says what is wrong, with its own exit status
         raise
-    except (ArtifactError, BackendUnavailable, ValueError) as exc:
-        raise UsageFailure(str(exc)) from None
+    except ValueError as exc:  # options the artifact cannot take (e.g. a --batch beyond its profile)
+        raise UsageError(str(exc)) from None
     if batch is not None and batch != detector.batch_size and not quiet:
         profile = detector.artifact.batch
         limit = f"at most {profile.max}" if profile.dynamic else f"exactly {profile.max} (a fixed-batch export)"

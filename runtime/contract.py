@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 
 from .calibration import Calibration, CalibrationError
 from .chain import chain_problem
+from .errors import InputError
 from .precisions import DEFAULT_PRECISION, PRECISIONS
 from .preprocess import LEGACY_RESIZE, RESIZE_METHODS, PreprocessSpec
 
@@ -39,7 +40,7 @@ BATCH_AXIS = "batch"  # the symbolic leading dimension of a dynamic-batch graph
 LEGACY_INT8_CPU_FEATURES = (("avx512_vnni", "avx_vnni"),)
 
 
-class ArtifactError(ValueError):
+class ArtifactError(InputError, ValueError):
     """An artifact that cannot be used; the message says why and, where possible, what to do."""
 
 

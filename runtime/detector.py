@@ -25,12 +25,13 @@ import numpy as np
 from PIL import Image
 
 from .artifact import Artifact, ArtifactError, load_artifact
-from .backends.base import BackendUnavailable, Runner
+from .backends.base import Runner
 from .calibration import PLAIN_OPERATING_POINT
 from .chain import chain_problem, run_chain
 from .contract import engine_source_problem
 from .devices import parse_device
 from .engine_header import EngineFileError, read_engine_metadata
+from .errors import BackendUnavailable
 from .host import current_host
 from .preprocess import resize_and_normalize, resize_probability_map
 from .selfcheck import SelfCheckResult

@@ -6,10 +6,12 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
+from .errors import InputError
+
 _DEVICE = re.compile(r"^(cpu|cuda|tensorrt)(?::(\d+))?$")
 
 
-class DeviceError(ValueError):
+class DeviceError(InputError, ValueError):
     """A device name that is none of the accepted forms."""
 
 

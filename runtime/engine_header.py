@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 
 from .atomic import write_bytes_atomic
+from .errors import InputError
 
 SIDECAR_SUFFIX = ".json"
 FORMAT = "maskclip-trt-engine"
@@ -27,7 +28,7 @@ MAX_SIDECAR_BYTES = 1 << 20
 REQUIRED_KEYS = ("tensorrt_version", "gpu_name", "compute_capability", "precision", "profile")
 
 
-class EngineFileError(ValueError):
+class EngineFileError(InputError, ValueError):
     """The engine or its sidecar is missing, malformed or do not belong together; the message names the file."""
 
 

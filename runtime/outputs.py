@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image, PngImagePlugin
 
 from .atomic import atomic_path
+from .errors import InputError, NotFinished
 from .overlay import DEFAULT_OVERLAY_SIZE, explained_overlay, fit_within, heat_overlay
 
 try:
@@ -195,11 +196,11 @@ def save_overlay_png(
         overlay.save(temp, format="PNG", compress_level=PNG_COMPRESS_LEVEL, pnginfo=_png_info(source, photo_size))
 
 
-class ResultsUnwritable(Exception):
+class ResultsUnwritable(NotFinished):
     """A results table cannot be written (full disk, lost permission); the message names the file."""
 
 
-class TableBusy(Exception):
+class TableBusy(InputError):
     """Another process holds the lock on a results table."""
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .errors import InputError
+
 ONNXRUNTIME = "onnxruntime"
 TENSORRT = "tensorrt"
 
@@ -91,7 +93,7 @@ PRECISIONS: dict[str, Precision] = {
 DEFAULT_PRECISION = "fp32"
 
 
-class UnknownPrecision(ValueError):
+class UnknownPrecision(InputError, ValueError):
     """A precision name that is not a row of the table."""
 
 

@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from .errors import InputError
+
 # OpenAI CLIP statistics; MaskCLIP normalises the input of BOTH branches with them.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -41,7 +43,7 @@ LARGE_IMAGE_PIXELS = 24_000_000
 MASK_STRIP_ROWS = 512
 
 
-class ImageLoadError(ValueError):
+class ImageLoadError(InputError, ValueError):
     """An input file that is not a usable image; the message names the file."""
 
 

@@ -24,6 +24,7 @@ from PIL import Image
 
 from .artifact import ArtifactError
 from .atomic import write_text_atomic
+from .errors import VerificationFailed
 from .host import current_host
 
 if TYPE_CHECKING:
@@ -34,7 +35,7 @@ CACHE_FILE = "self-check.json"
 MAX_CACHE_ENTRIES = 256
 
 
-class SelfCheckFailed(ArtifactError):
+class SelfCheckFailed(VerificationFailed, ArtifactError):
     """The artifact's canaries disagree with PyTorch on this backend and device beyond the tolerances."""
 
     def __init__(self, message: str, result: SelfCheckResult):

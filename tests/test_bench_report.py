@@ -16,6 +16,7 @@ from maskclip_bench.report import evaluate_targets, render_markdown, write_json,
 from maskclip_bench.roofline import GemmCeiling, best_ceiling, gflops, matmul_flops
 from maskclip_bench.samples import sample_images
 from maskclip_bench.timing import achieved_gflops, percentiles, time_calls
+from maskclip_runtime.errors import EXIT_USAGE
 
 
 def test_percentiles_match_numpy():
@@ -236,7 +237,7 @@ def test_sample_images_are_decodable_jpegs(tmp_path):
 def test_cli_on_tiny_torch_row_and_unavailable_tensorrt_row(tmp_path):
     torch.manual_seed(0)
     args = ["tiny", "--backends", "torch,trt-fp16", "--batch-sizes", "1,2", "--warmup", "0", "--iters", "2"]
-    args += ["--out", str(tmp_path / "r.md"), "--json", str(tmp_path / "r.json"), "--workdir", str(tmp_path / "w")]
+    args += ["--out", str(tmp_path / "r"), "--json", str(tmp_path / "r.json"), "--workdir", str(tmp_path / "w")]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "r.json").read_text())
@@ -245,13 +246,20 @@ def test_cli_on_tiny_torch_row_and_unavailable_tensorrt_row(tmp_path):
     assert rows["torch", 2]["gflops"] > 0 and rows["torch", 2]["ceiling_fraction"] > 0
     assert rows["trt-fp16", 1]["status"] == "unavailable"
     assert "pip install 'maskclip[gpu]'" in rows["trt-fp16", 1]["reason"]
-    markdown = (tmp_path / "r.md").read_text()
+    assert json.loads((tmp_path / "r" / "bench.json").read_text()) == report  # --name's default
+    markdown = (tmp_path / "r" / "bench.md").read_text()
     assert "## tiny" in markdown and "unavailable: TensorRT is not installed" in markdown
 
 
 def test_cli_rejects_unknown_backend():
     result = CliRunner().invoke(main, ["tiny", "--backends", "torch,tflite"])
-    assert result.exit_code != 0 and "unknown backend(s) tflite" in result.output
+    assert result.exit_code == EXIT_USAGE and "Traceback" not in result.output
+
+
+def test_cli_refuses_an_unknown_model_before_any_work(tmp_path):
+    result = CliRunner().invoke(main, ["nope", "--workdir", str(tmp_path / "w"), "--out", str(tmp_path / "r")])
+    assert result.exit_code == EXIT_USAGE and result.output.count("\n") == 1, result.output
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_int8_target_follows_the_measured_cpu(monkeypatch):

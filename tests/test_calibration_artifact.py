@@ -140,6 +140,7 @@ def test_explicit_threshold_replaces_the_calibrated_verdict(demo_copy, tmp_path,
 
 def test_export_stores_the_record(tmp_path, one_torch_thread):
     from maskclip_export import cli as export_cli
+    from maskclip_runtime.errors import EXIT_USAGE
 
     path = tmp_path / "record.json"
     write_calibration(_record(model_id=None), path)
@@ -153,20 +154,20 @@ def test_export_stores_the_record(tmp_path, one_torch_thread):
     refused = CliRunner().invoke(
         export_cli.main, ["--out", str(tmp_path / "b"), "--no-verify", "--calibration", str(path)]
     )
-    assert refused.exit_code == 1 and not (tmp_path / "b").exists()
+    assert refused.exit_code == EXIT_USAGE and not (tmp_path / "b").exists()
 
 
 def test_calibrate_fits_writes_and_eval_measures_the_record(tmp_path, one_torch_thread):
     data = synthesize(tmp_path / "s", seed=6, train_count=0, test_count=24, generators=["sdxl-like"], min_size=128)
     common = ["--data", str(data), "--split", "test", "--device", "cpu", "--workers", "0"]
-    out = tmp_path / "cal" / "record.json"
-    fitted = CliRunner().invoke(core_cli.calibrate, [*common, "--out", str(out)])
+    out = tmp_path / "cal" / core_cli.RECORD_NAME
+    fitted = CliRunner().invoke(core_cli.calibrate, [*common, "--out", str(out.parent)])
     assert fitted.exit_code == 0, fitted.output
     record = read_calibration(out)
     assert record.fitted_on["images"] == 12 and [op.target_fpr for op in record.operating_points] == [0.01, 0.05]
-    check = json.loads((tmp_path / "cal" / "record-report.json").read_text())
+    check = json.loads((tmp_path / "cal" / core_cli.CHECK_NAME).read_text())
     assert check["record_sha256"] == record.sha256 and check["images"] == 12
-    assert (tmp_path / "cal" / "record-reliability.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "cal" / core_cli.RELIABILITY_NAME).read_bytes()[:4] == b"\x89PNG"
     summary = re.search(
         r"fitted on (\d+) images, checked on (\d+): (\d+) real, (\d+) uncertain, (\d+) fake .*labelled (\d+) real, "
         r"(\d+) fake",
@@ -176,7 +177,7 @@ def test_calibrate_fits_writes_and_eval_measures_the_record(tmp_path, one_torch_
     assert (fit_n, check_n) == (12, 12) and real + uncertain + fake == labelled_real + labelled_fake == 12
 
     report = tmp_path / "eval" / "r.json"
-    evaluated = CliRunner().invoke(core_cli.evaluate, [*common, "--calibration", str(out), "--output", str(report)])
+    evaluated = CliRunner().invoke(core_cli.evaluate, [*common, "--calibration", str(out), "--json", str(report)])
     assert evaluated.exit_code == 0, evaluated.output
     measured = json.loads(report.read_text())["calibration"]
     assert set(measured["before"]) == set(measured["after"]) == {"ece", "brier", "auc", "tpr@fpr-1%", "tpr@fpr-5%"}

@@ -245,6 +245,7 @@ def test_cli_masks_for_default_and_choices(cascade_fp32, photo_dir, photos, tmp_
 
 def test_export_cli_refuses_split_with_cascade(tmp_path):
     from maskclip_export import cli as export_cli
+    from maskclip_runtime.errors import EXIT_USAGE
 
     result = CliRunner().invoke(export_cli.main, ["--config", "tiny", "--split", "--cascade", "--out", tmp_path / "a"])
-    assert result.exit_code == 1 and not (tmp_path / "a").exists()
+    assert result.exit_code == EXIT_USAGE and not (tmp_path / "a").exists()

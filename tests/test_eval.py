@@ -15,6 +15,7 @@ from maskclip_core.data import open_samples
 from maskclip_core.data.synth import synthesize
 from maskclip_core.evaluate import TorchPredictor, evaluate, report
 from maskclip_core.model import build_model
+from maskclip_runtime.errors import EXIT_USAGE
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -92,7 +93,7 @@ def test_eval_cli_checkpoint_and_errors(data, tmp_path):
         "0",
         "--limit",
         "4",
-        "--output",
+        "--json",
         str(out),
     )
     assert ok.returncode == 0, ok.stderr[-2000:]
@@ -110,7 +111,7 @@ def test_eval_cli_checkpoint_and_errors(data, tmp_path):
         "--checkpoint",
         str(tmp_path / "ckpt"),
     )
-    assert bad.returncode != 0 and "Traceback" not in bad.stderr and "missing: no such file" in bad.stderr
+    assert bad.returncode == EXIT_USAGE and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
     bad = _run(
         "from maskclip_core.cli import evaluate; evaluate()",
         "--data",
@@ -120,7 +121,7 @@ def test_eval_cli_checkpoint_and_errors(data, tmp_path):
         "--checkpoint",
         str(tmp_path / "nothing"),
     )
-    assert bad.returncode != 0 and "Traceback" not in bad.stderr and "nothing" in bad.stderr
+    assert bad.returncode == EXIT_USAGE and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
 
 
 def test_synth_and_train_cli_errors(tmp_path):
@@ -142,7 +143,7 @@ def test_synth_and_train_cli_errors(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert len(open_samples(tmp_path / "s", "test")) == 4
     r = _run("from maskclip_core.cli import synth; synth()", "--out", str(tmp_path / "t"), "--generators", "dalle")
-    assert r.returncode != 0 and "unknown synthetic generator" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == EXIT_USAGE and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
     (tmp_path / "f/real").mkdir(parents=True)
     (tmp_path / "f/real/broken.png").write_bytes(b"nope")
     r = _run(
@@ -153,9 +154,10 @@ def test_synth_and_train_cli_errors(tmp_path):
         str(tmp_path / "run"),
         "--config",
         "tiny",
-        "--batch-size",
+        "--batch",
         "1",
         "--workers",
         "0",
     )
-    assert r.returncode != 0 and "broken.png" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == EXIT_USAGE and sum("maskclip-train: error:" in line for line in r.stderr.splitlines()) == 1
+    assert "Traceback" not in r.stderr

@@ -49,7 +49,7 @@ def test_artifact_and_checkpoint_score_the_same(tmp_path):
             "cpu",
             "--workers",
             "0",
-            "--output",
+            "--json",
             str(out),
             *source,
         )

@@ -16,6 +16,7 @@ from maskclip_core.data.samples import load_sample
 from maskclip_core.data.synth import synthesize
 from maskclip_runtime.cli import DEMO_DIR
 from maskclip_runtime.detector import Detector
+from maskclip_runtime.errors import EXIT_USAGE
 from maskclip_runtime.tiling import detect_tiled
 
 pytest.importorskip("onnxruntime")
@@ -36,7 +37,7 @@ def f1(prob: np.ndarray, truth: np.ndarray, threshold: float) -> float:
 
 def test_tiled_pixel_scores_match_an_independent_computation(data, tmp_path):
     out = tmp_path / "tiles.json"
-    result = CliRunner().invoke(eval_command, ["--data", str(data), "--split", "test", "--tiles", "--output", str(out)])
+    result = CliRunner().invoke(eval_command, ["--data", str(data), "--split", "test", "--tiles", "--json", str(out)])
     assert result.exit_code == 0, result.stderr
     doc = json.loads(out.read_text())
     assert doc["masks_scored_at"].startswith("native")
@@ -67,7 +68,7 @@ def test_tiled_pixel_scores_match_an_independent_computation(data, tmp_path):
         str(DEMO_DIR),
         "--workers",
         "0",
-        "--output",
+        "--json",
         str(plain),
     ]
     assert CliRunner().invoke(eval_command, args).exit_code == 0
@@ -80,4 +81,4 @@ def test_tiled_pixel_scores_match_an_independent_computation(data, tmp_path):
 @pytest.mark.parametrize("extra", [["--checkpoint", "model.safetensors"], ["--robustness"]])
 def test_tiles_refuses_what_it_cannot_score(data, extra):
     result = CliRunner().invoke(eval_command, ["--data", str(data), "--tiles", *extra])
-    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert result.exit_code == EXIT_USAGE and "Traceback" not in result.output

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from maskclip_core.checkpoint import save_checkpoint
 from maskclip_export.cli import main
+from maskclip_runtime.errors import EXIT_USAGE
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -25,13 +26,12 @@ def _run(*args):
     return CliRunner().invoke(main, ["--quiet", *map(str, args)])
 
 
-def _assert_one_line_error(result, *fragments):
-    assert result.exit_code != 0, result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+def _assert_refused(result, status=EXIT_USAGE):
+    """Refused with `status`, in one error line, without a traceback (what the line says is for people)."""
+    assert result.exit_code == status, result.output
+    errors = [line for line in result.output.splitlines() if "error:" in line.lower()]
     assert len(errors) == 1, result.output
     assert "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
 
 
 def _nothing_written(folder):
@@ -89,25 +89,25 @@ def test_int8_cpu_export_prints_only_its_result(checkpoint, tmp_path):
 
 
 def test_missing_checkpoint(tmp_path):
-    _assert_one_line_error(_run("--checkpoint", tmp_path / "nope.safetensors", "--out", tmp_path / "a"), "not found")
+    _assert_refused(_run("--checkpoint", tmp_path / "nope.safetensors", "--out", tmp_path / "a"))
     _nothing_written(tmp_path)
 
 
 def test_checkpoint_of_another_config(checkpoint, tmp_path):
     result = _run("--checkpoint", checkpoint, "--config", "opensdi-vitl14", "--out", tmp_path / "a")
-    _assert_one_line_error(result, "'tiny'", "'opensdi-vitl14'")
+    _assert_refused(result)
     _nothing_written(tmp_path)
 
 
 def test_unknown_config(tmp_path):
-    _assert_one_line_error(_run("--config", "huge", "--out", tmp_path / "a"), "unknown config")
+    _assert_refused(_run("--config", "huge", "--out", tmp_path / "a"))
     _nothing_written(tmp_path)
 
 
 def test_unwritable_output_folder(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    _assert_one_line_error(_run("--config", "tiny", "--out", blocker / "sub" / "art"), "cannot create output folder")
+    _assert_refused(_run("--config", "tiny", "--out", blocker / "sub" / "art"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
 
@@ -115,7 +115,7 @@ def test_output_folder_with_foreign_files_is_not_replaced(tmp_path):
     out = tmp_path / "mine"
     out.mkdir()
     (out / "thesis.tex").write_text("precious")
-    _assert_one_line_error(_run("--config", "tiny", "--out", out), "not empty")
+    _assert_refused(_run("--config", "tiny", "--out", out))
     assert (out / "thesis.tex").read_text() == "precious"
 
 
@@ -123,31 +123,31 @@ def test_empty_calibration_folder(tmp_path):
     calib = tmp_path / "calib"
     calib.mkdir()
     result = _run("--config", "tiny", "--out", tmp_path / "a", "--precision", "int8", "--calib", calib)
-    _assert_one_line_error(result, "no calibration images")
+    _assert_refused(result)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["calib"]
 
 
 @pytest.mark.parametrize(
-    ("flags", "message"),
+    "flags",
     [
-        (["--precision", "int8"], "--calib"),
-        (["--precision", "int8-cpu"], "needs calibration images"),
-        (["--precision", "int8-cpu", "--calib", "x", "--trt"], "TensorRT cannot build"),
-        (["--precision", "fp16", "--calib", "x"], "only used with"),
-        (["--opset", "11"], "--opset"),
-        (["--batch", "0"], "batch"),
-        (["--no-verify", "--verify-images", "x"], "contradict"),
+        ["--precision", "int8"],
+        ["--precision", "int8-cpu"],
+        ["--precision", "int8-cpu", "--calib", "x", "--trt"],
+        ["--precision", "fp16", "--calib", "x"],
+        ["--opset", "11"],
+        ["--batch", "0"],
+        ["--no-verify", "--verify-images", "x"],
     ],
 )
-def test_invalid_combinations_rejected_up_front(flags, message, tmp_path):
-    _assert_one_line_error(_run("--config", "tiny", "--out", tmp_path / "a", *flags), message)
+def test_invalid_combinations_rejected_up_front(flags, tmp_path):
+    _assert_refused(_run("--config", "tiny", "--out", tmp_path / "a", *flags))
     _nothing_written(tmp_path)
 
 
 def test_verification_images_folder_without_images(tmp_path):
     empty = tmp_path / "imgs"
     empty.mkdir()
-    _assert_one_line_error(_run("--config", "tiny", "--out", tmp_path / "a", "--verify-images", empty), "no images")
+    _assert_refused(_run("--config", "tiny", "--out", tmp_path / "a", "--verify-images", empty))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["imgs"]
 
 
@@ -179,7 +179,7 @@ def test_a_web_app_folder_with_its_own_manifest_is_not_replaced(tmp_path):
     (app / "index.html").write_text("<html></html>")
     (app / "src" / "app.js").write_text("console.log(1)")
     before = _tree(app)
-    _assert_one_line_error(_run("--config", "tiny", "--out", app), "not written by maskclip")
+    _assert_refused(_run("--config", "tiny", "--out", app))
     assert _tree(app) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["webapp"]
 
@@ -187,7 +187,7 @@ def test_a_web_app_folder_with_its_own_manifest_is_not_replaced(tmp_path):
 def test_an_artifact_folder_holding_other_files_is_not_replaced(tmp_path):
     out = _fake_artifact(tmp_path / "art", "notes.txt", "runs/2026.csv")
     before = _tree(out)
-    _assert_one_line_error(_run("--config", "tiny", "--out", out), "does not own", "notes.txt", "runs/2026.csv")
+    _assert_refused(_run("--config", "tiny", "--out", out))
     assert _tree(out) == before
 
 
@@ -197,14 +197,14 @@ def test_the_current_folder_its_parents_and_home_are_refused_before_any_work(tmp
     (work / "sub").mkdir(parents=True)  # empty: nothing to protect but the folder itself
     monkeypatch.chdir(work / "sub")
     monkeypatch.setenv("HOME", str(work))
-    _assert_one_line_error(_run("--config", "tiny", "--out", target.replace("~", str(work))), "refusing")
+    _assert_refused(_run("--config", "tiny", "--out", target.replace("~", str(work))))
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["work", "work/sub"]
 
 
 def test_a_failed_report_folder_of_the_users_is_refused_up_front(tmp_path):
     (tmp_path / "art.failed").mkdir()
     (tmp_path / "art.failed" / "mine.txt").write_text("precious")
-    _assert_one_line_error(_run("--config", "tiny", "--out", tmp_path / "art"), "art.failed")
+    _assert_refused(_run("--config", "tiny", "--out", tmp_path / "art"))
     assert (tmp_path / "art.failed" / "mine.txt").read_text() == "precious"
 
 

@@ -249,7 +249,7 @@ def test_config_json_round_trip():
 
 def test_info_cli_reports_the_published_parameter_counts():
     out = subprocess.run(
-        [sys.executable, "-m", "maskclip_core.info", "--config", "opensdi-vitl14", "--json"],
+        [sys.executable, "-m", "maskclip_core.info", "--config", "opensdi-vitl14", "--json", "-"],
         capture_output=True,
         text=True,
         check=True,

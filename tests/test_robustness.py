@@ -92,7 +92,7 @@ def test_eval_robustness_writes_json_markdown_and_plot(tmp_path, one_torch_threa
     data = synthesize(tmp_path / "s", seed=4, train_count=0, test_count=8, generators=["sd15-like"], min_size=128)
     out = tmp_path / "report" / "robustness.json"
     args = ["--data", str(data), "--split", "test", "--device", "cpu", "--workers", "0", "--robustness", *model]
-    result = CliRunner().invoke(core_cli.evaluate, [*args, "--output", str(out)])
+    result = CliRunner().invoke(core_cli.evaluate, [*args, "--json", str(out)])
     assert result.exit_code == 0, result.output
     doc = json.loads(out.read_text())
     assert list(doc["conditions"]) == [CLEAN, *(c.name for c in CONDITIONS)]

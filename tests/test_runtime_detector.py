@@ -22,12 +22,12 @@ from test_runtime_standin import (
 
 from maskclip_runtime import detector as detector_module
 from maskclip_runtime.backends import tensorrt as tensorrt_backend
-from maskclip_runtime.backends.base import BackendUnavailable
 from maskclip_runtime.backends.onnxruntime import OnnxRuntimeRunner, providers_for
 from maskclip_runtime.contract import GraphSpec, graph_digest
 from maskclip_runtime.detector import Detector
 from maskclip_runtime.devices import DeviceError
 from maskclip_runtime.engine_header import EngineIncompatibleError, sidecar_path, write_engine
+from maskclip_runtime.errors import BackendUnavailable
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ from maskclip_runtime import cli as run_cli
 from maskclip_runtime.artifact import MANIFEST_NAME, ArtifactError, load_artifact, write_manifest
 from maskclip_runtime.contract import BatchSpec, Manifest
 from maskclip_runtime.detector import Detector
+from maskclip_runtime.errors import EXIT_VERIFICATION_FAILED
 from maskclip_runtime.host import Host
 from maskclip_runtime.precisions import PRECISIONS
 from maskclip_runtime.selfcheck import SelfCheckFailed
@@ -112,14 +113,14 @@ def test_cli_self_check_verdict_and_exit_codes(artifact, tmp_path):
     folder = _copy(artifact, tmp_path)
     _perturb_mask_head(folder)
     failed = runner.invoke(run_cli.main, ["--self-check", "--model", str(folder)])
-    assert failed.exit_code == run_cli.EXIT_SELF_CHECK_FAILED
+    assert failed.exit_code == EXIT_VERIFICATION_FAILED
     verdict = json.loads(failed.stdout)
     assert verdict["status"] == "failed" and verdict["failures"]
 
     image = tmp_path / "photo.png"
     Image.fromarray(np.full((40, 30, 3), 120, np.uint8)).save(image)
     refused = runner.invoke(run_cli.main, [str(image), "--model", str(folder), "-q"])
-    assert refused.exit_code == run_cli.EXIT_SELF_CHECK_FAILED
+    assert refused.exit_code == EXIT_VERIFICATION_FAILED
     forced = runner.invoke(run_cli.main, [str(image), "--model", str(folder), "-q", "--no-self-check"])
     assert forced.exit_code == 0
     assert json.loads(forced.stdout)["self_check"] == "skipped"

@@ -31,6 +31,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from maskclip_runtime import cli  # noqa: E402
 from maskclip_runtime.artifact import load_artifact  # noqa: E402
 from maskclip_runtime.detector import Detector  # noqa: E402
+from maskclip_runtime.errors import EXIT_VERIFICATION_FAILED  # noqa: E402
 from maskclip_runtime.selfcheck import SelfCheckFailed, SelfCheckResult  # noqa: E402
 from maskclip_runtime.serve import cli as serve_cli  # noqa: E402
 from maskclip_runtime.serve.app import ServeSettings, create_app  # noqa: E402
@@ -479,7 +480,7 @@ def test_failed_self_check_stops_the_server_with_maskclip_runs_exit_status(monke
 
     monkeypatch.setattr(serve_cli, "Detector", failing_detector)
     result = CliRunner().invoke(serve_cli.main, ["--port", "0", "--quiet"])
-    assert result.exit_code == cli.EXIT_SELF_CHECK_FAILED
+    assert result.exit_code == EXIT_VERIFICATION_FAILED
     assert result.stderr.count("\n") == 1
 
 

@@ -24,10 +24,11 @@ HAVE_PYTRITON = importlib.util.find_spec("pytriton") is not None
 
 @pytest.mark.skipif(HAVE_PYTRITON, reason="PyTriton is installed here")
 def test_triton_without_pytriton_is_one_clear_line():
+    from maskclip_runtime.errors import EXIT_BACKEND_UNAVAILABLE
     from maskclip_runtime.serve import cli as serve_cli
 
     result = CliRunner().invoke(serve_cli.main, ["--triton", "--quiet"])
-    assert result.exit_code == 2
+    assert result.exit_code == EXIT_BACKEND_UNAVAILABLE
     assert result.stderr.count("\n") == 1
 
 

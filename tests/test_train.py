@@ -99,7 +99,7 @@ def test_ctrl_c_leaves_a_loadable_checkpoint(data, tmp_path):
         str(out),
         "--config",
         "tiny",
-        "--batch-size",
+        "--batch",
         "2",
         "--epochs",
         "1000",
@@ -172,7 +172,7 @@ def test_ddp_two_gloo_processes_match_one_process(data, tmp_path):
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     single = subprocess.run(
-        _cli(*common, "--out", str(tmp_path / "one"), "--batch-size", "4"),
+        _cli(*common, "--out", str(tmp_path / "one"), "--batch", "4"),
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -192,7 +192,7 @@ def test_ddp_two_gloo_processes_match_one_process(data, tmp_path):
             *common,
             "--out",
             str(tmp_path / "two"),
-            "--batch-size",
+            "--batch",
             "2",
         ],
         cwd=ROOT,

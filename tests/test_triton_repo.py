@@ -18,6 +18,7 @@ from maskclip_export import triton as triton_repo
 from maskclip_runtime import cli as run_cli
 from maskclip_runtime.backends.onnxruntime import OnnxRuntimeRunner
 from maskclip_runtime.engine_header import write_engine
+from maskclip_runtime.errors import EXIT_VERIFICATION_FAILED
 from maskclip_runtime.preprocess import PreprocessSpec, resize_rgb8
 
 
@@ -153,7 +154,7 @@ def test_baked_graph_that_differs_fails_the_gate_and_writes_nothing(tmp_path, mo
 
     monkeypatch.setattr(triton_repo, "bake_preprocessing", wrong_std)
     code, stderr = invoke(artifact, "--out", tmp_path / "repo", "--raw-input")
-    assert code == 1 and stderr.count("\n") == 1
+    assert code == EXIT_VERIFICATION_FAILED and stderr.count("\n") == 1
     assert not (tmp_path / "repo").exists()
 
 

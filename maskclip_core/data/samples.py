@@ -14,10 +14,11 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps
 
+from maskclip_runtime.errors import InputError
 from maskclip_runtime.preprocess import ImageLoadError, load_image, to_rgb8
 
 
-class DataError(ValueError):
+class DataError(InputError, ValueError):
     """Unusable data (missing path, bad column, undecodable image, mask of the wrong size); names the file."""
 
 

@@ -11,10 +11,6 @@ from abc import ABC, abstractmethod
 import numpy as np
 
 
-class BackendUnavailable(RuntimeError):
-    """The requested backend cannot run here; the message says what to install or use instead."""
-
-
 class Runner(ABC):
     """Runs one graph (ONNX model or TensorRT engine)."""
 

@@ -13,7 +13,8 @@ import os
 import numpy as np
 
 from ..devices import parse_device
-from .base import BackendUnavailable, Runner
+from ..errors import BackendUnavailable
+from .base import Runner
 
 log = logging.getLogger("maskclip_runtime")
 

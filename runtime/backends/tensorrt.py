@@ -14,8 +14,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from maskclip_runtime.backends.base import BackendUnavailable, Runner
+from maskclip_runtime.backends.base import Runner
 from maskclip_runtime.engine_header import check_engine_compatible, read_engine_metadata, read_plan
+from maskclip_runtime.errors import BackendUnavailable
 
 TENSORRT_HINT = (
     "pip install 'maskclip[gpu]' (CUDA 13: TensorRT 11) or 'maskclip[gpu-cu12]' (CUDA 12: TensorRT 10), "

@@ -24,17 +24,18 @@ from functools import partial
 import numpy as np
 
 from ..detector import Detector
+from ..errors import BackendUnavailable
 from ..preprocess import ImageLoadError, decode_bytes
 
 MODEL_NAME = "maskclip"
 log = logging.getLogger("maskclip_runtime")
 
 
-class TritonUnavailable(RuntimeError):
+class TritonUnavailable(BackendUnavailable):
     """PyTriton is missing or cannot start its tritonserver here; the message says what is needed."""
 
 
-def serve_with_triton(load_detector: Callable[[], Detector], host: str, port: int, max_wait_ms: float) -> int:
+def serve_with_triton(load_detector: Callable[[], Detector], host: str, port: int, max_wait_ms: float) -> None:
     """Serve until SIGINT/SIGTERM: HTTP on `port`, gRPC on port+1, Triton's metrics on port+2."""
     try:
         from pytriton.decorators import batch
@@ -83,7 +84,6 @@ def serve_with_triton(load_detector: Callable[[], Detector], host: str, port: in
         ) from None
     finally:
         detector.close()
-    return 0
 
 
 def _infer_batch(detector: Detector, image: np.ndarray) -> dict[str, np.ndarray]:

@@ -1,0 +1,168 @@
+"""One grammar for every console script: -h, the exit-status table, errors as statuses, --help without torch."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from maskclip_runtime.command import command
+from maskclip_runtime.errors import (
+    EXIT_BACKEND_UNAVAILABLE,
+    EXIT_INTERRUPTED,
+    EXIT_NOT_FINISHED,
+    EXIT_SOME_INPUTS_FAILED,
+    EXIT_STATUSES,
+    EXIT_USAGE,
+    EXIT_VERIFICATION_FAILED,
+    BackendUnavailable,
+    InputError,
+    NotFinished,
+    SomeInputsFailed,
+    UsageError,
+    VerificationFailed,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+# console script -> (module, function), from setup.py: the list users get, whatever this venv installed
+SCRIPTS = {
+    name: (module, function)
+    for name, module, function in re.findall(
+        r'"(maskclip-[a-z]+)=([\w.]+):(\w+)"', (ROOT / "setup.py").read_text(encoding="utf-8")
+    )
+}
+# What the base install lacks (the extras train, export, cpu and serve).
+BLOCKED = (
+    "torch",
+    "torchvision",
+    "open_clip",
+    "timm",
+    "safetensors",
+    "onnx",
+    "onnxslim",
+    "polygraphy",
+    "onnxruntime",
+    "fastapi",
+    "uvicorn",
+)
+WITHOUT_TORCH = f"""
+import sys
+
+class Refuse:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in {BLOCKED!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+        return None
+
+sys.meta_path.insert(0, Refuse())
+module, function, *args = sys.argv[1:]
+sys.argv = [module, *args]
+getattr(__import__(module, fromlist=[function]), function)()
+"""
+
+
+def _without_torch(script: str, *args: str) -> subprocess.CompletedProcess:
+    module, function = SCRIPTS[script]
+    return subprocess.run(
+        [sys.executable, "-c", WITHOUT_TORCH, module, function, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+
+
+def test_setup_lists_every_command():
+    assert {"maskclip-run", "maskclip-serve", "maskclip-export", "maskclip-bench", "maskclip-train"} <= set(SCRIPTS)
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_help_works_without_torch_and_shows_the_exit_table(script):
+    done = _without_torch(script, "-h")
+    assert done.returncode == 0, done.stderr[-2000:]
+    for status, _ in EXIT_STATUSES:
+        assert re.search(rf"^\s+{status}\s", done.stdout, re.MULTILINE), (script, status)
+
+
+@pytest.mark.parametrize(
+    ("script", "args"),
+    [
+        ("maskclip-info", ["--config", "tiny"]),
+        ("maskclip-export", ["--config", "tiny", "--out", "{tmp}/art"]),
+        ("maskclip-bench", ["tiny", "--out", "{tmp}/bench"]),
+        ("maskclip-import", ["{tmp}/missing.pth", "--out", "{tmp}/ckpt"]),
+    ],
+)
+def test_a_command_that_needs_torch_names_the_extra_and_exits_4(script, args, tmp_path):
+    done = _without_torch(script, *(a.format(tmp=tmp_path) for a in args))
+    assert done.returncode == EXIT_BACKEND_UNAVAILABLE, done.stderr[-2000:]
+    (line,) = done.stderr.strip().splitlines()
+    assert "pip install 'maskclip[" in line and "Traceback" not in done.stderr
+
+
+def _raising(exc: BaseException):
+    @command("maskclip-test")
+    def main():
+        raise exc
+
+    return main
+
+
+@pytest.mark.parametrize(
+    ("exc", "status"),
+    [
+        (UsageError("contradicting options"), EXIT_USAGE),
+        (InputError("no such file"), EXIT_USAGE),
+        (FileNotFoundError(2, "No such file or directory", "x.png"), EXIT_USAGE),
+        (VerificationFailed("gate"), EXIT_VERIFICATION_FAILED),
+        (BackendUnavailable("no TensorRT"), EXIT_BACKEND_UNAVAILABLE),
+        (ModuleNotFoundError("No module named 'torch'", name="torch"), EXIT_BACKEND_UNAVAILABLE),
+        (NotFinished("disk full"), EXIT_NOT_FINISHED),
+        (ZeroDivisionError("a bug"), EXIT_NOT_FINISHED),
+        (ModuleNotFoundError("No module named 'mystery'", name="mystery"), EXIT_NOT_FINISHED),
+    ],
+    ids=lambda value: type(value).__name__ if isinstance(value, BaseException) else str(value),
+)
+def test_each_error_class_is_one_line_and_its_status(exc, status):
+    result = CliRunner().invoke(_raising(exc), [])
+    assert result.exit_code == status
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("maskclip-test: error: ")
+
+
+def test_some_inputs_failed_adds_no_line_of_its_own_and_ctrl_c_is_130():
+    result = CliRunner().invoke(_raising(SomeInputsFailed()), [])
+    assert result.exit_code == EXIT_SOME_INPUTS_FAILED and result.stderr == ""
+    assert CliRunner().invoke(_raising(KeyboardInterrupt()), []).exit_code == EXIT_INTERRUPTED
+
+
+def test_click_usage_errors_and_h_follow_the_table():
+    @command("maskclip-test")
+    @click.option("--n", type=int)
+    def main(n):
+        pass
+
+    assert CliRunner().invoke(main, ["--n", "x"]).exit_code == EXIT_USAGE
+    assert CliRunner().invoke(main, ["-h"]).exit_code == 0
+
+
+def test_the_readme_shows_the_one_exit_table():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    rows = [line for line in readme.splitlines() if re.match(r"^\| \d+ \| ", line)]
+    assert rows == [f"| {status} | {meaning} |" for status, meaning in EXIT_STATUSES]
+
+
+@pytest.mark.parametrize(
+    ("module", "extra"), [("torch", "export"), ("onnx", "export"), ("onnxruntime", "cpu"), ("fastapi", "serve")]
+)
+def test_a_missing_module_names_the_extra_that_installs_it(module, extra):
+    @command("maskclip-test", extra="export")
+    def main():
+        raise ModuleNotFoundError(f"No module named {module!r}", name=module)
+
+    result = CliRunner().invoke(main, [])
+    assert result.exit_code == EXIT_BACKEND_UNAVAILABLE and f"'maskclip[{extra}]'" in result.stderr
