@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from maskclip_runtime.backends.base import BackendUnavailable
 from maskclip_runtime.devices import parse_device
+from maskclip_runtime.errors import BackendUnavailable
 
 from .artifacts import gate_summary
 from .backends import Session

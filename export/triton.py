@@ -317,11 +317,10 @@ def _demo_examples():
 
 def _run_chain(runners, first: str, images: np.ndarray, artifact: Artifact) -> dict[str, np.ndarray]:
     """Run the graphs over all images in chunks the artifact accepts (fixed batches padded, padding dropped)."""
-    from .onnx_export import BatchSpec as ExportBatch
     from .verify import batch_chunks
 
     results: dict[str, list[np.ndarray]] = {}
-    for chunk, count in batch_chunks(images, ExportBatch(size=artifact.batch.max, dynamic=artifact.batch.dynamic)):
+    for chunk, count in batch_chunks(images, artifact.batch):
         tensors = run_chain(runners, {first: chunk})
         for name in FINAL_OUTPUTS:
             if name in tensors:
