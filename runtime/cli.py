@@ -31,7 +31,7 @@ from tqdm import tqdm
 from .artifact import MANIFEST_NAME, ArtifactError, file_sha256
 from .backends.base import BackendUnavailable
 from .backends.onnxruntime import parse_device
-from .detector import MASKS_FOR, Detection, Detector, PreparedImage
+from .detector import DEMO_DIR, MASKS_FOR, Detection, Detector, PreparedImage
 from .inputs import expand_inputs
 from .outputs import (
     DEFAULT_OVERLAY_SIZE,
@@ -56,7 +56,6 @@ from .tiling import detect_tiled
 DECODE_MARGIN = 4
 
 PROG = "maskclip-run"
-DEMO_DIR = Path(__file__).resolve().parent / "demo"
 DEMO_NOTE = "using the embedded demo model (tiny, trained on synthetic edits)"
 
 

@@ -24,8 +24,9 @@ from maskclip_runtime import detector as detector_module
 from maskclip_runtime.backends import tensorrt as tensorrt_backend
 from maskclip_runtime.backends.base import BackendUnavailable
 from maskclip_runtime.backends.onnxruntime import OnnxRuntimeRunner, providers_for
-from maskclip_runtime.detector import Detector
+from maskclip_runtime.detector import Detection, Detector
 from maskclip_runtime.engine_header import EngineIncompatibleError
+from maskclip_runtime.preprocess import ImageLoadError
 
 
 @pytest.fixture(scope="module")
@@ -241,3 +242,51 @@ def test_auto_falls_back_to_onnxruntime_when_engines_do_not_fit(with_engines, mo
     ) as caught:
         Detector(with_engines, backend="tensorrt")
     assert "\n" not in str(caught.value)
+
+
+# ---- what detect takes: PIL images, HxWx3 uint8 arrays, paths; one item or a list
+
+
+def test_single_items_of_every_kind_give_one_detection_each(fused, photos, tmp_path):
+    detector = Detector(fused, backend="onnxruntime", device="cpu")
+    image = photos[0]
+    path = tmp_path / "photo.png"
+    image.save(path)
+    reference = detector.detect([image])[0].fake_prob
+    for item in (image, np.asarray(image), str(path), path, image.convert("RGBA")):
+        detection = detector.detect(item)
+        assert isinstance(detection, Detection)
+        assert detection.fake_prob == pytest.approx(reference, abs=1e-6)
+        assert (detection.width, detection.height) == image.size
+
+
+def test_lists_and_tuples_of_mixed_items_give_lists_in_order(fused, photos):
+    detector = Detector(fused, backend="onnxruntime", device="cpu")
+    expected = [d.fake_prob for d in detector.detect(photos)]
+    mixed = [np.asarray(p) if i % 2 else p for i, p in enumerate(photos)]
+    for images in (mixed, tuple(mixed)):
+        got = detector.detect(images)
+        assert isinstance(got, list)
+        assert [d.fake_prob for d in got] == pytest.approx(expected, abs=1e-6)
+    assert detector.detect([]) == []
+
+
+@pytest.mark.parametrize(
+    ("item", "error"),
+    [
+        (np.zeros((8, 8, 3), np.float32), TypeError),  # not uint8
+        (np.zeros((8, 8), np.uint8), ValueError),  # grey: no channel axis
+        (np.zeros((8, 8, 4), np.uint8), ValueError),  # RGBA array
+        (np.zeros((2, 8, 8, 3), np.uint8), ValueError),  # a stacked batch, not a list
+        (3, TypeError),
+        (b"bytes", TypeError),
+        ("no/such/file.png", ImageLoadError),
+    ],
+    ids=["float", "grey", "rgba", "batch", "int", "bytes", "missing-path"],
+)
+def test_inputs_that_are_not_images_are_refused(fused, item, error):
+    detector = Detector(fused, backend="onnxruntime", device="cpu")
+    with pytest.raises(error):
+        detector.detect(item)
+    with pytest.raises(error):
+        detector.detect([item])
