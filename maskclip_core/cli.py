@@ -302,8 +302,20 @@ def _fit(data, split, checkpoint, artifact, backend, device, batch_size, workers
 @click.option("--generators", default=None, help="Comma-separated subset of sd15-like, sdxl-like, flux-like.")
 @click.option("--min-size", default=128, type=int, help="Shortest long side of an image.")
 @click.option("--max-size", default=192, type=int, help="Longest long side of an image.")
-def synth(out, seed, count, test_count, generators, min_size, max_size):
-    """Write a synthetic OpenSDID-format proxy data set (NOT OpenSDID) from bundled photos."""
+@click.option(
+    "--layout",
+    default="both",
+    type=click.Choice(["both", "folder", "parquet"]),
+    help="parquet: OpenSDID's files; folder: real/, fake/, masks/ (also for --calib, maskclip-run); both: each.",
+)
+def synth(out, seed, count, test_count, generators, min_size, max_size, layout):
+    """Write a synthetic OpenSDID-format proxy data set (NOT OpenSDID) from bundled photos.
+
+    Each split (OUT/train, OUT/test) is written as OpenSDID parquet files and, by default, also as
+    the plain folder layout (real/<generator>/, fake/<generator>/, masks/<generator>/) that every
+    command reads: the images are small, so the copy costs little and no command needs a converter.
+    The data readers take the folder layout when both are there (the same images, keys and labels).
+    """
     from tqdm import tqdm
 
     from maskclip_core.data.synth import GENERATORS, synthesize
@@ -313,7 +325,7 @@ def synth(out, seed, count, test_count, generators, min_size, max_size):
         _fail(ValueError(f"need 32 <= --min-size <= --max-size, got {min_size}, {max_size}"))
     try:
         with tqdm(total=(count + test_count) * len(names), desc="synth", dynamic_ncols=True) as bar:
-            path = synthesize(Path(out), seed, count, test_count, names, min_size, max_size, progress=bar)
+            path = synthesize(Path(out), seed, count, test_count, names, min_size, max_size, bar, layout)
     except ValueError as exc:
         _fail(exc)
     click.echo(f"wrote {path} (synthetic proxy, not OpenSDID)")
