@@ -27,12 +27,13 @@ USER_ERRORS = (DataError, CheckpointError, FileNotFoundError, KeyError, ValueErr
 
 
 @click.command(context_settings={"show_default": True})
-@click.option("--data", required=True, help="OpenSDID parquet file/folder, folder layout, or HF data set name.")
+@click.option("--data", default=None, help="OpenSDID parquet file/folder, folder layout, or HF data set name.")
 @click.option("--split", default=None, help="Sub-folder (local) or split (hub) to train on, e.g. train.")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder (log, checkpoints).")
+@click.option("--out", default=None, type=click.Path(file_okay=False), help="Run folder (log, checkpoints).")
 @click.option("--config", default="opensdi-vitl14", help="Registered config name or a config JSON file.")
 @click.option("--clip-weights", default=None, help="CLIP weights: 'openai' (hub) or a local file.")
 @click.option("--mae-weights", default=None, help="MAE weights: timm tag or a local file.")
+@click.option("--random-init", is_flag=True, help="Let backbones without --clip-weights/--mae-weights start random.")
 @click.option("--epochs", default=50, type=int)
 @click.option("--batch-size", default=16, type=int, help="Images per process.")
 @click.option("--lr", default=1e-4, type=float)
@@ -52,20 +53,49 @@ USER_ERRORS = (DataError, CheckpointError, FileNotFoundError, KeyError, ValueErr
 @click.option("--max-steps", default=None, type=int, help="Stop after this many steps (schedule unchanged).")
 @click.option("--save-every", default=500, type=int, help="Steps between checkpoints of OUT/last.")
 @click.option("--log-every", default=10, type=int)
-@click.option("--resume", default=None, type=click.Path(exists=True), help="Checkpoint folder (OUT/last).")
+@click.option(
+    "--resume",
+    default=None,
+    type=click.Path(exists=True),
+    help="Checkpoint folder (OUT/last) or run folder: continues with the run's own options.",
+)
 @click.option("--device", default="auto", help="auto, cpu, cuda or cuda:N.")
+@click.option("--force", is_flag=True, help="Start even when the memory estimate exceeds what is available.")
 def train(**kwargs):
-    """Train MaskCLIP with the paper's recipe. Multi-GPU / multi-node: launch with torchrun."""
+    """Train MaskCLIP with the paper's recipe. Multi-GPU / multi-node: launch with torchrun.
+
+    Backbones start from the pretrained weights given (opensdi-vitl14: --clip-weights openai
+    --mae-weights vit_base_patch16_224.mae), or from random ones with --random-init. The memory the
+    run needs is estimated first; a run that cannot fit is refused (--force runs it anyway).
+    `--resume OUT/last` alone continues a run with its stored options; options given with it change
+    the rest of the run, except data, split, config, seed, batch size and weights, which must match.
+    The demo model's recipe: `python -m maskclip_core.demo --work DIR` (README, Training).
+    """
     from maskclip_core.train import TrainArgs
     from maskclip_core.train import train as run
+    from maskclip_core.train_options import resume_args
 
+    given = {name: value for name, value in kwargs.items() if _given(name)}
     try:
-        path = run(TrainArgs(**kwargs))
+        if kwargs["resume"]:
+            args = resume_args(kwargs["resume"], given)
+        elif not (kwargs["data"] and kwargs["out"]):
+            raise ValueError("--data and --out are required (or --resume OUT/last to continue a run)")
+        else:
+            args = TrainArgs(**kwargs)
+        path = run(args)
     except KeyboardInterrupt:
         sys.exit(130)
     except USER_ERRORS as exc:
         _fail(exc)
     click.echo(f"checkpoint: {path}")
+
+
+def _given(name: str) -> bool:
+    """True when the option was set on the command line (or its environment variable), not left at its default."""
+    from click.core import ParameterSource
+
+    return click.get_current_context().get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
 
 
 def _open_predictor(checkpoint: str | None, artifact: str | None, backend: str, device: str | None):

@@ -153,6 +153,7 @@ def test_synth_and_train_cli_errors(tmp_path):
         str(tmp_path / "run"),
         "--config",
         "tiny",
+        "--random-init",
         "--batch-size",
         "1",
         "--workers",
