@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 import shutil
 
+import onnx
 import pytest
-from test_runtime_standin import SIZE, build_standin_artifact, read_manifest, write_manifest
+from standin_artifact import SIZE, build_standin_artifact, read_manifest, write_manifest
 
 from maskclip_runtime import __version__
 from maskclip_runtime import artifact as artifact_module
@@ -202,3 +203,12 @@ def test_an_unlisted_data_file_beside_a_graph_is_refused(artifact):
 
 def test_the_precision_is_read_from_the_manifest(artifact):
     assert load_artifact(artifact).precision == "fp32"
+
+
+def test_standin_artifacts_are_valid_onnx(tmp_path):
+    for topology in ("fused", "split"):
+        folder = build_standin_artifact(tmp_path / topology, topology)
+        manifest = read_manifest(folder)
+        for graph in manifest["graphs"]:
+            onnx.checker.check_model(str(folder / graph["file"]))
+        assert set(manifest["files"]) == {g["file"] for g in manifest["graphs"]}

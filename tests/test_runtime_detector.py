@@ -6,12 +6,12 @@ import importlib.util
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+import trt_standin
 from PIL import Image
-from test_runtime_standin import (
+from standin_artifact import (
     build_standin_artifact,
     expected_standin_output,
     read_manifest,
@@ -23,9 +23,9 @@ from test_runtime_standin import (
 from maskclip_runtime import detector as detector_module
 from maskclip_runtime.backends import tensorrt as tensorrt_backend
 from maskclip_runtime.backends.base import BackendUnavailable
-from maskclip_runtime.backends.onnxruntime import OnnxRuntimeRunner, providers_for
+from maskclip_runtime.backends.onnxruntime import providers_for
 from maskclip_runtime.detector import Detection, Detector
-from maskclip_runtime.engine_header import EngineIncompatibleError
+from maskclip_runtime.engine_header import EngineIncompatibleError, write_engine
 from maskclip_runtime.preprocess import ImageLoadError
 
 
@@ -180,36 +180,27 @@ print(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision
 
 @pytest.fixture
 def with_engines(tmp_path):
-    """A split artifact whose manifest lists one (fake) engine per graph, hashed like any file."""
+    """A split artifact whose manifest lists one stand-in engine (plan + sidecar) per graph, hashed like any file."""
     folder = build_standin_artifact(tmp_path / "engines", "split")
     manifest = read_manifest(folder)
     manifest["engines"] = []
     for graph in manifest["graphs"]:
         engine = folder / f"{graph['name']}.fp32.engine"
-        engine.write_bytes(b"MCLIPTRT-not-a-real-plan-" + graph["name"].encode())
+        header = {"tensorrt_version": "10.3.0", "gpu_name": "stand-in", "compute_capability": "8.7"}
+        header |= {"precision": "fp32", "profile": {}, "graph": graph["name"], "onnx_file": graph["file"]}
+        write_engine(engine, header, trt_standin.ENGINE_PLAN)
         manifest["engines"].append({"graph": graph["name"], "file": engine.name})
         manifest["files"][engine.name] = sha256_of(engine)
     write_manifest(folder, manifest)
     return folder
 
 
-class OnnxBackedEngineRunner(OnnxRuntimeRunner):
-    """Pretends to be TensorRTRunner: runs the ONNX graph that sits next to the engine file."""
-
-    opened: list = []
-
-    def __init__(self, engine_path, device=0):
-        OnnxBackedEngineRunner.opened.append((Path(engine_path).name, device))
-        super().__init__(Path(engine_path).with_name(Path(engine_path).name.split(".")[0] + ".onnx"))
-        self.backend = "tensorrt"
-
-
 def test_tensorrt_backend_uses_one_engine_per_graph(with_engines, photos, monkeypatch):
-    monkeypatch.setattr(tensorrt_backend, "TensorRTRunner", OnnxBackedEngineRunner)
-    OnnxBackedEngineRunner.opened = []
+    runner = trt_standin.onnx_engine_runner()
+    monkeypatch.setattr(tensorrt_backend, "TensorRTRunner", runner)
     detector = Detector(with_engines, backend="tensorrt", device="cuda:1")
     assert detector.backend == "tensorrt"
-    assert OnnxBackedEngineRunner.opened == [("features.fp32.engine", 1), ("heads.fp32.engine", 1)]
+    assert runner.opened == [("features.fp32.engine", 1), ("heads.fp32.engine", 1)]
     reference = Detector(with_engines, backend="onnxruntime").detect(photos)
     for a, b in zip(detector.detect(photos), reference, strict=True):
         assert a.fake_prob == pytest.approx(b.fake_prob, abs=1e-6)
@@ -227,7 +218,7 @@ def test_tensorrt_missing_is_one_clear_line(with_engines):
 
 
 def test_auto_falls_back_to_onnxruntime_when_engines_do_not_fit(with_engines, monkeypatch, caplog):
-    class IncompatibleEngine(OnnxBackedEngineRunner):
+    class IncompatibleEngine(trt_standin.onnx_engine_runner()):
         def __init__(self, engine_path, device=0):
             raise EngineIncompatibleError(f"{engine_path}: built for another GPU; rebuild the engine\nmore detail")
 
