@@ -69,7 +69,7 @@ def train(**kwargs):
     run needs is estimated first; a run that cannot fit is refused (--force runs it anyway).
     `--resume OUT/last` alone continues a run with its stored options; options given with it change
     the rest of the run, except data, split, config, seed, batch size and weights, which must match.
-    The demo model's recipe: `python -m maskclip_core.demo --work DIR` (README, Training).
+    The demo model's recipe is `python -m maskclip_core.demo --work DIR` (README).
     """
     from maskclip_core.train import TrainArgs
     from maskclip_core.train import train as run

@@ -116,7 +116,7 @@ def require_pretrained(cfg, clip_weights: str | None, mae_weights: str | None) -
                 f"--clip-weights {PAPER_CLIP_TAG} (hub; or a local open_clip {cfg.clip.model_name} state dict file)"
             )
         else:
-            missing.append("--clip-weights FILE (no hub weights fit this CLIP; python -m maskclip_core.demo makes one)")
+            missing.append("--clip-weights FILE (no hub weights fit this CLIP; maskclip_core.demo trains one)")
     mae_shape = (cfg.mae.patch_size, cfg.mae.width, cfg.mae.depth, cfg.mae.heads)
     mae_tag = next((tag for tag, shape in MAE_HUB_SHAPES.items() if shape == mae_shape), None)
     if not mae_weights and mae_tag:
