@@ -91,6 +91,20 @@ def _build_engines(out: Path, calib: str | None, calib_count: int) -> None:
     click.echo(f"TensorRT: {len(engines)} engine(s) written into {out}")
 
 
+def _export_summary(manifest: dict, out: Path) -> str:
+    """The end-of-run line: graphs and size, the gate images' verdicts by the artifact, flips, time."""
+    megabytes = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 1e6
+    line = f"maskclip-export: {len(manifest['graphs'])} graph(s), {megabytes:.1f} MB"
+    report = manifest["verification"]
+    if not report.get("skipped"):
+        fake = sum(image["fake_prob"] > report["threshold"] for image in report["per_image"])
+        line += (
+            f"; gate on {report['images']} images: {report['images'] - fake} real, {fake} fake by the artifact, "
+            f"{report['flips']} flips against PyTorch"
+        )
+    return f"{line}; {sum(manifest['export_seconds'].values()):.0f} s"
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--checkpoint", type=click.Path(), help="MaskCLIP checkpoint (.safetensors + .json, or folder).")
 @click.option("--config", "config_name", help="Config name (tiny, opensdi-vitl14); alone: random init.")
@@ -174,5 +188,6 @@ def main(
         )
     summary = f"{manifest['precision']}, {manifest['topology']}, {manifest['model']['model_id']}"
     click.echo(f"wrote {options.out} ({summary})")
+    click.echo(_export_summary(manifest, options.out), err=True)
     if trt:
         _build_engines(options.out, calib, calib_count)

@@ -159,9 +159,15 @@ def _beside(path: str | None, suffix: str) -> str | None:
 @click.option("--reliability", default=None, type=click.Path(dir_okay=False), help="Reliability diagram PNG path.")
 @click.option("--robustness", is_flag=True, help="Also score under JPEG/WebP, downscale, blur, noise and crop.")
 @click.option("--per-generator", default=None, type=int, help="Robustness on a stratified subset of N per generator.")
+@click.option(
+    "--tiles",
+    is_flag=True,
+    help="Score native-resolution masks as maskclip-run --tiles makes them (an artifact; without --artifact the "
+    "runtime's embedded demo), at each image's own size instead of the model size.",
+)
 def evaluate(
     data, split, checkpoint, artifact, backend, device, batch_size, workers, limit, output, calibration, reliability,
-    robustness, per_generator,
+    robustness, per_generator, tiles,
 ):  # fmt: skip
     """Score a checkpoint or an exported artifact: IoU/F1 per generator + AVG, detection F1/Acc/AUC.
 
@@ -169,14 +175,24 @@ def evaluate(
     record (--calibration, or one in the artifact's manifest): ECE, Brier, AUC and TPR at 1 %/5 %
     FPR before and after, and a reliability diagram (--reliability, default beside --output).
     With --robustness: the report per degradation as JSON, Markdown and a plot (beside --output).
+    With --tiles: pixel metrics of tiled masks at each image's own size (a different scale from the
+    default, which scores every mask at the model's input size as EVALUATION.md defines).
     """
     from maskclip_core.data import open_samples
-    from maskclip_core.evaluate import collect, report, save_report
+    from maskclip_core.evaluate import collect, collect_tiled, report, save_report
 
     if not data:
         _fail(ValueError("--data is required"))
     if per_generator is not None and not robustness:
         _fail(ValueError("--per-generator sizes the --robustness subset; add --robustness"))
+    if tiles and (checkpoint or robustness):
+        _fail(ValueError("--tiles scores an exported artifact through the runtime, without --robustness: "
+                         "give --artifact (maskclip-export makes one from a checkpoint)"))  # fmt: skip
+    if tiles and not artifact:
+        from maskclip_runtime.cli import DEMO_DIR
+
+        artifact = str(DEMO_DIR)
+        click.echo(f"no --artifact given: scoring the runtime's embedded demo artifact ({DEMO_DIR})", err=True)
     try:
         samples = open_samples(data, split)[:limit]
         predictor, source = _open_predictor(checkpoint, artifact, backend, device)
@@ -185,7 +201,10 @@ def evaluate(
             _robustness(predictor, samples, source, data, split, per_generator, batch_size, workers, output)
             return
         started = time.perf_counter()
-        accumulator = collect(predictor, samples, batch_size, workers)
+        if tiles:
+            accumulator = collect_tiled(predictor.detector, samples)
+        else:
+            accumulator = collect(predictor, samples, batch_size, workers)
         seconds = time.perf_counter() - started
     except USER_ERRORS as exc:
         _fail(exc)
@@ -193,6 +212,7 @@ def evaluate(
         _fail(exc)
     summary = accumulator.summary()
     doc = report(summary, model=source, predictor=predictor.name, data=data, split=split, images=len(samples))
+    doc["masks_scored_at"] = "native resolution, tiles" if tiles else f"model input ({predictor.spec.size} px)"
     click.echo(doc["table"])
     click.echo(_eval_summary(accumulator, predictor.threshold, seconds), err=True)
     if record is not None:
@@ -291,6 +311,20 @@ def calibrate(
         _fail(exc)
 
 
+def _calibrate_summary(fitted, fitted_images: int, checking, seconds: float) -> str:
+    """The end-of-run line: images fitted and checked, the check half's calibrated verdicts, images/s."""
+    labels, fake_prob = checking.scores()
+    counts = {verdict: 0 for verdict in ("real", "uncertain", "fake")}
+    for verdict in fitted.verdicts(fitted.calibrate(fake_prob)):
+        counts[str(verdict)] += 1
+    images = fitted_images + len(labels)
+    return (
+        f"maskclip-calibrate: fitted on {fitted_images} images, checked on {len(labels)}: {counts['real']} real, "
+        f"{counts['uncertain']} uncertain, {counts['fake']} fake by the calibrated verdicts (labelled "
+        f"{int((labels == 0).sum())} real, {int((labels == 1).sum())} fake), {images / max(seconds, 1e-9):.1f} images/s"
+    )
+
+
 def _fit(data, split, checkpoint, artifact, backend, device, batch_size, workers, limit, out, fit_fraction, seed,
          target_fprs):  # fmt: skip
     import json
@@ -306,6 +340,7 @@ def _fit(data, split, checkpoint, artifact, backend, device, batch_size, workers
     samples = open_samples(data, split)[:limit]
     fit_samples, check_samples = split_holdout(samples, fit_fraction, seed)
     predictor, source = _open_predictor(checkpoint, artifact, backend, device)
+    started = time.perf_counter()
     fit_labels, fit_prob = collect(predictor, fit_samples, batch_size, workers, desc="fit").scores()
     model_id = predictor.detector.model_id if artifact else None
     fitted_on = {"model": source, "model_id": model_id, "data": str(data), "split": split, "seed": seed,
@@ -315,6 +350,7 @@ def _fit(data, split, checkpoint, artifact, backend, device, batch_size, workers
     write_calibration(fitted, out)
     click.echo(f"wrote {out} (temperature {fitted.temperature:.4f}, sha256 {fitted.sha256})")
     checking = collect(predictor, check_samples, batch_size, workers, desc="check")
+    click.echo(_calibrate_summary(fitted, len(fit_samples), checking, time.perf_counter() - started), err=True)
     measured = _measure_calibration(fitted, checking, _beside(out, "-reliability.png"))
     report_path = Path(_beside(out, "-report.json"))
     doc = {"record": fitted.to_dict(), "checked_on": {"images": len(check_samples)}, **measured}

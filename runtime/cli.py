@@ -31,7 +31,7 @@ from tqdm import tqdm
 from .artifact import MANIFEST_NAME, ArtifactError, file_sha256
 from .backends.base import BackendUnavailable
 from .backends.onnxruntime import parse_device
-from .detector import DEMO_DIR, MASKS_FOR, Detection, Detector, PreparedImage
+from .detector import DEMO_DIR, MASKS_FOR, Detection, Detector, PreparedImage, wants_mask
 from .inputs import expand_inputs
 from .outputs import (
     DEFAULT_OVERLAY_SIZE,
@@ -48,7 +48,7 @@ from .preprocess import DEFAULT_MAX_PIXELS, ImageLoadError, decode_image
 from .report import write_report
 from .selfcheck import SelfCheckFailed
 from .selfcheck import self_check as run_self_check
-from .tiling import detect_tiled
+from .tiling import DEFAULT_OVERLAP, detect_tiled, tile_policy
 
 # A JPEG may be decoded at 1/2..1/8 scale while both sides stay >= this many times the model input:
 # the model's own resize still averages over >= 4x4 decoded pixels, and a 108 Mpx photo never
@@ -337,7 +337,8 @@ def run(
     failures = 0
     records: list[dict] = []
     try:
-        kept = _answers_to_keep(tables, detector, json_target) if resume else []
+        wanted = MaskRequest(masks_for, tiles, masks is not None, overlays is not None)
+        kept = _answers_to_keep(tables, detector, json_target, wanted) if resume else []
         tables.start(kept)
         records.extend(kept)
         outputs = ImageOutputs(masks, overlays, _output_stems(paths), prob_maps, overlay_size or None)
@@ -415,8 +416,33 @@ def _check_destinations(
             raise UsageFailure(f"cannot write into output folder {folder}: permission denied")
 
 
-def _answers_to_keep(tables: ResultTables, detector: Detector, json_target: str) -> list[dict]:
-    """The earlier run's answers that --resume keeps: successful ones, one per file (failed ones are retried).
+@dataclass(frozen=True)
+class MaskRequest:
+    """What this run asks of each image's mask: --resume keeps an earlier answer only if it has that."""
+
+    masks_for: str
+    tiles: bool
+    mask_files: bool
+    overlay_files: bool
+
+    def satisfied_by(self, record: dict, model_size: int) -> bool:
+        if not wants_mask(self.masks_for, record["verdict"]):
+            return True
+        # Records written before these fields existed had every mask, resized from the global view.
+        if not record.get("mask_computed", True):
+            return False
+        tiled = self.tiles and max(record["width"], record["height"]) > model_size
+        policy = tile_policy(model_size, round(DEFAULT_OVERLAP * model_size)) if tiled else "resize"
+        if record.get("mask_policy", "resize") != policy:
+            return False
+        return not (self.mask_files and record.get("mask") is None) and not (
+            self.overlay_files and record.get("overlay") is None
+        )
+
+
+def _answers_to_keep(tables: ResultTables, detector: Detector, json_target: str, wanted: MaskRequest) -> list[dict]:
+    """The earlier run's answers that --resume keeps: successful ones, one per file, whose mask is what this
+    run asks for (failed ones, and ones without that mask, are done again).
 
     Answers made with another model, precision or threshold are not mixed into this run's table:
     the run is refused and the file left as it is."""
@@ -434,7 +460,8 @@ def _answers_to_keep(tables: ResultTables, detector: Detector, json_target: str)
                 f"{json_target} holds answers made with model {made_with[0]}, precision {made_with[1]}, threshold "
                 f"{made_with[2]}; --resume only continues a run with the same ones (use another --json file)"
             )
-        kept.setdefault(os.path.realpath(record["path"]), record)
+        if wanted.satisfied_by(record, detector.artifact.preprocess.size):
+            kept.setdefault(os.path.realpath(record["path"]), record)
     return list(kept.values())
 
 

@@ -45,6 +45,11 @@ DEMO_DIR = Path(__file__).resolve().parent / "demo"  # the embedded demo model's
 ImageInput = Image.Image | np.ndarray | str | os.PathLike  # what `detect` takes for one image
 
 
+def wants_mask(masks_for: str, verdict: str) -> bool:
+    """Whether an image with this verdict gets a mask under this policy ("fake" covers "uncertain" too)."""
+    return masks_for == "all" or (masks_for == "fake" and verdict != "real")
+
+
 @dataclass(frozen=True)
 class Detection:
     """The answer for one image.
@@ -187,9 +192,14 @@ class Detector:
         detections = self.detect_prepared([self.prepare(as_rgb_image(item)) for item in items], masks_for)
         return detections[0] if single else detections
 
-    def detect_prepared(self, prepared: list[PreparedImage], masks_for: str = "all") -> list[Detection]:
-        if masks_for not in MASKS_FOR:
-            raise ValueError(f"masks_for must be one of {', '.join(MASKS_FOR)}, got {masks_for!r}")
+    def detect_prepared(self, prepared: list[PreparedImage], masks_for: str | Sequence[str] = "all") -> list[Detection]:
+        """PreparedImages -> Detections. masks_for: one policy for all, or one per image (a server's
+        micro-batch mixes requests that asked for different ones: they still share one screen pass)."""
+        policies = [masks_for] * len(prepared) if isinstance(masks_for, str) else list(masks_for)
+        if len(policies) != len(prepared):
+            raise ValueError(f"masks_for has {len(policies)} policies for {len(prepared)} images")
+        for policy in set(policies) - set(MASKS_FOR):
+            raise ValueError(f"masks_for must be one of {', '.join(MASKS_FOR)}, got {policy!r}")
         detections = []
         for start in range(0, len(prepared), self.batch_size):
             chunk = prepared[start : start + self.batch_size]
@@ -201,9 +211,7 @@ class Detector:
             answers = [
                 self._detection(item, float(p), None, screen_ms) for item, p in zip(chunk, fake_prob, strict=True)
             ]
-            rows = [
-                i for i, a in enumerate(answers) if masks_for == "all" or (masks_for == "fake" and a.verdict != "real")
-            ]
+            rows = [i for i, a in enumerate(answers) if wants_mask(policies[start + i], a.verdict)]
             if rows:
                 masks = self.localise(tensors, rows)
                 localise_ms = (time.perf_counter() - screened) * 1e3 / len(rows)

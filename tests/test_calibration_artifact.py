@@ -4,6 +4,7 @@ the runtime (maskclip-run) as in evaluation (maskclip-eval's code path)."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -166,6 +167,13 @@ def test_calibrate_fits_writes_and_eval_measures_the_record(tmp_path, one_torch_
     check = json.loads((tmp_path / "cal" / "record-report.json").read_text())
     assert check["record_sha256"] == record.sha256 and check["images"] == 12
     assert (tmp_path / "cal" / "record-reliability.png").read_bytes()[:4] == b"\x89PNG"
+    summary = re.search(
+        r"fitted on (\d+) images, checked on (\d+): (\d+) real, (\d+) uncertain, (\d+) fake .*labelled (\d+) real, "
+        r"(\d+) fake",
+        fitted.stderr,
+    )
+    fit_n, check_n, real, uncertain, fake, labelled_real, labelled_fake = map(int, summary.groups())
+    assert (fit_n, check_n) == (12, 12) and real + uncertain + fake == labelled_real + labelled_fake == 12
 
     report = tmp_path / "eval" / "r.json"
     evaluated = CliRunner().invoke(core_cli.evaluate, [*common, "--calibration", str(out), "--output", str(report)])

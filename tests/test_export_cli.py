@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 
 import pytest
@@ -64,6 +65,15 @@ def test_int8_cpu_export_prints_only_its_result(checkpoint, tmp_path):
     assert result.exit_code == 0, result.output
     model_id = json.loads((out / "manifest.json").read_text())["model"]["model_id"]
     assert result.stdout.splitlines() == [f"wrote {out} (int8-cpu, fused, {model_id})"]
+    report = json.loads((out / "manifest.json").read_text())["verification"]
+    fake = sum(image["fake_prob"] > report["threshold"] for image in report["per_image"])
+    summary = re.search(r"gate on (\d+) images: (\d+) real, (\d+) fake by the artifact, (\d+) flips", result.stderr)
+    assert summary and [int(n) for n in summary.groups()] == [
+        report["images"],
+        report["images"] - fake,
+        fake,
+        report["flips"],
+    ]
     assert "WARNING" not in result.stderr and "percentile" not in result.stderr, result.stderr
 
 

@@ -601,3 +601,26 @@ def test_quiet_silences_what_libraries_print(artifact, photo_dir, tmp_path, monk
     assert capfd.readouterr().err == ""
     run_cli(photo_dir, "--model", artifact)
     assert "TIFFReadDirectory" in capfd.readouterr().err  # without -q nothing is hidden
+
+
+def test_resume_redoes_answers_without_the_mask_this_run_asks_for(artifact, photo_dir, tmp_path):
+    out, masks = tmp_path / "out.jsonl", tmp_path / "masks"
+    photos = sorted(photo_dir.glob("*.jpg"))
+    code, _, _ = run_cli(*photos, "--model", artifact, "--json", out, "--masks-for", "none", "-q")
+    assert code == 0 and not any(r["mask_computed"] for r in json_lines(out.read_text()))
+
+    code, _, stderr = run_cli(*photos, "--model", artifact, "--json", out, "--masks", masks, "--resume")
+    assert code == 0 and f"resuming: 0 of {len(photos)}" in stderr
+    records = json_lines(out.read_text())
+    assert len(records) == len(photos) and all(r["mask_computed"] and Path(r["mask"]).is_file() for r in records)
+
+    code, _, stderr = run_cli(*photos, "--model", artifact, "--json", out, "--masks", masks, "--resume")
+    assert code == 0 and f"resuming: {len(photos)} of {len(photos)}" in stderr
+
+    size = Detector(artifact).artifact.preprocess.size
+    larger = [r for r in records if max(r["width"], r["height"]) > size]
+    assert larger  # the photos include some larger than the model input: those get tiled masks
+    code, _, stderr = run_cli(*photos, "--model", artifact, "--json", out, "--masks", masks, "--tiles", "--resume")
+    assert code == 0 and f"resuming: {len(photos) - len(larger)} of {len(photos)}" in stderr
+    tiled = [r for r in json_lines(out.read_text()) if r["mask_policy"] != "resize"]
+    assert sorted(r["path"] for r in tiled) == sorted(r["path"] for r in larger)

@@ -66,11 +66,11 @@ class Gate:
         self.batch_sizes: list[int] = []
         real = detector.detect_prepared
 
-        def gated(prepared):
+        def gated(prepared, masks_for="all"):
             self.entered.set()
             self.open.wait(20)
             self.batch_sizes.append(len(prepared))
-            return real(prepared)
+            return real(prepared, masks_for)
 
         detector.detect_prepared = gated
 
@@ -109,8 +109,8 @@ def png_from_data_uri(uri: str) -> np.ndarray:
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
 def test_detect_answers_maskclip_runs_record(client, run_records, path):
     expected = run_records[path.name]
-    multipart = client.post("/v1/detect", files={"file": (path.name, path.read_bytes(), "image/jpeg")})
-    raw = client.post("/v1/detect", content=path.read_bytes(), headers={"Content-Type": "image/jpeg"})
+    multipart = client.post("/v1/detect?masks_for=all", files={"file": (path.name, path.read_bytes(), "image/jpeg")})
+    raw = client.post("/v1/detect?masks_for=all", content=path.read_bytes(), headers={"Content-Type": "image/jpeg"})
     assert multipart.status_code == raw.status_code == 200
     for answer, name in ((multipart.json(), path.name), (raw.json(), "-")):
         assert answer["path"] == name
@@ -136,7 +136,7 @@ def test_mask_and_overlay_pngs_match_maskclip_runs_files(client, run_records):
 def test_batch_endpoint_answers_in_order_and_reports_a_bad_file(client, run_records):
     files = [("files", (p.name, p.read_bytes(), "image/jpeg")) for p in EXAMPLES]
     files.insert(1, ("files", ("notes.jpg", b"not an image at all", "image/jpeg")))
-    response = client.post("/v1/detect/batch", files=files)
+    response = client.post("/v1/detect/batch?masks_for=all", files=files)
     assert response.status_code == 200
     records = response.json()["records"]
     assert [r["path"] for r in records] == [EXAMPLES[0].name, "notes.jpg", *(p.name for p in EXAMPLES[1:])]
@@ -352,7 +352,50 @@ def test_slow_inference_answers_504_and_the_abandoned_image_is_skipped():
         client.__exit__(None, None, None)
 
 
+def test_masks_for_defaults_to_fake_without_images_and_leaves_verdicts_unchanged(client, run_records):
+    files = [("files", (p.name, p.read_bytes(), "image/jpeg")) for p in EXAMPLES]
+    plain = client.post("/v1/detect/batch", files=files).json()["records"]
+    every = client.post("/v1/detect/batch?masks_for=all", files=files).json()["records"]
+    none = client.post("/v1/detect/batch?masks_for=none", files=files).json()["records"]
+    verdicts = [r["verdict"] for r in every]
+    assert {"real", "fake"} <= set(verdicts)  # the examples hold both, so the default policy shows
+    assert [r["mask_computed"] for r in plain] == [v != "real" for v in verdicts]
+    assert [r["mask_computed"] for r in every] == [True] * len(EXAMPLES)
+    assert [r["mask_computed"] for r in none] == [False] * len(EXAMPLES)
+    for answers in (plain, none):
+        assert [r["fake_prob"] for r in answers] == [r["fake_prob"] for r in every]
+        assert all(r["mask_fraction"] is None for r in answers if not r["mask_computed"])
+    for record, reference in zip(plain, every, strict=True):
+        if record["mask_computed"]:
+            assert record["mask_fraction"] == reference["mask_fraction"]
+    with_images = client.post("/v1/detect/batch?overlay=png&masks_for=fake", files=files).json()["records"]
+    assert [r["overlay"] is not None for r in with_images] == [v != "real" for v in verdicts]
+    refused = client.post("/v1/detect?mask=png&masks_for=none", content=EXAMPLES[0].read_bytes())
+    assert refused.status_code == 400
+    assert client.post("/v1/detect?masks_for=some", content=EXAMPLES[0].read_bytes()).status_code == 400
+
+
 # ---- the batcher itself
+
+
+def test_one_forward_pass_serves_requests_with_different_mask_policies():
+    detector = demo_detector()
+    prepared = [detector.prepare(Image.open(p).convert("RGB")) for p in EXAMPLES]
+    gate = Gate(detector)
+    batcher = MicroBatcher(detector, max_wait_ms=0, max_queue=16)
+    first = batcher.submit(prepared[:1], "none")
+    assert gate.entered.wait(10)
+    policies = ["all", "none", "fake"][: len(prepared)]
+    futures = [f for p, policy in zip(prepared, policies, strict=True) for f in batcher.submit([p], policy)]
+    gate.open.set()
+    answers = [f.result(timeout=10) for f in futures]
+    first[0].result(timeout=10)
+    batcher.close()
+    assert gate.batch_sizes == [1, len(prepared)]
+    expected = detector.detect_prepared(prepared, "all")
+    for answer, reference, policy in zip(answers, expected, policies, strict=True):
+        assert answer.fake_prob == reference.fake_prob
+        assert answer.mask_computed == (policy == "all" or (policy == "fake" and reference.verdict != "real"))
 
 
 def test_concurrent_images_share_a_forward_pass_with_the_same_answers():

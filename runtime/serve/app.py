@@ -3,6 +3,10 @@
 Errors are JSON `{"error": "one line"}` with a status that says whose fault it is: 400 undecodable
 image or bad parameter, 413 body over the size limit, 415 not an image, 429 queue full (retry),
 503 not ready or shutting down, 504 over the per-request timeout, 500 inference failed.
+
+`masks_for` (all, fake, none) says which images get a mask, as in maskclip-run: by default `all` when
+the request asks for a mask or overlay image, else `fake`; on a cascade artifact an image judged real
+then skips the localise graph. Every record says whether its mask was computed (`mask_computed`).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..detector import Detection, Detector, PreparedImage
+from ..detector import MASKS_FOR, Detection, Detector, PreparedImage
 from ..outputs import PNG_COMPRESS_LEVEL, detection_record, heat_overlay, mask_image
 from ..preprocess import ImageLoadError, UnknownImageFormat, decode_bytes
 from .batcher import Draining, MicroBatcher, QueueFull
@@ -69,6 +73,9 @@ class ServeError(Exception):
 
 class ImageFormat(str, Enum):
     png = "png"
+
+
+MasksFor = Enum("MasksFor", {policy: policy for policy in MASKS_FOR}, type=str)
 
 
 @dataclass
@@ -207,19 +214,26 @@ def create_app(
 
     @app.post("/v1/detect")
     async def detect(
-        request: Request, mask: ImageFormat | None = Query(None), overlay: ImageFormat | None = Query(None)
+        request: Request,
+        mask: ImageFormat | None = Query(None),
+        overlay: ImageFormat | None = Query(None),
+        masks_for: MasksFor | None = Query(None),
     ) -> dict:
         """One image: multipart field `file`, or the image bytes as the body -> maskclip-run's record."""
         deadline = time.monotonic() + settings.timeout_s
+        policy = _masks_policy(masks_for, mask is not None or overlay is not None)
         batcher = state.ready_batcher()
         (upload,) = await _uploads(request, "file", many=False, limit=1)
         decoded = await run_in_threadpool(_decode, batcher.detector, upload)
-        (detection,) = await _infer(batcher, [decoded.prepared], deadline)
+        (detection,) = await _infer(batcher, [decoded.prepared], policy, deadline)
         return await run_in_threadpool(_record, state, decoded, detection, mask is not None, overlay is not None)
 
     @app.post("/v1/detect/batch")
     async def detect_batch(
-        request: Request, mask: ImageFormat | None = Query(None), overlay: ImageFormat | None = Query(None)
+        request: Request,
+        mask: ImageFormat | None = Query(None),
+        overlay: ImageFormat | None = Query(None),
+        masks_for: MasksFor | None = Query(None),
     ) -> dict:
         """Several images as repeated multipart fields `files` -> {"records": [...]} in upload order.
 
@@ -227,11 +241,12 @@ def create_app(
         as in maskclip-run.
         """
         deadline = time.monotonic() + settings.timeout_s
+        policy = _masks_policy(masks_for, mask is not None or overlay is not None)
         batcher = state.ready_batcher()
         uploads = await _uploads(request, "files", many=True, limit=settings.max_queue)
         decoded = await asyncio.gather(*(run_in_threadpool(_decode_or_error, batcher.detector, u) for u in uploads))
         good = [d for d in decoded if isinstance(d, Decoded)]
-        detections = iter(await _infer(batcher, [d.prepared for d in good], deadline)) if good else iter(())
+        detections = iter(await _infer(batcher, [d.prepared for d in good], policy, deadline)) if good else iter(())
         records = []
         for item in decoded:
             if isinstance(item, Decoded):
@@ -319,9 +334,20 @@ def _decode_or_error(detector: Detector, upload: Upload) -> Decoded | dict:
         return {"path": upload.name, "error": str(exc)}
 
 
-async def _infer(batcher: MicroBatcher, images: list[PreparedImage], deadline: float) -> list[Detection]:
+def _masks_policy(masks_for: MasksFor | None, images_asked: bool) -> str:
+    """The request's masks_for; a mask or overlay image asked for with masks_for=none is a bad request."""
+    if masks_for is None:
+        return "all" if images_asked else "fake"
+    if masks_for is MasksFor.none and images_asked:
+        raise ServeError(400, "masks_for=none computes no mask: drop mask= and overlay=, or ask for masks")
+    return masks_for.value
+
+
+async def _infer(
+    batcher: MicroBatcher, images: list[PreparedImage], masks_for: str, deadline: float
+) -> list[Detection]:
     try:
-        futures = batcher.submit(images)
+        futures = batcher.submit(images, masks_for)
     except QueueFull as exc:
         raise ServeError(429, f"{exc}; retry later") from None
     except Draining as exc:
@@ -339,6 +365,8 @@ async def _infer(batcher: MicroBatcher, images: list[PreparedImage], deadline: f
 
 def _record(state: ServerState, decoded: Decoded, detection: Detection, with_mask: bool, with_overlay: bool) -> dict:
     start = time.perf_counter()
+    # Under masks_for=fake an image judged real has no mask: its record says so (mask_computed false).
+    with_mask, with_overlay = with_mask and detection.mask_computed, with_overlay and detection.mask_computed
     mask = _png_data_uri(mask_image(detection.mask)) if with_mask else None
     # The bare overlay (heat map and outline, at the photo's size): the page shows verdict and legend itself.
     overlay = _png_data_uri(heat_overlay(decoded.image, detection.mask, detection.threshold)) if with_overlay else None

@@ -30,6 +30,7 @@ class Draining(Exception):
 @dataclass
 class _Job:
     image: PreparedImage
+    masks_for: str  # the request's policy: images of one batch may differ, they still share the screen pass
     future: Future  # -> Detection
     queued_at: float  # time.monotonic()
 
@@ -65,7 +66,7 @@ class MicroBatcher:
     def depth(self) -> int:
         return len(self._jobs)
 
-    def submit(self, images: list[PreparedImage]) -> list[Future]:
+    def submit(self, images: list[PreparedImage], masks_for: str = "all") -> list[Future]:
         """Queue all of `images` or none of them (QueueFull, Draining); one Future[Detection] each."""
         with self._changed:
             if self._closing:
@@ -73,7 +74,7 @@ class MicroBatcher:
             if len(self._jobs) + len(images) > self.max_queue:
                 raise QueueFull(f"queue full ({len(self._jobs)} of {self.max_queue} images waiting)")
             now = time.monotonic()
-            jobs = [_Job(image, Future(), now) for image in images]
+            jobs = [_Job(image, masks_for, Future(), now) for image in images]
             self._jobs.extend(jobs)
             self._on_depth(len(self._jobs))
             self._changed.notify()
@@ -121,7 +122,9 @@ class MicroBatcher:
             return
         started = time.perf_counter()
         try:
-            detections: list[Detection] = self.detector.detect_prepared([job.image for job in batch])
+            detections: list[Detection] = self.detector.detect_prepared(
+                [job.image for job in batch], [job.masks_for for job in batch]
+            )
         except Exception as exc:  # ONNX Runtime / TensorRT raise their own classes; the requests get the error
             for job in batch:
                 job.future.set_exception(exc)
