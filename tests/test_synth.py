@@ -53,7 +53,6 @@ def test_synth_command_writes_both_layouts_for_every_reader(tmp_path):
     from click.testing import CliRunner
 
     from maskclip_core.cli import synth
-    from maskclip_export.verify import image_paths
     from maskclip_runtime.inputs import images_in_folder
 
     out = tmp_path / "s"
@@ -62,7 +61,8 @@ def test_synth_command_writes_both_layouts_for_every_reader(tmp_path):
     assert result.exit_code == 0, result.output
     assert (out / "test" / "flux-like.parquet").is_file()
     assert len(open_samples(out, "test")) == 8
-    reals = image_paths(str(out / "test" / "real" / "flux-like"))  # export's --calib DIR
-    fakes = images_in_folder(out / "test" / "fake")  # maskclip-run / maskclip-serve inputs
+    # Folders of images, as maskclip-run, maskclip-serve and export's --calib list them; no mask among them.
+    reals, fakes = images_in_folder(out / "test" / "real"), images_in_folder(out / "test" / "fake")
     assert (len(reals), len(fakes)) == (4, 4)
+    assert all(path.endswith(".jpg") for path in reals + fakes)
     assert CliRunner().invoke(synth, [*args, "--layout", "tar"]).exit_code == 2
