@@ -27,12 +27,13 @@ RELIABILITY_NAME = "reliability.png"
 
 
 @command("maskclip-train", extra="train", input_errors=USER_VALUE_ERRORS, show_default=True)
-@click.option("--data", required=True, help="OpenSDID parquet file/folder, folder layout, or HF data set name.")
+@click.option("--data", default=None, help="OpenSDID parquet file/folder, folder layout, or HF data set name.")
 @click.option("--split", default=None, help="Sub-folder (local) or split (hub) to train on, e.g. train.")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder (log, checkpoints).")
+@click.option("--out", default=None, type=click.Path(file_okay=False), help="Run folder (log, checkpoints).")
 @click.option("--config", default="opensdi-vitl14", help="Registered config name or a config JSON file.")
 @click.option("--clip-weights", default=None, help="CLIP weights: 'openai' (hub) or a local file.")
 @click.option("--mae-weights", default=None, help="MAE weights: timm tag or a local file.")
+@click.option("--random-init", is_flag=True, help="Let backbones without --clip-weights/--mae-weights start random.")
 @click.option("--epochs", default=50, type=int)
 @click.option("--batch", "batch_size", default=16, type=int, help="Images per batch, per process.")
 @click.option("--lr", default=1e-4, type=float)
@@ -52,15 +53,44 @@ RELIABILITY_NAME = "reliability.png"
 @click.option("--max-steps", default=None, type=int, help="Stop after this many steps (schedule unchanged).")
 @click.option("--save-every", default=500, type=int, help="Steps between checkpoints of OUT/last.")
 @click.option("--log-every", default=10, type=int)
-@click.option("--resume", default=None, type=click.Path(exists=True), help="Checkpoint folder (OUT/last).")
+@click.option(
+    "--resume",
+    default=None,
+    type=click.Path(exists=True),
+    help="Checkpoint folder (OUT/last) or run folder: continues with the run's own options.",
+)
 @click.option("--device", default="auto", help="auto, cpu, cuda or cuda:N.")
+@click.option("--force", is_flag=True, help="Start even when the memory estimate exceeds what is available.")
 def train(**kwargs):
-    """Train MaskCLIP with the paper's recipe. Multi-GPU / multi-node: launch with torchrun."""
+    """Train MaskCLIP with the paper's recipe. Multi-GPU / multi-node: launch with torchrun.
+
+    Backbones start from the pretrained weights given (opensdi-vitl14: --clip-weights openai
+    --mae-weights vit_base_patch16_224.mae), or from random ones with --random-init. The memory the
+    run needs is estimated first; a run that cannot fit is refused (--force runs it anyway).
+    `--resume OUT/last` alone continues a run with its stored options; options given with it change
+    the rest of the run, except data, split, config, seed, batch size and weights, which must match.
+    The demo model's recipe is `python -m maskclip_core.demo --work DIR` (README).
+    """
     from maskclip_core.train import TrainArgs
     from maskclip_core.train import train as run
+    from maskclip_core.train_options import resume_args
 
-    path = run(TrainArgs(**kwargs))
+    given = {name: value for name, value in kwargs.items() if _given(name)}
+    if kwargs["resume"]:
+        args = resume_args(kwargs["resume"], given)
+    elif not (kwargs["data"] and kwargs["out"]):
+        raise UsageError("--data and --out are required (or --resume OUT/last to continue a run)")
+    else:
+        args = TrainArgs(**kwargs)
+    path = run(args)
     click.echo(f"checkpoint: {path}")
+
+
+def _given(name: str) -> bool:
+    """True when the option was set on the command line (or its environment variable), not left at its default."""
+    from click.core import ParameterSource
+
+    return click.get_current_context().get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
 
 
 def _open_predictor(checkpoint: str | None, artifact: str | None, backend: str, device: str | None):
@@ -318,8 +348,20 @@ def _fit(data, split, checkpoint, artifact, backend, device, batch_size, workers
 @click.option("--generators", default=None, help="Comma-separated subset of sd15-like, sdxl-like, flux-like.")
 @click.option("--min-size", default=128, type=int, help="Shortest long side of an image.")
 @click.option("--max-size", default=192, type=int, help="Longest long side of an image.")
-def synth(out, seed, count, test_count, generators, min_size, max_size):
-    """Write a synthetic OpenSDID-format proxy data set (NOT OpenSDID) from bundled photos."""
+@click.option(
+    "--layout",
+    default="both",
+    type=click.Choice(["both", "folder", "parquet"]),
+    help="parquet: OpenSDID's files; folder: real/, fake/, masks/ (also for --calib, maskclip-run); both: each.",
+)
+def synth(out, seed, count, test_count, generators, min_size, max_size, layout):
+    """Write a synthetic OpenSDID-format proxy data set (NOT OpenSDID) from bundled photos.
+
+    Each split (OUT/train, OUT/test) is written as OpenSDID parquet files and, by default, also as
+    the plain folder layout (real/<generator>/, fake/<generator>/, masks/<generator>/) that every
+    command reads: the images are small, so the copy costs little and no command needs a converter.
+    The data readers take the folder layout when both are there (the same images, keys and labels).
+    """
     from tqdm import tqdm
 
     from maskclip_core.data.synth import GENERATORS, synthesize
@@ -331,7 +373,7 @@ def synth(out, seed, count, test_count, generators, min_size, max_size):
     if min_size < 32 or max_size < min_size:
         raise UsageError(f"need 32 <= --min-size <= --max-size, got {min_size}, {max_size}")
     with tqdm(total=(count + test_count) * len(names), desc="synth", dynamic_ncols=True) as bar:
-        path = synthesize(Path(out), seed, count, test_count, names, min_size, max_size, progress=bar)
+        path = synthesize(Path(out), seed, count, test_count, names, min_size, max_size, bar, layout)
     click.echo(f"wrote {path} (synthetic proxy, not OpenSDID)")
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
 
 from maskclip_runtime.errors import InputError
 from maskclip_runtime.preprocess import LEGACY_RESIZE, PreprocessSpec
@@ -154,6 +155,15 @@ def get_config(name: str) -> MaskCLIPConfig:
 
 def list_configs() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def resolve_config(spec: str) -> MaskCLIPConfig:
+    """A registered config name, or a JSON file holding a config (or a checkpoint's config.json)."""
+    path = Path(spec)
+    if path.suffix == ".json" and path.is_file():
+        doc = json.loads(path.read_text())
+        return MaskCLIPConfig.from_dict(doc.get("config", doc))
+    return get_config(spec)
 
 
 # The authors resize with albumentations' Resize = OpenCV INTER_LINEAR (masks INTER_NEAREST).

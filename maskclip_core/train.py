@@ -21,6 +21,7 @@ import math
 import os
 import shutil
 import signal
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,46 +34,13 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from maskclip_core.checkpoint import checkpoint_files, read_checkpoint_config, save_checkpoint
-from maskclip_core.config import MaskCLIPConfig, get_config
+from maskclip_core.config import MaskCLIPConfig, resolve_config
 from maskclip_core.data import MaskCLIPDataset, open_samples
 from maskclip_core.losses import compute_losses
 from maskclip_core.model import MaskCLIP, build_model
-
-
-@dataclass
-class TrainArgs:
-    data: str
-    out: str
-    split: str | None = None
-    config: str = "opensdi-vitl14"  # registered name or a JSON file (config dict or checkpoint config.json)
-    clip_weights: str | None = None
-    mae_weights: str | None = None
-    epochs: int = 50
-    batch_size: int = 16  # per process
-    lr: float = 1e-4
-    weight_decay: float = 0.05
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
-    seed: int = 42
-    workers: int = 2
-    bf16: bool = False
-    clip_grad: float | None = None
-    skip_nonfinite: bool = True  # skip steps with inf/NaN gradients, as the authors' GradScaler does
-    max_steps: int | None = None  # stop early; the cosine schedule still spans all epochs
-    save_every: int = 500
-    log_every: int = 10
-    resume: str | None = None
-    device: str = "auto"
-
-
-def resolve_config(spec: str) -> MaskCLIPConfig:
-    """A registered config name, or a JSON file holding a config (or a checkpoint's config.json)."""
-    path = Path(spec)
-    if path.suffix == ".json" and path.is_file():
-        doc = json.loads(path.read_text())
-        return MaskCLIPConfig.from_dict(doc.get("config", doc))
-    return get_config(spec)
+from maskclip_core.train_memory import check_memory
+from maskclip_core.train_options import TrainArgs, store_options
+from maskclip_core.weights import require_pretrained
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -237,110 +205,152 @@ def load_training_state(path: Path, optimizer: torch.optim.Optimizer, d: Dist, d
 
 
 def train(args: TrainArgs) -> Path:
-    """Run training; returns the path of the last checkpoint (OUT/last)."""
+    """Run training; returns the path of the last checkpoint (OUT/last).
+
+    Before anything is built: the config (a resumed run's is its checkpoint's), the pretrained
+    weights (or args.random_init) and the memory estimate (unless args.force).
+    """
     d, device = init_distributed(args.device)
-    out = Path(args.out)
     cfg = resolve_config(args.config)
-    samples = open_samples(args.data, args.split)
-    dataset = MaskCLIPDataset(samples, cfg.preprocess_spec(), train=True, seed=args.seed)
-    sampler = ResumableSampler(dataset, num_replicas=d.world, rank=d.rank, shuffle=True, seed=args.seed)
-    steps_per_epoch = len(sampler) // args.batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(f"{args.data}: {len(sampler)} images per process is less than one batch of {args.batch_size}")
-    total_steps = args.epochs * steps_per_epoch
-    last_step = min(total_steps, args.max_steps or total_steps)
-
-    torch.manual_seed(args.seed)  # identical initial weights on every rank
-    model = build_model(cfg, args.clip_weights, args.mae_weights).to(device).train()
-    optimizer = torch.optim.AdamW(
-        param_groups(model, args.weight_decay), lr=args.lr, betas=(args.beta1, args.beta2), eps=args.eps
-    )
-    torch.manual_seed(args.seed + 1000 * d.rank)  # dropout / drop-path stream, per rank
-    step = skipped = 0
     if args.resume:
-        resume = Path(args.resume)
-        if read_checkpoint_config(resume) != cfg:
-            raise ValueError(f"{resume}: checkpoint config differs from --config {args.config}")
-        model.load_state_dict(load_file(str(checkpoint_files(resume)[0]), device=str(device)))
-        resumed = load_training_state(resume, optimizer, d, device)
-        step, skipped = resumed["step"], resumed.get("skipped_steps", 0)
-    net = model
-    if d.world > 1:
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if d.main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "args.json").write_text(json.dumps(asdict(args), indent=2))
+        if read_checkpoint_config(args.resume) != cfg:
+            raise ValueError(f"{args.resume}: checkpoint config differs from --config {args.config}")
+    elif not args.random_init:
+        require_pretrained(cfg, args.clip_weights, args.mae_weights)
+    if not args.force:
+        check_memory(cfg, args.batch_size, device, processes=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    trainer = Trainer(args, cfg, d, device)
+    if args.resume:
+        trainer.restore(Path(args.resume))
+    return trainer.run()
 
-    def state(epoch: int) -> dict:
-        counters = {"step": step, "epoch": epoch, "skipped_steps": skipped}
-        return {**counters, "seed": args.seed, "world_size": d.world, "args": asdict(args)}
 
-    def checkpoint(epoch: int) -> None:
-        rng = _rng_states(d, device)  # collective: every rank takes part
-        if d.main:
-            save_training_state(out, model, optimizer, state(epoch), rng)
+class Trainer:
+    """One process's share of a run: its data, the model, the optimiser and the counters; `run` is the loop."""
 
-    log = (out / "log.jsonl").open("a") if d.main else None
-    bar = tqdm(total=last_step, initial=step, disable=not d.main, desc="train", dynamic_ncols=True)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
-    interrupted = False
-    t0 = time.time()
-    with _StopFlag() as stop:
-        while step < last_step and not interrupted:
-            epoch = step // steps_per_epoch
-            sampler.set_epoch(epoch)
-            sampler.skip = (step - epoch * steps_per_epoch) * args.batch_size
-            dataset.set_epoch(epoch)
-            loader = DataLoader(
-                dataset,
-                batch_size=args.batch_size,
-                sampler=sampler,
-                num_workers=args.workers,
-                drop_last=True,
-                generator=torch.Generator().manual_seed(args.seed),  # keeps the global RNG untouched
-                worker_init_fn=_ignore_sigint,
+    def __init__(self, args: TrainArgs, cfg: MaskCLIPConfig, d: Dist, device: torch.device):
+        self.args, self.d, self.device, self.out = args, d, device, Path(args.out)
+        samples = open_samples(args.data, args.split)
+        self.dataset = MaskCLIPDataset(samples, cfg.preprocess_spec(), train=True, seed=args.seed)
+        self.sampler = ResumableSampler(self.dataset, num_replicas=d.world, rank=d.rank, shuffle=True, seed=args.seed)
+        self.steps_per_epoch = len(self.sampler) // args.batch_size
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"{args.data}: {len(self.sampler)} images per process is less than one batch of {args.batch_size}"
             )
-            for batch in loader:
-                lr = cosine_lr(args.lr, step, total_steps)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                with autocast:
-                    outputs = net(batch["image"].to(device, non_blocking=True))
-                losses = compute_losses(
-                    outputs, batch["mask"].to(device), batch["edge"].to(device), batch["label"].to(device)
-                )
-                optimizer.zero_grad(set_to_none=True)
-                losses["total"].backward()
-                if not optimizer_step(model, optimizer, args.clip_grad, args.skip_nonfinite):
-                    skipped += 1
-                    if d.main:
-                        tqdm.write(f"step {step + 1}: non-finite gradients, step skipped ({skipped} so far)")
-                step += 1
-                bar.update(1)
-                flags = torch.tensor([float(stop.requested)], device=device)
-                if d.world > 1:
-                    dist.all_reduce(flags, op=dist.ReduceOp.MAX)  # every rank stops at the same step
-                interrupted = bool(flags.item())
-                if step % args.log_every == 0 or step == 1 or step == last_step or interrupted:
-                    names = ("total", "ce", "bce", "edge")
-                    values = _mean_across(torch.stack([losses[k].detach().float() for k in names]), d).tolist()
-                    if d.main:
-                        record = {"step": step, "epoch": epoch, "lr": lr, **dict(zip(names, values, strict=True))}
-                        record["skipped_steps"] = skipped
-                        record["time"] = round(time.time() - t0, 3)
-                        log.write(json.dumps(record) + "\n")
-                        log.flush()
-                        bar.set_postfix(loss=f"{values[0]:.4f}")
-                if interrupted or step >= last_step:
-                    break
-                if step % args.save_every == 0:
-                    checkpoint(epoch)
-        checkpoint(step // steps_per_epoch)
-    bar.close()
-    if log is not None:
-        log.close()
-    if interrupted:
+        self.total_steps = args.epochs * self.steps_per_epoch
+        self.last_step = min(self.total_steps, args.max_steps or self.total_steps)
+        torch.manual_seed(args.seed)  # identical initial weights on every rank
+        pretrained = (None, None) if args.resume else (args.clip_weights, args.mae_weights)  # resumed: its own
+        self.model = build_model(cfg, *pretrained).to(device).train()
+        self.optimizer = torch.optim.AdamW(
+            param_groups(self.model, args.weight_decay), lr=args.lr, betas=(args.beta1, args.beta2), eps=args.eps
+        )
+        torch.manual_seed(args.seed + 1000 * d.rank)  # dropout / drop-path stream, per rank
+        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
+        self.step = self.skipped = 0
+        self.log = self.bar = None
+        self.started = time.time()
+
+    def restore(self, checkpoint: Path) -> None:
+        """Weights, optimiser moments, RNG state and counters of OUT/last; says where the run resumes."""
+        self.model.load_state_dict(load_file(str(checkpoint_files(checkpoint)[0]), device=str(self.device)))
+        state = load_training_state(checkpoint, self.optimizer, self.d, self.device)
+        self.step, self.skipped = state["step"], state.get("skipped_steps", 0)
+        if self.d.main:
+            epoch = self.step // self.steps_per_epoch
+            where = f"step {self.step} of {self.last_step} (epoch {epoch}, a {self.total_steps}-step schedule)"
+            if self.step >= self.last_step:
+                where += ": nothing left to train (a larger --max-steps or --epochs goes on)"
+            tqdm.write(f"resuming {checkpoint} at {where}", file=sys.stderr)
+
+    def run(self) -> Path:
+        args, d = self.args, self.d
+        net = self.model
+        if d.world > 1:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            net = DistributedDataParallel(self.model, device_ids=device_ids)
         if d.main:
-            tqdm.write(f"interrupted at step {step}; resumable checkpoint in {out / 'last'}")
-        raise KeyboardInterrupt
-    return out / "last"
+            store_options(args)
+            self.log = (self.out / "log.jsonl").open("a")
+        self.bar = tqdm(total=self.last_step, initial=self.step, disable=not d.main, desc="train", dynamic_ncols=True)
+        interrupted = False
+        with _StopFlag() as stop:
+            while self.step < self.last_step and not interrupted:
+                epoch = self.step // self.steps_per_epoch
+                for batch in self._loader(epoch):
+                    losses, lr = self._train_step(net, batch)
+                    interrupted = self._stop_requested(stop)
+                    if self.step % args.log_every == 0 or self.step in (1, self.last_step) or interrupted:
+                        self._log(epoch, lr, losses)
+                    if interrupted or self.step >= self.last_step:
+                        break
+                    if self.step % args.save_every == 0:
+                        self._checkpoint(epoch)
+            self._checkpoint(self.step // self.steps_per_epoch)
+        self.bar.close()
+        if self.log is not None:
+            self.log.close()
+        if interrupted:
+            if d.main:
+                tqdm.write(f"interrupted at step {self.step}; resumable checkpoint in {self.out / 'last'}")
+            raise KeyboardInterrupt
+        return self.out / "last"
+
+    def _loader(self, epoch: int) -> DataLoader:
+        """This epoch's batches, from where a resumed run stopped inside it."""
+        self.sampler.set_epoch(epoch)
+        self.sampler.skip = (self.step - epoch * self.steps_per_epoch) * self.args.batch_size
+        self.dataset.set_epoch(epoch)
+        return DataLoader(
+            self.dataset,
+            batch_size=self.args.batch_size,
+            sampler=self.sampler,
+            num_workers=self.args.workers,
+            drop_last=True,
+            generator=torch.Generator().manual_seed(self.args.seed),  # keeps the global RNG untouched
+            worker_init_fn=_ignore_sigint,
+        )
+
+    def _train_step(self, net: torch.nn.Module, batch: dict) -> tuple[dict[str, torch.Tensor], float]:
+        """One optimiser step on the schedule's learning rate -> (losses, lr)."""
+        lr = cosine_lr(self.args.lr, self.step, self.total_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        with self.autocast:
+            outputs = net(batch["image"].to(self.device, non_blocking=True))
+        targets = (batch[k].to(self.device) for k in ("mask", "edge", "label"))
+        losses = compute_losses(outputs, *targets)
+        self.optimizer.zero_grad(set_to_none=True)
+        losses["total"].backward()
+        if not optimizer_step(self.model, self.optimizer, self.args.clip_grad, self.args.skip_nonfinite):
+            self.skipped += 1
+            if self.d.main:
+                tqdm.write(f"step {self.step + 1}: non-finite gradients, step skipped ({self.skipped} so far)")
+        self.step += 1
+        self.bar.update(1)
+        return losses, lr
+
+    def _stop_requested(self, stop: _StopFlag) -> bool:
+        flags = torch.tensor([float(stop.requested)], device=self.device)
+        if self.d.world > 1:
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)  # every rank stops at the same step
+        return bool(flags.item())
+
+    def _log(self, epoch: int, lr: float, losses: dict[str, torch.Tensor]) -> None:
+        names = ("total", "ce", "bce", "edge")
+        values = _mean_across(torch.stack([losses[k].detach().float() for k in names]), self.d).tolist()
+        if self.d.main:
+            record = {"step": self.step, "epoch": epoch, "lr": lr, **dict(zip(names, values, strict=True))}
+            record["skipped_steps"] = self.skipped
+            record["time"] = round(time.time() - self.started, 3)
+            self.log.write(json.dumps(record) + "\n")
+            self.log.flush()
+            self.bar.set_postfix(loss=f"{values[0]:.4f}")
+
+    def _checkpoint(self, epoch: int) -> None:
+        rng = _rng_states(self.d, self.device)  # collective: every rank takes part
+        if self.d.main:
+            counters = {"step": self.step, "epoch": epoch, "skipped_steps": self.skipped}
+            state = {**counters, "seed": self.args.seed, "world_size": self.d.world, "args": asdict(self.args)}
+            save_training_state(self.out, self.model, self.optimizer, state, rng)

@@ -19,6 +19,9 @@ from maskclip_runtime.errors import InputError
 
 HUB_HOST = ("huggingface.co", 443)
 MAE_HUB_TAGS = {"vit_base_patch16_224.mae": ("timm/vit_base_patch16_224.mae", "model.safetensors")}
+# The side network shapes (patch, width, depth, heads) those MAE weights fit: ViT-B/16.
+MAE_HUB_SHAPES = {"vit_base_patch16_224.mae": (16, 768, 12, 12)}
+PAPER_CLIP_TAG = "openai"  # OpenAI's CLIP weights, an open_clip tag of every OpenAI CLIP model
 # MAE checkpoint tensors that MaskCLIP's side net does not have
 _MAE_UNUSED_PREFIXES = ("cls_token", "mask_token", "norm.", "fc_norm.", "head.", "decoder")
 
@@ -99,6 +102,32 @@ def load_clip_weights(clip: nn.Module, source: str, model_name: str) -> None:
         open_clip.load_checkpoint(clip, str(path))
     except RuntimeError as exc:
         raise WeightsUnavailableError(f"{path}: not a {model_name or 'matching'} CLIP state dict ({exc})") from None
+
+
+def require_pretrained(cfg, clip_weights: str | None, mae_weights: str | None) -> None:
+    """Refuse a start from random weights that was not asked for (`--random-init` skips this check).
+
+    CLIP stays frozen, so a random CLIP is random for the whole run (chance-level verdicts); an MAE
+    side network whose shapes have published weights starts from them in the paper. The message
+    names what to pass for each backbone that has none.
+    """
+    missing = []
+    if not clip_weights:
+        if cfg.clip.model_name:
+            missing.append(
+                f"--clip-weights {PAPER_CLIP_TAG} (hub; or a local open_clip {cfg.clip.model_name} state dict file)"
+            )
+        else:
+            missing.append("--clip-weights FILE (no hub weights fit this CLIP; maskclip_core.demo trains one)")
+    mae_shape = (cfg.mae.patch_size, cfg.mae.width, cfg.mae.depth, cfg.mae.heads)
+    mae_tag = next((tag for tag, shape in MAE_HUB_SHAPES.items() if shape == mae_shape), None)
+    if not mae_weights and mae_tag:
+        missing.append(f"--mae-weights {mae_tag} (hub; or FAIR's mae_pretrain_vit_base.pth)")
+    if missing:
+        raise WeightsUnavailableError(
+            f"{cfg.name} would start from random weights: pass {' and '.join(missing)}, or --random-init to train "
+            f"from scratch on purpose"
+        )
 
 
 def adapt_mae_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

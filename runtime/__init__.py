@@ -1,7 +1,8 @@
 """Torch-free MaskCLIP runtime: load an exported artifact and detect generated images and pixels.
 
 from maskclip_runtime import Detector
-detections = Detector("artifact/").detect([PIL.Image.open("photo.jpg")])
+detection = Detector().detect("photo.jpg")  # the embedded demo model; Detector("artifact/") for yours
+detections = Detector("artifact/").detect([pil_image, rgb_uint8_array, "other.png"])  # a list in, a list out
 """
 
 __version__ = "0.1.0"

@@ -1,4 +1,7 @@
-"""Detector: one artifact, one backend, PIL images in, per-image verdicts and original-size masks out.
+"""Detector: one artifact, one backend, images in, per-image verdicts and original-size masks out.
+
+`Detector()` runs the embedded demo model (runtime/demo: `tiny`, trained on synthetic edits only);
+`detect` takes what callers have: PIL images, HxWx3 uint8 RGB arrays or file paths, one or a list.
 
 The artifact decides everything model-specific (preprocessing, threshold, graph chain, batch
 profile); the caller only picks where to run. Split artifacts (clip -> trunk -> heads) are
@@ -20,6 +23,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -33,7 +37,7 @@ from .devices import parse_device
 from .engine_header import EngineFileError, read_engine_metadata
 from .errors import BackendUnavailable
 from .host import current_host
-from .preprocess import resize_and_normalize, resize_probability_map
+from .preprocess import load_image, resize_and_normalize, resize_probability_map, to_rgb8
 from .selfcheck import SelfCheckResult
 from .selfcheck import self_check as run_self_check
 
@@ -41,6 +45,9 @@ log = logging.getLogger("maskclip_runtime")
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
 MASKS_FOR = ("all", "fake", "none")  # which images get a mask: every one, those judged fake, none
+DEMO_DIR = Path(__file__).resolve().parent / "demo"  # the embedded demo model's artifact
+
+ImageInput = Image.Image | np.ndarray | str | os.PathLike  # what `detect` takes for one image
 
 
 def wants_mask(masks_for: str, verdict: str) -> bool:
@@ -106,8 +113,9 @@ class PreparedImage:
 class Detector:
     """Run an exported MaskCLIP artifact.
 
-    path: artifact folder or its manifest.json. backend: "auto" (TensorRT engines when the artifact
-    has them and TensorRT is installed, else ONNX Runtime), "onnxruntime" or "tensorrt".
+    path: artifact folder or its manifest.json; None: the embedded demo model (DEMO_DIR).
+    backend: "auto" (TensorRT engines when the artifact has them and TensorRT is installed, else
+    ONNX Runtime), "onnxruntime" or "tensorrt".
     device: "cpu", "cuda", "cuda:N" (ONNX Runtime also takes "tensorrt[:N]" for its TensorRT
     provider); None picks the GPU when the backend can use one. batch: images per forward pass,
     capped by the artifact's profile (fixed-batch artifacts always run their own size).
@@ -118,7 +126,7 @@ class Detector:
 
     def __init__(
         self,
-        path: str | os.PathLike,
+        path: str | os.PathLike | None = None,
         backend: str = "auto",
         device: str | None = None,
         threads: int | None = None,
@@ -131,7 +139,7 @@ class Detector:
             raise ValueError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
         if threshold is not None and not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
-        self.artifact: Artifact = load_artifact(path)
+        self.artifact: Artifact = load_artifact(DEMO_DIR if path is None else path)
         self.threshold = self.artifact.threshold if threshold is None else float(threshold)
         # An explicit threshold replaces the calibrated operating point (calibrated_prob is still given).
         self.calibration = self.artifact.calibration
@@ -173,14 +181,21 @@ class Detector:
         width, height = size or image.size
         return PreparedImage(tensor, width, height, (time.perf_counter() - start) * 1e3)
 
-    def detect(self, images: list[Image.Image], masks_for: str = "all") -> list[Detection]:
-        """RGB PIL images (any sizes, any number) -> one Detection per image, in order.
+    def detect(self, images: ImageInput | Sequence[ImageInput], masks_for: str = "all") -> Detection | list[Detection]:
+        """One image -> one Detection; a list (or tuple) of images -> a list of Detections, in order.
 
+        An image is a PIL image (any mode, converted to RGB), an HxWx3 uint8 RGB numpy array or a file
+        path (str or os.PathLike, decoded upright through the runtime's loader), at any size.
+        Anything else raises TypeError; an array of another shape raises ValueError; an undecodable file
+        raises ImageLoadError (a ValueError) naming it.
         masks_for: "all", "fake" (only images not judged real get a mask: "fake", and "uncertain" under a
         calibrated verdict) or "none". On a cascade artifact the images left out skip the localise graph;
         elsewhere they only skip the mask resize.
         """
-        return self.detect_prepared([self.prepare(image) for image in images], masks_for)
+        single = not isinstance(images, list | tuple)
+        items = [images] if single else images
+        detections = self.detect_prepared([self.prepare(as_rgb_image(item)) for item in items], masks_for)
+        return detections[0] if single else detections
 
     def detect_prepared(self, prepared: list[PreparedImage], masks_for: str | Sequence[str] = "all") -> list[Detection]:
         """PreparedImages -> Detections. masks_for: one policy for all, or one per image (a server's
@@ -275,6 +290,21 @@ class Detector:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def as_rgb_image(item: ImageInput) -> Image.Image:
+    """One `detect` input -> an RGB PIL image; TypeError / ValueError name what was wrong with it."""
+    if isinstance(item, Image.Image):
+        return to_rgb8(item)
+    if isinstance(item, str | os.PathLike):
+        return load_image(item)
+    if isinstance(item, np.ndarray):
+        if item.dtype != np.uint8:
+            raise TypeError(f"an image array must be uint8 RGB, got dtype {item.dtype}")
+        if item.ndim != 3 or item.shape[2] != 3:
+            raise ValueError(f"an image array must be HxWx3 (RGB), got shape {item.shape}; pass a list for several")
+        return Image.fromarray(np.ascontiguousarray(item))
+    raise TypeError(f"an image is a PIL image, an HxWx3 uint8 array or a path, not {type(item).__name__}")
 
 
 def _check_cpu_features(artifact: Artifact, strict: bool) -> None:

@@ -5,15 +5,12 @@ One definition each, so the two commands cannot drift apart in names, defaults, 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
-from .backends.onnxruntime import parse_device
 from .command import option_group
 from .detector import BACKENDS
+from .devices import parse_device
 
-DEMO_DIR = Path(__file__).resolve().parent / "demo"
 DEMO_NOTE = "using the embedded demo model (tiny, trained on synthetic edits)"
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
-from test_runtime_standin import build_standin_artifact, sample_photos
+from standin_artifact import build_standin_artifact, sample_photos
 
 from maskclip_core.checkpoint import weights_digest
 from maskclip_export.exporter import ExportOptions, ModelSource, export_artifact

@@ -12,9 +12,8 @@ from maskclip_core.demo import DEMO_CHECKPOINT
 from maskclip_runtime import Detector
 from maskclip_runtime.artifact import load_artifact
 from maskclip_runtime.contract import ModelIdentity
+from maskclip_runtime.detector import DEMO_DIR
 from maskclip_runtime.preprocess import load_image, preprocess_batch
-
-DEMO_DIR = Path(__file__).resolve().parents[1] / "runtime" / "demo"
 
 
 def test_demo_artifact_was_exported_from_the_demo_checkpoint():
@@ -39,3 +38,11 @@ def test_demo_artifact_computes_what_the_checkpoint_computes():
         Path(p).stem: d.verdict for p, d in zip(sorted((DEMO_DIR / "examples").glob("*.jpg")), detections, strict=True)
     }
     assert verdicts == {"fully_generated": "fake", "partially_edited": "fake", "real_photo": "real"}
+
+
+def test_detector_without_a_model_runs_the_demo_artifact():
+    example = sorted((DEMO_DIR / "examples").glob("*.jpg"))[0]
+    default = Detector()
+    assert default.model_id == load_artifact(DEMO_DIR).model_id
+    expected = Detector(DEMO_DIR / "manifest.json").detect([load_image(example)])[0]
+    assert default.detect(example).fake_prob == expected.fake_prob

@@ -154,6 +154,7 @@ def test_synth_and_train_cli_errors(tmp_path):
         str(tmp_path / "run"),
         "--config",
         "tiny",
+        "--random-init",
         "--batch",
         "1",
         "--workers",

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 from PIL import Image
-from test_runtime_standin import SIZE, build_standin_artifact, read_manifest, sample_photos, write_manifest
+from standin_artifact import SIZE, build_standin_artifact, read_manifest, sample_photos, write_manifest
 
 from maskclip_core.checkpoint import read_checkpoint_config
 from maskclip_core.config import MaskCLIPConfig, get_config

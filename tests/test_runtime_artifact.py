@@ -6,8 +6,9 @@ import hashlib
 import json
 import shutil
 
+import onnx
 import pytest
-from test_runtime_standin import SIZE, build_standin_artifact, read_manifest, write_manifest
+from standin_artifact import SIZE, build_standin_artifact, read_manifest, write_manifest
 
 from maskclip_runtime import __version__
 from maskclip_runtime import hashing as hashing_module
@@ -269,3 +270,12 @@ def test_one_identity_differs_in_each_of_weights_precision_and_topology():
         ModelIdentity("tiny", "0" * 64, "fp32", "split"),
     ]
     assert len({base.model_id, *(o.model_id for o in others)}) == 4
+
+
+def test_standin_artifacts_are_valid_onnx(tmp_path):
+    for topology in ("fused", "split"):
+        folder = build_standin_artifact(tmp_path / topology, topology)
+        manifest = read_manifest(folder)
+        for graph in manifest["graphs"]:
+            onnx.checker.check_model(str(folder / graph["file"]))
+        assert set(manifest["files"]) == {g["file"] for g in manifest["graphs"]}

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image, ImageFilter
-from test_runtime_standin import build_standin_artifact, expected_standin_output, sample_photos
+from standin_artifact import build_standin_artifact, expected_standin_output, sample_photos
 
 from maskclip_runtime import cli
 from maskclip_runtime.detector import Detector

@@ -6,12 +6,12 @@ import importlib.util
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+import trt_standin
 from PIL import Image
-from test_runtime_standin import (
+from standin_artifact import (
     build_standin_artifact,
     expected_standin_output,
     read_manifest,
@@ -22,12 +22,13 @@ from test_runtime_standin import (
 
 from maskclip_runtime import detector as detector_module
 from maskclip_runtime.backends import tensorrt as tensorrt_backend
-from maskclip_runtime.backends.onnxruntime import OnnxRuntimeRunner, providers_for
+from maskclip_runtime.backends.onnxruntime import providers_for
 from maskclip_runtime.contract import GraphSpec, graph_digest
-from maskclip_runtime.detector import Detector
+from maskclip_runtime.detector import Detection, Detector
 from maskclip_runtime.devices import DeviceError
 from maskclip_runtime.engine_header import EngineIncompatibleError, sidecar_path, write_engine
 from maskclip_runtime.errors import BackendUnavailable
+from maskclip_runtime.preprocess import ImageLoadError
 
 
 @pytest.fixture(scope="module")
@@ -190,17 +191,17 @@ print(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchvision
 
 @pytest.fixture
 def with_engines(tmp_path):
-    """A split artifact whose manifest lists one (fake) engine per graph, hashed like any file."""
+    """A split artifact whose manifest lists one stand-in engine (plan + sidecar) per graph, hashed like any file."""
     folder = build_standin_artifact(tmp_path / "engines", "split")
     manifest = read_manifest(folder)
     manifest["engines"] = []
     for graph in manifest["graphs"]:
         engine = folder / f"{graph['name']}.fp32.engine"
-        built = {"graph": graph["name"], "precision": "fp32", "tensorrt_version": "10.3.0", "gpu_name": "Fake GPU",
-                 "compute_capability": "8.0", "profile": {}}  # fmt: skip
+        built = {"graph": graph["name"], "precision": "fp32", "tensorrt_version": "10.3.0", "gpu_name": "stand-in",
+                 "compute_capability": "8.7", "profile": {}}  # fmt: skip
         # The sidecar names the graph the engine was built from, as the runtime checks.
         source = graph_digest(manifest["files"], GraphSpec.from_dict(graph))
-        write_engine(engine, {**built, "onnx_sha256": source}, b"not-a-real-plan-" + graph["name"].encode())
+        write_engine(engine, {**built, "onnx_sha256": source, "onnx_file": graph["file"]}, trt_standin.ENGINE_PLAN)
         manifest["engines"].append({"file": engine.name, **built, "build_seconds": 0.0})
         for file in (engine, sidecar_path(engine)):
             manifest["files"][file.name] = sha256_of(file)
@@ -208,23 +209,12 @@ def with_engines(tmp_path):
     return folder
 
 
-class OnnxBackedEngineRunner(OnnxRuntimeRunner):
-    """Pretends to be TensorRTRunner: runs the ONNX graph that sits next to the engine file."""
-
-    opened: list = []
-
-    def __init__(self, engine_path, device=0):
-        OnnxBackedEngineRunner.opened.append((Path(engine_path).name, device))
-        super().__init__(Path(engine_path).with_name(Path(engine_path).name.split(".")[0] + ".onnx"))
-        self.backend = "tensorrt"
-
-
 def test_tensorrt_backend_uses_one_engine_per_graph(with_engines, photos, monkeypatch):
-    monkeypatch.setattr(tensorrt_backend, "TensorRTRunner", OnnxBackedEngineRunner)
-    OnnxBackedEngineRunner.opened = []
+    runner = trt_standin.onnx_engine_runner()
+    monkeypatch.setattr(tensorrt_backend, "TensorRTRunner", runner)
     detector = Detector(with_engines, backend="tensorrt", device="cuda:1")
     assert detector.backend == "tensorrt"
-    assert OnnxBackedEngineRunner.opened == [("features.fp32.engine", 1), ("heads.fp32.engine", 1)]
+    assert runner.opened == [("features.fp32.engine", 1), ("heads.fp32.engine", 1)]
     reference = Detector(with_engines, backend="onnxruntime").detect(photos)
     for a, b in zip(detector.detect(photos), reference, strict=True):
         assert a.fake_prob == pytest.approx(b.fake_prob, abs=1e-6)
@@ -242,7 +232,7 @@ def test_tensorrt_missing_is_one_clear_line(with_engines):
 
 
 def test_auto_falls_back_to_onnxruntime_when_engines_do_not_fit(with_engines, monkeypatch, caplog):
-    class IncompatibleEngine(OnnxBackedEngineRunner):
+    class IncompatibleEngine(trt_standin.onnx_engine_runner()):
         def __init__(self, engine_path, device=0):
             raise EngineIncompatibleError(f"{engine_path}: built for another GPU; rebuild the engine\nmore detail")
 
@@ -257,3 +247,51 @@ def test_auto_falls_back_to_onnxruntime_when_engines_do_not_fit(with_engines, mo
     ) as caught:
         Detector(with_engines, backend="tensorrt")
     assert "\n" not in str(caught.value)
+
+
+# ---- what detect takes: PIL images, HxWx3 uint8 arrays, paths; one item or a list
+
+
+def test_single_items_of_every_kind_give_one_detection_each(fused, photos, tmp_path):
+    detector = Detector(fused, backend="onnxruntime", device="cpu")
+    image = photos[0]
+    path = tmp_path / "photo.png"
+    image.save(path)
+    reference = detector.detect([image])[0].fake_prob
+    for item in (image, np.asarray(image), str(path), path, image.convert("RGBA")):
+        detection = detector.detect(item)
+        assert isinstance(detection, Detection)
+        assert detection.fake_prob == pytest.approx(reference, abs=1e-6)
+        assert (detection.width, detection.height) == image.size
+
+
+def test_lists_and_tuples_of_mixed_items_give_lists_in_order(fused, photos):
+    detector = Detector(fused, backend="onnxruntime", device="cpu")
+    expected = [d.fake_prob for d in detector.detect(photos)]
+    mixed = [np.asarray(p) if i % 2 else p for i, p in enumerate(photos)]
+    for images in (mixed, tuple(mixed)):
+        got = detector.detect(images)
+        assert isinstance(got, list)
+        assert [d.fake_prob for d in got] == pytest.approx(expected, abs=1e-6)
+    assert detector.detect([]) == []
+
+
+@pytest.mark.parametrize(
+    ("item", "error"),
+    [
+        (np.zeros((8, 8, 3), np.float32), TypeError),  # not uint8
+        (np.zeros((8, 8), np.uint8), ValueError),  # grey: no channel axis
+        (np.zeros((8, 8, 4), np.uint8), ValueError),  # RGBA array
+        (np.zeros((2, 8, 8, 3), np.uint8), ValueError),  # a stacked batch, not a list
+        (3, TypeError),
+        (b"bytes", TypeError),
+        ("no/such/file.png", ImageLoadError),
+    ],
+    ids=["float", "grey", "rgba", "batch", "int", "bytes", "missing-path"],
+)
+def test_inputs_that_are_not_images_are_refused(fused, item, error):
+    detector = Detector(fused, backend="onnxruntime", device="cpu")
+    with pytest.raises(error):
+        detector.detect(item)
+    with pytest.raises(error):
+        detector.detect([item])

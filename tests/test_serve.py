@@ -9,9 +9,6 @@ import io
 import json
 import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -27,6 +24,7 @@ pytest.importorskip("fastapi", reason="maskclip-serve needs the serve extra: pip
 pytest.importorskip("httpx", reason="FastAPI's TestClient needs httpx (dev extra)")
 
 from fastapi.testclient import TestClient  # noqa: E402
+from serve_process import EXAMPLES, post_image, start_server, wait_until  # noqa: E402
 
 from maskclip_runtime import cli  # noqa: E402
 from maskclip_runtime.artifact import load_artifact  # noqa: E402
@@ -37,7 +35,6 @@ from maskclip_runtime.serve import cli as serve_cli  # noqa: E402
 from maskclip_runtime.serve.app import ServeSettings, create_app  # noqa: E402
 from maskclip_runtime.serve.batcher import Draining, MicroBatcher, QueueFull  # noqa: E402
 
-EXAMPLES = sorted((cli.DEMO_DIR / "examples").glob("*.jpg"))
 COMPARED_FIELDS = (
     "sha256",
     "width",
@@ -60,14 +57,6 @@ def start_client(app) -> TestClient:
     client.__enter__()
     wait_until(lambda: client.get("/readyz").status_code == 200)
     return client
-
-
-def wait_until(condition, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.02)
 
 
 class Gate:
@@ -482,40 +471,6 @@ def test_failed_self_check_stops_the_server_with_maskclip_runs_exit_status(monke
     result = CliRunner().invoke(serve_cli.main, ["--port", "0", "--quiet"])
     assert result.exit_code == EXIT_VERIFICATION_FAILED
     assert result.stderr.count("\n") == 1
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(*args: str) -> tuple[subprocess.Popen, str]:
-    """A real maskclip-serve process on a free loopback port; returns (process, base url) once ready."""
-    port = free_port()
-    command = [sys.executable, "-m", "maskclip_runtime.serve", "--port", str(port), "--quiet", *args]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        if process.poll() is not None:
-            raise AssertionError(f"maskclip-serve exited {process.returncode}: {process.stderr.read()}")
-        try:
-            return urllib.request.urlopen(url + "/readyz", timeout=2).status == 200
-        except (urllib.error.URLError, ConnectionError):
-            return False
-
-    wait_until(ready, timeout=60)
-    return process, url
-
-
-def post_image(url: str, path: Path, timeout: float = 30) -> tuple[int, dict]:
-    request = urllib.request.Request(url + "/v1/detect", data=path.read_bytes(), headers={"Content-Type": "image/jpeg"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
 
 
 def test_sigterm_answers_in_flight_requests_then_exits(run_records):

@@ -14,7 +14,7 @@ from headless_browser import needs_chromium, start_chromium  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support import expected_conditions  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
-from test_serve import EXAMPLES, post_image, start_server  # noqa: E402
+from serve_process import EXAMPLES, post_image, start_server  # noqa: E402
 
 pytestmark = needs_chromium
 

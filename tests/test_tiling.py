@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
-from test_runtime_standin import SIZE, build_standin_artifact
+from standin_artifact import SIZE, build_standin_artifact
 
 from maskclip_runtime import cli
 from maskclip_runtime.detector import Detector

@@ -6,14 +6,16 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
 import torch
+from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from maskclip_core.checkpoint import load_checkpoint
+from maskclip_core.cli import train as train_command
 from maskclip_core.config import get_config
 from maskclip_core.data.synth import synthesize
 from maskclip_core.train import TrainArgs, cosine_lr, param_groups, train
@@ -46,6 +48,7 @@ def _args(data, out, **kw):
         workers=0,
         log_every=1,
         lr=1e-3,
+        random_init=True,
     )
     return TrainArgs(**{**base, **kw})
 
@@ -68,20 +71,142 @@ def test_schedule_and_param_groups():
     assert not any(p.requires_grad for p in model.clip.parameters())
 
 
-def test_resume_is_exact(data, tmp_path):
-    # 2 steps per epoch, 2 epochs; stopping at 3 resumes mid-epoch 1.
-    train(_args(data, tmp_path / "full"))
+@pytest.fixture(scope="module")
+def full_run(data, tmp_path_factory):
+    """The whole 4-step run (2 steps per epoch, 2 epochs) that interrupted and resumed runs must equal."""
+    out = tmp_path_factory.mktemp("full")
+    train(_args(data, out))
+    return out
+
+
+def _assert_same_run(run, full_run):
+    full, resumed = _weights(full_run), _weights(run)
+    assert full.keys() == resumed.keys()
+    for k in full:
+        torch.testing.assert_close(resumed[k], full[k], rtol=0, atol=1e-6, msg=k)
+    logs = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    full_logs = [json.loads(line) for line in (full_run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logs] == [r["step"] for r in full_logs]
+    assert [r["total"] for r in logs] == pytest.approx([r["total"] for r in full_logs], abs=1e-6)
+
+
+def test_resume_is_exact(data, full_run, tmp_path):
+    # stopping at 3 resumes mid-epoch 1.
     train(_args(data, tmp_path / "half", max_steps=3))
     state = json.loads((tmp_path / "half/last/training_state.json").read_text())
     assert state["step"] == 3 and state["epoch"] == 1
     train(_args(data, tmp_path / "half", resume=str(tmp_path / "half/last")))
-    full, resumed = _weights(tmp_path / "full"), _weights(tmp_path / "half")
-    assert full.keys() == resumed.keys()
-    for k in full:
-        torch.testing.assert_close(resumed[k], full[k], rtol=0, atol=1e-6, msg=k)
-    logs = [json.loads(line) for line in (tmp_path / "half/log.jsonl").read_text().splitlines()]
-    full_logs = [json.loads(line) for line in (tmp_path / "full/log.jsonl").read_text().splitlines()]
-    assert [r["total"] for r in logs] == pytest.approx([r["total"] for r in full_logs], abs=1e-6)
+    _assert_same_run(tmp_path / "half", full_run)
+
+
+def test_resume_alone_continues_with_the_run_options(data, full_run, tmp_path, monkeypatch):
+    """An interrupted run (as by Ctrl-C at step 3, no --max-steps) resumed by `--resume DIR` and nothing else."""
+    import maskclip_core.train as train_module
+
+    real_stop = train_module.Trainer._stop_requested
+    monkeypatch.setattr(
+        train_module.Trainer, "_stop_requested", lambda self, stop: self.step == 3 or real_stop(self, stop)
+    )
+    with pytest.raises(KeyboardInterrupt):
+        train(_args(data, tmp_path / "half"))
+    monkeypatch.undo()
+    result = CliRunner().invoke(train_command, ["--resume", str(tmp_path / "half" / "last")])
+    assert result.exit_code == 0, result.output
+    _assert_same_run(tmp_path / "half", full_run)
+    stored = json.loads((tmp_path / "half" / "args.json").read_text())
+    assert stored == {**asdict(_args(data, tmp_path / "half")), "resume": str(tmp_path / "half" / "last")}
+
+
+@pytest.mark.parametrize(
+    "option", [("--batch-size", "4"), ("--seed", "1"), ("--split", "test"), ("--config", "opensdi-vitl14")]
+)
+def test_resume_refuses_options_that_fix_what_a_step_means(full_run, option, monkeypatch):
+    import maskclip_core.train as train_module
+
+    monkeypatch.setattr(train_module, "Trainer", _must_not_build)
+    result = CliRunner().invoke(train_command, ["--resume", str(full_run / "last"), *option])
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit)
+
+
+def test_resume_takes_options_that_only_change_the_rest_of_the_run(data, full_run, tmp_path):
+    """Another --out, a longer schedule cap and other logging: the run goes on from its checkpoint."""
+    out = tmp_path / "more"
+    args = ["--resume", str(full_run), "--out", str(out), "--epochs", "3", "--log-every", "2"]
+    result = CliRunner().invoke(train_command, args)
+    assert result.exit_code == 0, result.output
+    state = json.loads((out / "last" / "training_state.json").read_text())
+    assert state["step"] == 6 and state["args"]["data"] == str(data) and state["args"]["log_every"] == 2
+    assert [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()] == [6]
+
+
+class _Built(Exception):
+    """Raised where the model would be built: the run got past every check before it."""
+
+
+def _must_not_build(*args, **kwargs):
+    raise _Built
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        [],  # opensdi-vitl14, the default config: CLIP and MAE have hub weights
+        ["--clip-weights", "openai"],  # its MAE would still start random
+        ["--config", "tiny"],  # no hub weights fit tiny's CLIP, but a frozen random one is still random
+    ],
+)
+def test_random_weights_need_random_init(data, tmp_path, monkeypatch, options):
+    import maskclip_core.train as train_module
+
+    monkeypatch.setattr(train_module, "Trainer", _must_not_build)
+    monkeypatch.setattr(train_module, "check_memory", lambda *a, **k: None)
+    base = ["--data", str(data), "--split", "train", "--out", str(tmp_path / "run"), *options]
+    refused = CliRunner().invoke(train_command, base)
+    assert refused.exit_code == 2 and isinstance(refused.exception, SystemExit)
+    allowed = CliRunner().invoke(train_command, [*base, "--random-init"])
+    assert isinstance(allowed.exception, _Built)
+
+
+def test_a_run_over_the_available_memory_is_refused_unless_forced(data, tmp_path, monkeypatch):
+    import maskclip_core.train as train_module
+    import maskclip_core.train_memory as train_memory
+
+    monkeypatch.setattr(train_module, "Trainer", _must_not_build)
+    need = train_memory.estimate_training_memory(get_config("tiny"), 2).total
+    monkeypatch.setattr(train_memory, "available_memory", lambda device: need - 1)
+    base = ["--data", str(data), "--out", str(tmp_path / "run"), "--config", "tiny", "--random-init"]
+    refused = CliRunner().invoke(train_command, [*base, "--batch-size", "2"])
+    assert refused.exit_code == 2 and isinstance(refused.exception, SystemExit)
+    assert isinstance(CliRunner().invoke(train_command, [*base, "--batch-size", "1"]).exception, _Built)
+    assert isinstance(CliRunner().invoke(train_command, [*base, "--batch-size", "2", "--force"]).exception, _Built)
+
+
+def test_memory_estimate_counts_what_a_real_training_step_holds(one_torch_thread):
+    """Parameters, gradients and moments of the real model exactly; activations against what autograd keeps
+    in a real forward pass (each storage once, parameters excluded), counted on CPU tensors by address: the
+    estimate may only be above it, by what the CPU's fused attention saves over the reference kernel."""
+    from maskclip_core.model import build_model
+    from maskclip_core.train_memory import estimate_training_memory
+
+    cfg = get_config("tiny")
+    estimate = estimate_training_memory(cfg, 3)
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    params = [p for p in model.parameters()]
+    trainable = sum(p.numel() * 4 for p in params if p.requires_grad)
+    assert estimate.parameters == sum(p.numel() * 4 for p in params)
+    assert (estimate.gradients, estimate.moments) == (trainable, 2 * trainable)
+    owned = {t.untyped_storage().data_ptr() for t in (*params, *model.buffers())}
+    kept = {}
+
+    def pack(t):
+        if t.untyped_storage().data_ptr() not in owned:
+            kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(torch.randn(3, 3, cfg.image_size, cfg.image_size))
+    assert sum(kept.values()) <= estimate.activations <= 1.1 * sum(kept.values())
 
 
 def _cli(*args):
@@ -107,6 +232,7 @@ def test_ctrl_c_leaves_a_loadable_checkpoint(data, tmp_path):
         "0",
         "--log-every",
         "1",
+        "--random-init",
     )
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     log = out / "log.jsonl"
@@ -169,6 +295,7 @@ def test_ddp_two_gloo_processes_match_one_process(data, tmp_path):
         "1e-4",
         "--device",
         "cpu",
+        "--random-init",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     single = subprocess.run(

@@ -169,7 +169,14 @@ def test_training_run_skips_a_poisoned_step(tmp_path, monkeypatch):
 
     monkeypatch.setattr(train_module, "compute_losses", poisoned_first_step)
     args = train_module.TrainArgs(
-        data=str(data), split="train", out=str(tmp_path / "run"), config="tiny", batch_size=2, epochs=1, workers=0
+        data=str(data),
+        split="train",
+        out=str(tmp_path / "run"),
+        config="tiny",
+        batch_size=2,
+        epochs=1,
+        workers=0,
+        random_init=True,
     )
     train_module.train(args)
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]

@@ -12,7 +12,7 @@ import re
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from test_runtime_standin import build_standin_artifact, expected_standin_output, sample_photos, sha256_of
+from standin_artifact import build_standin_artifact, expected_standin_output, sample_photos, sha256_of
 
 from maskclip_export import triton as triton_repo
 from maskclip_runtime import cli as run_cli

@@ -405,12 +405,15 @@ def install(monkeypatch, version: str = "10.3.0", cudart: FakeCudart | None = No
 def onnx_engine_runner(broken: bool = False):
     """A TensorRTRunner stand-in for the engine gate and the Detector: it checks the engine file and its
     sidecar, then runs the ONNX graph the engine was built from on ONNX Runtime (CPU); `broken` inverts
-    its mask, like a miscompiled engine."""
+    its mask, like a miscompiled engine. The class lists the (engine file name, device) it was opened with."""
     from maskclip_runtime.backends.onnxruntime import OnnxRuntimeRunner
     from maskclip_runtime.engine_header import read_engine_metadata, read_plan
 
     class OnnxEngineRunner(OnnxRuntimeRunner):
+        opened: list[tuple[str, int]] = []
+
         def __init__(self, engine_path, device=0):
+            OnnxEngineRunner.opened.append((Path(engine_path).name, device))
             metadata = read_engine_metadata(engine_path)
             read_plan(engine_path, metadata)
             super().__init__(Path(engine_path).with_name(metadata["onnx_file"]))

@@ -15,10 +15,15 @@ How a fake is made (loosely what Stable Diffusion inpainting does with its VAE):
 4. Every image, real ones included, is JPEG-compressed at a random quality (75-95), so JPEG
    traces alone give nothing away.
 
-Layout written (OpenSDID's columns; HF image structs {bytes, path}):
-  OUT/train/<generator>.parquet, OUT/test/<generator>.parquet, OUT/synth.json (settings)
-  keys: real/<generator>/real/000123.jpg, partial/<generator>/fake/000124.jpg,
-        full/<generator>/fake/000125.jpg  (mask: PNG for partial fakes, None otherwise)
+Layouts written, per split (train/, test/), beside OUT/synth.json (settings):
+- "parquet", OpenSDID's own format (its columns; HF image structs {bytes, path}):
+  OUT/<split>/<generator>.parquet with keys real/<generator>/real/000123.jpg,
+  partial/<generator>/fake/000124.jpg, full/<generator>/fake/000125.jpg (mask: PNG for partial fakes)
+- "folder", the plain layout of maskclip_core.data.folders, which the file-based commands take too
+  (export's --calib, maskclip-run, maskclip-serve): OUT/<split>/real/<generator>/000123.jpg,
+  OUT/<split>/fake/<generator>/000124.jpg and OUT/<split>/masks/<generator>/000124.png. The folder
+  reader rebuilds the same keys, labels and bytes as the parquet rows.
+With both in one split folder, the data readers take the folder layout (open_samples checks it first).
 Each generator's file holds its own real images, so per-generator detection scores have both
 classes. Only 15 photos ship offline, so train and test share source photos but never an image:
 each split draws its own crops, regions and noise from its own random stream. Output is
@@ -37,6 +42,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
+
+from maskclip_runtime.outputs import atomic_path
 
 
 @dataclass(frozen=True)
@@ -190,6 +197,56 @@ SCHEMA = pa.schema(
 )
 
 
+LAYOUTS = {"parquet": ("parquet",), "folder": ("folder",), "both": ("parquet", "folder")}
+
+
+@dataclass(frozen=True)
+class Example:
+    key: str  # <kind>/<generator>/<real|fake>/<name>
+    image: bytes  # JPEG
+    mask: bytes | None  # PNG, partial fakes only
+    label: int
+
+
+def generator_examples(
+    split_id: int, gen_id: int, name: str, photos: list[np.ndarray], count: int, seed: int, min_size: int, max_size: int
+):
+    """The `count` examples of one generator in one split; each from its own stream (seed, split, generator, index)."""
+    kinds = [kind for kind, share in COMPOSITION for _ in range(round(share * count))]
+    for index, kind in enumerate(kinds):
+        rng = np.random.default_rng((seed, split_id, gen_id, index))
+        photo = photos[int(rng.integers(len(photos)))]
+        image, mask = make_example(photo, kind, GENERATORS[name], rng, min_size, max_size)
+        key = f"{kind}/{name}/{'real' if kind == 'real' else 'fake'}/{index:06d}.jpg"
+        yield Example(key, image, mask, 0 if kind == "real" else 1)
+
+
+def write_parquet(path: Path, examples: list[Example]) -> None:
+    """One generator's examples as OpenSDID rows (image and mask structs carry their file names)."""
+    rows = {"key": [], "image": [], "mask": [], "label": []}
+    for example in examples:
+        file_name = example.key.rsplit("/", 1)[1]
+        rows["key"].append(example.key)
+        rows["image"].append({"bytes": example.image, "path": file_name})
+        rows["mask"].append(None if example.mask is None else {"bytes": example.mask, "path": file_name[:-4] + ".png"})
+        rows["label"].append(example.label)
+    with atomic_path(path) as temp:
+        pq.write_table(pa.table(rows, schema=SCHEMA), temp, row_group_size=128)
+
+
+def write_folders(root: Path, examples: list[Example]) -> None:
+    """Examples as files: root/<real|fake>/<generator>/<name>.jpg, root/masks/<generator>/<name>.png."""
+    for example in examples:
+        _kind, generator, folder, file_name = example.key.split("/")
+        files = [(root / folder / generator / file_name, example.image)]
+        if example.mask is not None:
+            files.append((root / "masks" / generator / Path(file_name).with_suffix(".png"), example.mask))
+        for path, data in files:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path) as temp:
+                temp.write_bytes(data)
+
+
 def write_split(
     out: Path,
     split: str,
@@ -200,25 +257,21 @@ def write_split(
     min_size: int,
     max_size: int,
     progress=None,
+    layout: str = "parquet",
 ) -> None:
-    """OUT/<split>/<generator>.parquet with `count` images per generator."""
+    """`count` images per generator into OUT/<split>/, as parquet files, folders or both (LAYOUTS)."""
     (out / split).mkdir(parents=True, exist_ok=True)
     split_id = {"train": 0, "test": 1}.get(split, 2)
     for gen_id, name in enumerate(generators):
-        rows = {"key": [], "image": [], "mask": [], "label": []}
-        kinds = [kind for kind, share in COMPOSITION for _ in range(round(share * count))]
-        for index, kind in enumerate(kinds):
-            rng = np.random.default_rng((seed, split_id, gen_id, index))
-            photo = photos[int(rng.integers(len(photos)))]
-            image, mask = make_example(photo, kind, GENERATORS[name], rng, min_size, max_size)
-            name_in_key = f"{index:06d}.jpg"
-            rows["key"].append(f"{kind}/{name}/{'real' if kind == 'real' else 'fake'}/{name_in_key}")
-            rows["image"].append({"bytes": image, "path": name_in_key})
-            rows["mask"].append(None if mask is None else {"bytes": mask, "path": name_in_key[:-4] + ".png"})
-            rows["label"].append(0 if kind == "real" else 1)
+        examples = []
+        for example in generator_examples(split_id, gen_id, name, photos, count, seed, min_size, max_size):
+            examples.append(example)
             if progress is not None:
                 progress.update(1)
-        pq.write_table(pa.table(rows, schema=SCHEMA), out / split / f"{name}.parquet", row_group_size=128)
+        if "parquet" in LAYOUTS[layout]:
+            write_parquet(out / split / f"{name}.parquet", examples)
+        if "folder" in LAYOUTS[layout]:
+            write_folders(out / split, examples)
 
 
 def synthesize(
@@ -230,26 +283,35 @@ def synthesize(
     min_size: int = 128,
     max_size: int = 192,
     progress=None,
+    layout: str = "parquet",
 ) -> Path:
-    """Write the proxy data set (train/ and test/ parquet splits + synth.json) and return its folder."""
+    """Write the proxy data set (train/ and test/ splits in `layout`, see LAYOUTS, + synth.json); returns its folder.
+
+    The library keeps parquet as its default (what the demo model was trained on, in that order);
+    `maskclip-synth` writes both layouts unless told otherwise.
+    """
     out = Path(out)
     generators = list(generators or GENERATORS)
     unknown = [g for g in generators if g not in GENERATORS]
     if unknown:
         raise ValueError(f"unknown synthetic generator(s) {', '.join(unknown)}; known: {', '.join(GENERATORS)}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; known: {', '.join(LAYOUTS)}")
     photos = [load_photo(n) for n in PHOTOS]
     for split, count in (("train", train_count), ("test", test_count)):
         if count > 0:
-            write_split(out, split, photos, count, seed, generators, min_size, max_size, progress)
+            write_split(out, split, photos, count, seed, generators, min_size, max_size, progress, layout)
     settings = {
         "proxy": "synthetic edits, NOT OpenSDID (see maskclip_core/data/synth.py)",
         "seed": seed,
         "train_count_per_generator": train_count,
         "test_count_per_generator": test_count,
         "sizes": [min_size, max_size],
+        "layout": layout,
         "composition": dict(COMPOSITION),
         "photos": list(PHOTOS),
         "generators": {g: asdict(GENERATORS[g]) for g in generators},
     }
-    (out / "synth.json").write_text(json.dumps(settings, indent=2) + "\n")
+    with atomic_path(out / "synth.json") as temp:
+        temp.write_text(json.dumps(settings, indent=2) + "\n")
     return out

@@ -4,7 +4,7 @@ The graphs follow the artifact contract (image [B,3,S,S] -> logits [B,2], fake_p
 mask [B,1,S,S]) with a few constant ops: the mask is sigmoid(4 * channel mean) per pixel, so it
 follows the image content (bright = "generated") and rotates with it; fake_prob comes from the
 global mean. The split version computes the same in two graphs chained by the tensor name "feat".
-Other runtime test modules import the builders from here.
+The runtime test modules import the builders from here (a helper module, not a test module).
 """
 
 from __future__ import annotations
@@ -151,12 +151,3 @@ def expected_standin_output(image: Image.Image) -> tuple[float, np.ndarray]:
     logits = np.array([-3.0 * pooled + 0.2, 3.0 * pooled - 0.2])
     probs = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
     return float(probs[1]), mask
-
-
-def test_standin_artifacts_are_valid_onnx(tmp_path):
-    for topology in ("fused", "split"):
-        folder = build_standin_artifact(tmp_path / topology, topology)
-        manifest = read_manifest(folder)
-        for graph in manifest["graphs"]:
-            onnx.checker.check_model(str(folder / graph["file"]))
-        assert set(manifest["files"]) == {g["file"] for g in manifest["graphs"]}
