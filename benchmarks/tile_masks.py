@@ -24,8 +24,7 @@ from PIL import Image
 
 from maskclip_core.data.synth import GENERATORS, PHOTOS, load_photo, render
 from maskclip_runtime.command import command
-from maskclip_runtime.detector import Detector
-from maskclip_runtime.options import DEMO_DIR
+from maskclip_runtime.detector import DEMO_DIR, Detector
 from maskclip_runtime.tiling import detect_tiled
 
 

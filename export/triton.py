@@ -309,7 +309,7 @@ def gate_baked_graphs(artifact: Artifact, installed: dict[str, Path]) -> dict:
 
 
 def _demo_examples():
-    from maskclip_runtime.cli import DEMO_DIR
+    from maskclip_runtime.detector import DEMO_DIR
     from maskclip_runtime.preprocess import load_image
 
     return [(p.stem, np.asarray(load_image(p))) for p in sorted((DEMO_DIR / "examples").glob("*.jpg"))]

@@ -173,7 +173,7 @@ def evaluate(
         raise UsageError("--tiles scores an exported artifact through the runtime, without --robustness: "
                          "give --artifact (maskclip-export makes one from a checkpoint)")  # fmt: skip
     if tiles and not artifact:
-        from maskclip_runtime.options import DEMO_DIR
+        from maskclip_runtime.detector import DEMO_DIR
 
         artifact = str(DEMO_DIR)
         click.echo(f"no --artifact given: scoring the runtime's embedded demo artifact ({DEMO_DIR})", err=True)

@@ -30,11 +30,11 @@ from tqdm import tqdm
 
 from .artifact import MANIFEST_NAME
 from .command import command
-from .detector import MASKS_FOR, Detection, Detector, PreparedImage, wants_mask
+from .detector import DEMO_DIR, MASKS_FOR, Detection, Detector, PreparedImage, wants_mask
 from .errors import MaskclipError, SomeInputsFailed, UsageError, VerificationFailed
 from .hashing import file_sha256
 from .inputs import expand_inputs
-from .options import DEMO_DIR, DEMO_NOTE, check_options, model_options
+from .options import DEMO_NOTE, check_options, model_options
 from .outputs import (
     DEFAULT_OVERLAY_SIZE,
     ResultsUnwritable,

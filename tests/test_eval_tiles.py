@@ -14,8 +14,7 @@ from maskclip_core.cli import evaluate as eval_command
 from maskclip_core.data import open_samples
 from maskclip_core.data.samples import load_sample
 from maskclip_core.data.synth import synthesize
-from maskclip_runtime.cli import DEMO_DIR
-from maskclip_runtime.detector import Detector
+from maskclip_runtime.detector import DEMO_DIR, Detector
 from maskclip_runtime.errors import EXIT_USAGE
 from maskclip_runtime.tiling import detect_tiled
 

@@ -13,9 +13,8 @@ from standin_artifact import SIZE, build_standin_artifact, read_manifest, write_
 from maskclip_runtime import __version__
 from maskclip_runtime import hashing as hashing_module
 from maskclip_runtime.artifact import ArtifactError, load_artifact
-from maskclip_runtime.cli import DEMO_DIR
 from maskclip_runtime.contract import MANIFEST_NAME, Manifest, ManifestError, ModelIdentity
-from maskclip_runtime.detector import Detector
+from maskclip_runtime.detector import DEMO_DIR, Detector
 from maskclip_runtime.hashing import file_sha256
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from maskclip_runtime.cli import DEMO_DIR
+from maskclip_runtime.detector import DEMO_DIR
 from maskclip_runtime.preprocess import ImageLoadError, decode_image
 
 EXAMPLES = sorted((DEMO_DIR / "examples").glob("*.jpg"))

@@ -18,9 +18,9 @@ import click
 
 from ..artifact import load_artifact
 from ..command import command
-from ..detector import Detector
+from ..detector import DEMO_DIR, Detector
 from ..errors import BackendUnavailable, MaskclipError, NotFinished, UsageError, message_of
-from ..options import DEMO_DIR, DEMO_NOTE, check_options, model_options
+from ..options import DEMO_NOTE, check_options, model_options
 
 PROG = "maskclip-serve"
 SERVE_EXTRA_HINT = "install the serve extra: pip install 'maskclip[serve]'"
