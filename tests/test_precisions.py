@@ -31,7 +31,7 @@ def test_every_row_can_be_exported():
 
 
 def test_benchmark_artifact_rows_are_the_tables_backends():
-    from maskclip_bench.bench import BACKENDS, RUNTIME_PREFIXES
+    from maskclip_bench.backends import BACKENDS, RUNTIME_PREFIXES
 
     artifact_rows = {pair for pair in BACKENDS.values() if pair[0] in RUNTIME_PREFIXES}
     assert artifact_rows == {(backend, name) for name, row in PRECISIONS.items() for backend in row.backends}
