@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -21,25 +20,9 @@ CEILING_GAP = 1.3  # fp32 achieved GFLOP/s within this factor of the fp32 GEMM c
 INT8_BACKENDS = ("ort-int8", "ort-int8-cpu")
 
 
-def write_json(path: str | os.PathLike, report: dict) -> None:
-    _write(path, json.dumps(report, indent=2, default=_jsonable) + "\n")
-
-
 def write_markdown(path: str | os.PathLike, markdown: str) -> None:
-    _write(path, markdown)
-
-
-def _write(path: str | os.PathLike, text: str) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, text)
-
-
-def _jsonable(value):
-    if hasattr(value, "to_dict"):
-        return value.to_dict()
-    if hasattr(value, "item"):
-        return value.item()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+    write_text_atomic(path, markdown)
 
 
 def _row(rows: list[dict], model: str, backend: str, batch: int) -> dict | None:

@@ -119,8 +119,9 @@ def main(work, clip_steps, epochs, lr, workers, install):
     """
     from maskclip_core.checkpoint import save_checkpoint
     from maskclip_core.data.synth import synthesize
-    from maskclip_core.evaluate import TorchPredictor, evaluate, report, save_report
+    from maskclip_core.evaluate import TorchPredictor, evaluate, report
     from maskclip_core.train import TrainArgs, train
+    from maskclip_runtime.command import write_json
 
     work = Path(work)
     timings = {}
@@ -147,11 +148,11 @@ def main(work, clip_steps, epochs, lr, workers, install):
     model = load_checkpoint(last)
     summary = evaluate(TorchPredictor(model), open_samples(data, "test"), batch_size=32, workers=workers)
     doc = report(summary, model=str(last), data=str(data), split="test", timings=timings)
-    save_report(doc, work / "metrics.json")
+    write_json(doc, str(work / "metrics.json"))
     click.echo(doc["table"])
     if install:
         save_checkpoint(model, DEMO_CHECKPOINT, metadata={"trained_on": "maskclip synthetic proxy (not OpenSDID)"})
-        save_report(doc, DEMO_CHECKPOINT.parent / "metrics.json")
+        write_json(doc, str(DEMO_CHECKPOINT.parent / "metrics.json"))
         click.echo(f"installed {DEMO_CHECKPOINT}")
 
 

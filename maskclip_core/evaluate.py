@@ -10,7 +10,6 @@ an artifact's tiled masks at each image's own size.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -151,9 +150,3 @@ def without_nan(value):
     if isinstance(value, dict):
         return {k: without_nan(v) for k, v in value.items()}
     return None if isinstance(value, float) and math.isnan(value) else value
-
-
-def save_report(doc: dict, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=2) + "\n")

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from maskclip_core.checkpoint import CheckpointError
-from maskclip_runtime.outputs import atomic_path
+from maskclip_runtime.atomic import write_text_atomic
 
 OPTIONS_FILE = "args.json"  # in the run folder, written at the start
 TRAINING_STATE = "training_state.json"  # in each checkpoint folder, holds the options under "args"
@@ -63,8 +63,7 @@ def store_options(args: TrainArgs) -> Path:
     """OUT/args.json: the options this run (or this resumed part of it) runs with."""
     path = Path(args.out) / OPTIONS_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as temp:
-        temp.write_text(json.dumps(asdict(args), indent=2) + "\n")
+    write_text_atomic(path, json.dumps(asdict(args), indent=2) + "\n")
     return path
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import click
 
+from .atomic import write_text_atomic
 from .errors import (
     EXIT_BACKEND_UNAVAILABLE,
     EXIT_INTERRUPTED,
@@ -27,7 +28,6 @@ from .errors import (
     MaskclipError,
     message_of,
 )
-from .outputs import atomic_path
 
 # Top-level modules of the optional dependencies -> the extra (setup.py) that installs them.
 _TRAIN_MODULES = "torch torchvision open_clip timm safetensors albumentations pyarrow skimage scipy matplotlib"
@@ -136,11 +136,20 @@ def json_option(what: str):
 
 
 def write_json(doc: dict, path: str) -> None:
-    """The document of --json: to stdout for -, else atomically into PATH (its folder created)."""
-    text = json.dumps(doc, indent=2) + "\n"
+    """The document of --json: to stdout for -, else atomically into PATH (its folder created).
+
+    Values with to_dict() (the runtime's dataclasses) or item() (numpy scalars) are written as those."""
+    text = json.dumps(doc, indent=2, default=_jsonable) + "\n"
     if path == "-":
         click.echo(text, nl=False)
         return
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as temp:
-        temp.write_text(text, encoding="utf-8")
+    write_text_atomic(path, text)
+
+
+def _jsonable(value):
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

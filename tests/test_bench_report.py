@@ -12,10 +12,11 @@ from click.testing import CliRunner
 
 from maskclip_bench.cli import main
 from maskclip_bench.memory import PeakMemory
-from maskclip_bench.report import evaluate_targets, render_markdown, write_json, write_markdown
+from maskclip_bench.report import evaluate_targets, render_markdown, write_markdown
 from maskclip_bench.roofline import GemmCeiling, best_ceiling, gflops, matmul_flops
 from maskclip_bench.samples import sample_images
 from maskclip_bench.timing import achieved_gflops, percentiles, time_calls
+from maskclip_runtime.command import write_json
 from maskclip_runtime.errors import EXIT_USAGE
 
 
@@ -219,7 +220,7 @@ def test_markdown_has_every_row_and_the_unavailable_reason(tmp_path):
     assert "## Targets" in markdown and "weights are random" in markdown
     table_lines = [line for line in markdown.splitlines() if line.startswith("| t") or line.startswith("| o")]
     assert len({line.count("|") for line in table_lines}) == 1  # every row has the header's column count
-    write_json(tmp_path / "r.json", report)
+    write_json(report, str(tmp_path / "r.json"))
     write_markdown(tmp_path / "r.md", markdown)
     assert json.loads((tmp_path / "r.json").read_text())["rows"][2]["status"] == "unavailable"
     assert (tmp_path / "r.md").read_text() == markdown

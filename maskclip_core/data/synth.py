@@ -43,7 +43,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from maskclip_runtime.outputs import atomic_path
+from maskclip_runtime.atomic import atomic_path, write_bytes_atomic, write_text_atomic
 
 
 @dataclass(frozen=True)
@@ -243,8 +243,7 @@ def write_folders(root: Path, examples: list[Example]) -> None:
             files.append((root / "masks" / generator / Path(file_name).with_suffix(".png"), example.mask))
         for path, data in files:
             path.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_path(path) as temp:
-                temp.write_bytes(data)
+            write_bytes_atomic(path, data)
 
 
 def write_split(
@@ -312,6 +311,5 @@ def synthesize(
         "photos": list(PHOTOS),
         "generators": {g: asdict(GENERATORS[g]) for g in generators},
     }
-    with atomic_path(out / "synth.json") as temp:
-        temp.write_text(json.dumps(settings, indent=2) + "\n")
+    write_text_atomic(out / "synth.json", json.dumps(settings, indent=2) + "\n")
     return out
