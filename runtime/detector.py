@@ -203,8 +203,9 @@ class Detector:
         policies = [masks_for] * len(prepared) if isinstance(masks_for, str) else list(masks_for)
         if len(policies) != len(prepared):
             raise ValueError(f"masks_for has {len(policies)} policies for {len(prepared)} images")
-        for policy in set(policies) - set(MASKS_FOR):
-            raise ValueError(f"masks_for must be one of {', '.join(MASKS_FOR)}, got {policy!r}")
+        unknown = sorted(set(policies) - set(MASKS_FOR))
+        if unknown:
+            raise ValueError(f"masks_for must be one of {', '.join(MASKS_FOR)}, got {unknown[0]!r}")
         detections = []
         for start in range(0, len(prepared), self.batch_size):
             chunk = prepared[start : start + self.batch_size]
