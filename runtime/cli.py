@@ -50,7 +50,7 @@ from .preprocess import DEFAULT_MAX_PIXELS, ImageLoadError, decode_image
 from .report import write_report
 from .selfcheck import SelfCheckFailed
 from .selfcheck import self_check as run_self_check
-from .tiling import DEFAULT_OVERLAP, detect_tiled, tile_policy
+from .tiling import detect_tiled, mask_policy
 
 # A JPEG may be decoded at 1/2..1/8 scale while both sides stay >= this many times the model input:
 # the model's own resize still averages over >= 4x4 decoded pixels, and a 108 Mpx photo never
@@ -388,8 +388,7 @@ class MaskRequest:
         # Records written before these fields existed had every mask, resized from the global view.
         if not record.get("mask_computed", True):
             return False
-        tiled = self.tiles and max(record["width"], record["height"]) > model_size
-        policy = tile_policy(model_size, round(DEFAULT_OVERLAP * model_size)) if tiled else "resize"
+        policy = mask_policy(record["width"], record["height"], model_size, self.tiles)
         if record.get("mask_policy", "resize") != policy:
             return False
         return not (self.mask_files and record.get("mask") is None) and not (

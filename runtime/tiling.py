@@ -74,9 +74,11 @@ class TiledDetection(Detection):
         return self.stitched
 
 
-def tile_policy(tile: int, overlap: int) -> str:
-    """The mask_policy a record carries for tiled masks."""
-    return f"tiles {tile}px overlap {overlap}px + global verdict"
+def mask_policy(width: int, height: int, tile: int, tiles: bool, overlap: float = DEFAULT_OVERLAP) -> str:
+    """The mask_policy a record of an image this size gets: tiles only when asked and larger than one tile."""
+    if not tiles or max(width, height) <= tile:
+        return "resize"
+    return f"tiles {tile}px overlap {round(overlap * tile)}px + global verdict"
 
 
 def detect_tiled(
@@ -109,5 +111,5 @@ def detect_tiled(
         total = resize_probability_map(total, detection.width, detection.height)
     fields = {f.name: getattr(detection, f.name) for f in dataclasses.fields(Detection)}
     fields["ms"] = detection.ms + (time.perf_counter() - began) * 1e3
-    fields["mask_policy"] = tile_policy(tile, overlap_px)
+    fields["mask_policy"] = mask_policy(width, height, tile, tiles=True, overlap=overlap)
     return TiledDetection(**fields, stitched=total)
