@@ -18,8 +18,8 @@ def export_artifact(model, precision: str, out: Path, max_batch: int, workdir: P
     row's parity columns say so."""
     from maskclip_core.checkpoint import weights_digest
     from maskclip_export.exporter import ExportOptions, GateFailed, ModelSource, export_artifact
-    from maskclip_runtime.contract import BatchSpec
-    from maskclip_runtime.precisions import precision_row
+    from maskclip_runtime.contract.manifest import BatchSpec
+    from maskclip_runtime.contract.precision_table import precision_row
 
     calibrated = precision_row(precision).calibrated
     options = ExportOptions(
@@ -42,7 +42,7 @@ def adopt_refused_artifact(failed: Path, out: Path) -> None:
     """`<out>.failed/` (graphs + the failed manifest, whose verification says passed: false) -> `out`,
     loadable for timing. Only the benchmark does this, inside its own work folder."""
     from maskclip_export.exporter import FAILED_MANIFEST_NAME
-    from maskclip_runtime.artifact import MANIFEST_NAME
+    from maskclip_runtime.contract.artifact import MANIFEST_NAME
 
     os.replace(failed / FAILED_MANIFEST_NAME, failed / MANIFEST_NAME)
     if out.exists():
@@ -57,7 +57,7 @@ def reusable_export_seconds(out: Path, model, precision: str, max_batch: int, to
     import json
 
     from maskclip_core.checkpoint import weights_digest
-    from maskclip_runtime.contract import MANIFEST_NAME, Manifest, ModelIdentity
+    from maskclip_runtime.contract.manifest import MANIFEST_NAME, Manifest, ModelIdentity
 
     try:
         manifest = Manifest.from_dict(json.loads((out / MANIFEST_NAME).read_text(encoding="utf-8")))
@@ -82,7 +82,7 @@ def gate_summary(report: dict) -> dict:
 
 def gate_parity(artifact_dir: Path, runtime: str) -> dict:
     """Parity with PyTorch from the export gate's report (ONNX Runtime CPU, or the engine gate for TensorRT)."""
-    from maskclip_runtime.artifact import load_artifact
+    from maskclip_runtime.contract.artifact import load_artifact
 
     manifest = load_artifact(artifact_dir).manifest
     report = (manifest.engine_verification if runtime == "tensorrt" else manifest.verification) or {}

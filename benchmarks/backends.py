@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from maskclip_runtime.devices import parse_device
-from maskclip_runtime.precisions import ONNXRUNTIME, PRECISIONS, TENSORRT
-from maskclip_runtime.preprocess import load_image, preprocess_batch, resize_probability_map
+from maskclip_runtime.contract.precision_table import ONNXRUNTIME, PRECISIONS, TENSORRT
+from maskclip_runtime.kernel.devices import parse_device
+from maskclip_runtime.kernel.preprocess import load_image, preprocess_batch, resize_probability_map
 
 from .artifacts import gate_parity
 
@@ -60,8 +60,8 @@ def end_to_end(session: Session, paths: Sequence[Path], spec, threshold: float) 
 
 
 def artifact_session(artifact_dir: Path, runtime: str, device: str, batch: int) -> Session:
-    from maskclip_runtime.artifact import load_artifact
-    from maskclip_runtime.detector import Detector
+    from maskclip_runtime.contract.artifact import load_artifact
+    from maskclip_runtime.detect.detector import Detector
 
     if runtime == "tensorrt" and not parse_device(device).gpu:
         device = "cuda"  # engines only run on a GPU, whatever the other rows use

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from maskclip_runtime.devices import parse_device
 from maskclip_runtime.errors import BackendUnavailable
+from maskclip_runtime.kernel.devices import parse_device
 
 from .artifacts import adopt_refused_artifact, export_artifact, gate_parity, reusable_export_seconds
 from .backends import BACKENDS, Session, artifact_session, end_to_end

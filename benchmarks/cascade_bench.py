@@ -76,8 +76,8 @@ def _artifact(model, name: str, topology: str, workdir: Path, batch: int, say) -
 
 
 def run(model, name: str, shares, images: int, rounds: int, batch: int, threads, workdir: Path, say) -> dict:
-    from maskclip_runtime.detector import Detector
-    from maskclip_runtime.preprocess import load_image
+    from maskclip_runtime.detect.detector import Detector
+    from maskclip_runtime.kernel.preprocess import load_image
 
     fused_dir = _artifact(model, name, "fused", workdir, batch, say)
     cascade_dir = _artifact(model, name, "cascade", workdir, batch, say)

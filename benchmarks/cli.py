@@ -187,7 +187,7 @@ def main(
 def _op_profiles(settings: BenchSettings, rows: list[dict]) -> dict:
     import numpy as np
 
-    from maskclip_runtime.artifact import load_artifact
+    from maskclip_runtime.contract.artifact import load_artifact
 
     profiles = {}
     for row in rows:

@@ -7,7 +7,7 @@ import platform
 
 import numpy as np
 
-from maskclip_runtime.host import current_host
+from maskclip_runtime.kernel.host import current_host
 
 
 def environment(device: str) -> dict:

@@ -6,7 +6,7 @@ import gc
 import os
 import threading
 
-from maskclip_runtime.devices import parse_device
+from maskclip_runtime.kernel.devices import parse_device
 
 
 def _rss_bytes() -> int:

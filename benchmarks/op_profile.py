@@ -16,7 +16,7 @@ def ort_op_profile(artifact_dir: Path, batch: np.ndarray, runs: int = 5) -> list
 
     import onnxruntime as ort
 
-    from maskclip_runtime.artifact import load_artifact
+    from maskclip_runtime.contract.artifact import load_artifact
 
     artifact = load_artifact(artifact_dir)
     per_run: list[dict[str, float]] = [{} for _ in range(runs)]

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from maskclip_runtime.devices import parse_device
 from maskclip_runtime.errors import BackendUnavailable
+from maskclip_runtime.kernel.devices import parse_device
 
 from .artifacts import gate_summary
 from .backends import Session
@@ -119,7 +119,7 @@ def torch_gate(model, device: str, precision: str, max_batch: int) -> dict:
     """The export gate's comparison of PyTorch at a reduced precision with PyTorch fp32 eager, both on
     `device` (bf16 is judged by fp16's tolerances): what precision alone costs, before any export."""
     from maskclip_export.verify import verification_batch, verify
-    from maskclip_runtime.contract import BatchSpec
+    from maskclip_runtime.contract.manifest import BatchSpec
 
     names, images = verification_batch(model.preprocess_spec())
     try:

@@ -6,7 +6,7 @@ import math
 import os
 from pathlib import Path
 
-from maskclip_runtime.atomic import write_text_atomic
+from maskclip_runtime.kernel.atomic import write_text_atomic
 
 # The deployment targets the CPU report must show for opensdi-vitl14 at batch 1.
 TARGET_MODEL = "opensdi-vitl14"

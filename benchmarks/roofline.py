@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from maskclip_runtime.devices import parse_device
-from maskclip_runtime.host import current_host
+from maskclip_runtime.kernel.devices import parse_device
+from maskclip_runtime.kernel.host import current_host
 
 
 @dataclass(frozen=True)

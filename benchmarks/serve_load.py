@@ -35,9 +35,9 @@ from pathlib import Path
 
 import click
 
-from maskclip_runtime.artifact import load_artifact
 from maskclip_runtime.command import command, json_option, write_json
-from maskclip_runtime.detector import DEMO_DIR
+from maskclip_runtime.contract.artifact import load_artifact
+from maskclip_runtime.detect.detector import DEMO_DIR
 
 TARGET_FRACTION = 0.8  # the server should reach this share of maskclip-run's images/s at the top concurrency
 CLI_RATE = re.compile(r"([\d.]+) images/s")

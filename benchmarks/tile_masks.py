@@ -24,8 +24,8 @@ from PIL import Image
 
 from maskclip_core.data.synth import GENERATORS, PHOTOS, load_photo, render
 from maskclip_runtime.command import command
-from maskclip_runtime.detector import DEMO_DIR, Detector
-from maskclip_runtime.tiling import detect_tiled
+from maskclip_runtime.detect.detector import DEMO_DIR, Detector
+from maskclip_runtime.detect.tiling import detect_tiled
 
 
 def mosaic(photos: list[np.ndarray], side: int, rng: np.random.Generator, cell: int = 512) -> np.ndarray:

@@ -1,6 +1,6 @@
 """The self-check canaries an artifact carries: a few inputs at model resolution with PyTorch's outputs.
 
-The runtime (`maskclip_runtime.selfcheck`) runs them on the device that loads the artifact and compares
+The runtime (`maskclip_runtime.detect.selfcheck`) runs them on the device that loads the artifact and compares
 with the precision's gate tolerances, recorded here. Inputs are PNG at exactly the model's input size,
 so no resize implementation stands between the export and the device; masks are stored thresholded
 (1-bit PNG), which is what the verdict and the gate's IoU use.
@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from maskclip_runtime.atomic import write_bytes_atomic
-from maskclip_runtime.precisions import Tolerances
-from maskclip_runtime.preprocess import PreprocessSpec, preprocess_batch
+from maskclip_runtime.contract.precision_table import Tolerances
+from maskclip_runtime.kernel.atomic import write_bytes_atomic
+from maskclip_runtime.kernel.preprocess import PreprocessSpec, preprocess_batch
 
 from .verify import IOU_MIN_REFERENCE_AREA, Predictor
 

@@ -8,7 +8,7 @@ Formats and the flags each takes (Ultralytics-style table; invalid combinations 
   int8         --calib DIR           static QDQ, symmetric (TensorRT-compatible)
   int8-cpu     --calib DIR           ONNX Runtime CPU: dynamic int8 linear layers, static
                                      int8 convolutions (fastest on CPU; not for TensorRT)
-  (the choices and what each allows come from maskclip_runtime.precisions)
+  (the choices and what each allows come from maskclip_runtime.contract.precision_table)
   + --split (CLIP / trunk / heads graphs) or --cascade (screen / localise graphs: the runtime localises
   only images judged fake), --dynamic (batch 1..N), --trt (engines on a GPU machine)
 
@@ -26,11 +26,17 @@ from typing import TYPE_CHECKING
 import click
 
 from maskclip_runtime.command import command
+from maskclip_runtime.contract.precision_table import (
+    DEFAULT_PRECISION,
+    PRECISIONS,
+    TENSORRT,
+    precision_row,
+    precisions_for,
+)
 from maskclip_runtime.errors import BackendUnavailable, NotFinished, UsageError
-from maskclip_runtime.precisions import DEFAULT_PRECISION, PRECISIONS, TENSORRT, precision_row, precisions_for
 
 if TYPE_CHECKING:
-    from maskclip_runtime.contract import Manifest
+    from maskclip_runtime.contract.manifest import Manifest
 
     from .exporter import ModelSource
 
@@ -72,7 +78,7 @@ def load_source(checkpoint: str | None, config: str | None) -> ModelSource:
 
 def _build_engines(out: Path, calib: str | None, calib_count: int) -> None:
     """--trt: engines into the installed artifact; TensorRT missing -> status 4, a failed build 5 (ONNX kept)."""
-    from maskclip_runtime.inputs import image_files
+    from maskclip_runtime.kernel.inputs import image_files
 
     from .tensorrt import PrecisionPlanError
 
@@ -154,8 +160,8 @@ def main(
     verify_images, no_verify, trt, calibration, quiet,
 ):  # fmt: skip
     """Export MaskCLIP to a verified ONNX artifact folder (manifest.json + graphs)."""
-    from maskclip_runtime.calibration import read_calibration
-    from maskclip_runtime.contract import BatchSpec
+    from maskclip_runtime.contract.manifest import BatchSpec
+    from maskclip_runtime.contract.verdict_calibration import read_calibration
 
     from .exporter import ExportOptions, GateFailed, check_output_location, export_artifact
 

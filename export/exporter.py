@@ -22,12 +22,10 @@ import numpy as np
 from tqdm import tqdm
 
 from maskclip_core.model import MaskCLIP
-from maskclip_runtime.artifact import load_artifact, write_manifest
-from maskclip_runtime.atomic import write_text_atomic
 from maskclip_runtime.backends.onnxruntime import OnnxRuntimeRunner
-from maskclip_runtime.calibration import Calibration
-from maskclip_runtime.chain import run_chain
-from maskclip_runtime.contract import (
+from maskclip_runtime.contract.artifact import load_artifact, write_manifest
+from maskclip_runtime.contract.chain import run_chain
+from maskclip_runtime.contract.manifest import (
     MANIFEST_NAME,
     TOPOLOGIES,
     BatchSpec,
@@ -36,17 +34,19 @@ from maskclip_runtime.contract import (
     ModelIdentity,
     claimed_files,
 )
-from maskclip_runtime.detector import Detector
+from maskclip_runtime.contract.precision_table import DEFAULT_PRECISION, PRECISIONS, precision_row
+from maskclip_runtime.contract.verdict_calibration import Calibration
+from maskclip_runtime.detect.detector import Detector
 from maskclip_runtime.errors import InputError, VerificationFailed
-from maskclip_runtime.inputs import image_files
-from maskclip_runtime.precisions import DEFAULT_PRECISION, PRECISIONS, precision_row
-from maskclip_runtime.preprocess import ImageLoadError, PreprocessSpec, load_image, preprocess_batch
+from maskclip_runtime.kernel.atomic import write_text_atomic
+from maskclip_runtime.kernel.inputs import image_files
+from maskclip_runtime.kernel.preprocess import ImageLoadError, PreprocessSpec, load_image, preprocess_batch
 
 from .canary import write_canaries
 from .manifest import build_manifest
 from .onnx_export import export_graphs, graph_specs, torch_reference
 from .op_support import check_tensorrt_ops
-from .precision import FLOAT_CONVERSIONS, INT8_SCHEMES, FeedCalibrationReader
+from .quantize import FLOAT_CONVERSIONS, INT8_SCHEMES, FeedCalibrationReader
 from .verify import (
     MIN_VERIFICATION_IMAGES,
     batch_chunks,

@@ -1,4 +1,4 @@
-"""Build an artifact's manifest (maskclip_runtime.contract owns its types and keys) from what export made.
+"""Build an artifact's manifest (maskclip_runtime.contract.manifest owns its types and keys) from what export made.
 
 The parts only export can see: the graphs' tensor shapes and dtypes as written into the ONNX files,
 and the tool versions.
@@ -15,7 +15,7 @@ import torch
 
 import maskclip_core
 from maskclip_core.model import MaskCLIP
-from maskclip_runtime.contract import BatchSpec, GraphSpec, Manifest, ModelIdentity, TensorSpec
+from maskclip_runtime.contract.manifest import BatchSpec, GraphSpec, Manifest, ModelIdentity, TensorSpec
 
 
 def _dim(dim: onnx.TensorShapeProto.Dimension) -> int | str:

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from maskclip_core.model import MaskCLIP
-from maskclip_runtime.contract import BATCH_AXIS, TOPOLOGIES, BatchSpec, GraphSpec
+from maskclip_runtime.contract.manifest import BATCH_AXIS, TOPOLOGIES, BatchSpec, GraphSpec
 
 EXAMPLE_BATCH = 2  # >= 2 so a batch axis frozen by the tracer cannot pass unnoticed
 # Above this many bytes of weights a graph is saved with its tensors in `<file>.data` (protobuf caps

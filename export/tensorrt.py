@@ -8,7 +8,7 @@ Two ways to reduced precision, chosen per TensorRT version by `plan_precision`:
   (fp16 mixed-precision conversion, explicit Q/DQ for int8) and the network is strongly typed.
   TensorRT 10 builds such graphs the same way.
 
-Each engine is a plain TensorRT plan with a JSON sidecar (runtime/engine_header.py), recorded in
+Each engine is a plain TensorRT plan with a JSON sidecar (runtime/contract/engine_header.py), recorded in
 the manifest's engines and hashed in its files. Engines are staged like the exporter's graphs: a
 complete copy of the artifact (its files hard-linked) gets the new engines, and replaces the artifact
 only after the engine gate passes; a failed build leaves the old artifact as it was, and a refused one
@@ -28,14 +28,20 @@ from pathlib import Path
 
 import numpy as np
 
-from maskclip_runtime.artifact import Artifact, load_artifact, write_manifest
-from maskclip_runtime.atomic import write_bytes_atomic
 from maskclip_runtime.backends.tensorrt import cuda_call, gpu_identity, import_cudart, import_tensorrt
-from maskclip_runtime.contract import BatchSpec, EngineSpec, GraphSpec, graph_digest
-from maskclip_runtime.engine_header import sidecar_path, write_engine
+from maskclip_runtime.contract.artifact import Artifact, load_artifact, write_manifest
+from maskclip_runtime.contract.engine_header import sidecar_path, write_engine
+from maskclip_runtime.contract.manifest import BatchSpec, EngineSpec, GraphSpec, graph_digest
+from maskclip_runtime.contract.precision_table import (
+    DEFAULT_PRECISION,
+    TENSORRT,
+    UnknownPrecision,
+    precision_row,
+    precisions_for,
+)
 from maskclip_runtime.errors import InputError
-from maskclip_runtime.precisions import DEFAULT_PRECISION, TENSORRT, UnknownPrecision, precision_row, precisions_for
-from maskclip_runtime.preprocess import load_image, preprocess_batch
+from maskclip_runtime.kernel.atomic import write_bytes_atomic
+from maskclip_runtime.kernel.preprocess import load_image, preprocess_batch
 
 from .exporter import GateFailed, _install, _keep_failed, _make_staging
 from .verify import Predictor, chain_predictor, verification_batch, verify

@@ -10,7 +10,7 @@ chains them by tensor name, as the runtime does.
 
 --raw-input bakes the resize-free half of the preprocessing into the graph: the input becomes
 `image_rgb8`, uint8 [batch, S, S, 3] (RGB pixels already resized to the model's S x S, the way
-`maskclip_runtime.preprocess.resize_rgb8` does), and the graph starts with the same arithmetic the
+`maskclip_runtime.kernel.preprocess.resize_rgb8` does), and the graph starts with the same arithmetic the
 runtime does in numpy (Cast, Mul by the scale, Sub mean, Div std, Transpose to NCHW). So Triton or
 DeepStream clients send pixels, not normalised floats. The edited graph is gated like any export:
 on the verification images it must match the original graph fed by the numpy preprocessing,
@@ -28,13 +28,13 @@ from pathlib import Path
 import click
 import numpy as np
 
-from maskclip_runtime.artifact import Artifact, load_artifact
-from maskclip_runtime.atomic import atomic_path, write_text_atomic
-from maskclip_runtime.chain import run_chain
 from maskclip_runtime.command import command
-from maskclip_runtime.contract import FINAL_OUTPUTS, GraphSpec, TensorSpec
-from maskclip_runtime.detector import BACKENDS
+from maskclip_runtime.contract.artifact import Artifact, load_artifact
+from maskclip_runtime.contract.chain import run_chain
+from maskclip_runtime.contract.manifest import FINAL_OUTPUTS, GraphSpec, TensorSpec
+from maskclip_runtime.detect.detector import BACKENDS
 from maskclip_runtime.errors import InputError, VerificationFailed
+from maskclip_runtime.kernel.atomic import atomic_path, write_text_atomic
 
 PROG = "maskclip-triton"
 RAW_INPUT = "image_rgb8"
@@ -148,7 +148,7 @@ def _copy_plan(engine: Path, destination: Path) -> None:
     with engine.open("rb") as f:
         offset = 0
         if f.read(len(ENGINE_MAGIC)) == ENGINE_MAGIC:
-            from maskclip_runtime.engine_header import read_engine_header
+            from maskclip_runtime.contract.engine_header import read_engine_header
 
             _, offset = read_engine_header(engine)
         f.seek(offset)
@@ -289,8 +289,8 @@ def bake_preprocessing(source: Path, destination: Path, spec) -> None:
 def gate_baked_graphs(artifact: Artifact, installed: dict[str, Path]) -> dict:
     """Original graphs + numpy preprocessing vs the repository's graphs on uint8 pixels, same images."""
     from maskclip_runtime.backends.onnxruntime import OnnxRuntimeRunner
-    from maskclip_runtime.precisions import precision_row
-    from maskclip_runtime.preprocess import resize_and_normalize, resize_rgb8
+    from maskclip_runtime.contract.precision_table import precision_row
+    from maskclip_runtime.kernel.preprocess import resize_and_normalize, resize_rgb8
 
     from .verify import compare, default_verification_images, gate_failures
 
@@ -309,8 +309,8 @@ def gate_baked_graphs(artifact: Artifact, installed: dict[str, Path]) -> dict:
 
 
 def _demo_examples():
-    from maskclip_runtime.detector import DEMO_DIR
-    from maskclip_runtime.preprocess import load_image
+    from maskclip_runtime.detect.detector import DEMO_DIR
+    from maskclip_runtime.kernel.preprocess import load_image
 
     return [(p.stem, np.asarray(load_image(p))) for p in sorted((DEMO_DIR / "examples").glob("*.jpg"))]
 

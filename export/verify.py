@@ -16,12 +16,12 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from maskclip_runtime.backends.base import Runner
-from maskclip_runtime.chain import run_chain
-from maskclip_runtime.contract import BatchSpec
+from maskclip_runtime.contract.chain import run_chain
+from maskclip_runtime.contract.manifest import BatchSpec
+from maskclip_runtime.contract.precision_table import Tolerances, precision_row
 from maskclip_runtime.errors import InputError
-from maskclip_runtime.inputs import image_files
-from maskclip_runtime.precisions import Tolerances, precision_row
-from maskclip_runtime.preprocess import PreprocessSpec, load_image, preprocess_batch
+from maskclip_runtime.kernel.inputs import image_files
+from maskclip_runtime.kernel.preprocess import PreprocessSpec, load_image, preprocess_batch
 
 Predictor = Callable[[np.ndarray], dict[str, np.ndarray]]  # image batch [B,3,S,S] -> named outputs
 

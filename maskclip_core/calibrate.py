@@ -1,4 +1,4 @@
-"""Fitting calibration records and measuring calibration (the record itself: maskclip_runtime.calibration).
+"""Fitting verdict calibration records and measuring calibration (the record: contract.verdict_calibration).
 
 Temperature scaling (Guo et al., 2017) on the detection head's fake probability: one scalar T,
 fitted by minimising the negative log-likelihood on held-out images. Operating points are
@@ -22,7 +22,7 @@ from scipy.optimize import minimize_scalar
 
 from maskclip_core.data import Sample
 from maskclip_core.metrics import roc_auc
-from maskclip_runtime.calibration import (
+from maskclip_runtime.contract.verdict_calibration import (
     Calibration,
     OperatingPoint,
     logit,
@@ -185,7 +185,7 @@ def save_reliability_diagram(labels, prob, record: Calibration, path: str | Path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from maskclip_runtime.atomic import atomic_path
+    from maskclip_runtime.kernel.atomic import atomic_path
 
     y = np.asarray(labels, dtype=np.float64)
     raw = np.asarray(prob, dtype=np.float64)

@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from maskclip_runtime.atomic import atomic_path, write_text_atomic
 from maskclip_runtime.errors import InputError
+from maskclip_runtime.kernel.atomic import atomic_path, write_text_atomic
 
 from .config import MaskCLIPConfig
 from .model import MaskCLIP
@@ -80,7 +80,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 def weights_digest(model: MaskCLIP) -> str:
     """sha256 over the model's tensors (names, dtypes, shapes, bytes), the weights part of its identity
-    (maskclip_runtime.contract.ModelIdentity). Computed from the tensors, not a file's bytes, so a
+    (maskclip_runtime.contract.manifest.ModelIdentity). Computed from the tensors, not a file's bytes, so a
     checkpoint gets the same digest however it was saved, and as the model it loads into."""
     h = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):

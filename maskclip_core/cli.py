@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from maskclip_runtime.command import command, json_option, option_group, write_json
-from maskclip_runtime.detector import BACKENDS
+from maskclip_runtime.detect.detector import BACKENDS
 from maskclip_runtime.errors import UsageError
 
 # The core's own checks raise ValueError/KeyError for values the user gave (sizes, fractions, names).
@@ -173,7 +173,7 @@ def evaluate(
         raise UsageError("--tiles scores an exported artifact through the runtime, without --robustness: "
                          "give --artifact (maskclip-export makes one from a checkpoint)")  # fmt: skip
     if tiles and not artifact:
-        from maskclip_runtime.detector import DEMO_DIR
+        from maskclip_runtime.detect.detector import DEMO_DIR
 
         artifact = str(DEMO_DIR)
         click.echo(f"no --artifact given: scoring the runtime's embedded demo artifact ({DEMO_DIR})", err=True)
@@ -218,7 +218,7 @@ def _eval_summary(accumulator, threshold: float, seconds: float) -> str:
 
 
 def _calibration_to_measure(path: str | None, predictor):
-    from maskclip_runtime.calibration import read_calibration
+    from maskclip_runtime.contract.verdict_calibration import read_calibration
 
     if path:
         return read_calibration(path)
@@ -279,7 +279,7 @@ def calibrate(
     operating points and reliability diagram are measured on the second, written into --out.
     `--attach ARTIFACT --record FILE` attaches an existing record without fitting anything.
     """
-    from maskclip_runtime.calibration import attach_calibration, read_calibration
+    from maskclip_runtime.contract.verdict_calibration import attach_calibration, read_calibration
 
     if record:
         if not attach or data or out:
@@ -314,7 +314,7 @@ def _fit(data, split, checkpoint, artifact, backend, device, batch_size, workers
     from maskclip_core.calibrate import fit_calibration, split_holdout
     from maskclip_core.data import open_samples
     from maskclip_core.evaluate import collect
-    from maskclip_runtime.calibration import write_calibration
+    from maskclip_runtime.contract.verdict_calibration import write_calibration
 
     if any(not 0.0 <= t < 1.0 for t in target_fprs):
         raise UsageError(f"--target-fpr must lie in [0, 1), got {', '.join(map(str, target_fprs))}")

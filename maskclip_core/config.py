@@ -3,7 +3,7 @@
 `opensdi-vitl14` is the paper's model (MODEL.md). `tiny` is the SAME architecture with small
 widths, depths and resolution, so tests and the embedded demo run in seconds on a CPU.
 Configs are plain dataclasses that round-trip through JSON (they travel with checkpoints and
-exported artifacts). A config names its input resize (maskclip_runtime.preprocess.RESIZE_METHODS);
+exported artifacts). A config names its input resize (maskclip_runtime.kernel.preprocess.RESIZE_METHODS);
 the registered ones use the authors' OpenCV resize, while a config without the field (a checkpoint
 written before it existed) keeps the Pillow resize it was trained and evaluated with.
 """
@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from maskclip_runtime.errors import InputError
-from maskclip_runtime.preprocess import LEGACY_RESIZE, PreprocessSpec
+from maskclip_runtime.kernel.preprocess import LEGACY_RESIZE, PreprocessSpec
 
 
 @dataclass(frozen=True)

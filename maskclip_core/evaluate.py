@@ -25,7 +25,7 @@ from maskclip_core.data import MaskCLIPDataset, Sample
 from maskclip_core.data.samples import load_sample
 from maskclip_core.metrics import MetricAccumulator, format_table
 from maskclip_core.model import MaskCLIP
-from maskclip_runtime.preprocess import PreprocessSpec, resize_probability_map
+from maskclip_runtime.kernel.preprocess import PreprocessSpec, resize_probability_map
 
 # (image HxWx3 uint8, mask HxW uint8, rng) -> degraded pair, at the image's native size
 Perturb = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]]
@@ -59,7 +59,7 @@ class ArtifactPredictor:
     """An exported artifact run by maskclip_runtime's Detector (ONNX Runtime or TensorRT)."""
 
     def __init__(self, path: str | Path, backend: str = "auto", device: str | None = None):
-        from maskclip_runtime.detector import Detector
+        from maskclip_runtime.detect.detector import Detector
 
         self.detector = Detector(path, backend=backend, device=device)
         self.spec = self.detector.artifact.preprocess
@@ -116,9 +116,9 @@ def collect(
 
 def collect_tiled(detector, samples: list[Sample], desc: str = "evaluate (tiles)") -> MetricAccumulator:
     """Score an artifact with native-resolution masks (maskclip-run --tiles): verdicts from the global view,
-    each partial fake's mask stitched from model-size tiles (maskclip_runtime.tiling) and scored against
+    each partial fake's mask stitched from model-size tiles (maskclip_runtime.detect.tiling) and scored against
     its ground truth at the image's own size. Images no larger than the model input keep the global mask."""
-    from maskclip_runtime.tiling import detect_tiled
+    from maskclip_runtime.detect.tiling import detect_tiled
 
     acc = MetricAccumulator(detector.threshold)
     with tqdm(total=len(samples), desc=desc, dynamic_ncols=True) as progress:

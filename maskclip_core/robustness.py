@@ -23,7 +23,7 @@ from PIL import Image
 from maskclip_core.data import Sample
 from maskclip_core.evaluate import Perturb, Predictor, collect, without_nan
 from maskclip_core.metrics import _fmt
-from maskclip_runtime.atomic import atomic_path, write_text_atomic
+from maskclip_runtime.kernel.atomic import atomic_path, write_text_atomic
 
 METRICS = (  # summary key, label
     ("auc", "image AUC"),

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from maskclip_core.checkpoint import CheckpointError
-from maskclip_runtime.atomic import write_text_atomic
+from maskclip_runtime.kernel.atomic import write_text_atomic
 
 OPTIONS_FILE = "args.json"  # in the run folder, written at the start
 TRAINING_STATE = "training_state.json"  # in each checkpoint folder, holds the options under "args"

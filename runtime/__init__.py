@@ -11,13 +11,13 @@ __all__ = ["Detection", "Detector", "load_artifact", "__version__"]
 
 
 def __getattr__(name: str):
-    # Lazy, so `import maskclip_runtime.preprocess` (done by training code) stays as light as it is.
+    # Lazy, so `import maskclip_runtime.kernel.preprocess` (done by training code) stays as light as it is.
     if name in ("Detection", "Detector"):
-        from . import detector
+        from .detect import detector
 
         return getattr(detector, name)
     if name == "load_artifact":
-        from .artifact import load_artifact
+        from .contract.artifact import load_artifact
 
         return load_artifact
     raise AttributeError(f"module 'maskclip_runtime' has no attribute {name!r}")

@@ -28,14 +28,18 @@ import click
 from PIL import Image
 from tqdm import tqdm
 
-from .artifact import MANIFEST_NAME
 from .command import command
-from .detector import DEMO_DIR, MASKS_FOR, Detection, Detector, PreparedImage, wants_mask
+from .contract.artifact import MANIFEST_NAME
+from .detect.detector import DEMO_DIR, MASKS_FOR, Detection, Detector, PreparedImage, wants_mask
+from .detect.selfcheck import SelfCheckFailed
+from .detect.selfcheck import self_check as run_self_check
+from .detect.tiling import detect_tiled, mask_policy
 from .errors import MaskclipError, SomeInputsFailed, UsageError, VerificationFailed
-from .hashing import file_sha256
-from .inputs import expand_inputs
+from .kernel.hashing import file_sha256
+from .kernel.inputs import expand_inputs
+from .kernel.preprocess import DEFAULT_MAX_PIXELS, ImageLoadError, decode_image
 from .options import DEMO_NOTE, check_options, model_options
-from .outputs import (
+from .present.outputs import (
     DEFAULT_OVERLAY_SIZE,
     ResultsUnwritable,
     ResultTables,
@@ -46,11 +50,7 @@ from .outputs import (
     save_overlay_png,
     source_tag,
 )
-from .preprocess import DEFAULT_MAX_PIXELS, ImageLoadError, decode_image
-from .report import write_report
-from .selfcheck import SelfCheckFailed
-from .selfcheck import self_check as run_self_check
-from .tiling import detect_tiled, mask_policy
+from .present.report import write_report
 
 # A JPEG may be decoded at 1/2..1/8 scale while both sides stay >= this many times the model input:
 # the model's own resize still averages over >= 4x4 decoded pixels, and a 108 Mpx photo never

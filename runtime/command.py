@@ -18,7 +18,6 @@ from pathlib import Path
 
 import click
 
-from .atomic import write_text_atomic
 from .errors import (
     EXIT_BACKEND_UNAVAILABLE,
     EXIT_INTERRUPTED,
@@ -28,6 +27,7 @@ from .errors import (
     MaskclipError,
     message_of,
 )
+from .kernel.atomic import write_text_atomic
 
 # Top-level modules of the optional dependencies -> the extra (setup.py) that installs them.
 _TRAIN_MODULES = "torch torchvision open_clip timm safetensors albumentations pyarrow skimage scipy matplotlib"

@@ -8,8 +8,8 @@ from __future__ import annotations
 import click
 
 from .command import option_group
-from .detector import BACKENDS
-from .devices import parse_device
+from .detect.detector import BACKENDS
+from .kernel.devices import parse_device
 
 DEMO_NOTE = "using the embedded demo model (tiny, trained on synthetic edits)"
 

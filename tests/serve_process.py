@@ -11,7 +11,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from maskclip_runtime.detector import DEMO_DIR
+from maskclip_runtime.detect.detector import DEMO_DIR
 
 EXAMPLES = sorted((DEMO_DIR / "examples").glob("*.jpg"))
 

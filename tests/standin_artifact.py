@@ -19,7 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 from maskclip_runtime import __version__
-from maskclip_runtime.preprocess import PreprocessSpec
+from maskclip_runtime.kernel.preprocess import PreprocessSpec
 
 SIZE = 32
 OPSET = 17

@@ -186,8 +186,8 @@ def test_bench_times_an_artifact_its_gate_refused(tmp_path, monkeypatch):
     """A refused export is installed in the work folder with its refusal, loads, and reports passed: false."""
     from maskclip_bench.artifacts import export_artifact, gate_parity
     from maskclip_core.model import build_model
-    from maskclip_runtime.artifact import load_artifact
-    from maskclip_runtime.precisions import PRECISIONS, Tolerances
+    from maskclip_runtime.contract.artifact import load_artifact
+    from maskclip_runtime.contract.precision_table import PRECISIONS, Tolerances
 
     refusing = Tolerances(max_prob_diff=-1.0, max_flip_rate=0.0, min_mask_iou=None)
     monkeypatch.setitem(PRECISIONS, "fp32", dataclasses.replace(PRECISIONS["fp32"], gate=refusing))
@@ -228,7 +228,7 @@ def test_markdown_has_every_row_and_the_unavailable_reason(tmp_path):
 
 
 def test_sample_images_are_decodable_jpegs(tmp_path):
-    from maskclip_runtime.preprocess import load_image
+    from maskclip_runtime.kernel.preprocess import load_image
 
     paths = sample_images(tmp_path, 2)
     assert [load_image(p).size for p in paths] == [(640, 480), (640, 480)]
@@ -266,7 +266,7 @@ def test_cli_refuses_an_unknown_model_before_any_work(tmp_path):
 def test_int8_target_follows_the_measured_cpu(monkeypatch):
     from maskclip_bench import roofline
     from maskclip_bench.report import ORT_INT8_SPEEDUP, ORT_INT8_SPEEDUP_WITHOUT_VNNI, int8_speedup_target
-    from maskclip_runtime.host import Host
+    from maskclip_runtime.kernel.host import Host
 
     assert int8_speedup_target({"environment": {"cpu_features": ["avx2", "avx512_vnni"]}}) == ORT_INT8_SPEEDUP
     assert int8_speedup_target({"environment": {"cpu_features": ["avx2", "fma"]}}) == ORT_INT8_SPEEDUP_WITHOUT_VNNI

@@ -18,7 +18,7 @@ from maskclip_core.calibrate import (
     threshold_at_fpr,
     tpr_at_fpr,
 )
-from maskclip_runtime.calibration import (
+from maskclip_runtime.contract.verdict_calibration import (
     Calibration,
     CalibrationError,
     OperatingPoint,

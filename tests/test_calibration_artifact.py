@@ -18,9 +18,14 @@ from maskclip_core.data import load_sample, open_samples
 from maskclip_core.data.synth import synthesize
 from maskclip_core.evaluate import ArtifactPredictor, collect
 from maskclip_runtime import cli as runtime_cli
-from maskclip_runtime.artifact import ArtifactError, load_artifact
-from maskclip_runtime.calibration import Calibration, OperatingPoint, read_calibration, write_calibration
-from maskclip_runtime.detector import Detector
+from maskclip_runtime.contract.artifact import ArtifactError, load_artifact
+from maskclip_runtime.contract.verdict_calibration import (
+    Calibration,
+    OperatingPoint,
+    read_calibration,
+    write_calibration,
+)
+from maskclip_runtime.detect.detector import Detector
 
 pytest.importorskip("onnxruntime")
 DEMO = Path(runtime_cli.DEMO_DIR)

@@ -18,11 +18,11 @@ from maskclip_export.exporter import ExportOptions, ModelSource, export_artifact
 from maskclip_export.onnx_export import export_graphs
 from maskclip_export.verify import chain_predictor, default_verification_images
 from maskclip_runtime import cli
-from maskclip_runtime.artifact import load_artifact
 from maskclip_runtime.backends.onnxruntime import OnnxRuntimeRunner
-from maskclip_runtime.contract import MANIFEST_NAME, BatchSpec
-from maskclip_runtime.detector import Detector
-from maskclip_runtime.preprocess import preprocess_batch
+from maskclip_runtime.contract.artifact import load_artifact
+from maskclip_runtime.contract.manifest import MANIFEST_NAME, BatchSpec
+from maskclip_runtime.detect.detector import Detector
+from maskclip_runtime.kernel.preprocess import preprocess_batch
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -10,7 +10,7 @@ from PIL import Image
 
 from maskclip_core.data import DataError, MaskCLIPDataset, load_sample, open_samples, parse_key
 from maskclip_core.data.masks import edge_map
-from maskclip_runtime.preprocess import PreprocessSpec, resize_and_normalize
+from maskclip_runtime.kernel.preprocess import PreprocessSpec, resize_and_normalize
 
 
 def _png(array) -> bytes:

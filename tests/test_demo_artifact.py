@@ -10,10 +10,10 @@ import torch
 from maskclip_core.checkpoint import load_checkpoint, weights_digest
 from maskclip_core.demo import DEMO_CHECKPOINT
 from maskclip_runtime import Detector
-from maskclip_runtime.artifact import load_artifact
-from maskclip_runtime.contract import ModelIdentity
-from maskclip_runtime.detector import DEMO_DIR
-from maskclip_runtime.preprocess import load_image, preprocess_batch
+from maskclip_runtime.contract.artifact import load_artifact
+from maskclip_runtime.contract.manifest import ModelIdentity
+from maskclip_runtime.detect.detector import DEMO_DIR
+from maskclip_runtime.kernel.preprocess import load_image, preprocess_batch
 
 
 def test_demo_artifact_was_exported_from_the_demo_checkpoint():

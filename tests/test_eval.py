@@ -52,7 +52,7 @@ class Oracle:
 
 def test_oracle_scores_perfectly(data):
     samples = open_samples(data, "test")
-    from maskclip_runtime.preprocess import PreprocessSpec
+    from maskclip_runtime.kernel.preprocess import PreprocessSpec
 
     summary = evaluate(Oracle(samples, PreprocessSpec(size=32)), samples, batch_size=3)
     assert set(summary) == {"sd15-like", "flux-like", "AVG"}

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from maskclip_core.demo import DEMO_CHECKPOINT, DEMO_MODEL_CARD, load_demo_model
-from maskclip_runtime.preprocess import resize_and_normalize
+from maskclip_runtime.kernel.preprocess import resize_and_normalize
 
 
 def test_demo_model_loads_and_runs():

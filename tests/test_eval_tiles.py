@@ -14,9 +14,9 @@ from maskclip_core.cli import evaluate as eval_command
 from maskclip_core.data import open_samples
 from maskclip_core.data.samples import load_sample
 from maskclip_core.data.synth import synthesize
-from maskclip_runtime.detector import DEMO_DIR, Detector
+from maskclip_runtime.detect.detector import DEMO_DIR, Detector
+from maskclip_runtime.detect.tiling import detect_tiled
 from maskclip_runtime.errors import EXIT_USAGE
-from maskclip_runtime.tiling import detect_tiled
 
 pytest.importorskip("onnxruntime")
 

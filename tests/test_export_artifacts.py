@@ -17,10 +17,10 @@ from maskclip_core.checkpoint import weights_digest
 from maskclip_export.exporter import ExportOptions, GateFailed, ModelSource, export_artifact
 from maskclip_export.onnx_export import torch_reference
 from maskclip_export.verify import chain_predictor, default_verification_images, verify
-from maskclip_runtime.artifact import file_sha256, load_artifact
 from maskclip_runtime.backends.onnxruntime import OnnxRuntimeRunner
-from maskclip_runtime.contract import FORMAT_VERSION, MANIFEST_NAME, BatchSpec, ModelIdentity
-from maskclip_runtime.preprocess import PreprocessSpec, preprocess_batch
+from maskclip_runtime.contract.artifact import file_sha256, load_artifact
+from maskclip_runtime.contract.manifest import FORMAT_VERSION, MANIFEST_NAME, BatchSpec, ModelIdentity
+from maskclip_runtime.kernel.preprocess import PreprocessSpec, preprocess_batch
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -8,10 +8,10 @@ import pytest
 from onnx import TensorProto, helper
 
 from maskclip_export.op_support import UnsupportedOpsError, check_tensorrt_ops, find_unsupported_ops, tensorrt_op_table
-from maskclip_export.precision import int8_excluded_nodes
+from maskclip_export.quantize import int8_excluded_nodes
 from maskclip_export.verify import compare, gate_failures, mask_iou, run_batched
-from maskclip_runtime.contract import BatchSpec
-from maskclip_runtime.precisions import PRECISIONS
+from maskclip_runtime.contract.manifest import BatchSpec
+from maskclip_runtime.contract.precision_table import PRECISIONS
 
 
 def _graph(nodes, initializers=(), opset=17) -> onnx.ModelProto:

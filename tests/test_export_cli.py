@@ -156,7 +156,7 @@ def test_verification_images_folder_without_images(tmp_path):
 
 def _fake_artifact(folder, *extra):
     """A folder that holds a maskclip artifact's manifest listing model.onnx, plus `extra` files of the user's."""
-    from maskclip_runtime.contract import FORMAT
+    from maskclip_runtime.contract.manifest import FORMAT
 
     folder.mkdir(parents=True)
     (folder / "model.onnx").write_bytes(b"graph")
@@ -231,7 +231,7 @@ def test_an_undecodable_calibration_image_is_skipped_with_a_warning(tmp_path):
     from PIL import Image
 
     from maskclip_export.exporter import ExportError, calibration_images
-    from maskclip_runtime.preprocess import PreprocessSpec
+    from maskclip_runtime.kernel.preprocess import PreprocessSpec
 
     good, bad = tmp_path / "good.png", tmp_path / "bad.jpg"
     Image.new("RGB", (40, 30), (10, 200, 30)).save(good)
@@ -268,7 +268,7 @@ def test_calibration_and_verification_folders_are_searched_recursively(tmp_path)
 
 
 def test_a_precision_outside_the_table_is_a_usage_error(tmp_path):
-    from maskclip_runtime.precisions import PRECISIONS
+    from maskclip_runtime.contract.precision_table import PRECISIONS
 
     assert _run("--config", "tiny", "--out", tmp_path / "a", "--precision", "bf16").exit_code == 2
     _nothing_written(tmp_path)
@@ -285,7 +285,7 @@ def test_same_weights_get_one_digest_from_checkpoint_file_and_from_memory(checkp
 
 def test_fp32_and_fp16_artifacts_of_one_checkpoint_are_different_models(checkpoint, tiny_model, tmp_path):
     from maskclip_core.checkpoint import weights_digest
-    from maskclip_runtime.artifact import load_artifact
+    from maskclip_runtime.contract.artifact import load_artifact
 
     ids = {}
     for precision in ("fp32", "fp16"):

@@ -21,8 +21,8 @@ from PIL import Image
 from maskclip_core.checkpoint import weights_digest
 from maskclip_export.exporter import ExportOptions, GateFailed, ModelSource, export_artifact
 from maskclip_export.verify import default_verification_images
-from maskclip_runtime.artifact import load_artifact
 from maskclip_runtime.backends.onnxruntime import OnnxRuntimeRunner
+from maskclip_runtime.contract.artifact import load_artifact
 
 
 def _latency_ms(path, size: int, runs: int = 3) -> float:

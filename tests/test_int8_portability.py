@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 
 from maskclip_export.onnx_export import export_graphs
-from maskclip_export.precision import FeedCalibrationReader, quantize_for_cpu, quantize_to_int8
+from maskclip_export.quantize import FeedCalibrationReader, quantize_for_cpu, quantize_to_int8
 from maskclip_export.verify import default_verification_images, mask_agreement
 from maskclip_runtime.backends.onnxruntime import OnnxRuntimeRunner
-from maskclip_runtime.contract import BatchSpec
-from maskclip_runtime.preprocess import preprocess_batch
+from maskclip_runtime.contract.manifest import BatchSpec
+from maskclip_runtime.kernel.preprocess import preprocess_batch
 
 QEMU = shutil.which("qemu-x86_64")
 pytestmark = [

@@ -1,4 +1,4 @@
-"""Overlays a person can read (runtime/overlay.py): the colour map, the blend, the outline, the legend
+"""Overlays a person can read (runtime/present/overlay.py): the colour map, the blend, the outline, the legend
 strip and the size cap; and the binary masks at the threshold."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from maskclip_runtime.detector import Detection
-from maskclip_runtime.outputs import mask_image, overlay_photo_size, save_overlay_png, source_tag
-from maskclip_runtime.overlay import (
+from maskclip_runtime.detect.detector import Detection
+from maskclip_runtime.present.outputs import mask_image, overlay_photo_size, save_overlay_png, source_tag
+from maskclip_runtime.present.overlay import (
     CALM_BELOW,
     MAX_OPACITY,
     VERDICT_COLOURS,

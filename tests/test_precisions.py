@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from maskclip_runtime.precisions import (
+from maskclip_runtime.contract.precision_table import (
     DEFAULT_PRECISION,
     ONNXRUNTIME,
     PRECISIONS,
@@ -22,7 +22,7 @@ def test_an_unknown_precision_is_refused_with_its_own_error():
 
 def test_every_row_can_be_exported():
     """A row needs a graph conversion: none for the default, calibrated quantisation or a float conversion."""
-    from maskclip_export.precision import FLOAT_CONVERSIONS, INT8_SCHEMES
+    from maskclip_export.quantize import FLOAT_CONVERSIONS, INT8_SCHEMES
 
     for name, row in PRECISIONS.items():
         if name == DEFAULT_PRECISION:

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from maskclip_runtime import cli
-from maskclip_runtime.report import write_report
+from maskclip_runtime.present.report import write_report
 
 pytest.importorskip("selenium.webdriver", reason="the report test drives chromium with selenium (dev extra)")
 

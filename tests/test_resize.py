@@ -13,9 +13,9 @@ from standin_artifact import SIZE, build_standin_artifact, read_manifest, sample
 from maskclip_core.checkpoint import read_checkpoint_config
 from maskclip_core.config import MaskCLIPConfig, get_config
 from maskclip_core.demo import DEMO_CHECKPOINT
-from maskclip_runtime.artifact import load_artifact
-from maskclip_runtime.detector import Detector
-from maskclip_runtime.preprocess import (
+from maskclip_runtime.contract.artifact import load_artifact
+from maskclip_runtime.detect.detector import Detector
+from maskclip_runtime.kernel.preprocess import (
     LEGACY_RESIZE,
     PreprocessSpec,
     cv2_linear,

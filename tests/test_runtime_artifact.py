@@ -11,11 +11,11 @@ import pytest
 from standin_artifact import SIZE, build_standin_artifact, read_manifest, write_manifest
 
 from maskclip_runtime import __version__
-from maskclip_runtime import hashing as hashing_module
-from maskclip_runtime.artifact import ArtifactError, load_artifact
-from maskclip_runtime.contract import MANIFEST_NAME, Manifest, ManifestError, ModelIdentity
-from maskclip_runtime.detector import DEMO_DIR, Detector
-from maskclip_runtime.hashing import file_sha256
+from maskclip_runtime.contract.artifact import ArtifactError, load_artifact
+from maskclip_runtime.contract.manifest import MANIFEST_NAME, Manifest, ManifestError, ModelIdentity
+from maskclip_runtime.detect.detector import DEMO_DIR, Detector
+from maskclip_runtime.kernel import hashing as hashing_module
+from maskclip_runtime.kernel.hashing import file_sha256
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""runtime/chain.py: graphs fed by tensor name, and the check that they connect."""
+"""runtime/contract/chain.py: graphs fed by tensor name, and the check that they connect."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from maskclip_runtime.backends.base import Runner
-from maskclip_runtime.chain import chain_problem, run_chain
+from maskclip_runtime.contract.chain import chain_problem, run_chain
 
 
 class Affine(Runner):

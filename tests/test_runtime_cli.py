@@ -23,9 +23,9 @@ from PIL import Image, ImageFilter
 from standin_artifact import build_standin_artifact, expected_standin_output, sample_photos
 
 from maskclip_runtime import cli
-from maskclip_runtime.detector import Detector
+from maskclip_runtime.detect.detector import Detector
 from maskclip_runtime.errors import EXIT_BACKEND_UNAVAILABLE, EXIT_NOT_FINISHED, EXIT_SOME_INPUTS_FAILED, EXIT_USAGE
-from maskclip_runtime.inputs import images_in_folder
+from maskclip_runtime.kernel.inputs import images_in_folder
 
 ORIENTATION = 0x0112
 
@@ -422,7 +422,7 @@ def test_undecodable_file_name_survives_json_csv_and_resume(artifact, photo_dir,
 
 
 def test_a_second_run_on_the_same_json_is_refused(artifact, photo_dir, tmp_path):
-    from maskclip_runtime.outputs import ResultTables
+    from maskclip_runtime.present.outputs import ResultTables
 
     out = tmp_path / "out.jsonl"
     out.write_text('{"path": "kept.jpg"}\n')
@@ -455,7 +455,7 @@ def test_bad_destinations_are_refused_before_any_work(artifact, photo_dir, tmp_p
 
 
 def test_a_full_disk_is_one_error_and_resume_finishes(artifact, photo_dir, tmp_path, monkeypatch):
-    from maskclip_runtime import outputs
+    from maskclip_runtime.present import outputs
 
     out, table = tmp_path / "out.jsonl", tmp_path / "out.csv"
     real_write, calls = os.write, []
@@ -516,7 +516,7 @@ def test_a_108_megapixel_photo_is_allowed_and_max_pixels_sets_the_limit(artifact
 
 
 def test_large_jpegs_are_decoded_at_reduced_size_with_answers_at_full_size(artifact, tmp_path, monkeypatch):
-    from maskclip_runtime import preprocess
+    from maskclip_runtime.kernel import preprocess
 
     photo = sample_photos()["astronaut"]  # 512 x 512
     path = tmp_path / "large.jpg"

@@ -20,15 +20,15 @@ from standin_artifact import (
     write_manifest,
 )
 
-from maskclip_runtime import detector as detector_module
 from maskclip_runtime.backends import tensorrt as tensorrt_backend
 from maskclip_runtime.backends.onnxruntime import providers_for
-from maskclip_runtime.contract import GraphSpec, graph_digest
-from maskclip_runtime.detector import Detection, Detector
-from maskclip_runtime.devices import DeviceError
-from maskclip_runtime.engine_header import EngineIncompatibleError, sidecar_path, write_engine
+from maskclip_runtime.contract.engine_header import EngineIncompatibleError, sidecar_path, write_engine
+from maskclip_runtime.contract.manifest import GraphSpec, graph_digest
+from maskclip_runtime.detect import detector as detector_module
+from maskclip_runtime.detect.detector import Detection, Detector
 from maskclip_runtime.errors import BackendUnavailable
-from maskclip_runtime.preprocess import ImageLoadError
+from maskclip_runtime.kernel.devices import DeviceError
+from maskclip_runtime.kernel.preprocess import ImageLoadError
 
 
 @pytest.fixture(scope="module")

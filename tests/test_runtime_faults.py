@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from maskclip_runtime.detector import DEMO_DIR
-from maskclip_runtime.preprocess import ImageLoadError, decode_image
+from maskclip_runtime.detect.detector import DEMO_DIR
+from maskclip_runtime.kernel.preprocess import ImageLoadError, decode_image
 
 EXAMPLES = sorted((DEMO_DIR / "examples").glob("*.jpg"))
 ORIENTATION = 0x0112

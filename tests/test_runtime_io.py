@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from maskclip_runtime import outputs
-from maskclip_runtime.atomic import atomic_path, write_bytes_atomic, write_text_atomic
-from maskclip_runtime.devices import Device, DeviceError, parse_device
-from maskclip_runtime.inputs import expand_inputs, image_files, images_in_folder
-from maskclip_runtime.outputs import (
+from maskclip_runtime.kernel.atomic import atomic_path, write_bytes_atomic, write_text_atomic
+from maskclip_runtime.kernel.devices import Device, DeviceError, parse_device
+from maskclip_runtime.kernel.inputs import expand_inputs, image_files, images_in_folder
+from maskclip_runtime.present import outputs
+from maskclip_runtime.present.outputs import (
     ResultsUnwritable,
     ResultTables,
     TableBusy,
@@ -248,7 +248,7 @@ def test_a_mask_is_never_written_over_another_images_mask(tmp_path):
 
 
 def test_large_masks_are_resized_in_strips_that_agree_with_the_whole_image_resize(monkeypatch):
-    from maskclip_runtime import preprocess
+    from maskclip_runtime.kernel import preprocess
 
     prob = np.random.default_rng(0).random((32, 32), dtype=np.float32)
     whole = preprocess.resize_probability_map(prob, 1234, 1500)

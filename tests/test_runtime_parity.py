@@ -59,7 +59,7 @@ def photos():
 @pytest.mark.parametrize("batch", [1, 4])
 def test_runtime_equals_pytorch(exported, photos, topology, batch):
     from maskclip_runtime import Detector
-    from maskclip_runtime.preprocess import preprocess_batch, resize_probability_map
+    from maskclip_runtime.kernel.preprocess import preprocess_batch, resize_probability_map
 
     model, folders = exported
     detector = Detector(folders[topology], backend="onnxruntime", device="cpu", batch=batch)

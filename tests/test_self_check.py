@@ -16,13 +16,13 @@ from PIL import Image
 from maskclip_core.checkpoint import weights_digest
 from maskclip_export.exporter import ExportOptions, ModelSource, export_artifact
 from maskclip_runtime import cli as run_cli
-from maskclip_runtime.artifact import MANIFEST_NAME, ArtifactError, load_artifact, write_manifest
-from maskclip_runtime.contract import BatchSpec, Manifest
-from maskclip_runtime.detector import Detector
+from maskclip_runtime.contract.artifact import MANIFEST_NAME, ArtifactError, load_artifact, write_manifest
+from maskclip_runtime.contract.manifest import BatchSpec, Manifest
+from maskclip_runtime.contract.precision_table import PRECISIONS
+from maskclip_runtime.detect.detector import Detector
+from maskclip_runtime.detect.selfcheck import SelfCheckFailed
 from maskclip_runtime.errors import EXIT_VERIFICATION_FAILED
-from maskclip_runtime.host import Host
-from maskclip_runtime.precisions import PRECISIONS
-from maskclip_runtime.selfcheck import SelfCheckFailed
+from maskclip_runtime.kernel.host import Host
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -72,7 +72,7 @@ def test_manifest_carries_canaries_with_pytorch_outputs_and_the_gate_tolerances(
     images = [np.asarray(Image.open(artifact / c["image"]).convert("RGB")) for c in block["canaries"]]
     import torch
 
-    from maskclip_runtime.preprocess import preprocess_batch
+    from maskclip_runtime.kernel.preprocess import preprocess_batch
 
     with torch.no_grad():
         probs = tiny_model(torch.from_numpy(preprocess_batch(images, tiny_model.preprocess_spec())))["fake_prob"]
@@ -136,7 +136,7 @@ def test_host_requirements_are_alternatives():
 
 
 def test_legacy_int8_artifact_warns_on_a_cpu_without_vnni_and_strict_refuses(artifact, tmp_path, monkeypatch, caplog):
-    import maskclip_runtime.detector as detector_module
+    import maskclip_runtime.detect.detector as detector_module
 
     folder = _copy(artifact, tmp_path)
     manifest = json.loads((folder / MANIFEST_NAME).read_text())

@@ -27,10 +27,10 @@ from fastapi.testclient import TestClient  # noqa: E402
 from serve_process import EXAMPLES, post_image, start_server, wait_until  # noqa: E402
 
 from maskclip_runtime import cli  # noqa: E402
-from maskclip_runtime.artifact import load_artifact  # noqa: E402
-from maskclip_runtime.detector import Detector  # noqa: E402
+from maskclip_runtime.contract.artifact import load_artifact  # noqa: E402
+from maskclip_runtime.detect.detector import Detector  # noqa: E402
+from maskclip_runtime.detect.selfcheck import SelfCheckFailed, SelfCheckResult  # noqa: E402
 from maskclip_runtime.errors import EXIT_VERIFICATION_FAILED  # noqa: E402
-from maskclip_runtime.selfcheck import SelfCheckFailed, SelfCheckResult  # noqa: E402
 from maskclip_runtime.serve import cli as serve_cli  # noqa: E402
 from maskclip_runtime.serve.app import ServeSettings, create_app  # noqa: E402
 from maskclip_runtime.serve.batcher import Draining, MicroBatcher, QueueFull  # noqa: E402

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from maskclip_runtime import cli
-from maskclip_runtime.detector import Detector
+from maskclip_runtime.detect.detector import Detector
 
 EXAMPLES = sorted((cli.DEMO_DIR / "examples").glob("*.jpg"))
 HAVE_PYTRITON = importlib.util.find_spec("pytriton") is not None

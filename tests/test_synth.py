@@ -53,7 +53,7 @@ def test_synth_command_writes_both_layouts_for_every_reader(tmp_path):
     from click.testing import CliRunner
 
     from maskclip_core.cli import synth
-    from maskclip_runtime.inputs import images_in_folder
+    from maskclip_runtime.kernel.inputs import images_in_folder
 
     out = tmp_path / "s"
     args = ["--out", str(out), "--count", "0", "--test-count", "8", "--generators", "flux-like"]

@@ -20,9 +20,9 @@ from maskclip_runtime.backends.tensorrt import (
     check_input_shape,
     is_static_profile,
 )
-from maskclip_runtime.contract import BatchSpec, GraphSpec, TensorSpec
+from maskclip_runtime.contract.manifest import BatchSpec, GraphSpec, TensorSpec
+from maskclip_runtime.contract.precision_table import PRECISIONS
 from maskclip_runtime.errors import BackendUnavailable
-from maskclip_runtime.precisions import PRECISIONS
 
 FP32_OPS = ("LayerNormalization", "Softmax", "Sigmoid")
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
@@ -184,7 +184,7 @@ def test_engines_pass_the_gate_on_tiny(tmp_path, precision):
     from maskclip_core.model import build_model
     from maskclip_export.exporter import ExportOptions, ModelSource, export_artifact
     from maskclip_export.onnx_export import torch_reference
-    from maskclip_runtime.artifact import load_artifact
+    from maskclip_runtime.contract.artifact import load_artifact
 
     model = build_model("tiny").eval()
     out = tmp_path / precision

@@ -21,10 +21,10 @@ from maskclip_export.tensorrt import (
     calibration_cache_name,
     plan_precision,
 )
-from maskclip_runtime.artifact import MANIFEST_NAME, load_artifact, write_manifest
-from maskclip_runtime.contract import ArtifactError, GraphSpec, Manifest, graph_digest
-from maskclip_runtime.engine_header import read_engine_metadata, read_plan, sidecar_path
-from maskclip_runtime.preprocess import PreprocessSpec
+from maskclip_runtime.contract.artifact import MANIFEST_NAME, load_artifact, write_manifest
+from maskclip_runtime.contract.engine_header import read_engine_metadata, read_plan, sidecar_path
+from maskclip_runtime.contract.manifest import ArtifactError, GraphSpec, Manifest, graph_digest
+from maskclip_runtime.kernel.preprocess import PreprocessSpec
 
 SHAPES = {"image": ((1, 3, 4, 4), (2, 3, 4, 4), (8, 3, 4, 4))}
 quiet = {"log": lambda _: None}
@@ -204,7 +204,7 @@ def test_engines_and_their_files_are_ordinary_files(tmp_path, standins):
 
 def test_an_engine_built_from_another_graph_is_refused(tmp_path, standins):
     """The sidecar's onnx_sha256 is enforced: an engine swapped in (and the manifest rehashed) is not run."""
-    from maskclip_runtime.detector import Detector
+    from maskclip_runtime.detect.detector import Detector
 
     standins("10.3.0")
     folder = _artifact(tmp_path / "art")

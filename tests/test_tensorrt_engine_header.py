@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from maskclip_runtime.engine_header import (
+from maskclip_runtime.contract.engine_header import (
     MAX_SIDECAR_BYTES,
     EngineFileError,
     EngineIncompatibleError,

@@ -12,7 +12,7 @@ import trt_standin
 from trt_standin import ENGINE_PLAN, SHAPE, FakeCudart
 
 from maskclip_runtime.backends.tensorrt import ShapeOutsideProfile, TensorRTRunner
-from maskclip_runtime.engine_header import EngineFileError, EngineIncompatibleError, sidecar_path, write_engine
+from maskclip_runtime.contract.engine_header import EngineFileError, EngineIncompatibleError, sidecar_path, write_engine
 from maskclip_runtime.errors import BackendUnavailable
 
 

@@ -1,4 +1,4 @@
-"""--tiles: native-resolution masks stitched from overlapping model-size tiles (runtime/tiling.py)."""
+"""--tiles: native-resolution masks stitched from overlapping model-size tiles (runtime/detect/tiling.py)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from PIL import Image
 from standin_artifact import SIZE, build_standin_artifact
 
 from maskclip_runtime import cli
-from maskclip_runtime.detector import Detector
-from maskclip_runtime.preprocess import PreprocessSpec
-from maskclip_runtime.tiling import detect_tiled, seam_weights, tile_boxes, tile_starts
+from maskclip_runtime.detect.detector import Detector
+from maskclip_runtime.detect.tiling import detect_tiled, seam_weights, tile_boxes, tile_starts
+from maskclip_runtime.kernel.preprocess import PreprocessSpec
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from maskclip_core.data.augment import (
     random_scale_size,
 )
 from maskclip_core.train import optimizer_step
-from maskclip_runtime.preprocess import PreprocessSpec
+from maskclip_runtime.kernel.preprocess import PreprocessSpec
 
 DRAWS = 20000
 TOLERANCE = 0.015  # >= 5 standard errors of a probability estimated from 20000 draws (0.0035 at p=0.5)

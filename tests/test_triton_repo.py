@@ -17,9 +17,9 @@ from standin_artifact import build_standin_artifact, expected_standin_output, sa
 from maskclip_export import triton as triton_repo
 from maskclip_runtime import cli as run_cli
 from maskclip_runtime.backends.onnxruntime import OnnxRuntimeRunner
-from maskclip_runtime.engine_header import write_engine
+from maskclip_runtime.contract.engine_header import write_engine
 from maskclip_runtime.errors import EXIT_VERIFICATION_FAILED
-from maskclip_runtime.preprocess import PreprocessSpec, resize_rgb8
+from maskclip_runtime.kernel.preprocess import PreprocessSpec, resize_rgb8
 
 
 def invoke(*args) -> tuple[int, str]:

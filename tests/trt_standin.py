@@ -407,7 +407,7 @@ def onnx_engine_runner(broken: bool = False):
     sidecar, then runs the ONNX graph the engine was built from on ONNX Runtime (CPU); `broken` inverts
     its mask, like a miscompiled engine. The class lists the (engine file name, device) it was opened with."""
     from maskclip_runtime.backends.onnxruntime import OnnxRuntimeRunner
-    from maskclip_runtime.engine_header import read_engine_metadata, read_plan
+    from maskclip_runtime.contract.engine_header import read_engine_metadata, read_plan
 
     class OnnxEngineRunner(OnnxRuntimeRunner):
         opened: list[tuple[str, int]] = []

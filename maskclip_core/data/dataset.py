@@ -14,7 +14,7 @@ from maskclip_core.data.folders import is_folder_layout, read_folders
 from maskclip_core.data.masks import edge_map
 from maskclip_core.data.opensdid import read_hf, read_parquet
 from maskclip_core.data.samples import DataError, Sample, load_sample
-from maskclip_runtime.preprocess import PreprocessSpec, resize_and_normalize, resize_mask
+from maskclip_runtime.kernel.preprocess import PreprocessSpec, resize_and_normalize, resize_mask
 
 
 def open_samples(source: str | Path, split: str | None = None) -> list[Sample]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from maskclip_core.data.samples import DataError, Sample, parse_key
-from maskclip_runtime.inputs import images_in_folder
+from maskclip_runtime.kernel.inputs import images_in_folder
 
 
 def _images(folder: Path) -> list[Path]:

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from maskclip_runtime.errors import InputError
-from maskclip_runtime.preprocess import ImageLoadError, load_image, to_rgb8
+from maskclip_runtime.kernel.preprocess import ImageLoadError, load_image, to_rgb8
 
 
 class DataError(InputError, ValueError):

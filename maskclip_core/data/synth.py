@@ -43,7 +43,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from maskclip_runtime.atomic import atomic_path, write_bytes_atomic, write_text_atomic
+from maskclip_runtime.kernel.atomic import atomic_path, write_bytes_atomic, write_text_atomic
 
 
 @dataclass(frozen=True)

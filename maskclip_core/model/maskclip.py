@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from maskclip_runtime.preprocess import PreprocessSpec
+from maskclip_runtime.kernel.preprocess import PreprocessSpec
 
 from ..config import MaskCLIPConfig
 from .clip_tower import ClipTower

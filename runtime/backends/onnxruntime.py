@@ -12,8 +12,8 @@ import os
 
 import numpy as np
 
-from ..devices import parse_device
 from ..errors import BackendUnavailable
+from ..kernel.devices import parse_device
 from .base import Runner
 
 log = logging.getLogger("maskclip_runtime")

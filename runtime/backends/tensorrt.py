@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from maskclip_runtime.backends.base import Runner
-from maskclip_runtime.engine_header import check_engine_compatible, read_engine_metadata, read_plan
+from maskclip_runtime.contract.engine_header import check_engine_compatible, read_engine_metadata, read_plan
 from maskclip_runtime.errors import BackendUnavailable
 
 TENSORRT_HINT = (

@@ -33,9 +33,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..detector import MASKS_FOR, Detection, Detector, PreparedImage
-from ..outputs import PNG_COMPRESS_LEVEL, detection_record, heat_overlay, mask_image
-from ..preprocess import ImageLoadError, UnknownImageFormat, decode_bytes
+from ..detect.detector import MASKS_FOR, Detection, Detector, PreparedImage
+from ..kernel.preprocess import ImageLoadError, UnknownImageFormat, decode_bytes
+from ..present.outputs import PNG_COMPRESS_LEVEL, detection_record, heat_overlay, mask_image
 from .batcher import Draining, MicroBatcher, QueueFull
 from .metrics import ServeMetrics
 

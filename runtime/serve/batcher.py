@@ -16,7 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 
-from ..detector import Detection, Detector, PreparedImage
+from ..detect.detector import Detection, Detector, PreparedImage
 
 
 class QueueFull(Exception):

@@ -16,9 +16,9 @@ from functools import partial
 
 import click
 
-from ..artifact import load_artifact
 from ..command import command
-from ..detector import DEMO_DIR, Detector
+from ..contract.artifact import load_artifact
+from ..detect.detector import DEMO_DIR, Detector
 from ..errors import BackendUnavailable, MaskclipError, NotFinished, UsageError, message_of
 from ..options import DEMO_NOTE, check_options, model_options
 

@@ -23,9 +23,9 @@ from functools import partial
 
 import numpy as np
 
-from ..detector import Detector
+from ..detect.detector import Detector
 from ..errors import BackendUnavailable
-from ..preprocess import ImageLoadError, decode_bytes
+from ..kernel.preprocess import ImageLoadError, decode_bytes
 
 MODEL_NAME = "maskclip"
 log = logging.getLogger("maskclip_runtime")

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
-from .backends.base import Runner
+from ..backends.base import Runner
 
 FeedObserver = Callable[[int, dict[str, np.ndarray]], None]
 

@@ -18,8 +18,8 @@ import json
 import os
 from pathlib import Path
 
-from .atomic import write_bytes_atomic
-from .errors import InputError
+from ..errors import InputError
+from ..kernel.atomic import write_bytes_atomic
 
 SIDECAR_SUFFIX = ".json"
 FORMAT = "maskclip-trt-engine"

@@ -4,14 +4,14 @@ Every place that needs to know about precisions reads this table: maskclip-expor
 choices and its steps (calibration), the verification gate's tolerances (also the self-check
 canaries'), which backends a graph may be deployed to (TensorRT plans, Triton, benchmark rows) and
 the TensorRT builder flags. Adding a precision is adding a row (and its graph conversion in
-export/precision.py). It lives in the runtime because export depends on the runtime, never back.
+export/quantize.py). It lives in the runtime because export depends on the runtime, never back.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import InputError
+from ..errors import InputError
 
 ONNXRUNTIME = "onnxruntime"
 TENSORRT = "tensorrt"

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from .errors import InputError
+from ..errors import InputError
 
 # OpenAI CLIP statistics; MaskCLIP normalises the input of BOTH branches with them.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

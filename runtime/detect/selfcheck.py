@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from .artifact import ArtifactError
-from .atomic import write_text_atomic
-from .errors import VerificationFailed
-from .host import current_host
+from ..contract.artifact import ArtifactError
+from ..errors import VerificationFailed
+from ..kernel.atomic import write_text_atomic
+from ..kernel.host import current_host
 
 if TYPE_CHECKING:
     from .detector import Detector
@@ -161,7 +161,7 @@ def _cache_path() -> Path:
 
 def _cache_key(detector: Detector) -> str:
     """What the outcome depends on: the exact files, the backend and device, the host and the runtimes."""
-    from . import __version__
+    from .. import __version__
 
     files = detector.artifact.manifest.files
     parts = {

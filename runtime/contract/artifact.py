@@ -15,12 +15,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import __version__
-from .atomic import write_text_atomic
-from .calibration import Calibration
-from .contract import MANIFEST_NAME, ArtifactError, BatchSpec, GraphSpec, Manifest, ManifestError
-from .hashing import file_sha256
-from .preprocess import PreprocessSpec
+from .. import __version__
+from ..kernel.atomic import write_text_atomic
+from ..kernel.hashing import file_sha256
+from ..kernel.preprocess import PreprocessSpec
+from .manifest import MANIFEST_NAME, ArtifactError, BatchSpec, GraphSpec, Manifest, ManifestError
+from .verdict_calibration import Calibration
 
 
 @dataclass(frozen=True)

@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, PngImagePlugin
 
-from .atomic import atomic_path
-from .errors import InputError, NotFinished
+from ..errors import InputError, NotFinished
+from ..kernel.atomic import atomic_path
 from .overlay import DEFAULT_OVERLAY_SIZE, explained_overlay, fit_within, heat_overlay
 
 try:
@@ -44,7 +44,7 @@ except ImportError:  # Windows: tables are written the same way, without the loc
 _OPEN_FLAGS = os.O_RDWR | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
 
 if TYPE_CHECKING:
-    from .detector import Detection, Detector
+    from ..detect.detector import Detection, Detector
 
 # zlib level 1: about 4x faster than Pillow's default 6 for ~10% larger files; at 6, PNG encoding
 # of overlays, not the model, limited end-to-end throughput.

@@ -28,16 +28,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .artifact import Artifact, ArtifactError, load_artifact
-from .backends.base import Runner
-from .calibration import PLAIN_OPERATING_POINT
-from .chain import chain_problem, run_chain
-from .contract import engine_source_problem
-from .devices import parse_device
-from .engine_header import EngineFileError, read_engine_metadata
-from .errors import BackendUnavailable
-from .host import current_host
-from .preprocess import load_image, resize_and_normalize, resize_probability_map, to_rgb8
+from ..backends.base import Runner
+from ..contract.artifact import Artifact, ArtifactError, load_artifact
+from ..contract.chain import chain_problem, run_chain
+from ..contract.engine_header import EngineFileError, read_engine_metadata
+from ..contract.manifest import engine_source_problem
+from ..contract.verdict_calibration import PLAIN_OPERATING_POINT
+from ..errors import BackendUnavailable
+from ..kernel.devices import parse_device
+from ..kernel.host import current_host
+from ..kernel.preprocess import load_image, resize_and_normalize, resize_probability_map, to_rgb8
 from .selfcheck import SelfCheckResult
 from .selfcheck import self_check as run_self_check
 
@@ -45,7 +45,7 @@ log = logging.getLogger("maskclip_runtime")
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
 MASKS_FOR = ("all", "fake", "none")  # which images get a mask: every one, those judged fake, none
-DEMO_DIR = Path(__file__).resolve().parent / "demo"  # the embedded demo model's artifact
+DEMO_DIR = Path(__file__).resolve().parent.parent / "demo"  # the embedded demo model's artifact
 
 ImageInput = Image.Image | np.ndarray | str | os.PathLike  # what `detect` takes for one image
 
@@ -355,7 +355,7 @@ def _tensorrt_preferred(artifact: Artifact, device: str | None) -> bool:
 
 
 def _onnxruntime_runners(artifact: Artifact, device: str | None, threads: int | None) -> list[Runner]:
-    from .backends.onnxruntime import OnnxRuntimeRunner, default_device
+    from ..backends.onnxruntime import OnnxRuntimeRunner, default_device
 
     device = device or default_device()
     return [OnnxRuntimeRunner(artifact.file(g.file), device=device, threads=threads) for g in artifact.graphs]
@@ -378,7 +378,7 @@ def _tensorrt_runners(artifact: Artifact, device: str | None) -> list[Runner]:
         if problem:
             raise ArtifactError(f"{artifact.dir}: {problem}; rebuild the engines with maskclip-export --trt")
     try:
-        from .backends.tensorrt import TensorRTRunner
+        from ..backends.tensorrt import TensorRTRunner
     except ImportError as exc:
         raise BackendUnavailable(
             f"TensorRT backend is not available ({exc}); install 'maskclip[gpu]' on a CUDA machine "

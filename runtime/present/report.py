@@ -18,9 +18,9 @@ from datetime import datetime, timezone
 
 from PIL import Image
 
-from .atomic import atomic_path
+from ..kernel.atomic import atomic_path
+from ..kernel.preprocess import ImageLoadError, decode_image
 from .outputs import RECORD_FIELDS, overlay_photo_size
-from .preprocess import ImageLoadError, decode_image
 
 THUMBNAIL_SIDE = 160  # px, long side: about 5 kB a JPEG, so 1000 images stay a 5 MB page
 VERDICTS = ("real", "uncertain", "fake")

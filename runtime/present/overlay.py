@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageFont
 
 if TYPE_CHECKING:
-    from .detector import Detection
+    from ..detect.detector import Detection
 
 # viridis, 256 RGB entries (matplotlib's table, rounded to 8 bits), six hex digits per entry.
 _VIRIDIS_HEX = (

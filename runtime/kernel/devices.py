@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
-from .errors import InputError
+from ..errors import InputError
 
 _DEVICE = re.compile(r"^(cpu|cuda|tensorrt)(?::(\d+))?$")
 

@@ -23,11 +23,11 @@ import math
 import re
 from dataclasses import dataclass, field, replace
 
-from .calibration import Calibration, CalibrationError
+from ..errors import InputError
+from ..kernel.preprocess import LEGACY_RESIZE, RESIZE_METHODS, PreprocessSpec
 from .chain import chain_problem
-from .errors import InputError
-from .precisions import DEFAULT_PRECISION, PRECISIONS
-from .preprocess import LEGACY_RESIZE, RESIZE_METHODS, PreprocessSpec
+from .precision_table import DEFAULT_PRECISION, PRECISIONS
+from .verdict_calibration import Calibration, CalibrationError
 
 FORMAT = "maskclip-artifact"
 FORMAT_VERSION = 2

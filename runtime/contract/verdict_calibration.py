@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import write_text_atomic
-from .errors import InputError
+from ..errors import InputError
+from ..kernel.atomic import write_text_atomic
 
 CALIBRATION_FORMAT = "maskclip-calibration"
 CALIBRATION_VERSION = 1

@@ -26,8 +26,8 @@ from functools import cached_property
 import numpy as np
 from PIL import Image
 
+from ..kernel.preprocess import resize_probability_map
 from .detector import Detection, Detector
-from .preprocess import resize_probability_map
 
 DEFAULT_OVERLAP = 0.25  # share of the tile side that neighbouring tiles overlap
 

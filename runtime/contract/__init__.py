@@ -1,0 +1,1 @@
+"""The artifact contract: manifest, artifact on disk, verdict calibration, engine headers, chains, precisions."""

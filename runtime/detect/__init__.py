@@ -1,0 +1,1 @@
+"""Detection: the Detector over one artifact and backend, its self-check, and tiling."""

@@ -1,0 +1,1 @@
+"""What every runtime layer uses: files, hashing, devices, the host, inputs, preprocessing."""

@@ -1,0 +1,1 @@
+"""Presentation: records and their files, overlays, the HTML report."""
