@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from maskclip_runtime.contract.precision_table import ONNXRUNTIME, PRECISIONS, TENSORRT
+from maskclip_runtime.backends import registry
+from maskclip_runtime.contract.precision_table import PRECISIONS
 from maskclip_runtime.kernel.devices import parse_device
 from maskclip_runtime.kernel.preprocess import load_image, preprocess_batch, resize_probability_map
 
@@ -18,8 +19,8 @@ from .artifacts import gate_parity
 #: backend id -> (runtime, precision); "torch" is the PyTorch eager fp32 baseline. Reduced-precision
 #: PyTorch rows run under autocast (mixed precision, like the fp16 graphs: the model's own fp32 casts
 #: stay); "-graph" rows replay one captured CUDA graph per batch size (CUDA only). The artifact rows
-#: are the precision table's: one per precision and backend its graphs may go to.
-RUNTIME_PREFIXES = {ONNXRUNTIME: "ort", TENSORRT: "trt"}
+#: are the precision table's: one per precision and registered backend its graphs may go to.
+RUNTIME_PREFIXES = {backend.name: backend.short for backend in registry.backends().values()}
 BACKENDS = {
     "torch": ("torch", "fp32"),
     "torch-fp16": ("torch", "fp16"),
@@ -63,16 +64,12 @@ def artifact_session(artifact_dir: Path, runtime: str, device: str, batch: int) 
     from maskclip_runtime.contract.artifact import load_artifact
     from maskclip_runtime.detect.detector import Detector
 
-    if runtime == "tensorrt" and not parse_device(device).gpu:
-        device = "cuda"  # engines only run on a GPU, whatever the other rows use
+    backend = registry.get(runtime)
+    if backend.gpu_only and not parse_device(device).gpu:
+        device = "cuda"  # e.g. engines only run on a GPU, whatever the other rows use
     # A refused artifact is timed anyway and its row says so: its self-check would only repeat the refusal.
     refused = gate_parity(artifact_dir, runtime).get("passed") is False
     detector = Detector(artifact_dir, backend=runtime, device=device, batch=batch, self_check=not refused)
-    files = load_artifact(artifact_dir).manifest.files
-    used = (
-        [f for f in files if f.endswith(".engine")]
-        if runtime == "tensorrt"
-        else [f for f in files if "engine" not in f]
-    )
+    used = backend.model_files(load_artifact(artifact_dir))
     size_mb = sum((artifact_dir / f).stat().st_size for f in used) / 1e6
     return Session(detector.forward, detector.close, artifact_mb=size_mb, ran_on=detector.backend)

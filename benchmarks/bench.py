@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from maskclip_runtime.errors import BackendUnavailable
+from maskclip_runtime.backends import registry
+from maskclip_runtime.errors import BackendUnavailable, message_of
 from maskclip_runtime.kernel.devices import parse_device
 
 from .artifacts import adopt_refused_artifact, export_artifact, gate_parity, reusable_export_seconds
@@ -95,11 +96,7 @@ class ModelBench:
                     f"onnxruntime {onnxruntime.__version__} has no CUDAExecutionProvider (a CPU-only build); "
                     "install onnxruntime-gpu in its place for ORT CUDA rows"
                 )
-        if runtime == "tensorrt":
-            from maskclip_runtime.backends.tensorrt import gpu_identity, import_tensorrt
-
-            import_tensorrt()  # say why before spending minutes on an export
-            gpu_identity(parse_device(self.settings.device).index)
+        registry.require(runtime)  # say why before spending minutes on an export
         artifact_dir, build_s = self.artifact(precision)
         if runtime == "tensorrt":
             from maskclip_export.onnx_export import torch_reference
@@ -149,9 +146,9 @@ class ModelBench:
                 }
                 rows += [{**row, **m, **extra} for row, m in zip(base, measured, strict=True)]
             except BackendUnavailable as err:
-                rows += [{**row, "status": "unavailable", "reason": str(err).splitlines()[0]} for row in base]
+                rows += [{**row, "status": "unavailable", "reason": message_of(err)} for row in base]
             except Exception as err:  # a failing backend is a row, not the end of the report
-                reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+                reason = f"{type(err).__name__}: {message_of(err)}"
                 rows += [{**row, "status": "failed", "reason": reason} for row in base]
         return rows
 

@@ -13,8 +13,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from maskclip_core.config import list_configs
+from maskclip_runtime.backends import registry
 from maskclip_runtime.command import command, json_option, write_json
 from maskclip_runtime.errors import BackendUnavailable, InputError
 
@@ -134,6 +136,10 @@ def main(
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown:
         raise click.BadParameter(f"unknown backend(s) {', '.join(unknown)}", param_hint="--backends")
+    if click.get_current_context().get_parameter_source("backends") is not ParameterSource.DEFAULT:
+        # Rows asked for by name on a backend that cannot run here: refused before any model is built.
+        for runtime in sorted({BACKENDS[b][0] for b in backends} & set(registry.names())):
+            registry.require(runtime)
     if not batch_sizes or min(batch_sizes) < 1:
         raise click.BadParameter("batch sizes must be >= 1", param_hint="--batch-sizes")
     names = list(models) + list(configs) or ["tiny"]

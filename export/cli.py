@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from maskclip_runtime.backends import registry
 from maskclip_runtime.command import command
 from maskclip_runtime.contract.precision_table import (
     DEFAULT_PRECISION,
@@ -33,7 +34,7 @@ from maskclip_runtime.contract.precision_table import (
     precision_row,
     precisions_for,
 )
-from maskclip_runtime.errors import BackendUnavailable, NotFinished, UsageError
+from maskclip_runtime.errors import BackendUnavailable, NotFinished, UsageError, message_of
 
 if TYPE_CHECKING:
     from maskclip_runtime.contract.manifest import Manifest
@@ -96,9 +97,7 @@ def _build_engines(out: Path, calib: str | None, calib_count: int) -> None:
     except PrecisionPlanError:
         raise
     except (ValueError, RuntimeError) as exc:  # the engine build failed
-        raise NotFinished(
-            f"TensorRT engine build failed: {str(exc).splitlines()[0]}; the ONNX artifact is at {out}"
-        ) from None
+        raise NotFinished(f"TensorRT engine build failed: {message_of(exc)}; the ONNX artifact is at {out}") from None
     click.echo(f"TensorRT: {len(engines)} engine(s) written into {out}")
 
 
@@ -160,17 +159,20 @@ def main(
     verify_images, no_verify, trt, calibration, quiet,
 ):  # fmt: skip
     """Export MaskCLIP to a verified ONNX artifact folder (manifest.json + graphs)."""
-    from maskclip_runtime.contract.manifest import BatchSpec
-    from maskclip_runtime.contract.verdict_calibration import read_calibration
-
-    from .exporter import ExportOptions, GateFailed, check_output_location, export_artifact
-
     if split and cascade:
         raise UsageError("--split and --cascade are exclusive: pick one topology")
     if trt and not precision_row(precision).tensorrt:
         raise UsageError(
             f"TensorRT cannot build {precision} graphs: --trt takes --precision {' / '.join(precisions_for(TENSORRT))}"
         )
+    if trt:
+        registry.require(TENSORRT)  # no TensorRT or no GPU here: status 4 before minutes of export
+
+    from maskclip_runtime.contract.manifest import BatchSpec
+    from maskclip_runtime.contract.verdict_calibration import read_calibration
+
+    from .exporter import ExportOptions, GateFailed, check_output_location, export_artifact
+
     try:
         options = ExportOptions(
             out=Path(out),

@@ -275,13 +275,17 @@ def _refuse_unowned(folder: Path, manifest_name: str, also_owned: tuple[str, ...
         raise ExportError(f"{folder}: holds files the artifact does not own ({shown}); refusing to replace it")
 
 
-_STAGING_KINDS = ("partial", "fp32", "old")
+# What a staging folder holds: an export in progress, its fp32 graphs before conversion, the artifact it
+# replaces, the TensorRT engines being built into a copy (export/tensorrt.py). remove_stale_staging knows them all.
+_STAGING_KINDS = ("partial", "fp32", "old", "engines")
 
 
 def _make_staging(out: Path, kind: str) -> Path:
     """A fresh hidden folder beside `out` (same filesystem, so the final move is a rename); unlike
     mkdtemp it gets the usual umask permissions, which the installed artifact keeps. The name holds
     our process id, so a later export can tell the leftovers of a killed one from a running one's."""
+    if kind not in _STAGING_KINDS:
+        raise ValueError(f"unknown staging kind {kind!r}: remove_stale_staging would never clean it")
     path = out.parent / f".{out.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         path.mkdir()

@@ -43,7 +43,7 @@ from maskclip_runtime.errors import InputError
 from maskclip_runtime.kernel.atomic import write_bytes_atomic
 from maskclip_runtime.kernel.preprocess import load_image, preprocess_batch
 
-from .exporter import GateFailed, _install, _keep_failed, _make_staging
+from .exporter import GateFailed, _install, _keep_failed, _make_staging, remove_stale_staging
 from .verify import Predictor, chain_predictor, verification_batch, verify
 
 # ONNX op types whose TensorRT layer type is unambiguous; others are matched by node name.
@@ -350,6 +350,7 @@ def build_engines(
     digests = {graph.name: graph_digest(artifact.manifest.files, graph) for graph in artifact.graphs}
     calibration_caches = {calibration_cache_name(g, digests[g.name]) for g in artifact.graphs}
 
+    remove_stale_staging(artifact.dir, log)  # engine builds killed earlier (SIGKILL, OOM) leave their copies
     staging = _stage_copy(artifact, keep=lambda name: not name.endswith(".calib") or name in calibration_caches)
     try:
         cache_path = Path(timing_cache) if timing_cache else staging / "timing.cache"

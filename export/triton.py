@@ -28,11 +28,13 @@ from pathlib import Path
 import click
 import numpy as np
 
+from maskclip_runtime.backends import registry
+from maskclip_runtime.backends.base import Backend
 from maskclip_runtime.command import command
 from maskclip_runtime.contract.artifact import Artifact, load_artifact
 from maskclip_runtime.contract.chain import run_chain
+from maskclip_runtime.contract.engine_header import read_plan
 from maskclip_runtime.contract.manifest import FINAL_OUTPUTS, GraphSpec, TensorSpec
-from maskclip_runtime.detect.detector import BACKENDS
 from maskclip_runtime.errors import InputError, VerificationFailed
 from maskclip_runtime.kernel.atomic import atomic_path, write_text_atomic
 
@@ -48,7 +50,6 @@ TRITON_TYPES = {
     "int64": "TYPE_INT64",
     "bool": "TYPE_BOOL",
 }
-ENGINE_MAGIC = b"MCLIPTRT"  # engine files written with a metadata header in front of the plan
 
 
 class TritonExportError(InputError, ValueError):
@@ -88,72 +89,74 @@ def write_repository(
 ) -> list[Path]:
     """Write the model repository; returns the model folders written. The gate runs before any write."""
     artifact = load_artifact(artifact_path)
-    use_engines = _choose_backend(artifact, backend, raw_input)
+    chosen = _choose_backend(artifact, backend, raw_input)
     graphs = artifact.graphs
     staged: dict[str, tuple[GraphSpec, Path, str]] = {}  # model name -> (graph, model file to install, platform)
     with tempfile.TemporaryDirectory(prefix="maskclip-triton-") as temp:
         temp = Path(temp)
         for graph in graphs:
             model_name = name if len(graphs) == 1 else f"{name}_{graph.name}"
-            if use_engines:
+            if not chosen.runs_onnx_graphs:
                 plan = temp / f"{graph.name}.plan"
-                _copy_plan(artifact.engines[graph.name], plan)
-                staged[model_name] = (graph, plan, "tensorrt_plan")
+                plan.write_bytes(read_plan(artifact.engines[graph.name]))  # checked against its sidecar
+                staged[model_name] = (graph, plan, chosen.triton_platform)
             elif raw_input and "image" in {t.name for t in graph.inputs}:
                 baked = temp / f"{graph.name}.onnx"
                 bake_preprocessing(artifact.file(graph.file), baked, artifact.preprocess)
-                staged[model_name] = (graph, baked, "onnxruntime_onnx")
+                staged[model_name] = (graph, baked, chosen.triton_platform)
             else:
-                staged[model_name] = (graph, artifact.file(graph.file), "onnxruntime_onnx")
+                staged[model_name] = (graph, artifact.file(graph.file), chosen.triton_platform)
         if raw_input:
             log("gate: baked preprocessing vs the original graph fed by numpy preprocessing")
             report = gate_baked_graphs(artifact, {g.name: path for g, path, _ in staged.values()})
             if report["failures"]:
                 raise BakedGraphGateFailed(f"baked preprocessing fails the gate: {'; '.join(report['failures'])}")
             log(f"gate passed: max |fake_prob| diff {report['max_prob_diff']:.3g} on {report['images']} images")
-        engine_max = _engine_batch_max(artifact) if use_engines else None
+        engine_max = None if chosen.runs_onnx_graphs else _engine_batch_max(artifact)
         batching = Batching.from_artifact(artifact, engine_max)
         out = Path(out)
         written = []
         for model_name, (graph, source, platform) in staged.items():
             config = model_config(model_name, platform, graph, batching, raw_input, max_wait_ms)
-            filename = "model.plan" if platform == "tensorrt_plan" else "model.onnx"
+            filename = "model.onnx" if chosen.runs_onnx_graphs else "model.plan"
             written.append(_install_model(out / model_name, config, source, filename))
         if len(graphs) > 1:
             written.append(_install_model(out / name, ensemble_config(name, graphs, batching, raw_input), None, None))
     return written
 
 
-def _choose_backend(artifact: Artifact, backend: str, raw_input: bool) -> bool:
-    """True: serve the TensorRT engines; False: the ONNX graphs."""
-    if backend not in BACKENDS:
-        raise TritonExportError(f"unknown backend {backend!r}: use auto, onnxruntime or tensorrt")
-    has_engines = bool(artifact.engines) and all(g.name in artifact.engines for g in artifact.graphs)
-    if backend == "tensorrt" and not has_engines:
-        raise TritonExportError("the artifact has no TensorRT engines; build them with maskclip-export --trt")
-    if backend == "tensorrt" and raw_input:
+def triton_backends() -> tuple[str, ...]:
+    """The registered backends whose model files Triton serves."""
+    return tuple(b.name for b in registry.backends().values() if b.triton_platform)
+
+
+def _choose_backend(artifact: Artifact, backend: str, raw_input: bool) -> Backend:
+    """The backend whose files go into the repository: the named one, or for "auto" the first registered
+    one (by rank) that Triton serves and whose files the artifact has. Triton's own server runs them, so
+    nothing is probed here. --raw-input edits the ONNX graphs: only backends that run them take it."""
+    if backend == registry.AUTO:
+        fits = [
+            b
+            for b in map(registry.get, triton_backends())
+            if b.artifact_problem(artifact) is None and (b.runs_onnx_graphs or not raw_input)
+        ]
+        return fits[0]
+    if backend not in triton_backends():
+        raise TritonExportError(f"unknown backend {backend!r}: use one of auto, {', '.join(triton_backends())}")
+    chosen = registry.get(backend)
+    problem = chosen.artifact_problem(artifact)
+    if problem:
+        raise TritonExportError(problem)
+    if raw_input and not chosen.runs_onnx_graphs:
         raise TritonExportError(
-            "--raw-input edits the ONNX graph, and the engines were built from the float graph: "
+            f"--raw-input edits the ONNX graph, and the {backend} files were built from the float graph: "
             "use --backend onnxruntime"
         )
-    return backend == "tensorrt" or (backend == "auto" and has_engines and not raw_input)
+    return chosen
 
 
 def _engine_batch_max(artifact: Artifact) -> int | None:
     return min((e.max_batch for e in artifact.manifest.engines), default=None)
-
-
-def _copy_plan(engine: Path, destination: Path) -> None:
-    """The engine's plain TensorRT plan: the file itself, or what follows its metadata header."""
-    with engine.open("rb") as f:
-        offset = 0
-        if f.read(len(ENGINE_MAGIC)) == ENGINE_MAGIC:
-            from maskclip_runtime.contract.engine_header import read_engine_header
-
-            _, offset = read_engine_header(engine)
-        f.seek(offset)
-        with destination.open("wb") as out:
-            shutil.copyfileobj(f, out, 1 << 20)
 
 
 # --- config.pbtxt ------------------------------------------------------------------------------------
@@ -333,7 +336,7 @@ def _run_chain(runners, first: str, images: np.ndarray, artifact: Artifact) -> d
 @click.argument("artifact", type=click.Path())
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Model repository folder to write into.")
 @click.option("--name", default="maskclip", show_default=True, help="Model name in the repository.")
-@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
+@click.option("--backend", type=click.Choice((registry.AUTO, *triton_backends())), default="auto", show_default=True,
               help="auto: the TensorRT engines when the artifact has them, else the ONNX graphs.")  # fmt: skip
 @click.option(
     "--raw-input", is_flag=True, help="Bake normalisation into the graph: uint8 NHWC pixels at model size in."

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import click
 
+from maskclip_runtime.backends import registry
 from maskclip_runtime.command import command, json_option, option_group, write_json
-from maskclip_runtime.detect.detector import BACKENDS
 from maskclip_runtime.errors import UsageError
 
 # The core's own checks raise ValueError/KeyError for values the user gave (sizes, fractions, names).
@@ -119,7 +119,7 @@ _model_options = option_group(
     click.option("--split", default=None, help="Sub-folder (local) or split (hub), e.g. test."),
     click.option("--checkpoint", default=None, type=click.Path(), help="PyTorch checkpoint (folder or .safetensors)."),
     click.option("--artifact", default=None, type=click.Path(), help="Exported artifact folder (via the runtime)."),
-    click.option("--backend", default="auto", type=click.Choice(BACKENDS), help="Backend of an --artifact."),
+    click.option("--backend", default="auto", type=click.Choice(registry.choices()), help="Backend of an --artifact."),
     click.option("--device", default=None, help="cpu, cuda or cuda:N (default: GPU if available)."),
     click.option("--batch", "batch_size", default=16, type=int, help="Images per forward pass."),
     click.option("--workers", default=2, type=int),

@@ -1,6 +1,8 @@
-"""`maskclip-info`: parameters (total, trainable, per part), input size and GMACs of a config or checkpoint.
+"""`maskclip-info`: parameters (total, trainable, per part), input size and GMACs of a config or checkpoint;
+`maskclip-info --backends`: the runtime's registered backends and whether each can run here.
 
-torch and the model are imported where they are used, so `maskclip-info --help` works without torch.
+torch and the model are imported where they are used, so `maskclip-info --help` and `--backends` work
+without torch.
 """
 
 from __future__ import annotations
@@ -77,19 +79,31 @@ def describe(model: MaskCLIP, source: str) -> dict:
 @command("maskclip-info", extra="train")
 @click.option("--config", "config_name", type=click.Choice(list_configs()), help="A registered config (built on meta).")
 @click.option("--checkpoint", type=click.Path(), help="A MaskCLIP checkpoint (.safetensors + .json, or its folder).")
-@json_option("the description (keys parameters.total, parameters.trainable, ...)")
-def main(config_name: str | None, checkpoint: str | None, json_path: str | None) -> None:
+@click.option(
+    "--backends",
+    "list_backends",
+    is_flag=True,
+    help="List the runtime's backends (in the order --backend auto tries them), whether each can run here, and "
+    "why not (needs no torch).",
+)
+@json_option("the description (keys parameters.total, parameters.trainable, ...; with --backends: backends)")
+def main(config_name: str | None, checkpoint: str | None, list_backends: bool, json_path: str | None) -> None:
     """Describe a MaskCLIP model: parameters (total, trainable, per part), input size and GMACs per image.
 
     With --config the model is built on PyTorch's meta device: nothing is downloaded or allocated.
     Without either option, the embedded demo model is described.
     """
+    if config_name and checkpoint:
+        raise click.UsageError("give --config or --checkpoint, not both")
+    if list_backends:
+        if config_name or checkpoint:
+            raise click.UsageError("--backends describes this machine, not a model: give it alone")
+        _show_backends(json_path)
+        return
     import torch
 
     from .model import MaskCLIP
 
-    if config_name and checkpoint:
-        raise click.UsageError("give --config or --checkpoint, not both")
     if checkpoint:
         from .checkpoint import read_checkpoint_config
 
@@ -117,6 +131,19 @@ def main(config_name: str | None, checkpoint: str | None, json_path: str | None)
     )
     screen = g["clip"] + g["heads_verdict"]
     click.echo(f"verdict alone   {screen:.1f} (CLIP + VSA: the cascade's screen graph; the mask adds the rest)")
+
+
+def _show_backends(json_path: str | None) -> None:
+    from maskclip_runtime.backends.registry import availability
+
+    rows = availability()
+    if json_path:
+        write_json({"backends": rows}, json_path)
+        return
+    width = max(len(row["name"]) for row in rows)
+    for row in rows:
+        state = "available" if row["available"] else f"unavailable: {row['reason']}"
+        click.echo(f"{row['name']:<{width}}  {state}")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import click
 from PIL import Image
 from tqdm import tqdm
 
+from .backends import registry
 from .command import command
 from .contract.artifact import MANIFEST_NAME
 from .detect.detector import DEMO_DIR, MASKS_FOR, Detection, Detector, PreparedImage, wants_mask
@@ -270,6 +271,7 @@ def run(
     """Raises SomeInputsFailed when some images failed (each already reported), after every other is answered."""
     if self_check_only and no_self_check:
         raise UsageError("--self-check and --no-self-check contradict each other")
+    registry.require(backend)  # a backend that cannot run here is refused before any model is read
     if self_check_only:
         return _self_check_only(model, backend, device, threads, batch, strict, quiet)
     if resume and json_target == "-":

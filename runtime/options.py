@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import click
 
+from .backends import registry
 from .command import option_group
-from .detect.detector import BACKENDS
 from .kernel.devices import parse_device
 
 DEMO_NOTE = "using the embedded demo model (tiny, trained on synthetic edits)"
@@ -26,7 +26,7 @@ def _check_device(ctx, param, value: str | None) -> str | None:
 # --model, --backend, --device, --threshold, --batch, --threads
 model_options = option_group(
     click.option("--model", type=click.Path(), help="Artifact folder or manifest.json (default: embedded demo model)."),
-    click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True),
+    click.option("--backend", type=click.Choice(registry.choices()), default="auto", show_default=True),
     click.option("--device", callback=_check_device, help="cpu, cuda or cuda:N (default: the GPU when usable)."),
     click.option(
         "--threshold", type=click.FloatRange(0.0, 1.0), help="Verdict and mask threshold (default: manifest)."

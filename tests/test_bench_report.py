@@ -12,12 +12,12 @@ from click.testing import CliRunner
 
 from maskclip_bench.cli import main
 from maskclip_bench.memory import PeakMemory
-from maskclip_bench.report import evaluate_targets, render_markdown, write_markdown
+from maskclip_bench.report import _row_line, evaluate_targets, render_markdown, write_markdown
 from maskclip_bench.roofline import GemmCeiling, best_ceiling, gflops, matmul_flops
 from maskclip_bench.samples import sample_images
 from maskclip_bench.timing import achieved_gflops, percentiles, time_calls
 from maskclip_runtime.command import write_json
-from maskclip_runtime.errors import EXIT_USAGE
+from maskclip_runtime.errors import EXIT_BACKEND_UNAVAILABLE, EXIT_USAGE
 
 
 def test_percentiles_match_numpy():
@@ -234,10 +234,9 @@ def test_sample_images_are_decodable_jpegs(tmp_path):
     assert [load_image(p).size for p in paths] == [(640, 480), (640, 480)]
 
 
-@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="checks the row without TensorRT")
-def test_cli_on_tiny_torch_row_and_unavailable_tensorrt_row(tmp_path):
+def test_cli_on_tiny_torch_row(tmp_path):
     torch.manual_seed(0)
-    args = ["tiny", "--backends", "torch,trt-fp16", "--batch-sizes", "1,2", "--warmup", "0", "--iters", "2"]
+    args = ["tiny", "--backends", "torch", "--batch-sizes", "1,2", "--warmup", "0", "--iters", "2"]
     args += ["--out", str(tmp_path / "r"), "--json", str(tmp_path / "r.json"), "--workdir", str(tmp_path / "w")]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
@@ -245,11 +244,31 @@ def test_cli_on_tiny_torch_row_and_unavailable_tensorrt_row(tmp_path):
     rows = {(r["backend"], r["batch"]): r for r in report["rows"]}
     assert rows["torch", 1]["status"] == "ok" and rows["torch", 2]["status"] == "ok"
     assert rows["torch", 2]["gflops"] > 0 and rows["torch", 2]["ceiling_fraction"] > 0
-    assert rows["trt-fp16", 1]["status"] == "unavailable"
-    assert "pip install 'maskclip[gpu]'" in rows["trt-fp16", 1]["reason"]
     assert json.loads((tmp_path / "r" / "bench.json").read_text()) == report  # --name's default
-    markdown = (tmp_path / "r" / "bench.md").read_text()
-    assert "## tiny" in markdown and "unavailable: TensorRT is not installed" in markdown
+    assert "## tiny" in (tmp_path / "r" / "bench.md").read_text()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="checks the row without TensorRT")
+def test_unavailable_tensorrt_row_says_why(tmp_path):
+    from maskclip_bench.bench import BenchSettings, ModelBench
+    from maskclip_core.model import build_model
+
+    settings = BenchSettings(["trt-fp16"], [1], warmup=0, iters=1, device="cpu", workdir=tmp_path / "w")
+    rows = ModelBench("tiny", build_model("tiny"), "test", settings).rows(lambda _: None)
+    assert [(r["backend"], r["status"]) for r in rows] == [("trt-fp16", "unavailable")]
+    assert "pip install 'maskclip[gpu]'" in rows[0]["reason"]
+    assert not (tmp_path / "w" / "tiny-fp16").exists()  # refused before the export
+    assert "unavailable: TensorRT is not installed" in _row_line(rows[0])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="checks the refusal without TensorRT")
+def test_cli_refuses_named_tensorrt_rows_before_any_work(tmp_path):
+    started = time.perf_counter()
+    args = ["tiny", "--backends", "torch,trt-fp16", "--workdir", str(tmp_path / "w"), "--out", str(tmp_path / "r")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == EXIT_BACKEND_UNAVAILABLE and result.output.count("\n") == 1, result.output
+    assert "pip install" in result.output and not (tmp_path / "w").exists() and not (tmp_path / "r").exists()
+    assert time.perf_counter() - started < 10
 
 
 def test_cli_rejects_unknown_backend():

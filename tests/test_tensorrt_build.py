@@ -157,17 +157,21 @@ def test_build_engines_without_tensorrt_says_what_to_install(tmp_path):
 
 
 @needs_no_tensorrt
-def test_export_trt_without_tensorrt_keeps_onnx_and_exits_with_one_line(tmp_path):
+def test_export_trt_without_tensorrt_is_refused_before_any_work(tmp_path):
+    import time
+
     from click.testing import CliRunner
 
     from maskclip_export.cli import main as export_main
     from maskclip_runtime.errors import EXIT_BACKEND_UNAVAILABLE
 
     out = tmp_path / "tiny"
+    started = time.perf_counter()
     result = CliRunner().invoke(export_main, ["--config", "tiny", "--out", str(out), "--no-verify", "--quiet", "--trt"])
     assert result.exit_code == EXIT_BACKEND_UNAVAILABLE, result.output
-    assert len([line for line in result.output.splitlines() if "error:" in line]) == 1
-    assert (out / "manifest.json").is_file() and (out / "model.onnx").is_file()
+    assert [line for line in result.output.splitlines() if "error:" in line] == result.output.splitlines()
+    assert TENSORRT_HINT in result.output
+    assert not out.exists() and time.perf_counter() - started < 10  # no export, no model built
 
 
 @needs_no_tensorrt

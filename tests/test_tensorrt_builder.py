@@ -189,6 +189,32 @@ def test_build_engines_writes_plain_plans_with_sidecars(tmp_path, standins):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]  # no staging folder left behind
 
 
+def test_a_killed_engine_build_is_cleaned_by_the_next(tmp_path, standins):
+    """A --trt build killed mid-way (SIGKILL, OOM) leaves its staged copy; the next build removes it, and a
+    running build's copy (its process alive) is left alone."""
+    import subprocess
+
+    standins("10.3.0")
+    folder = _artifact(tmp_path / "art")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    killed = tmp_path / f".art.engines-{dead.pid}-0123abcd"
+    running = tmp_path / f".art.engines-{os.getppid()}-4567cdef"
+    for staged in (killed, running):
+        staged.mkdir()
+        (staged / "model.fp16.engine").write_bytes(b"half a plan")
+    build_engines(folder, **quiet)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [running.name, "art"]
+
+
+def test_staging_of_a_kind_the_cleanup_does_not_know_is_refused(tmp_path):
+    from maskclip_export.exporter import _make_staging
+
+    with pytest.raises(ValueError, match="unknown staging kind"):
+        _make_staging(tmp_path / "art", "scratch")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_engines_and_their_files_are_ordinary_files(tmp_path, standins):
     """Readable by everyone the umask allows, like the ONNX graphs beside them (not mkstemp's 0600)."""
     standins("10.3.0")

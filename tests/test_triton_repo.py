@@ -173,17 +173,24 @@ def _add_engine(artifact, plan: bytes, with_header: bool, batch_max: int):
     (artifact / "manifest.json").write_text(json.dumps(manifest))
 
 
-@pytest.mark.parametrize("with_header", [True, False], ids=["header-engine", "plain-plan"])
-def test_engines_become_plain_tensorrt_plans(tmp_path, with_header):
+def test_engines_become_plain_tensorrt_plans(tmp_path):
     artifact = build_standin_artifact(tmp_path / "a", "fused")
     plan = b"TensorRT plan bytes \x00\x01\x02" * 100
-    _add_engine(artifact, plan, with_header, batch_max=6)
+    _add_engine(artifact, plan, with_header=True, batch_max=6)
     triton_repo.write_repository(artifact, tmp_path / "repo")
     assert (tmp_path / "repo" / "maskclip" / "1" / "model.plan").read_bytes() == plan
     fields = config_fields((tmp_path / "repo" / "maskclip" / "config.pbtxt").read_text())
     assert fields["platform"] == "tensorrt_plan" and fields["max_batch_size"] == 6
     triton_repo.write_repository(artifact, tmp_path / "ort", backend="onnxruntime")
     assert config_fields((tmp_path / "ort" / "maskclip" / "config.pbtxt").read_text())["platform"] == "onnxruntime_onnx"
+
+
+def test_a_plan_without_its_sidecar_is_refused(tmp_path):
+    artifact = build_standin_artifact(tmp_path / "a", "fused")
+    _add_engine(artifact, b"TensorRT plan bytes", with_header=False, batch_max=6)
+    code, stderr = invoke(artifact, "--out", tmp_path / "repo")
+    assert code == 2 and "fused.engine.json" in stderr and stderr.count("\n") == 1
+    assert not (tmp_path / "repo").exists()
 
 
 def test_usage_errors_exit_2(tmp_path):

@@ -7,8 +7,12 @@ a dict of named numpy arrays. The Detector chains runners (split artifacts) by t
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from ..contract.artifact import Artifact
 
 
 class Runner(ABC):
@@ -37,3 +41,42 @@ class Runner(ABC):
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class Backend(ABC):
+    """What a backend module declares: its name, whether it can run here, its runners, its place in "auto".
+
+    Each backend module (onnxruntime.py, tensorrt.py, ...) subclasses this and sets a module-level
+    `BACKEND = TheBackend()`; registry.py lists the modules. Declaring must not import the backend's
+    library: `probe` and `runners` import it when called.
+    """
+
+    #: the --backend value, the precision table's backend name (precision_table.PRECISIONS[...].backends)
+    name: str = ""
+    #: prefix of its maskclip-bench rows ("ort" -> ort-fp16)
+    short: str = ""
+    #: place in "auto": the lowest rank whose probe passes and that can run the artifact on the device is used
+    rank: int = 100
+    #: runs only on a CUDA GPU (the bench and auto skip it on a CPU device; a CPU device is refused)
+    gpu_only: bool = False
+    #: runs the artifact's ONNX graphs themselves (False: files built from them, e.g. TensorRT engines)
+    runs_onnx_graphs: bool = True
+    #: Triton Inference Server's platform for its model files (None: maskclip-triton cannot install it)
+    triton_platform: str | None = None
+
+    def probe(self) -> str | None:
+        """None when this backend can run here; else one line: what is missing and how to install it."""
+        return None
+
+    def artifact_problem(self, artifact: Artifact) -> str | None:
+        """None when the artifact holds what this backend runs; else one line saying what it lacks."""
+        return None
+
+    def model_files(self, artifact: Artifact) -> list[str]:
+        """The artifact's files (manifest names) this backend loads: its ONNX graphs unless overridden."""
+        files = artifact.manifest.files
+        return [name for g in artifact.graphs for name in (g.file, f"{g.file}.data") if name in files]
+
+    @abstractmethod
+    def runners(self, artifact: Artifact, device: str | None, threads: int | None) -> list[Runner]:
+        """One Runner per graph of the artifact, in chain order; BackendUnavailable when it cannot."""

@@ -12,9 +12,10 @@ import os
 
 import numpy as np
 
-from ..errors import BackendUnavailable
+from ..contract.precision_table import ONNXRUNTIME
+from ..errors import BackendUnavailable, message_of
 from ..kernel.devices import parse_device
-from .base import Runner
+from .base import Backend, Runner
 
 log = logging.getLogger("maskclip_runtime")
 
@@ -100,7 +101,7 @@ class OnnxRuntimeRunner(Runner):
         try:
             self._session = ort.InferenceSession(os.fspath(path), sess_options=options, providers=providers)
         except Exception as exc:  # ORT raises its own exception classes (Fail, InvalidGraph, ...)
-            raise BackendUnavailable(f"ONNX Runtime cannot load {path}: {str(exc).splitlines()[0]}") from None
+            raise BackendUnavailable(f"ONNX Runtime cannot load {path}: {message_of(exc)}") from None
         # A provider can be available yet fail to initialise (no driver, wrong CUDA): ORT then
         # silently drops it, so check what the session actually uses.
         active = self._session.get_providers()[0]
@@ -127,3 +128,26 @@ class OnnxRuntimeRunner(Runner):
 
     def close(self) -> None:
         self._session = None
+
+
+class OnnxRuntimeBackend(Backend):
+    """The artifact's ONNX graphs in ONNX Runtime sessions: every artifact, on CPU or (onnxruntime-gpu) CUDA."""
+
+    name = ONNXRUNTIME
+    short = "ort"
+    rank = 20  # after TensorRT: its engines, when the artifact has them and a GPU is here, are faster
+    triton_platform = "onnxruntime_onnx"
+
+    def probe(self) -> str | None:
+        try:
+            _import_onnxruntime()
+        except BackendUnavailable as exc:
+            return str(exc)
+        return None
+
+    def runners(self, artifact, device: str | None, threads: int | None) -> list[Runner]:
+        device = device or default_device()
+        return [OnnxRuntimeRunner(artifact.file(g.file), device=device, threads=threads) for g in artifact.graphs]
+
+
+BACKEND = OnnxRuntimeBackend()

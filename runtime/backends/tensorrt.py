@@ -14,9 +14,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from maskclip_runtime.backends.base import Runner
-from maskclip_runtime.contract.engine_header import check_engine_compatible, read_engine_metadata, read_plan
-from maskclip_runtime.errors import BackendUnavailable
+from ..contract.artifact import ArtifactError
+from ..contract.engine_header import EngineFileError, check_engine_compatible, read_engine_metadata, read_plan
+from ..contract.manifest import engine_source_problem
+from ..contract.precision_table import TENSORRT
+from ..errors import BackendUnavailable, message_of
+from ..kernel.devices import parse_device
+from .base import Backend, Runner
 
 TENSORRT_HINT = (
     "pip install 'maskclip[gpu]' (CUDA 13: TensorRT 11) or 'maskclip[gpu-cu12]' (CUDA 12: TensorRT 10), "
@@ -285,3 +289,73 @@ class TensorRTRunner(Runner):
             cuda_call(cudart, cudart.cudaStreamDestroy(self._stream))
             self._stream = None
         self._context = self._engine = None
+
+
+def _cuda_index(device: str | None) -> int:
+    """TensorRT runs on a CUDA GPU: None/'cuda'/'tensorrt' -> 0, 'cuda:N' -> N."""
+    parsed = parse_device(device or "cuda")
+    if not parsed.gpu:
+        raise BackendUnavailable(f"TensorRT needs a CUDA device (cuda or cuda:N), not {device!r}")
+    return parsed.index
+
+
+class TensorRTBackend(Backend):
+    """The artifact's TensorRT engines (maskclip-export --trt), checked against their sidecars, on a CUDA GPU."""
+
+    name = TENSORRT
+    short = "trt"
+    rank = 10  # first in "auto" where the artifact has engines and TensorRT and a GPU are here
+    gpu_only = True
+    runs_onnx_graphs = False
+    triton_platform = "tensorrt_plan"
+
+    def probe(self) -> str | None:
+        """TensorRT 10+ imports and a CUDA device answers (imports tensorrt: about a second)."""
+        try:
+            import_tensorrt()
+            gpu_identity(0)
+        except BackendUnavailable as exc:
+            return message_of(exc)
+        except (ImportError, RuntimeError, ValueError) as exc:  # a broken install or driver
+            return f"TensorRT cannot run here: {message_of(exc)}; {TENSORRT_HINT}"
+        return None
+
+    def artifact_problem(self, artifact) -> str | None:
+        missing = [g.name for g in artifact.graphs if g.name not in artifact.engines]
+        if missing:
+            return (
+                f"the artifact has no TensorRT engine for graph(s) {', '.join(missing)}; "
+                f"export with maskclip-export --trt or use --backend onnxruntime"
+            )
+        return None
+
+    def model_files(self, artifact) -> list[str]:
+        return [name for name in artifact.manifest.files if ".engine" in name]
+
+    def runners(self, artifact, device: str | None, threads: int | None) -> list[Runner]:
+        index = _cuda_index(device)
+        problem = self.artifact_problem(artifact)
+        if problem:
+            raise BackendUnavailable(problem)
+        engines = artifact.engines
+        for graph in artifact.graphs:
+            try:
+                problem = engine_source_problem(artifact.manifest, graph, read_engine_metadata(engines[graph.name]))
+            except EngineFileError as exc:
+                problem = str(exc)
+            if problem:
+                raise ArtifactError(f"{artifact.dir}: {problem}; rebuild the engines with maskclip-export --trt")
+        runners: list[Runner] = []
+        try:
+            for graph in artifact.graphs:
+                runners.append(TensorRTRunner(engines[graph.name], device=index))
+        except (RuntimeError, ValueError) as exc:  # incompatible or corrupt engine, CUDA error: one clear line
+            for runner in runners:
+                runner.close()
+            if isinstance(exc, BackendUnavailable):
+                raise
+            raise BackendUnavailable(f"TensorRT cannot run this artifact: {message_of(exc)}") from None
+        return runners
+
+
+BACKEND = TensorRTBackend()

@@ -16,7 +16,6 @@ leading graphs up to the first one producing it), so verdicts are the same numbe
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import time
@@ -28,14 +27,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..backends import registry
 from ..backends.base import Runner
 from ..contract.artifact import Artifact, ArtifactError, load_artifact
 from ..contract.chain import chain_problem, run_chain
-from ..contract.engine_header import EngineFileError, read_engine_metadata
-from ..contract.manifest import engine_source_problem
 from ..contract.verdict_calibration import PLAIN_OPERATING_POINT
-from ..errors import BackendUnavailable
-from ..kernel.devices import parse_device
 from ..kernel.host import current_host
 from ..kernel.preprocess import load_image, resize_and_normalize, resize_probability_map, to_rgb8
 from .selfcheck import SelfCheckResult
@@ -43,7 +39,6 @@ from .selfcheck import self_check as run_self_check
 
 log = logging.getLogger("maskclip_runtime")
 
-BACKENDS = ("auto", "onnxruntime", "tensorrt")
 MASKS_FOR = ("all", "fake", "none")  # which images get a mask: every one, those judged fake, none
 DEMO_DIR = Path(__file__).resolve().parent.parent / "demo"  # the embedded demo model's artifact
 
@@ -114,8 +109,9 @@ class Detector:
     """Run an exported MaskCLIP artifact.
 
     path: artifact folder or its manifest.json; None: the embedded demo model (DEMO_DIR).
-    backend: "auto" (TensorRT engines when the artifact has them and TensorRT is installed, else
-    ONNX Runtime), "onnxruntime" or "tensorrt".
+    backend: "auto" (the first registered backend, by rank, that can run the artifact here: TensorRT
+    engines when the artifact has them and TensorRT and a GPU are here, else ONNX Runtime) or a name
+    from backends/registry.py ("onnxruntime", "tensorrt", ...).
     device: "cpu", "cuda", "cuda:N" (ONNX Runtime also takes "tensorrt[:N]" for its TensorRT
     provider); None picks the GPU when the backend can use one. batch: images per forward pass,
     capped by the artifact's profile (fixed-batch artifacts always run their own size).
@@ -135,8 +131,8 @@ class Detector:
         self_check: bool = True,
         strict: bool = False,
     ):
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
+        if backend != registry.AUTO:
+            registry.get(backend)  # ValueError naming the known ones, before the artifact is read
         if threshold is not None and not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
         self.artifact: Artifact = load_artifact(DEMO_DIR if path is None else path)
@@ -146,7 +142,7 @@ class Detector:
         self.calibrated_verdicts = self.calibration is not None and threshold is None
         self.batch_size = _batch_size(self.artifact, batch)
         self.device = device or "default"
-        self._runners = _build_runners(self.artifact, backend, device, threads)
+        self._runners = registry.build_runners(self.artifact, backend, device, threads)
         _check_chain(self.artifact, self._runners)
         self._screen_graphs = _verdict_stage_length(self._runners)
         if self.backend.startswith("onnxruntime-cpu"):
@@ -334,76 +330,6 @@ def _batch_size(artifact: Artifact, requested: int | None) -> int:
     if requested < 1:
         raise ValueError(f"batch must be >= 1, got {requested}")
     return min(requested, profile.max)
-
-
-def _build_runners(artifact: Artifact, backend: str, device: str | None, threads: int | None) -> list[Runner]:
-    if backend == "auto":
-        if _tensorrt_preferred(artifact, device):
-            try:
-                return _tensorrt_runners(artifact, device)
-            except BackendUnavailable as exc:
-                log.warning(f"WARNING: TensorRT engines not usable ({exc}); falling back to ONNX Runtime")
-        backend = "onnxruntime"
-    if backend == "tensorrt":
-        return _tensorrt_runners(artifact, device)
-    return _onnxruntime_runners(artifact, device, threads)
-
-
-def _tensorrt_preferred(artifact: Artifact, device: str | None) -> bool:
-    on_cpu = device is not None and not parse_device(device).gpu
-    return bool(artifact.engines) and not on_cpu and importlib.util.find_spec("tensorrt") is not None
-
-
-def _onnxruntime_runners(artifact: Artifact, device: str | None, threads: int | None) -> list[Runner]:
-    from ..backends.onnxruntime import OnnxRuntimeRunner, default_device
-
-    device = device or default_device()
-    return [OnnxRuntimeRunner(artifact.file(g.file), device=device, threads=threads) for g in artifact.graphs]
-
-
-def _tensorrt_runners(artifact: Artifact, device: str | None) -> list[Runner]:
-    index = _cuda_index(device)
-    engines = artifact.engines
-    missing = [g.name for g in artifact.graphs if g.name not in engines]
-    if missing:
-        raise BackendUnavailable(
-            f"the artifact has no TensorRT engine for graph(s) {', '.join(missing)}; "
-            f"export with maskclip-export --trt or use --backend onnxruntime"
-        )
-    for graph in artifact.graphs:
-        try:
-            problem = engine_source_problem(artifact.manifest, graph, read_engine_metadata(engines[graph.name]))
-        except EngineFileError as exc:
-            problem = str(exc)
-        if problem:
-            raise ArtifactError(f"{artifact.dir}: {problem}; rebuild the engines with maskclip-export --trt")
-    try:
-        from ..backends.tensorrt import TensorRTRunner
-    except ImportError as exc:
-        raise BackendUnavailable(
-            f"TensorRT backend is not available ({exc}); install 'maskclip[gpu]' on a CUDA machine "
-            f"or use --backend onnxruntime"
-        ) from None
-    runners: list[Runner] = []
-    try:
-        for graph in artifact.graphs:
-            runners.append(TensorRTRunner(engines[graph.name], device=index))
-    except (RuntimeError, ValueError) as exc:  # incompatible or corrupt engine, CUDA error: one clear line
-        for runner in runners:
-            runner.close()
-        if isinstance(exc, BackendUnavailable):
-            raise
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise BackendUnavailable(f"TensorRT cannot run this artifact: {reason}") from None
-    return runners
-
-
-def _cuda_index(device: str | None) -> int:
-    """TensorRT runs on a CUDA GPU: None/'cuda'/'tensorrt' -> 0, 'cuda:N' -> N."""
-    parsed = parse_device(device or "cuda")
-    if not parsed.gpu:
-        raise BackendUnavailable(f"TensorRT needs a CUDA device (cuda or cuda:N), not {device!r}")
-    return parsed.index
 
 
 def _verdict_stage_length(runners: list[Runner]) -> int:

@@ -16,6 +16,7 @@ from functools import partial
 
 import click
 
+from ..backends import registry
 from ..command import command
 from ..contract.artifact import load_artifact
 from ..detect.detector import DEMO_DIR, Detector
@@ -68,6 +69,7 @@ def serve(
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     try:
+        registry.require(backend)  # a backend that cannot run here is refused before any model is read
         if model is None:
             model = str(DEMO_DIR)
             log.info(DEMO_NOTE)
