@@ -16,10 +16,11 @@ import numpy as np
 from PIL import Image
 
 from maskclip_runtime.contract.precision_table import Tolerances
+from maskclip_runtime.detect.compare import IOU_MIN_REFERENCE_AREA
 from maskclip_runtime.kernel.atomic import write_bytes_atomic
 from maskclip_runtime.kernel.preprocess import PreprocessSpec, preprocess_batch
 
-from .verify import IOU_MIN_REFERENCE_AREA, Predictor
+from .verify import Predictor
 
 CANARY_DIR = "canary"
 CANARY_COUNT = 4

@@ -293,9 +293,10 @@ def gate_baked_graphs(artifact: Artifact, installed: dict[str, Path]) -> dict:
     """Original graphs + numpy preprocessing vs the repository's graphs on uint8 pixels, same images."""
     from maskclip_runtime.backends.onnxruntime import OnnxRuntimeRunner
     from maskclip_runtime.contract.precision_table import precision_row
+    from maskclip_runtime.detect.compare import compare, gate_failures
     from maskclip_runtime.kernel.preprocess import resize_and_normalize, resize_rgb8
 
-    from .verify import compare, default_verification_images, gate_failures
+    from .verify import default_verification_images
 
     images = default_verification_images() + _demo_examples()
     names = [name for name, _ in images]

@@ -2,8 +2,9 @@
 
 Polygraphy-style: a reference and a candidate are both plain callables (image batch -> named
 outputs), run on the same preprocessed images, compared output by output with explicit statistics,
-then judged against per-precision tolerances. Any backend fits: ONNX Runtime sessions here, TensorRT
-engines in the TensorRT export (wrap its runners with `chain_predictor`).
+then judged against per-precision tolerances, by the runtime's one comparator (detect/compare.py).
+Any backend fits: ONNX Runtime sessions here, TensorRT engines in the TensorRT export (wrap its
+runners with `chain_predictor`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from PIL import Image, ImageFilter
 from maskclip_runtime.backends.base import Runner
 from maskclip_runtime.contract.chain import run_chain
 from maskclip_runtime.contract.manifest import BatchSpec
-from maskclip_runtime.contract.precision_table import Tolerances, precision_row
+from maskclip_runtime.contract.precision_table import precision_row
+from maskclip_runtime.detect.compare import IOU_MIN_REFERENCE_AREA, compare, gate_failures
 from maskclip_runtime.errors import InputError
 from maskclip_runtime.kernel.inputs import image_files
 from maskclip_runtime.kernel.preprocess import PreprocessSpec, load_image, preprocess_batch
@@ -32,10 +34,6 @@ SAMPLE_IMAGES = (
     "astronaut", "coffee", "chelsea", "rocket", "camera", "clock", "coins", "colorwheel",
     "hubble_deep_field", "immunohistochemistry", "moon", "page", "retina", "brick", "grass", "gravel",
 )  # fmt: skip
-# Worst-image mask IoU is judged only where the reference mask covers at least this share of the
-# pixels: below it IoU is ill-conditioned (a reference of a few pixels gives IoU 0 for one pixel of
-# difference); such images are bounded by their pixel agreement instead.
-IOU_MIN_REFERENCE_AREA = 0.01
 
 
 class VerificationError(InputError, RuntimeError):
@@ -153,98 +151,6 @@ def run_batched(predict: Predictor, images: np.ndarray, batch: BatchSpec) -> dic
         for name, value in predict(chunk).items():
             outputs.setdefault(name, []).append(np.asarray(value, dtype=np.float32)[:count])
     return {name: np.concatenate(parts) for name, parts in outputs.items()}
-
-
-# --- comparing ------------------------------------------------------------------------------------
-def mask_iou(reference: np.ndarray, candidate: np.ndarray, threshold: float) -> np.ndarray:
-    """Per-image IoU of the thresholded masks [N,...]; two empty masks agree perfectly (IoU 1)."""
-    ref = reference.reshape(len(reference), -1) > threshold
-    cand = candidate.reshape(len(candidate), -1) > threshold
-    inter = np.logical_and(ref, cand).sum(axis=1)
-    union = np.logical_or(ref, cand).sum(axis=1)
-    return np.where(union == 0, 1.0, inter / np.maximum(union, 1))
-
-
-def mask_agreement(reference: np.ndarray, candidate: np.ndarray, threshold: float) -> np.ndarray:
-    """Per-image fraction of pixels on the same side of the threshold (well-conditioned where IoU is not:
-    a reference mask of a few pixels gives IoU 0 for one pixel of difference)."""
-    ref = reference.reshape(len(reference), -1) > threshold
-    cand = candidate.reshape(len(candidate), -1) > threshold
-    return (ref == cand).mean(axis=1)
-
-
-def output_errors(reference: np.ndarray, candidate: np.ndarray) -> dict:
-    """max abs error, and max rel error = max abs error / max |reference| (stable near zeros)."""
-    diff = np.abs(candidate.astype(np.float64) - reference.astype(np.float64))
-    scale = float(np.abs(reference).max())
-    max_abs = float(diff.max()) if diff.size else 0.0
-    return {
-        "max_abs": max_abs,
-        "mean_abs": float(diff.mean()) if diff.size else 0.0,
-        "max_rel": max_abs / scale if scale > 0 else max_abs,
-        "finite": bool(np.isfinite(candidate).all()),
-    }
-
-
-def compare(reference: dict, candidate: dict, names: Sequence[str], threshold: float) -> dict:
-    """Statistics of candidate vs reference outputs over the same images."""
-    common = [name for name in reference if name in candidate]
-    ref_prob, prob = reference["fake_prob"], candidate["fake_prob"]
-    flips = (ref_prob > threshold) != (prob > threshold)
-    ious = mask_iou(reference["mask"], candidate["mask"], threshold)
-    areas = (reference["mask"].reshape(len(ious), -1) > threshold).mean(axis=1)
-    agreement = mask_agreement(reference["mask"], candidate["mask"], threshold)
-    conditioned = areas >= IOU_MIN_REFERENCE_AREA
-    return {
-        "images": len(ref_prob),
-        "outputs": {name: output_errors(reference[name], candidate[name]) for name in common},
-        "max_prob_diff": float(np.abs(prob.astype(np.float64) - ref_prob).max()),
-        "flips": int(flips.sum()),
-        "flip_rate": float(flips.mean()),
-        "mask_iou_mean": float(ious.mean()),
-        "mask_iou_min": float(ious.min()),
-        # The worst IoU over the images where IoU is well-conditioned (1.0 when there are none).
-        "mask_iou_worst": float(ious[conditioned].min()) if conditioned.any() else 1.0,
-        "mask_iou_worst_images": int(conditioned.sum()),
-        "mask_pixel_agreement_min": float(agreement.min()),
-        "reference_mask_area_min": float(areas.min()),
-        "per_image": [
-            {
-                "image": name,
-                "reference_fake_prob": float(r),
-                "fake_prob": float(p),
-                "flip": bool(f),
-                "prob_diff": float(abs(float(p) - float(r))),
-                "mask_iou": float(iou),
-                "mask_pixel_agreement": float(agree),
-                "reference_mask_area": float(area),
-            }
-            for name, r, p, f, iou, agree, area in zip(
-                names, ref_prob, prob, flips, ious, agreement, areas, strict=True
-            )
-        ],
-    }
-
-
-def gate_failures(stats: dict, tolerances: Tolerances) -> list[str]:
-    """Human-readable reasons the statistics fail the tolerances (empty: passed)."""
-    failures = [f"{name}: non-finite values" for name, err in stats["outputs"].items() if not err["finite"]]
-    if tolerances.max_prob_diff is not None and not stats["max_prob_diff"] <= tolerances.max_prob_diff:
-        failures.append(f"max |fake_prob| diff {stats['max_prob_diff']:.3g} > {tolerances.max_prob_diff:g}")
-    if not stats["flip_rate"] <= tolerances.max_flip_rate:
-        rate, limit = stats["flip_rate"], tolerances.max_flip_rate
-        failures.append(f"{stats['flips']}/{stats['images']} decision flips ({rate:.2%} > {limit:.2%})")
-    mask_diff = stats["outputs"]["mask"]["max_abs"]
-    if tolerances.max_mask_diff is not None and not mask_diff <= tolerances.max_mask_diff:
-        failures.append(f"max |mask| diff {mask_diff:.3g} > {tolerances.max_mask_diff:g}")
-    if tolerances.min_mask_iou is not None and not stats["mask_iou_mean"] >= tolerances.min_mask_iou:
-        failures.append(f"mean mask IoU {stats['mask_iou_mean']:.4f} < {tolerances.min_mask_iou}")
-    if tolerances.min_worst_mask_iou is not None and not stats["mask_iou_worst"] >= tolerances.min_worst_mask_iou:
-        failures.append(f"worst-image mask IoU {stats['mask_iou_worst']:.4f} < {tolerances.min_worst_mask_iou}")
-    agreement = stats["mask_pixel_agreement_min"]
-    if tolerances.min_pixel_agreement is not None and not agreement >= tolerances.min_pixel_agreement:
-        failures.append(f"worst-image mask pixel agreement {agreement:.4f} < {tolerances.min_pixel_agreement}")
-    return failures
 
 
 def verify(

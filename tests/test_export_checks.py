@@ -9,9 +9,10 @@ from onnx import TensorProto, helper
 
 from maskclip_export.op_support import UnsupportedOpsError, check_tensorrt_ops, find_unsupported_ops, tensorrt_op_table
 from maskclip_export.quantize import int8_excluded_nodes
-from maskclip_export.verify import compare, gate_failures, mask_iou, run_batched
+from maskclip_export.verify import run_batched
 from maskclip_runtime.contract.manifest import BatchSpec
 from maskclip_runtime.contract.precision_table import PRECISIONS
+from maskclip_runtime.detect.compare import compare, gate_failures, mask_iou
 
 
 def _graph(nodes, initializers=(), opset=17) -> onnx.ModelProto:

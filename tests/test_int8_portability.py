@@ -19,9 +19,10 @@ import pytest
 
 from maskclip_export.onnx_export import export_graphs
 from maskclip_export.quantize import FeedCalibrationReader, quantize_for_cpu, quantize_to_int8
-from maskclip_export.verify import default_verification_images, mask_agreement
+from maskclip_export.verify import default_verification_images
 from maskclip_runtime.backends.onnxruntime import OnnxRuntimeRunner
 from maskclip_runtime.contract.manifest import BatchSpec
+from maskclip_runtime.detect.compare import mask_agreement
 from maskclip_runtime.kernel.preprocess import preprocess_batch
 
 QEMU = shutil.which("qemu-x86_64")

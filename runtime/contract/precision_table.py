@@ -22,12 +22,12 @@ class Tolerances:
     """Gate limits; None = recorded, not gated.
 
     max_prob_diff bounds max |fake_prob - PyTorch| over the images; min_mask_iou the mean mask IoU,
-    min_worst_mask_iou the worst image's (where IoU is well-conditioned, see verify.IOU_MIN_REFERENCE_AREA),
+    min_worst_mask_iou the worst image's (where IoU is well-conditioned, see compare.IOU_MIN_REFERENCE_AREA),
     min_pixel_agreement the worst image's share of mask pixels on the same side of the threshold.
     """
 
     max_prob_diff: float | None
-    max_flip_rate: float
+    max_flip_rate: float | None
     min_mask_iou: float | None
     min_worst_mask_iou: float | None = None
     min_pixel_agreement: float | None = None
