@@ -279,7 +279,8 @@ def calibrate(
     operating points and reliability diagram are measured on the second, written into --out.
     `--attach ARTIFACT --record FILE` attaches an existing record without fitting anything.
     """
-    from maskclip_runtime.contract.verdict_calibration import attach_calibration, read_calibration
+    from maskclip_runtime.contract.artifact import attach_calibration
+    from maskclip_runtime.contract.verdict_calibration import read_calibration
 
     if record:
         if not attach or data or out:

@@ -20,7 +20,7 @@ from ..kernel.atomic import write_text_atomic
 from ..kernel.hashing import file_sha256
 from ..kernel.preprocess import PreprocessSpec
 from .manifest import MANIFEST_NAME, ArtifactError, BatchSpec, GraphSpec, Manifest, ManifestError
-from .verdict_calibration import Calibration
+from .verdict_calibration import Calibration, CalibrationError
 
 
 @dataclass(frozen=True)
@@ -201,3 +201,20 @@ def _varint(data, at: int) -> tuple[int, int]:
             break
         shift += 7
     return value, at
+
+
+def attach_calibration(artifact_dir: str | os.PathLike, record: Calibration, force: bool = False) -> Path:
+    """Store a record in an existing artifact's manifest (atomically) without re-exporting it.
+
+    The artifact is verified first; a record fitted on a different model (by model id) is refused
+    unless `force`. Returns the manifest path.
+    """
+    artifact = load_artifact(artifact_dir)
+    fitted_id = record.fitted_on.get("model_id")
+    if fitted_id and fitted_id != artifact.model_id and not force:
+        raise CalibrationError(
+            f"{artifact.dir}: record was fitted on model {fitted_id}, the artifact is {artifact.model_id} "
+            f"(use --force to attach anyway)"
+        )
+    write_manifest(artifact.dir, artifact.manifest.replace(calibration=record))
+    return artifact.dir / MANIFEST_NAME

@@ -5,16 +5,25 @@ calibration and the Triton check all go through here, so they cannot disagree on
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from typing import Protocol
 
 import numpy as np
-
-from ..backends.base import Runner
 
 FeedObserver = Callable[[int, dict[str, np.ndarray]], None]
 
 
+class Graph(Protocol):
+    """What chaining needs of a graph: a backends.base.Runner is one (the contract does not depend on the
+    backends, they depend on it)."""
+
+    @property
+    def input_names(self) -> list[str]: ...
+
+    def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
 def run_chain(
-    runners: Sequence[Runner], tensors: dict[str, np.ndarray], on_feed: FeedObserver | None = None
+    runners: Sequence[Graph], tensors: dict[str, np.ndarray], on_feed: FeedObserver | None = None
 ) -> dict[str, np.ndarray]:
     """Run the graphs in order -> every tensor: the given ones and each graph's outputs, by name.
 

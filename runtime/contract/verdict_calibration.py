@@ -188,22 +188,3 @@ def read_calibration(path: str | os.PathLike) -> Calibration:
 
 def write_calibration(record: Calibration, path: str | os.PathLike) -> None:
     write_text_atomic(path, json.dumps(record.to_dict(), indent=2) + "\n")
-
-
-def attach_calibration(artifact_dir: str | os.PathLike, record: Calibration, force: bool = False) -> Path:
-    """Store a record in an existing artifact's manifest (atomically) without re-exporting it.
-
-    The artifact is verified first; a record fitted on a different model (by model id) is refused
-    unless `force`. Returns the manifest path.
-    """
-    from .artifact import MANIFEST_NAME, load_artifact, write_manifest
-
-    artifact = load_artifact(artifact_dir)
-    fitted_id = record.fitted_on.get("model_id")
-    if fitted_id and fitted_id != artifact.model_id and not force:
-        raise CalibrationError(
-            f"{artifact.dir}: record was fitted on model {fitted_id}, the artifact is {artifact.model_id} "
-            f"(use --force to attach anyway)"
-        )
-    write_manifest(artifact.dir, artifact.manifest.replace(calibration=record))
-    return artifact.dir / MANIFEST_NAME
