@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from maskclip_runtime.errors import InputError
+from maskclip_runtime.errors import InputError, message_of
 from maskclip_runtime.kernel.atomic import atomic_path, write_text_atomic
 
 from .config import MaskCLIPConfig
@@ -73,8 +73,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise CheckpointError(f"{weights}: weights do not match config {cfg.name!r} ({first})") from None
+        raise CheckpointError(f"{weights}: weights do not match config {cfg.name!r} ({message_of(exc)})") from None
     return model.eval()
 
 

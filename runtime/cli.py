@@ -35,7 +35,7 @@ from .detect.detector import DEMO_DIR, MASKS_FOR, Detection, Detector, PreparedI
 from .detect.selfcheck import SelfCheckFailed
 from .detect.selfcheck import self_check as run_self_check
 from .detect.tiling import detect_tiled, mask_policy
-from .errors import MaskclipError, SomeInputsFailed, UsageError, VerificationFailed
+from .errors import MaskclipError, SomeInputsFailed, UsageError, VerificationFailed, message_of
 from .kernel.hashing import file_sha256
 from .kernel.inputs import expand_inputs
 from .kernel.preprocess import DEFAULT_MAX_PIXELS, ImageLoadError, decode_image
@@ -564,7 +564,7 @@ def _infer(
                 if answers[id(d)].mask_computed:
                     answers[id(d)] = detect_tiled(detector, d.image, answers[id(d)])
     except Exception as exc:  # ONNX Runtime / TensorRT raise their own exception classes
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = message_of(exc)
         for d in decodable:
             d.error = f"{d.path}: inference failed: {reason}"
         answers = {}

@@ -107,3 +107,16 @@ def test_every_module_imports(name):
         if exc.name.partition(".")[0] in {"fastapi", "uvicorn", "pytriton", "multipart", "prometheus_client"}:
             pytest.skip(f"{exc.name} is not installed")
         raise
+
+
+def test_exception_messages_go_through_message_of():
+    """The first line of an exception's text, or its class name when it has none: errors.message_of, not
+    copies of it (a copy without the empty-message guard raises IndexError on `raise X()`)."""
+    root = RUNTIME.parent
+    copies = [
+        path.relative_to(root).as_posix()
+        for folder in ("runtime", "export", "benchmarks", "maskclip_core")
+        for path in (root / folder).rglob("*.py")
+        if "splitlines()[0]" in path.read_text(encoding="utf-8") and path != RUNTIME / "errors.py"
+    ]
+    assert copies == []

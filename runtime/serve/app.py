@@ -34,6 +34,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..detect.detector import MASKS_FOR, Detection, Detector, PreparedImage
+from ..errors import message_of
 from ..kernel.preprocess import ImageLoadError, UnknownImageFormat, decode_bytes
 from ..present.outputs import PNG_COMPRESS_LEVEL, detection_record, heat_overlay, mask_image
 from .batcher import Draining, MicroBatcher, QueueFull
@@ -110,7 +111,7 @@ class ServerState:
         try:
             detector = self._load_detector()
         except Exception as exc:  # unusable artifact or device, failed self-check: one line, then the server stops
-            self.load_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            self.load_error = message_of(exc)
             on_load_failure(exc)
             return
         batcher = MicroBatcher(
@@ -358,7 +359,7 @@ async def _infer(
     except asyncio.TimeoutError:
         raise ServeError(504, "no answer within the per-request timeout") from None
     except Exception as exc:  # raised by the backend inside the batcher thread
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = message_of(exc)
         raise ServeError(500, f"inference failed: {reason}") from None
 
 

@@ -24,7 +24,7 @@ from functools import partial
 import numpy as np
 
 from ..detect.detector import Detector
-from ..errors import BackendUnavailable
+from ..errors import BackendUnavailable, message_of
 from ..kernel.preprocess import ImageLoadError, decode_bytes
 
 MODEL_NAME = "maskclip"
@@ -76,7 +76,7 @@ def serve_with_triton(load_detector: Callable[[], Detector], host: str, port: in
             log.info(f"Triton serving model {MODEL_NAME!r}: HTTP {host}:{port}, gRPC {host}:{port + 1}")
             triton.serve()
     except Exception as exc:  # tritonserver failed to start or died: one line
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = message_of(exc)
         raise TritonUnavailable(
             f"Triton Inference Server failed: {reason} (tritonserver's log above says more; PyTriton's Python "
             f"backend runs this interpreter's standard library with the system libpython{sys.version_info[0]}."
