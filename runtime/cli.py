@@ -31,7 +31,7 @@ from tqdm import tqdm
 from .backends import registry
 from .command import command
 from .contract.artifact import MANIFEST_NAME
-from .detect.detector import DEMO_DIR, MASKS_FOR, Detection, Detector, PreparedImage, wants_mask
+from .detect.detector import DEMO_DIR, MASKS_FOR, Detection, Detector, PreparedImage, backend_for, wants_mask
 from .detect.selfcheck import SelfCheckFailed
 from .detect.selfcheck import self_check as run_self_check
 from .detect.tiling import detect_tiled, mask_policy
@@ -271,7 +271,7 @@ def run(
     """Raises SomeInputsFailed when some images failed (each already reported), after every other is answered."""
     if self_check_only and no_self_check:
         raise UsageError("--self-check and --no-self-check contradict each other")
-    registry.require(backend)  # a backend that cannot run here is refused before any model is read
+    registry.require(backend_for(model, backend))  # refused here before any model is read
     if self_check_only:
         return _self_check_only(model, backend, device, threads, batch, strict, quiet)
     if resume and json_target == "-":

@@ -294,3 +294,78 @@ def test_inputs_that_are_not_images_are_refused(fused, item, error):
         detector.detect(item)
     with pytest.raises(error):
         detector.detect([item])
+
+
+# ---- an engine file as the model: its artifact found beside it, run on TensorRT (stand-ins)
+
+
+def test_an_engine_file_is_a_model(with_engines, photos, monkeypatch):
+    monkeypatch.setattr(tensorrt_backend, "TensorRTRunner", trt_standin.onnx_engine_runner())
+    detector = Detector(with_engines / "heads.fp32.engine", device="cuda")
+    assert detector.backend == "tensorrt" and detector.artifact.dir == with_engines
+    reference = Detector(with_engines, backend="onnxruntime").detect(photos)
+    for a, b in zip(detector.detect(photos), reference, strict=True):
+        assert a.fake_prob == pytest.approx(b.fake_prob, abs=1e-6)
+
+
+def test_maskclip_run_on_an_engine_file(with_engines, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from maskclip_runtime.cli import main as run_main
+
+    trt_standin.install(monkeypatch, "10.3.0")  # TensorRT and a GPU "here": the early check passes
+    monkeypatch.setattr(tensorrt_backend, "TensorRTRunner", trt_standin.onnx_engine_runner())
+    photo = tmp_path / "photo.png"
+    sample_photos()[next(iter(sample_photos()))].save(photo)
+    result = CliRunner().invoke(run_main, [str(photo), "--model", str(with_engines / "features.fp32.engine")])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert record["backend"] == "tensorrt"
+    expected = Detector(with_engines, backend="onnxruntime").detect(str(photo))
+    assert record["fake_prob"] == pytest.approx(expected.fake_prob, abs=1e-6)
+
+
+def _engine_refusals(with_engines, tmp_path) -> dict[str, list[str]]:
+    engine = with_engines / "features.fp32.engine"
+    alone = tmp_path / "alone"  # an engine and its sidecar copied away from their artifact
+    alone.mkdir()
+    for path in (engine, sidecar_path(engine)):
+        (alone / path.name).write_bytes(path.read_bytes())
+    unlisted = with_engines / "other.fp32.engine"  # beside the manifest, but not one of its engines
+    unlisted.write_bytes(engine.read_bytes())
+    sidecar_path(unlisted).write_bytes(sidecar_path(engine).read_bytes())
+    bare = tmp_path / "bare.fp32.engine"  # a plan without its sidecar
+    bare.write_bytes(engine.read_bytes())
+    return {
+        "on onnxruntime": [str(engine), "--backend", "onnxruntime"],
+        "away from its artifact": [str(alone / engine.name)],
+        "not in the manifest": [str(unlisted)],
+        "without its sidecar": [str(bare)],
+        "missing": [str(tmp_path / "missing.engine")],
+    }
+
+
+def test_engine_files_that_cannot_be_the_model_exit_2(with_engines, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from maskclip_runtime.cli import main as run_main
+
+    trt_standin.install(monkeypatch, "10.3.0")
+    monkeypatch.setattr(tensorrt_backend, "TensorRTRunner", trt_standin.onnx_engine_runner())
+    photo = tmp_path / "photo.png"
+    sample_photos()[next(iter(sample_photos()))].save(photo)
+    for case, (model, *options) in _engine_refusals(with_engines, tmp_path).items():
+        result = CliRunner().invoke(run_main, [str(photo), "--model", model, *options])
+        assert result.exit_code == 2, (case, result.output)
+        assert result.stdout == "" and result.stderr.count("\n") == 1, (case, result.stderr)
+
+
+def test_an_engine_file_without_tensorrt_is_refused_before_loading(with_engines, tmp_path):
+    from click.testing import CliRunner
+
+    from maskclip_runtime.cli import main as run_main
+
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("TensorRT is installed here")
+    result = CliRunner().invoke(run_main, [str(tmp_path / "x.png"), "--model", str(with_engines / "heads.fp32.engine")])
+    assert result.exit_code == 4 and "TensorRT is not installed" in result.stderr

@@ -34,13 +34,19 @@ import importlib
 import logging
 from functools import cache
 
-from ..errors import BackendUnavailable, message_of
+from ..errors import BackendUnavailable, UsageError, message_of
 from ..kernel.devices import parse_device
 from .base import Backend, Runner
 
 log = logging.getLogger("maskclip_runtime")
 
 AUTO = "auto"
+
+
+class BackendChoiceError(UsageError, ValueError):
+    """A backend name that is not registered, or a backend that cannot run the model given (status 2)."""
+
+
 #: the backend modules of this package, each declaring BACKEND
 BACKEND_MODULES = ("onnxruntime", "tensorrt")
 
@@ -62,11 +68,11 @@ def choices() -> tuple[str, ...]:
 
 
 def get(name: str) -> Backend:
-    """The registered backend called `name`; ValueError naming the known ones."""
+    """The registered backend called `name`; BackendChoiceError naming the known ones."""
     try:
         return backends()[name]
     except KeyError:
-        raise ValueError(f"unknown backend {name!r}: use one of {', '.join(choices())}") from None
+        raise BackendChoiceError(f"unknown backend {name!r}: use one of {', '.join(choices())}") from None
 
 
 def require(name: str) -> Backend | None:

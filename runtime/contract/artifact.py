@@ -19,6 +19,7 @@ from .. import __version__
 from ..kernel.atomic import write_text_atomic
 from ..kernel.hashing import file_sha256
 from ..kernel.preprocess import PreprocessSpec
+from .engine_header import read_engine_metadata
 from .manifest import MANIFEST_NAME, ArtifactError, BatchSpec, GraphSpec, Manifest, ManifestError
 from .verdict_calibration import Calibration, CalibrationError
 
@@ -85,6 +86,30 @@ def load_artifact(path: str | os.PathLike) -> Artifact:
     directory = manifest_path.parent
     _check_files(manifest, directory)
     return Artifact(dir=directory, manifest=manifest)
+
+
+def engine_artifact(engine: str | os.PathLike) -> Artifact:
+    """The verified artifact a TensorRT engine file belongs to (`--model model.fp16.engine`).
+
+    The engine's sidecar must be there (what the plan was built for, from which graph: the TensorRT
+    backend checks both before it loads a plan); the artifact is the folder it was built in, whose
+    manifest lists it by name and hashes it with its sidecar. An engine copied away from its artifact
+    lacks the preprocessing, threshold and graph chain it runs with."""
+    engine = Path(engine)
+    read_engine_metadata(engine)  # a plan without its sidecar is refused here, naming the sidecar
+    if not (engine.parent / MANIFEST_NAME).is_file():
+        raise ArtifactError(
+            f"{engine}: no {MANIFEST_NAME} beside it; an engine runs from the artifact folder it was built in "
+            f"(maskclip-export --trt), which holds its preprocessing, threshold and graphs"
+        )
+    artifact = load_artifact(engine.parent)
+    listed = {spec.file for spec in artifact.manifest.engines}
+    if engine.name not in listed:
+        raise ArtifactError(
+            f"{engine}: not an engine of the artifact in {artifact.dir} (its manifest lists "
+            f"{', '.join(sorted(listed)) or 'no engines'}); rebuild the engines with maskclip-export --trt"
+        )
+    return artifact
 
 
 def write_manifest(directory: Path, manifest: Manifest) -> Manifest:

@@ -21,6 +21,7 @@ from pathlib import Path
 from ..errors import InputError
 from ..kernel.atomic import write_bytes_atomic
 
+ENGINE_SUFFIX = ".engine"  # model.fp16.engine: what makes a --model path an engine file
 SIDECAR_SUFFIX = ".json"
 FORMAT = "maskclip-trt-engine"
 # Sidecars hold a few hundred bytes of metadata; a larger one is a corrupt or foreign file.

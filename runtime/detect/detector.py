@@ -29,8 +29,10 @@ from PIL import Image
 
 from ..backends import registry
 from ..backends.base import Runner
-from ..contract.artifact import Artifact, ArtifactError, load_artifact
+from ..contract.artifact import Artifact, ArtifactError, engine_artifact, load_artifact
 from ..contract.chain import chain_problem, run_chain
+from ..contract.engine_header import ENGINE_SUFFIX
+from ..contract.precision_table import TENSORRT
 from ..contract.verdict_calibration import PLAIN_OPERATING_POINT
 from ..kernel.host import current_host
 from ..kernel.preprocess import load_image, resize_and_normalize, resize_probability_map, to_rgb8
@@ -108,7 +110,8 @@ class PreparedImage:
 class Detector:
     """Run an exported MaskCLIP artifact.
 
-    path: artifact folder or its manifest.json; None: the embedded demo model (DEMO_DIR).
+    path: artifact folder or its manifest.json, or one of its TensorRT engine files (model.fp16.engine:
+    the artifact then runs on its engines); None: the embedded demo model (DEMO_DIR).
     backend: "auto" (the first registered backend, by rank, that can run the artifact here: TensorRT
     engines when the artifact has them and TensorRT and a GPU are here, else ONNX Runtime) or a name
     from backends/registry.py ("onnxruntime", "tensorrt", ...).
@@ -131,11 +134,10 @@ class Detector:
         self_check: bool = True,
         strict: bool = False,
     ):
-        if backend != registry.AUTO:
-            registry.get(backend)  # ValueError naming the known ones, before the artifact is read
+        backend = backend_for(path, backend)
         if threshold is not None and not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
-        self.artifact: Artifact = load_artifact(DEMO_DIR if path is None else path)
+        self.artifact: Artifact = model_artifact(path)
         self.threshold = self.artifact.threshold if threshold is None else float(threshold)
         # An explicit threshold replaces the calibrated operating point (calibrated_prob is still given).
         self.calibration = self.artifact.calibration
@@ -287,6 +289,31 @@ class Detector:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def is_engine_file(path: str | os.PathLike | None) -> bool:
+    return path is not None and Path(path).suffix == ENGINE_SUFFIX
+
+
+def model_artifact(path: str | os.PathLike | None) -> Artifact:
+    """The verified artifact of a --model: a folder, its manifest.json, one of its engine files; None: the demo."""
+    if is_engine_file(path):
+        return engine_artifact(path)
+    return load_artifact(DEMO_DIR if path is None else path)
+
+
+def backend_for(path: str | os.PathLike | None, backend: str) -> str:
+    """The backend a --model runs on: a TensorRT engine file on TensorRT (another named backend is refused),
+    anything else on `backend`, a registered name or "auto" (BackendChoiceError, a ValueError, if not)."""
+    if backend != registry.AUTO:
+        registry.get(backend)
+    if not is_engine_file(path):
+        return backend
+    if backend not in (registry.AUTO, TENSORRT):
+        raise registry.BackendChoiceError(
+            f"{path} is a TensorRT engine: it runs on --backend tensorrt (or auto), not {backend}"
+        )
+    return TENSORRT
 
 
 def as_rgb_image(item: ImageInput) -> Image.Image:

@@ -18,8 +18,7 @@ import click
 
 from ..backends import registry
 from ..command import command
-from ..contract.artifact import load_artifact
-from ..detect.detector import DEMO_DIR, Detector
+from ..detect.detector import DEMO_DIR, Detector, backend_for, model_artifact
 from ..errors import BackendUnavailable, MaskclipError, NotFinished, UsageError, message_of
 from ..options import DEMO_NOTE, check_options, model_options
 
@@ -69,14 +68,14 @@ def serve(
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     try:
-        registry.require(backend)  # a backend that cannot run here is refused before any model is read
+        registry.require(backend_for(model, backend))  # refused here before any model is read
         if model is None:
             model = str(DEMO_DIR)
             log.info(DEMO_NOTE)
-        artifact = load_artifact(model)  # a wrong path or a tampered file: refuse before listening
+        artifact = model_artifact(model)  # a wrong path or a tampered file: refuse before listening
         load_detector = partial(
             Detector,
-            artifact.dir,
+            model,
             backend=backend,
             device=device,
             threads=threads,
