@@ -60,7 +60,8 @@ def test_every_backend_module_declares_one_backend_and_the_choices_are_the_regis
     ranks = [b.rank for b in declared.values()]
     assert ranks == sorted(ranks) and len(set(ranks)) == len(ranks)
     for name, backend in declared.items():
-        assert backend.name == name and backend.short and isinstance(backend.probe(), str | None)
+        assert backend.name == name and backend.short and backend.packages
+        assert isinstance(backend.probe(), str | None)
 
 
 def test_front_ends_list_the_registered_backends():

@@ -63,6 +63,8 @@ class Backend(ABC):
     runs_onnx_graphs: bool = True
     #: Triton Inference Server's platform for its model files (None: maskclip-triton cannot install it)
     triton_platform: str | None = None
+    #: its distributions (pip names): a new release may pick other kernels, so the self-check cache keys on them
+    packages: tuple[str, ...] = ()
 
     def probe(self) -> str | None:
         """None when this backend can run here; else one line: what is missing and how to install it."""

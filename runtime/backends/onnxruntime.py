@@ -137,6 +137,7 @@ class OnnxRuntimeBackend(Backend):
     short = "ort"
     rank = 20  # after TensorRT: its engines, when the artifact has them and a GPU is here, are faster
     triton_platform = "onnxruntime_onnx"
+    packages = ("onnxruntime", "onnxruntime-gpu")
 
     def probe(self) -> str | None:
         try:

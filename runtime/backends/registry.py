@@ -5,21 +5,24 @@ folder that declares a `BACKEND` (a `base.Backend`: name, availability probe, ru
 in "auto"), and BACKEND_MODULES below lists those modules. Everything that lists or picks backends
 reads this module: the Detector (`build_runners`), --backend choices (`choices`), maskclip-bench's
 rows (`Backend.short` with the precision table), maskclip-triton (`Backend.triton_platform`),
-`maskclip-info --backends` (`availability`) and the early refusals of run, serve, bench and
-export --trt (`require`).
+`maskclip-info --backends` (`availability`), the self-check's cache key (`Backend.packages`) and
+the early refusals of run, serve, bench and export --trt (`require`).
 
 Adding a backend, e.g. OpenVINO:
 
 1. runtime/backends/openvino.py: a Runner subclass (base.py), and
 
        class OpenVINOBackend(Backend):
-           name, short, rank = "openvino", "ov", 30
+           name, short, rank, packages = "openvino", "ov", 30, ("openvino",)
            def probe(self):
                return None if importlib.util.find_spec("openvino") else "OpenVINO is not installed: pip install ..."
            def runners(self, artifact, device, threads):
                return [OpenVINORunner(artifact.file(g.file), device, threads) for g in artifact.graphs]
 
        BACKEND = OpenVINOBackend()
+
+   (optional, see base.Backend: `gpu_only`, `artifact_problem` for files it needs beyond the ONNX
+   graphs, `model_files`, `triton_platform`);
 
 2. "openvino" in BACKEND_MODULES below;
 3. its rows: "openvino" in the `backends` of the precision table's rows it may run

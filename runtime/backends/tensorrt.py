@@ -308,6 +308,7 @@ class TensorRTBackend(Backend):
     gpu_only = True
     runs_onnx_graphs = False
     triton_platform = "tensorrt_plan"
+    packages = ("tensorrt", "tensorrt-cu12", "tensorrt-cu13")
 
     def probe(self) -> str | None:
         """TensorRT 10+ imports and a CUDA device answers (imports tensorrt: about a second)."""

@@ -22,6 +22,7 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
+from ..backends import registry
 from ..contract.artifact import Artifact, ArtifactError
 from ..contract.precision_table import Tolerances
 from ..errors import VerificationFailed
@@ -182,7 +183,7 @@ def _package_versions() -> dict[str, str]:
     from importlib import metadata
 
     versions = {}
-    for package in ("onnxruntime", "onnxruntime-gpu", "tensorrt", "tensorrt-cu12", "tensorrt-cu13"):
+    for package in (package for backend in registry.backends().values() for package in backend.packages):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
