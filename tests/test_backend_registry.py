@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import time
+import types
 
 import click
 import pytest
@@ -62,6 +63,24 @@ def test_every_backend_module_declares_one_backend_and_the_choices_are_the_regis
     for name, backend in declared.items():
         assert backend.name == name and backend.short and backend.packages
         assert isinstance(backend.probe(), str | None)
+
+
+@pytest.fixture
+def fresh_registry():
+    registry.backends.cache_clear()
+    yield
+    registry.backends.cache_clear()
+
+
+def test_a_new_backend_is_one_module_in_the_map(artifact, monkeypatch, fresh_registry):
+    """What the OpenVINO module will do: declare BACKEND in a module of the package, name it in BACKEND_MODULES."""
+    module = types.ModuleType("maskclip_runtime.backends.recorded")
+    module.BACKEND = _Recorded("recorded", 15)
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    monkeypatch.setattr(registry, "BACKEND_MODULES", (*registry.BACKEND_MODULES, "recorded"))
+    assert registry.choices() == ("auto", "tensorrt", "recorded", "onnxruntime")
+    assert [row["name"] for row in registry.availability()] == ["tensorrt", "recorded", "onnxruntime"]
+    assert Detector(artifact, backend="auto", device="cpu", self_check=False).backend == "recorded"
 
 
 def test_front_ends_list_the_registered_backends():

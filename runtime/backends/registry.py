@@ -78,17 +78,13 @@ def get(name: str) -> Backend:
         raise BackendChoiceError(f"unknown backend {name!r}: use one of {', '.join(choices())}") from None
 
 
-def require(name: str) -> Backend | None:
-    """The backend, when it can run here; else BackendUnavailable with its probe's line (status 4).
+def require(name: str) -> None:
+    """BackendUnavailable (status 4) with the probe's line unless the named backend can run here.
 
     Cheap next to loading a model: callers use it to refuse before any work. "auto" always passes."""
-    if name == AUTO:
-        return None
-    backend = get(name)
-    problem = backend.probe()
+    problem = None if name == AUTO else get(name).probe()
     if problem:
         raise BackendUnavailable(problem)
-    return backend
 
 
 def availability() -> list[dict]:
