@@ -81,11 +81,14 @@ def gate_summary(report: dict) -> dict:
 
 
 def gate_parity(artifact_dir: Path, runtime: str) -> dict:
-    """Parity with PyTorch from the export gate's report (ONNX Runtime CPU, or the engine gate for TensorRT)."""
+    """Parity with PyTorch from the export gate's report: the graphs' (ONNX Runtime CPU), or for a backend that
+    runs files built from them (TensorRT's engines) their own gate's."""
+    from maskclip_runtime.backends import registry
     from maskclip_runtime.contract.artifact import load_artifact
 
     manifest = load_artifact(artifact_dir).manifest
-    report = (manifest.engine_verification if runtime == "tensorrt" else manifest.verification) or {}
+    graphs = registry.get(runtime).runs_onnx_graphs
+    report = (manifest.verification if graphs else manifest.engine_verification) or {}
     if not report or report.get("skipped"):
         return {}
     return gate_summary(report)
