@@ -8,7 +8,8 @@ Formats and the flags each takes (Ultralytics-style table; invalid combinations 
   int8         --calib DIR           static QDQ, symmetric (TensorRT-compatible)
   int8-cpu     --calib DIR           ONNX Runtime CPU: dynamic int8 linear layers, static
                                      int8 convolutions (fastest on CPU; not for TensorRT)
-  (the choices and what each allows come from maskclip_runtime.contract.precision_table)
+  (the choices and what each allows come from maskclip_runtime.contract.precision_table; each row but
+  the default also has the design card's shorthand flag: --fp16, --int8, --int8-cpu, ...)
   + --split (CLIP / trunk / heads graphs) or --cascade (screen / localise graphs: the runtime localises
   only images judged fake), --dynamic (batch 1..N), --trt (engines on a GPU machine)
 
@@ -116,6 +117,39 @@ def _export_summary(manifest: Manifest, out: Path) -> str:
     return f"{line}; {sum(manifest.export_seconds.values()):.0f} s"
 
 
+# The design card's spelling: --fp16, --int8, --int8-cpu ... one flag per non-default row of the table.
+SHORTHANDS = tuple(name for name in PRECISIONS if name != DEFAULT_PRECISION)
+_SHORTHANDS_KEY = "maskclip_export.precision_shorthands"
+
+
+def _note_shorthand(ctx: click.Context, param: click.Parameter, given: bool) -> None:
+    if given:
+        ctx.meta.setdefault(_SHORTHANDS_KEY, []).append(param.opts[0].removeprefix("--"))
+
+
+def precision_shorthands(function):
+    """Add `--NAME` (same as `--precision NAME`) for every shorthand; `chosen_precision` reads them."""
+    for name in reversed(SHORTHANDS):
+        function = click.option(
+            f"--{name}", is_flag=True, expose_value=False, callback=_note_shorthand,
+            help=f"Same as --precision {name}.",
+        )(function)  # fmt: skip
+    return function
+
+
+def chosen_precision(precision: str, precision_given: bool, shorthands: list[str]) -> str:
+    """The precision of `--precision` and its shorthand flags; two shorthands, or a shorthand with another
+    --precision, are a usage error."""
+    if len(shorthands) > 1:
+        raise UsageError(f"{' and '.join('--' + s for s in shorthands)} are exclusive: pick one precision")
+    if not shorthands:
+        return precision
+    (shorthand,) = shorthands
+    if precision_given and precision != shorthand:
+        raise UsageError(f"--{shorthand} means --precision {shorthand}, not --precision {precision}: pick one")
+    return shorthand
+
+
 @command("maskclip-export", extra="export")
 @click.option("--checkpoint", type=click.Path(), help="MaskCLIP checkpoint (.safetensors + .json, or folder).")
 @click.option("--config", "config_name", help="Config name (tiny, opensdi-vitl14); alone: random init.")
@@ -135,8 +169,11 @@ def _export_summary(manifest: Manifest, out: Path) -> str:
         + ("" if row.tensorrt else ", no --trt")
         for row in PRECISIONS.values()
     )
+    + ". Each has a shorthand flag: "
+    + ", ".join(f"--{name}" for name in SHORTHANDS)
     + ".",
 )
+@precision_shorthands
 @click.option("--calib", help="Calibration images for the int8 precisions: folder or glob.")
 @click.option("--calib-count", default=32, show_default=True, type=int, help="Calibration images to use.")
 @click.option("--split", is_flag=True, help="Separate CLIP / trunk / heads graphs instead of one fused graph.")
@@ -165,6 +202,12 @@ def main(
 
     from .exporter import ExportOptions, GateFailed, check_output_location, export_artifact
 
+    ctx = click.get_current_context()
+    precision = chosen_precision(
+        precision,
+        ctx.get_parameter_source("precision") is not click.core.ParameterSource.DEFAULT,
+        ctx.meta.get(_SHORTHANDS_KEY, []),
+    )
     if split and cascade:
         raise UsageError("--split and --cascade are exclusive: pick one topology")
     if trt and not precision_row(precision).tensorrt:
