@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import click
 
 from maskclip_runtime.command import command
+from maskclip_runtime.contract.engine_header import TRT_COMPAT
 from maskclip_runtime.contract.precision_table import (
     DEFAULT_PRECISION,
     PRECISIONS,
@@ -34,7 +35,7 @@ from maskclip_runtime.contract.precision_table import (
     precision_row,
     precisions_for,
 )
-from maskclip_runtime.errors import BackendUnavailable, NotFinished, UsageError
+from maskclip_runtime.errors import BackendUnavailable, InputError, NotFinished, UsageError
 
 if TYPE_CHECKING:
     from maskclip_runtime.contract.manifest import Manifest
@@ -77,11 +78,9 @@ def load_source(checkpoint: str | None, config: str | None) -> ModelSource:
     return ModelSource(model, "embedded demo model", weights_digest(model))
 
 
-def _build_engines(out: Path, calib: str | None, calib_count: int) -> None:
+def _build_engines(out: Path, calib: str | None, calib_count: int, compat: tuple[str, ...]) -> None:
     """--trt: engines into the installed artifact; TensorRT missing -> status 4, a failed build 5 (ONNX kept)."""
     from maskclip_runtime.kernel.inputs import image_files
-
-    from .tensorrt import PrecisionPlanError
 
     try:
         from .tensorrt import build_engines
@@ -91,10 +90,10 @@ def _build_engines(out: Path, calib: str | None, calib_count: int) -> None:
         ) from None
     calib_images = image_files(calib)[:calib_count] if calib else ()
     try:
-        engines = build_engines(out, calib_images=calib_images, log=lambda m: click.echo(m, err=True))
+        engines = build_engines(out, calib_images=calib_images, log=lambda m: click.echo(m, err=True), compat=compat)
     except BackendUnavailable as exc:
         raise BackendUnavailable(f"TensorRT is not available: {exc}; the ONNX artifact is at {out}") from None
-    except PrecisionPlanError:
+    except InputError:  # a precision plan or a portability TensorRT cannot build: status 2
         raise
     except (ValueError, RuntimeError) as exc:  # the engine build failed
         raise NotFinished(
@@ -187,6 +186,14 @@ def chosen_precision(precision: str, precision_given: bool, shorthands: list[str
 @click.option("--no-verify", is_flag=True, help="Skip the verification gate (recorded in the manifest).")
 @click.option("--trt", is_flag=True, help="Also build TensorRT engines (needs TensorRT and a GPU).")
 @click.option(
+    "--trt-compat",
+    type=click.Choice(list(TRT_COMPAT)),
+    multiple=True,
+    help="Portable engines (with --trt; repeat for both; not on Jetson): "
+    + "; ".join(f"{kind}: {promise}" for kind, promise in TRT_COMPAT.items())
+    + ".",
+)
+@click.option(
     "--calibration",
     type=click.Path(dir_okay=False),
     help="Verdict calibration record from maskclip-calibrate, stored in the manifest (not int8's --calib).",
@@ -194,13 +201,14 @@ def chosen_precision(precision: str, precision_given: bool, shorthands: list[str
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 def main(
     checkpoint, config_name, out, opset, batch, dynamic, precision, calib, calib_count, split, cascade,
-    verify_images, no_verify, trt, calibration, quiet,
+    verify_images, no_verify, trt, trt_compat, calibration, quiet,
 ):  # fmt: skip
     """Export MaskCLIP to a verified ONNX artifact folder (manifest.json + graphs)."""
     from maskclip_runtime.contract.manifest import BatchSpec
     from maskclip_runtime.contract.verdict_calibration import read_calibration
 
     from .exporter import ExportOptions, GateFailed, check_output_location, export_artifact
+    from .tensorrt import check_compat
 
     ctx = click.get_current_context()
     precision = chosen_precision(
@@ -214,6 +222,9 @@ def main(
         raise UsageError(
             f"TensorRT cannot build {precision} graphs: --trt takes --precision {' / '.join(precisions_for(TENSORRT))}"
         )
+    if trt_compat and not trt:
+        raise UsageError("--trt-compat says how TensorRT engines are built: it needs --trt")
+    compat = check_compat(trt_compat)  # on Jetson: refused before any work
     try:
         options = ExportOptions(
             out=Path(out),
@@ -250,4 +261,4 @@ def main(
     click.echo(f"wrote {options.out} ({summary})")
     click.echo(_export_summary(manifest, options.out), err=True)
     if trt:
-        _build_engines(options.out, calib, calib_count)
+        _build_engines(options.out, calib, calib_count, compat)

@@ -83,3 +83,40 @@ def test_the_design_cards_commands_as_written(tmp_path, monkeypatch):
     assert len(on_engine) == len(on_onnx) == 1
     assert on_engine[0]["backend"].startswith("tensorrt") and on_onnx[0]["backend"].startswith("onnxruntime")
     assert on_engine[0]["fake_prob"] == pytest.approx(on_onnx[0]["fake_prob"], abs=1e-6)
+
+
+def test_trt_compat_needs_trt_and_is_refused_on_jetson_before_any_work(tmp_path, monkeypatch):
+    from maskclip_export import tensorrt as export_tensorrt
+
+    def no_model(*_):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(export_cli, "load_source", no_model)
+    out = str(tmp_path / "a")
+    result = CliRunner().invoke(export_cli.main, ["--fp16", "--trt-compat", "version", "--out", out])
+    assert result.exit_code == EXIT_USAGE and "Traceback" not in result.output
+    monkeypatch.setattr(export_tensorrt, "on_jetson", lambda: True)
+    result = CliRunner().invoke(export_cli.main, ["--fp16", "--trt", "--trt-compat", "hardware", "--out", out])
+    assert result.exit_code == EXIT_USAGE and "Jetson" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "a").exists()
+
+
+def test_a_portable_engine_runs_and_passes_its_self_check_on_another_gpu_and_tensorrt(tmp_path, monkeypatch):
+    trt_standin.install(monkeypatch, "10.3.0", trt_standin.FakeCudart(gpu=("NVIDIA A100-SXM4-80GB", 8, 0)))
+    monkeypatch.setattr(tensorrt_backend, "TensorRTRunner", trt_standin.onnx_engine_runner(check_target=True))
+    out = str(tmp_path / "a")
+    flags = ["--fp16", "--trt", "--trt-compat", "version", "--trt-compat", "hardware", "--out", out, "--quiet"]
+    exported = CliRunner().invoke(export_cli.main, flags)
+    assert exported.exit_code == 0, exported.output
+    assert load_artifact(out).manifest.engines[0].compat == ("hardware", "version")
+
+    # Another machine: a newer TensorRT 10 on an H100.
+    trt_standin.install(monkeypatch, "10.8.0", trt_standin.FakeCudart(gpu=("NVIDIA H100 80GB HBM3", 9, 0)))
+    result = CliRunner().invoke(run_cli.main, ["--self-check", "--model", out, "--backend", "tensorrt", "--quiet"])
+    assert result.exit_code == 0, result.output
+    verdict = json.loads(result.stdout)
+    assert verdict["status"] == "passed" and verdict["backend"].startswith("tensorrt")
+    # A TensorRT 11 there is outside what a version-compatible TensorRT 10 engine promises.
+    trt_standin.install(monkeypatch, "11.4.0", trt_standin.FakeCudart(gpu=("NVIDIA H100 80GB HBM3", 9, 0)))
+    result = CliRunner().invoke(run_cli.main, ["--self-check", "--model", out, "--backend", "tensorrt", "--quiet"])
+    assert result.exit_code == 4, result.output
