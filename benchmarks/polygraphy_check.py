@@ -9,7 +9,7 @@ the gate's images) sit in the report beside the engine gate's verdict. The feeds
 preprocessed as deployed, run through the earlier graphs for split artifacts (the calibration feeds);
 atol = rtol = the precision's max_prob_diff from the precision table.
 
-    python -m maskclip_bench.polygraphy_check ARTIFACT [--images DIR] [--json FILE]
+    python -m maskclip_bench.polygraphy_check ARTIFACT [--images DIR] [--limit N] [--json FILE]
 
 Status 0 when every output is within the tolerance, 3 when one is not (the JSON says which), 2 for an
 artifact without engines.
@@ -44,10 +44,14 @@ def trt_runner(engine_path: Path, name: str):
 
 
 def compare_engines(
-    artifact_dir: str | Path, images: str | None = None, engine_runner: Callable[[Path, str], object] | None = None
+    artifact_dir: str | Path,
+    images: str | None = None,
+    engine_runner: Callable[[Path, str], object] | None = None,
+    limit: int | None = None,
 ) -> dict:
     """The report: per graph and output, Polygraphy's error figures for the engine against ONNX Runtime.
-    engine_runner(engine path, name) -> a Polygraphy runner of the engine (default: trt_runner)."""
+    engine_runner(engine path, name) -> a Polygraphy runner of the engine (default: trt_runner); limit: compare
+    on the first `limit` images only (the reference is ONNX Runtime on the CPU: minutes for a large model)."""
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
     from polygraphy.comparator import Comparator, CompareFunc
 
@@ -62,6 +66,7 @@ def compare_engines(
     precision = artifact.manifest.engines[0].precision
     tolerance = precision_row(precision).gate.max_prob_diff
     names, batch = verification_batch(artifact.preprocess, images)
+    names, batch = names[:limit], batch[:limit]
     paths = {graph.name: artifact.file(graph.file) for graph in artifact.graphs}
     feeds = calibration_feeds(artifact.graphs, paths, batch, artifact.batch)
     compare = CompareFunc.simple(atol=tolerance, rtol=tolerance)
@@ -114,10 +119,11 @@ def summary_lines(report: dict) -> list[str]:
 @command("maskclip_bench.polygraphy_check", extra="export")
 @click.argument("artifact", type=click.Path(exists=True))
 @click.option("--images", help="Comparison images: folder or glob (default: the gate's bundled samples + edits).")
+@click.option("--limit", type=click.IntRange(min=1), help="Compare on the first LIMIT images only.")
 @json_option("the report")
-def main(artifact, images, json_path):
+def main(artifact, images, limit, json_path):
     """Compare each TensorRT engine of ARTIFACT with its ONNX graph on ONNX Runtime, through Polygraphy."""
-    report = compare_engines(artifact, images)
+    report = compare_engines(artifact, images, limit=limit)
     if json_path:
         write_json(report, json_path)
     for line in summary_lines(report):

@@ -58,7 +58,8 @@ def test_a_faithful_engine_has_zero_error_on_every_output(artifact):
     assert report["compat"] == ["version"] and report["engine_gate_passed"] is True
     assert set(report["graphs"]["fused"]) == {"logits", "fake_prob", "mask"}
     assert all(f["max_absdiff"] == 0.0 and f["passed"] for f in report["graphs"]["fused"].values())
-    assert report["passed"] and report["images"] > 0
+    assert report["passed"] and report["images"] > 2
+    assert polygraphy_check.compare_engines(artifact, engine_runner=engine_standin(), limit=2)["images"] == 2
 
 
 def test_the_figures_are_the_engines_error_and_the_verdict_follows_the_tolerance(artifact, monkeypatch):
