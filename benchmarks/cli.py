@@ -86,8 +86,10 @@ def load_models(names: list[tuple[str, ExistingArtifact | None]], seed: int) -> 
     models = []
     for name, existing in names:
         if existing is not None:
-            what = "engine file" if existing.given.suffix == ".engine" else "artifact"
-            models.append((existing.given.name, existing, f"{what} {name} (as exported; its own gate)"))
+            engine = existing.given.suffix == ".engine"
+            label = existing.given.name if engine else existing.dir.name
+            what = "engine file" if engine else "artifact"
+            models.append((label, existing, f"{what} {name} (as exported; its own gate)"))
             continue
         if name == "demo":
             from maskclip_core.demo import DEMO_CHECKPOINT, load_demo_model

@@ -99,7 +99,8 @@ def _build_engines(out: Path, calib: str | None, calib_count: int, compat: tuple
         raise NotFinished(
             f"TensorRT engine build failed: {str(exc).splitlines()[0]}; the ONNX artifact is at {out}"
         ) from None
-    click.echo(f"TensorRT: {len(engines)} engine(s) written into {out}")
+    portable = f" (portable: {', '.join(compat)})" if compat else ""
+    click.echo(f"TensorRT: {len(engines)} engine(s) written into {out}{portable}")
 
 
 def _export_summary(manifest: Manifest, out: Path) -> str:

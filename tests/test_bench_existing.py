@@ -76,6 +76,7 @@ def test_its_manifest_and_the_default_batch_sizes_within_its_range(artifact, tmp
     status, report, output = _bench(artifact / MANIFEST_NAME, *SHORT, "--workdir", tmp_path, "--json", "-")
     assert status == 0, output
     assert [r["batch"] for r in report["rows"]] == [1]  # the default 1,8: 8 is outside its 1..2
+    assert report["rows"][0]["model"] == artifact.name and report["models"][0]["name"] == artifact.name
 
 
 def test_an_engine_file_is_timed_on_its_engine(artifact, tmp_path, monkeypatch, no_measuring):
