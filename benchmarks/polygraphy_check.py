@@ -31,11 +31,12 @@ REFERENCE, CANDIDATE = "onnxruntime-cpu", "tensorrt"
 def trt_runner(engine_path: Path, name: str):
     """Polygraphy's TrtRunner on an engine file: plan checked against its sidecar; a version-compatible plan
     is deserialised by a runtime that allows its lean runtime (polygraphy run --load-runtime's trust)."""
-    import tensorrt as trt
+    from maskclip_runtime.backends.tensorrt import import_tensorrt
+    from maskclip_runtime.contract.engine_header import engine_compat, read_engine_metadata, read_plan
+
+    trt = import_tensorrt()  # missing: one line saying what to install, status 4
     from polygraphy.backend.trt import EngineFromBytes, TrtRunner
     from polygraphy.backend.trt.util import get_trt_logger
-
-    from maskclip_runtime.contract.engine_header import engine_compat, read_engine_metadata, read_plan
 
     metadata = read_engine_metadata(engine_path)
     runtime = trt.Runtime(get_trt_logger())

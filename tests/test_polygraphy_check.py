@@ -22,7 +22,7 @@ from maskclip_export.verify import verification_batch
 from maskclip_runtime.contract.artifact import load_artifact
 from maskclip_runtime.contract.engine_header import read_engine_metadata
 from maskclip_runtime.contract.precision_table import PRECISIONS
-from maskclip_runtime.errors import EXIT_USAGE, EXIT_VERIFICATION_FAILED
+from maskclip_runtime.errors import EXIT_BACKEND_UNAVAILABLE, EXIT_USAGE, EXIT_VERIFICATION_FAILED
 
 pytestmark = pytest.mark.torch  # maskclip_export
 SHIFT = 0.003  # what the "miscompiled" engine adds to its mask: within fp16's 0.01, over fp32's 1e-4
@@ -95,3 +95,12 @@ def test_an_artifact_without_engines_is_a_usage_error(tmp_path):
     folder = _artifact(tmp_path / "plain", precision="fp32")
     result = CliRunner().invoke(polygraphy_check.main, [str(folder)])
     assert result.exit_code == EXIT_USAGE and "Traceback" not in result.output
+
+
+def test_without_tensorrt_the_command_says_what_to_install(artifact, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # import tensorrt fails, as where it is not installed
+    result = CliRunner().invoke(polygraphy_check.main, [str(artifact)])
+    assert result.exit_code == EXIT_BACKEND_UNAVAILABLE and "maskclip[gpu]" in result.output
+    assert "Traceback" not in result.output
