@@ -156,3 +156,10 @@ def test_the_part_is_timed_inside_its_call():
 
     whole, part = time_calls_and_part(call, warmup=2, iters=3)
     assert len(calls) == 5 and part == [5.0, 5.0, 5.0] and len(whole) == 3
+
+
+def test_the_cascade_benchmark_refuses_an_artifact_it_cannot_re_export(artifact):
+    from maskclip_bench import cascade_bench
+
+    result = CliRunner().invoke(cascade_bench.main, [str(artifact)])
+    assert result.exit_code == EXIT_USAGE and "Traceback" not in result.output
