@@ -3,6 +3,7 @@ Detector (ONNX Runtime or TensorRT), or PyTorch (pytorch.py)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,14 +51,77 @@ class Session:
     ran_on: str | None = None  # what actually ran ("onnxruntime-cpu" after an ORT CUDA fallback)
 
 
-def end_to_end(session: Session, paths: Sequence[Path], spec, threshold: float) -> list[tuple[float, np.ndarray]]:
-    """Decode + preprocess + forward + resize each mask to its image's size: what a caller gets."""
+def end_to_end(
+    session: Session, paths: Sequence[Path], spec, threshold: float
+) -> tuple[list[tuple[float, np.ndarray]], float]:
+    """Decode + preprocess + forward + resize each mask to its image's size: what a caller gets; and the
+    forward pass's own ms within the call (the model-only time, measured in the same call)."""
     images = [load_image(p) for p in paths]
-    fake_prob, masks = session.forward(preprocess_batch(images, spec))
-    return [
+    batch = preprocess_batch(images, spec)
+    started = time.perf_counter()
+    fake_prob, masks = session.forward(batch)
+    forward_ms = (time.perf_counter() - started) * 1e3
+    results = [
         (float(p), resize_probability_map(m, img.width, img.height) > threshold)
         for p, m, img in zip(fake_prob, masks, images, strict=True)
     ]
+    return results, forward_ms
+
+
+@dataclass(frozen=True)
+class ExistingArtifact:
+    """An artifact folder (or manifest.json) or an engine file given to maskclip-bench: benchmarked as it
+    is, with its recorded precision and gate, never re-exported. rows: the backends of its own files."""
+
+    given: Path
+    dir: Path
+    rows: tuple[str, ...]  # ort-<graph precision> where ONNX Runtime may run it; trt-<engine precision>
+    batch: object  # its BatchSpec
+    config: dict  # the model config it was exported from
+    preprocess: object  # its PreprocessSpec
+    threshold: float
+    export_s: float  # recorded export time (and engine build time, for the trt row)
+    build_s: float
+
+
+def existing_artifact(path: Path) -> ExistingArtifact | None:
+    """What `path` is, if it is an artifact or engine file (loaded and checked: ArtifactError / EngineFileError,
+    status 2, on anything wrong); None for anything else (a checkpoint, a config name)."""
+    from maskclip_runtime.contract.artifact import load_artifact
+    from maskclip_runtime.contract.engine_header import read_engine_metadata
+    from maskclip_runtime.contract.manifest import MANIFEST_NAME, ArtifactError
+
+    if path.suffix == ".engine":
+        read_engine_metadata(path)
+        artifact = load_artifact(path.parent)
+        engine = next((e for e in artifact.manifest.engines if e.file == path.name), None)
+        if engine is None:
+            raise ArtifactError(f"{path}: its artifact {path.parent} does not list this engine (stray or renamed file)")
+        rows = (f"{RUNTIME_PREFIXES[TENSORRT]}-{engine.precision}",)
+    elif path.is_dir() and (path / MANIFEST_NAME).is_file() or path.name == MANIFEST_NAME:
+        artifact = load_artifact(path)
+        rows = tuple(
+            f"{RUNTIME_PREFIXES[runtime]}-{precision}"
+            for runtime, precision in (
+                (ONNXRUNTIME, artifact.precision),
+                *((TENSORRT, e.precision) for e in artifact.manifest.engines[:1]),
+            )
+            if runtime in PRECISIONS[precision].backends
+        )
+    else:
+        return None
+    manifest = artifact.manifest
+    return ExistingArtifact(
+        given=path,
+        dir=artifact.dir,
+        rows=rows,
+        batch=artifact.batch,
+        config=manifest.config,
+        preprocess=artifact.preprocess,
+        threshold=artifact.threshold,
+        export_s=float(sum(manifest.export_seconds.values())),
+        build_s=float(sum(e.build_seconds for e in manifest.engines)),
+    )
 
 
 def artifact_session(artifact_dir: Path, runtime: str, device: str, batch: int) -> Session:

@@ -27,10 +27,11 @@ import click
 import numpy as np
 
 from maskclip_runtime.command import command, json_option, write_json
+from maskclip_runtime.errors import InputError
 
 from .artifacts import export_artifact, reusable_export_seconds
 from .bench import default_workdir
-from .cli import _csv, check_model_names, load_models
+from .cli import _csv, load_models, resolve_models
 from .environment import environment
 from .report import TARGET_MODEL
 from .samples import sample_images
@@ -208,10 +209,14 @@ def main(models, configs, shares, images, rounds, batch, threads, seed, workdir,
         raise click.BadParameter("shares must lie in [0, 1]", param_hint="--shares")
     say = lambda text: click.echo(text, err=True)  # noqa: E731 - progress goes to stderr
     names = list(models) + list(configs) or ["demo", "tiny"]
-    check_model_names(names)
+    resolved = resolve_models(names, None, None)
+    artifacts = [name for name, existing in resolved if existing is not None]
+    if artifacts:
+        raise InputError(f"{', '.join(artifacts)}: the cascade benchmark exports its own graphs from a model (give "
+                         "demo, a config or a checkpoint)")  # fmt: skip
     workdir = workdir or default_workdir()
     results = []
-    for name, model, description in load_models(names, seed):
+    for name, model, description in load_models(resolved, seed):
         result = run(model.eval(), name, shares, images, rounds, batch, threads, workdir, say)
         result["description"] = description
         if model.config.name == TARGET_MODEL and batch == 1:

@@ -1,7 +1,11 @@
 """maskclip-bench: one table across backends for this device (latency, throughput, memory, parity, roofline).
 
-Models are checked before any work (an unknown name is status 2, a CUDA device PyTorch cannot use is 4):
-measuring takes minutes, and a typo must not cost them.
+What it benchmarks: configs and checkpoints (exported here at each precision, gate included), or what
+exists, as trtexec --loadEngine and benchmark_app do: an artifact folder (its graphs, and its engines where
+it has them) or an engine file, each with its recorded precision and gate. Every argument is checked before
+any work, the GEMM-ceiling measurement included (an unknown name, an unreadable artifact, a backend or batch
+size it cannot run is status 2, a CUDA device PyTorch cannot use is 4): measuring takes minutes, and a typo
+must not cost them.
 """
 
 from __future__ import annotations
@@ -20,8 +24,8 @@ from maskclip_runtime.backends import registry
 from maskclip_runtime.command import command, json_option, write_json
 from maskclip_runtime.errors import BackendUnavailable, InputError
 
-from .backends import BACKENDS, DEFAULT_BACKENDS
-from .bench import BenchSettings, attach_ceilings, default_workdir, run
+from .backends import BACKENDS, DEFAULT_BACKENDS, ExistingArtifact, existing_artifact
+from .bench import BenchSettings, attach_ceilings, batch_sizes_for, default_workdir, run
 from .environment import environment
 from .op_profile import ort_op_profile
 from .pytorch import cuda_unavailable_reason
@@ -40,19 +44,41 @@ def _csv(kind):
     return parse
 
 
-def check_model_names(names: list[str]) -> None:
-    """Every name is demo, a registered config or an existing checkpoint path; else InputError, before any work."""
+def resolve_models(
+    names: list[str], backends: list[str] | None, batch_sizes: list[int] | None
+) -> list[tuple[str, ExistingArtifact | None]]:
+    """Each name -> (name, its ExistingArtifact, or None for demo / a config / a checkpoint); InputError
+    before any work for an unknown name, a broken artifact or engine, or an artifact that runs none of the
+    --backends / --batch-sizes asked for explicitly (None: not given)."""
+    from maskclip_core.checkpoint import read_checkpoint_config
+
     known = list_configs()
-    unknown = [name for name in names if name != "demo" and name not in known and not Path(name).exists()]
-    if unknown:
-        raise InputError(
-            f"unknown model(s) {', '.join(unknown)}: give demo, a config ({', '.join(known)}) or a checkpoint path"
-        )
+    resolved = []
+    for name in names:
+        existing = existing_artifact(Path(name)) if Path(name).exists() else None
+        if existing is None and Path(name).exists():
+            read_checkpoint_config(name)  # neither artifact nor checkpoint: CheckpointError, status 2
+        elif existing is None and name != "demo" and name not in known:
+            raise InputError(
+                f"unknown model {name}: give demo, a config ({', '.join(known)}), a checkpoint, an artifact "
+                "folder or an engine file"
+            )
+        if existing is not None:
+            if backends is not None and not set(backends) & set(existing.rows):
+                raise InputError(f"{name} runs as {', '.join(existing.rows)}, none of --backends {','.join(backends)}")
+            outside = [b for b in batch_sizes or () if b not in batch_sizes_for(existing, [b])]
+            if outside:
+                raise InputError(
+                    f"{name} takes batches {existing.batch.min}..{existing.batch.max}, not --batch-sizes "
+                    f"{','.join(map(str, outside))}"
+                )
+        resolved.append((name, existing))
+    return resolved
 
 
-def load_models(names: list[str], seed: int) -> list[tuple[str, object, str]]:
-    """Model names -> (name, model, description): "demo", config names (random weights drawn from `seed`,
-    so a re-run reuses the artifacts in --workdir) or checkpoint paths."""
+def load_models(names: list[tuple[str, ExistingArtifact | None]], seed: int) -> list[tuple[str, object, str]]:
+    """(name, artifact) -> (name, model or artifact, description): "demo", config names (random weights drawn
+    from `seed`, so a re-run reuses the artifacts in --workdir), checkpoint paths or existing artifacts."""
     import torch
 
     from maskclip_core.checkpoint import load_checkpoint
@@ -60,7 +86,13 @@ def load_models(names: list[str], seed: int) -> list[tuple[str, object, str]]:
     from maskclip_core.model import build_model
 
     models = []
-    for name in names:
+    for name, existing in names:
+        if existing is not None:
+            engine = existing.given.suffix == ".engine"
+            label = existing.given.name if engine else existing.dir.name
+            what = "engine file" if engine else "artifact"
+            models.append((label, existing, f"{what} {name} (as exported; its own gate)"))
+            continue
         if name == "demo":
             from maskclip_core.demo import DEMO_CHECKPOINT, load_demo_model
 
@@ -130,7 +162,8 @@ def main(
     seed,
     notes,
 ):
-    """Benchmark MODELS: demo, config names (tiny, opensdi-vitl14: random weights) or checkpoint paths.
+    """Benchmark MODELS: demo, config names (tiny, opensdi-vitl14: random weights), checkpoint paths, artifact
+    folders (or their manifest.json) or engine files.
 
     Default: tiny."""
     unknown = [b for b in backends if b not in BACKENDS]
@@ -142,8 +175,13 @@ def main(
             registry.require(runtime)
     if not batch_sizes or min(batch_sizes) < 1:
         raise click.BadParameter("batch sizes must be >= 1", param_hint="--batch-sizes")
-    names = list(models) + list(configs) or ["tiny"]
-    check_model_names(names)
+    ctx = click.get_current_context()
+    given = lambda option: ctx.get_parameter_source(option) is not click.core.ParameterSource.DEFAULT  # noqa: E731
+    resolved = resolve_models(
+        list(models) + list(configs) or ["tiny"],
+        backends if given("backends") else None,
+        batch_sizes if given("batch_sizes") else None,
+    )
     import torch  # noqa: F401 - every model is built with it: without the extra, refused before any work
 
     if device.startswith("cuda"):
@@ -156,7 +194,7 @@ def main(
     load_at_start = os.getloadavg()
     say("measuring the GEMM ceiling")
     ceilings = measure_ceilings(device)
-    summaries, rows = run(load_models(names, seed), settings, say)
+    summaries, rows = run(load_models(resolved, seed), settings, say)
     say("measuring the GEMM ceiling again")
     ceilings = best_of(ceilings, measure_ceilings(device))
     attach_ceilings(rows, ceilings, device)

@@ -8,7 +8,13 @@
 
 Online: a venv with the system site packages (JetPack's TensorRT and torch live there), the extra of the
 target (`gpu` for CUDA 13, `gpu-cu12`, `jetson`; chosen from the driver unless --target says), the GPU
-tests, the `--trt` CLI path on tiny, then maskclip-bench on tiny and opensdi-vitl14 with every backend.
+tests, the design card's `maskclip-export --fp16 --trt` on tiny, then maskclip-bench on tiny and
+opensdi-vitl14 with every backend.
+
+Both modes, where TensorRT is installed: Polygraphy's second opinion on every engine built (its TrtRunner
+against ONNX Runtime through its Comparator: benchmarks/polygraphy_check.py; per-output errors in
+polygraphy-<artifact>.json and a line each in the summary), and one portable engine (`--trt-compat version
+--trt-compat hardware`, tiny fp16; not on Jetson, whose TensorRT builds none) with its own benchmark row.
 
 Offline: the interpreter given by --python is used as it is (no venv: a venv made from a venv cannot see
 its parent's packages). The pure-Python packages it lacks come from benchmarks/wheels/ and the project is
@@ -266,6 +272,74 @@ def bench_command(
     ]  # fmt: skip
 
 
+def engine_artifacts(folder: Path) -> list[Path]:
+    """Artifact folders under `folder` whose manifest lists TensorRT engines (the manifest read as JSON)."""
+    found = []
+    for manifest in sorted(folder.glob("*/manifest.json")):
+        try:
+            engines = json.loads(manifest.read_text(encoding="utf-8")).get("engines")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if engines:
+            found.append(manifest.parent)
+    return found
+
+
+def polygraphy_steps(check: Checker, python: str, env: dict, artifacts: list[Path]) -> dict:
+    """Polygraphy's comparison of each artifact's engines with ONNX Runtime: artifact name -> its report;
+    each report's worst output becomes its step's detail (the summary's line)."""
+    reports = {}
+    for artifact in artifacts:
+        path = check.out / f"polygraphy-{artifact.name}.json"
+        check.command(
+            f"polygraphy: {artifact.name} engines vs ONNX Runtime",
+            [python, "-m", "maskclip_bench.polygraphy_check", str(artifact), "--limit", "8", "--json", str(path)],
+            timeout_s=300,
+            env=env,
+        )
+        if path.is_file():
+            reports[artifact.name] = json.loads(path.read_text(encoding="utf-8"))
+            check.call(f"polygraphy: {artifact.name} figures", lambda r=reports[artifact.name]: worst_output(r))
+    return reports
+
+
+def worst_output(report: dict) -> str:
+    """'fp16: worst mask max |diff| 1.2e-03 mean 3.0e-05 (atol = rtol = 0.01); 3 of 3 outputs within': the
+    output furthest from the tolerance, from a polygraphy_check report."""
+    outputs = [
+        (f"{g}/{n}" if len(report["graphs"]) > 1 else n, f) for g, o in report["graphs"].items() for n, f in o.items()
+    ]
+    name, worst = max(outputs, key=lambda item: item[1]["max_absdiff"] / report["atol"])
+    within = sum(f["passed"] for _, f in outputs)
+    return (
+        f"{report['precision']}: worst {name} max |diff| {worst['max_absdiff']:.2e} mean {worst['mean_absdiff']:.2e} "
+        f"(atol = rtol = {report['atol']:g}); {within} of {len(outputs)} outputs within"
+    )
+
+
+def portable_steps(check: Checker, python: str, env: dict, tensorrt: bool, jetson: bool, device: str, iters: int):
+    """One portable engine (version- and hardware-compatible, tiny fp16) and its benchmark row."""
+    name = "portable engine (--trt-compat version --trt-compat hardware)"
+    if jetson:
+        return check.skip(name, "TensorRT on Jetson builds no version- or hardware-compatible engines")
+    if not tensorrt:
+        return check.skip(name, "TensorRT is not installed in this interpreter")
+    out = check.work / "artifacts" / "tiny-fp16-portable"
+    ok, _ = check.command(
+        f"maskclip-export --fp16 --trt {name.split('(')[1].rstrip(')')} (tiny)",
+        [python, "-c", "from maskclip_export.cli import main; main()", "--config", "tiny", "--fp16", "--dynamic",
+         "--batch", "8", "--trt", "--trt-compat", "version", "--trt-compat", "hardware", "--quiet", "--out", str(out)],
+        timeout_s=600, env=env,
+    )  # fmt: skip
+    if ok:
+        check.command(
+            "benchmark the portable engine (one row)",
+            bench_command(python, str(out), check, device, "trt-fp16", iters, 0, "tiny-portable"),
+            env=env,
+        )
+    return ok
+
+
 def run_offline(args, check: Checker) -> dict:
     python = args.python
     site = check.work / "site"
@@ -313,7 +387,16 @@ def run_offline(args, check: Checker) -> dict:
                 bench_command(python, args.model, check, args.device, backends, args.iters, 0, report),
                 env=env,
             )
-    return {"mode": "offline", "python": python, "environment": found, "wheels_installed": [w.name for w in wheels]}
+    tensorrt = not str(found.get("modules", {}).get("tensorrt", "MISSING")).startswith("MISSING")
+    portable_steps(check, python, env, tensorrt, TEGRA_RELEASE.is_file(), args.device, args.iters)
+    polygraphy = polygraphy_steps(check, python, env, engine_artifacts(check.work / "artifacts"))
+    return {
+        "mode": "offline",
+        "python": python,
+        "environment": found,
+        "wheels_installed": [w.name for w in wheels],
+        "polygraphy": polygraphy,
+    }
 
 
 def split_backends(backends: str) -> tuple[str, str]:
@@ -356,8 +439,8 @@ def run_online(args, check: Checker) -> dict:
         timeout_s=600,
     )
     check.command(
-        "maskclip-export --precision fp16 --trt (the CLI path, tiny)",
-        [python, "-c", "from maskclip_export.cli import main; main()", "--config", "tiny", "--precision", "fp16",
+        "maskclip-export --fp16 --trt (the design card's command, tiny)",
+        [python, "-c", "from maskclip_export.cli import main; main()", "--config", "tiny", "--fp16",
          "--dynamic", "--batch", "8", "--trt", "--quiet", "--out", str(check.work / "artifacts" / "tiny-fp16-cli")],
         timeout_s=600,
     )  # fmt: skip
@@ -366,7 +449,11 @@ def run_online(args, check: Checker) -> dict:
         check.command(
             f"benchmark {model} ({args.device})", bench_command(python, model, check, args.device, backends, 50, 7)
         )
-    return {"mode": "online", "target": target, "python": python}
+    env = dict(os.environ)
+    tensorrt = not str(found.get("modules", {}).get("tensorrt", "MISSING")).startswith("MISSING")
+    portable_steps(check, python, env, tensorrt, target == "jetson", args.device, 50)
+    polygraphy = polygraphy_steps(check, python, env, engine_artifacts(check.work / "artifacts"))
+    return {"mode": "online", "target": target, "python": python, "polygraphy": polygraphy}
 
 
 def pin_platform_torch(python: str, out: Path) -> str:

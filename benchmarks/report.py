@@ -160,11 +160,12 @@ def _header(report: dict) -> list[str]:
             f"(a load above the {env['cpu_cores']} cores means other processes competed for them)"
         )
     lines.append(
-        "- columns: model-only = forward on a ready batch (host/device copies included); end-to-end = JPEG "
-        "decode + preprocess + forward + mask resize to the image size; GFLOP/s = counted model FLOPs x batch / "
-        "model-only p50, against the best measured matmul of the row's compute type; peak memory = growth of "
-        "resident memory (CPU) or device memory in use (CUDA) while the backend loads and runs (the PyTorch "
-        "weights are loaded before); parity = the export gate's comparison with PyTorch eager fp32"
+        "- columns: model-only = the forward pass inside each end-to-end call (host/device copies included); "
+        "end-to-end = JPEG decode + preprocess + forward + mask resize to the image size; GFLOP/s = counted "
+        "model FLOPs x batch / model-only p50, against the best measured matmul of the row's compute type; "
+        "peak memory = growth of resident memory (CPU) or device memory in use (CUDA) while the backend loads "
+        "and runs (the PyTorch weights are loaded before); parity = the export gate's comparison with PyTorch "
+        "eager fp32 (for an artifact or engine given as a model: its recorded gate)"
     )
     return lines
 

@@ -19,14 +19,20 @@ def percentiles(samples_ms: Sequence[float]) -> dict:
 
 def time_calls(fn: Callable[[], object], warmup: int, iters: int) -> list[float]:
     """Wall time of each of `iters` calls in ms, after `warmup` untimed calls."""
+    return time_calls_and_part(lambda: (fn(), 0.0)[1], warmup, iters)[0]
+
+
+def time_calls_and_part(fn: Callable[[], float], warmup: int, iters: int) -> tuple[list[float], list[float]]:
+    """(wall time of each of `iters` calls, the ms of the part of it that fn times itself and returns), after
+    `warmup` untimed calls: both from the same calls, so the part never exceeds its call."""
     for _ in range(warmup):
         fn()
-    samples = []
+    whole, part = [], []
     for _ in range(iters):
         start = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - start) * 1e3)
-    return samples
+        part.append(fn())
+        whole.append((time.perf_counter() - start) * 1e3)
+    return whole, part
 
 
 def achieved_gflops(flops_per_image: int, batch: int, p50_ms: float) -> float:

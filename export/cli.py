@@ -8,7 +8,8 @@ Formats and the flags each takes (Ultralytics-style table; invalid combinations 
   int8         --calib DIR           static QDQ, symmetric (TensorRT-compatible)
   int8-cpu     --calib DIR           ONNX Runtime CPU: dynamic int8 linear layers, static
                                      int8 convolutions (fastest on CPU; not for TensorRT)
-  (the choices and what each allows come from maskclip_runtime.contract.precision_table)
+  (the choices and what each allows come from maskclip_runtime.contract.precision_table; each row but
+  the default also has the design card's shorthand flag: --fp16, --int8, --int8-cpu, ...)
   + --split (CLIP / trunk / heads graphs) or --cascade (screen / localise graphs: the runtime localises
   only images judged fake), --dynamic (batch 1..N), --trt (engines on a GPU machine)
 
@@ -27,6 +28,7 @@ import click
 
 from maskclip_runtime.backends import registry
 from maskclip_runtime.command import command
+from maskclip_runtime.contract.engine_header import TRT_COMPAT
 from maskclip_runtime.contract.precision_table import (
     DEFAULT_PRECISION,
     PRECISIONS,
@@ -34,7 +36,7 @@ from maskclip_runtime.contract.precision_table import (
     precision_row,
     precisions_for,
 )
-from maskclip_runtime.errors import BackendUnavailable, NotFinished, UsageError, message_of
+from maskclip_runtime.errors import BackendUnavailable, InputError, NotFinished, UsageError, message_of
 
 if TYPE_CHECKING:
     from maskclip_runtime.contract.manifest import Manifest
@@ -77,11 +79,9 @@ def load_source(checkpoint: str | None, config: str | None) -> ModelSource:
     return ModelSource(model, "embedded demo model", weights_digest(model))
 
 
-def _build_engines(out: Path, calib: str | None, calib_count: int) -> None:
+def _build_engines(out: Path, calib: str | None, calib_count: int, compat: tuple[str, ...]) -> None:
     """--trt: engines into the installed artifact; TensorRT missing -> status 4, a failed build 5 (ONNX kept)."""
     from maskclip_runtime.kernel.inputs import image_files
-
-    from .tensorrt import PrecisionPlanError
 
     try:
         from .tensorrt import build_engines
@@ -91,14 +91,15 @@ def _build_engines(out: Path, calib: str | None, calib_count: int) -> None:
         ) from None
     calib_images = image_files(calib)[:calib_count] if calib else ()
     try:
-        engines = build_engines(out, calib_images=calib_images, log=lambda m: click.echo(m, err=True))
+        engines = build_engines(out, calib_images=calib_images, log=lambda m: click.echo(m, err=True), compat=compat)
     except BackendUnavailable as exc:
         raise BackendUnavailable(f"TensorRT is not available: {exc}; the ONNX artifact is at {out}") from None
-    except PrecisionPlanError:
+    except InputError:  # a precision plan or a portability TensorRT cannot build: status 2
         raise
     except (ValueError, RuntimeError) as exc:  # the engine build failed
         raise NotFinished(f"TensorRT engine build failed: {message_of(exc)}; the ONNX artifact is at {out}") from None
-    click.echo(f"TensorRT: {len(engines)} engine(s) written into {out}")
+    portable = f" (portable: {', '.join(compat)})" if compat else ""
+    click.echo(f"TensorRT: {len(engines)} engine(s) written into {out}{portable}")
 
 
 def _export_summary(manifest: Manifest, out: Path) -> str:
@@ -113,6 +114,39 @@ def _export_summary(manifest: Manifest, out: Path) -> str:
             f"{report['flips']} flips against PyTorch"
         )
     return f"{line}; {sum(manifest.export_seconds.values()):.0f} s"
+
+
+# The design card's spelling: --fp16, --int8, --int8-cpu ... one flag per non-default row of the table.
+SHORTHANDS = tuple(name for name in PRECISIONS if name != DEFAULT_PRECISION)
+_SHORTHANDS_KEY = "maskclip_export.precision_shorthands"
+
+
+def _note_shorthand(ctx: click.Context, param: click.Parameter, given: bool) -> None:
+    if given:
+        ctx.meta.setdefault(_SHORTHANDS_KEY, []).append(param.opts[0].removeprefix("--"))
+
+
+def precision_shorthands(function):
+    """Add `--NAME` (same as `--precision NAME`) for every shorthand; `chosen_precision` reads them."""
+    for name in reversed(SHORTHANDS):
+        function = click.option(
+            f"--{name}", is_flag=True, expose_value=False, callback=_note_shorthand,
+            help=f"Same as --precision {name}.",
+        )(function)  # fmt: skip
+    return function
+
+
+def chosen_precision(precision: str, precision_given: bool, shorthands: list[str]) -> str:
+    """The precision of `--precision` and its shorthand flags; two shorthands, or a shorthand with another
+    --precision, are a usage error."""
+    if len(shorthands) > 1:
+        raise UsageError(f"{' and '.join('--' + s for s in shorthands)} are exclusive: pick one precision")
+    if not shorthands:
+        return precision
+    (shorthand,) = shorthands
+    if precision_given and precision != shorthand:
+        raise UsageError(f"--{shorthand} means --precision {shorthand}, not --precision {precision}: pick one")
+    return shorthand
 
 
 @command("maskclip-export", extra="export")
@@ -134,8 +168,11 @@ def _export_summary(manifest: Manifest, out: Path) -> str:
         + ("" if row.tensorrt else ", no --trt")
         for row in PRECISIONS.values()
     )
+    + ". Each has a shorthand flag: "
+    + ", ".join(f"--{name}" for name in SHORTHANDS)
     + ".",
 )
+@precision_shorthands
 @click.option("--calib", help="Calibration images for the int8 precisions: folder or glob.")
 @click.option("--calib-count", default=32, show_default=True, type=int, help="Calibration images to use.")
 @click.option("--split", is_flag=True, help="Separate CLIP / trunk / heads graphs instead of one fused graph.")
@@ -149,6 +186,14 @@ def _export_summary(manifest: Manifest, out: Path) -> str:
 @click.option("--no-verify", is_flag=True, help="Skip the verification gate (recorded in the manifest).")
 @click.option("--trt", is_flag=True, help="Also build TensorRT engines (needs TensorRT and a GPU).")
 @click.option(
+    "--trt-compat",
+    type=click.Choice(list(TRT_COMPAT)),
+    multiple=True,
+    help="Portable engines (with --trt; repeat for both; not on Jetson): "
+    + "; ".join(f"{kind}: {promise}" for kind, promise in TRT_COMPAT.items())
+    + ".",
+)
+@click.option(
     "--calibration",
     type=click.Path(dir_okay=False),
     help="Verdict calibration record from maskclip-calibrate, stored in the manifest (not int8's --calib).",
@@ -156,17 +201,28 @@ def _export_summary(manifest: Manifest, out: Path) -> str:
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 def main(
     checkpoint, config_name, out, opset, batch, dynamic, precision, calib, calib_count, split, cascade,
-    verify_images, no_verify, trt, calibration, quiet,
+    verify_images, no_verify, trt, trt_compat, calibration, quiet,
 ):  # fmt: skip
     """Export MaskCLIP to a verified ONNX artifact folder (manifest.json + graphs)."""
+    ctx = click.get_current_context()
+    precision = chosen_precision(
+        precision,
+        ctx.get_parameter_source("precision") is not click.core.ParameterSource.DEFAULT,
+        ctx.meta.get(_SHORTHANDS_KEY, []),
+    )
     if split and cascade:
         raise UsageError("--split and --cascade are exclusive: pick one topology")
     if trt and not precision_row(precision).tensorrt:
         raise UsageError(
             f"TensorRT cannot build {precision} graphs: --trt takes --precision {' / '.join(precisions_for(TENSORRT))}"
         )
+    if trt_compat and not trt:
+        raise UsageError("--trt-compat says how TensorRT engines are built: it needs --trt")
     if trt:
         registry.require(TENSORRT)  # no TensorRT or no GPU here: status 4 before minutes of export
+    from .tensorrt import check_compat
+
+    compat = check_compat(trt_compat)  # on Jetson: refused before any work
 
     from maskclip_runtime.contract.manifest import BatchSpec
     from maskclip_runtime.contract.verdict_calibration import read_calibration
@@ -209,4 +265,4 @@ def main(
     click.echo(f"wrote {options.out} ({summary})")
     click.echo(_export_summary(manifest, options.out), err=True)
     if trt:
-        _build_engines(options.out, calib, calib_count)
+        _build_engines(options.out, calib, calib_count, compat)

@@ -20,6 +20,7 @@ without either.
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -30,7 +31,7 @@ import numpy as np
 
 from maskclip_runtime.backends.tensorrt import cuda_call, gpu_identity, import_cudart, import_tensorrt
 from maskclip_runtime.contract.artifact import Artifact, load_artifact, write_manifest
-from maskclip_runtime.contract.engine_header import sidecar_path, write_engine
+from maskclip_runtime.contract.engine_header import TRT_COMPAT, ampere_or_newer, sidecar_path, write_engine
 from maskclip_runtime.contract.manifest import BatchSpec, EngineSpec, GraphSpec, graph_digest
 from maskclip_runtime.contract.precision_table import (
     DEFAULT_PRECISION,
@@ -41,6 +42,7 @@ from maskclip_runtime.contract.precision_table import (
 )
 from maskclip_runtime.errors import InputError
 from maskclip_runtime.kernel.atomic import write_bytes_atomic
+from maskclip_runtime.kernel.host import on_jetson
 from maskclip_runtime.kernel.preprocess import load_image, preprocess_batch
 
 from .exporter import GateFailed, _install, _keep_failed, _make_staging, remove_stale_staging
@@ -67,6 +69,29 @@ class EngineGateFailed(GateFailed):
 
 class PrecisionPlanError(InputError, ValueError):
     """The requested engine precision cannot be built from this graph with this TensorRT."""
+
+
+class PortabilityError(InputError, ValueError):
+    """A portable engine (--trt-compat) that TensorRT cannot build here."""
+
+
+def check_compat(compat: Sequence[str], compute_capability: str | None = None) -> tuple[str, ...]:
+    """The --trt-compat kinds, sorted, if TensorRT can build them here (on this GPU, when given); else
+    PortabilityError in one line. Jetson's TensorRT builds neither kind; AMPERE_PLUS needs an Ampere+ builder."""
+    unknown = [kind for kind in compat if kind not in TRT_COMPAT]
+    if unknown:
+        raise PortabilityError(f"unknown --trt-compat {', '.join(unknown)} (known: {', '.join(TRT_COMPAT)})")
+    if compat and on_jetson():
+        raise PortabilityError(
+            "--trt-compat is not available on Jetson: JetPack's TensorRT builds engines for this device and "
+            "version only (no version- or hardware-compatible plans); drop --trt-compat"
+        )
+    if "hardware" in compat and compute_capability is not None and not ampere_or_newer(compute_capability):
+        raise PortabilityError(
+            f"--trt-compat hardware needs an Ampere or newer GPU to build on (compute capability 8.0+); "
+            f"this one is {compute_capability}"
+        )
+    return tuple(sorted(set(compat)))
 
 
 @dataclass(frozen=True)
@@ -258,8 +283,9 @@ def build_plan(
     calibrator_factory: Callable[[], object] | None = None,
     calibration_shapes: dict[str, tuple[int, ...]] | None = None,
     log: Callable[[str], None] = print,
+    compat: Sequence[str] = (),
 ) -> bytes:
-    """Parse one ONNX graph and build its serialized TensorRT plan."""
+    """Parse one ONNX graph and build its serialized TensorRT plan (portable as `compat` says: TRT_COMPAT)."""
     trt = import_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -280,6 +306,10 @@ def build_plan(
         config.set_flag(getattr(trt.BuilderFlag, flag))
     for flag in plan.cleared_flags:
         config.clear_flag(getattr(trt.BuilderFlag, flag))
+    if "version" in compat:  # trtexec --versionCompatible: the lean runtime is serialised into the plan
+        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+    if "hardware" in compat:  # trtexec --hardwareCompatibilityLevel=ampere+
+        config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS
 
     profile = builder.create_optimization_profile()
     for name, (low, opt, high) in shapes.items():
@@ -326,6 +356,7 @@ def build_engines(
     reference: Predictor | None = None,
     verify_images: str | None = None,
     log: Callable[[str], None] = print,
+    compat: Sequence[str] = (),
 ) -> tuple[EngineSpec, ...]:
     """Build one engine per graph of the artifact into a staged copy of it, run the export gate on the
     engines (`verify_engines`; reference: see there), and only then replace the artifact with the copy.
@@ -337,14 +368,17 @@ def build_engines(
     EngineGateFailed when the engines do not match the reference within the precision's tolerances (the
     artifact is left as it was; the refused copy is kept in `<artifact>.failed/`).
     verify=False installs the engines ungated (the manifest then has no engine_verification).
+    compat: portable engines (engine_header.TRT_COMPAT; PortabilityError where TensorRT cannot build them here).
     """
+    check_compat(compat)
     trt = import_tensorrt()
     artifact = load_artifact(artifact_dir)
     precision = precision or artifact.precision
     plan = plan_precision(trt.__version__, precision, artifact.precision, artifact.manifest.fp32_ops)
     if plan.calibrate and not calib_images:
         raise PrecisionPlanError(f"a {precision} engine from an fp32 graph on TensorRT 10 needs --calib images")
-    target = _BuildTarget(*gpu_identity(device), trt.__version__)
+    gpu_name, compute_capability = gpu_identity(device)
+    target = _BuildTarget(gpu_name, compute_capability, trt.__version__, check_compat(compat, compute_capability))
     cuda_call(import_cudart(), import_cudart().cudaSetDevice(device))
     batch = batch or artifact.batch
     digests = {graph.name: graph_digest(artifact.manifest.files, graph) for graph in artifact.graphs}
@@ -372,11 +406,12 @@ def build_engines(
 
 @dataclass(frozen=True)
 class _BuildTarget:
-    """Where engines are built for: an engine runs only on this GPU model with this TensorRT."""
+    """Where engines are built for: this GPU model with this TensorRT, widened by `compat` (TRT_COMPAT)."""
 
     gpu_name: str
     compute_capability: str
     tensorrt_version: str
+    compat: tuple[str, ...] = ()
 
 
 class _Calibration:
@@ -422,6 +457,7 @@ def _build_graph_engine(
         calibration.factory(trt, graph) if calibration else None,
         calibration.shapes(shapes) if calibration else None,
         log,
+        target.compat,
     )
     seconds = time.perf_counter() - started
     profile = {name: {"min": list(s[0]), "opt": list(s[1]), "max": list(s[2])} for name, s in shapes.items()}
@@ -434,6 +470,7 @@ def _build_graph_engine(
         compute_capability=target.compute_capability,
         profile=profile,
         build_seconds=round(seconds, 1),
+        compat=target.compat,
     )
     built = {key: value for key, value in engine.to_dict().items() if key not in ("file", "build_seconds")}
     metadata = {
@@ -444,6 +481,7 @@ def _build_graph_engine(
         "builder_flags": list(plan.builder_flags),
         "fp32_ops": list(plan.fp32_ops),
         "model_id": artifact.model_id,
+        "machine": platform.machine(),  # plans never cross platforms, portable or not
     }
     write_engine(staging / engine.file, metadata, serialized)
     log(f"  wrote {engine.file} ({(staging / engine.file).stat().st_size / 1e6:.1f} MB) in {seconds:.0f} s")

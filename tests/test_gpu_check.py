@@ -148,3 +148,84 @@ def test_offline_mode_end_to_end_on_a_simulated_offline_machine(tmp_path):
     assert {r["status"] for r in trt} == {"unavailable"} and "TensorRT is not installed" in trt[0]["reason"]
     # Nothing was written into the interpreter: the project and the wheels went to <out>/site.
     assert subprocess.run([python, "-c", "import open_clip"], capture_output=True, timeout=120).returncode != 0
+
+
+# --- Polygraphy's comparisons and the portable engine, as steps -------------------------------------------
+FAKE_PYTHON = """#!{python}
+import json, sys
+from pathlib import Path
+with open({log!r}, "a") as log:
+    log.write(json.dumps(sys.argv[1:]) + "\\n")
+if "maskclip_bench.polygraphy_check" in sys.argv:
+    artifact = Path(sys.argv[sys.argv.index("maskclip_bench.polygraphy_check") + 1])
+    over = artifact.name.startswith("bad")
+    figures = lambda diff: {{"max_absdiff": diff, "mean_absdiff": diff / 10, "max_reldiff": diff, "mean_reldiff": 0.0,
+                            "passed": diff <= 0.01}}
+    report = {{"precision": "fp16", "atol": 0.01, "rtol": 0.01, "passed": not over,
+              "graphs": {{"fused": {{"fake_prob": figures(1e-4), "mask": figures(0.5 if over else 2e-3)}}}}}}
+    Path(sys.argv[sys.argv.index("--json") + 1]).write_text(json.dumps(report))
+    sys.exit(3 if over else 0)
+"""
+
+
+@pytest.fixture
+def fake_python(tmp_path):
+    log = tmp_path / "argv.log"
+    script = tmp_path / "fake-python"
+    script.write_text(FAKE_PYTHON.format(python=sys.executable, log=str(log)))
+    script.chmod(0o755)
+    return str(script), lambda: [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
+
+
+def _artifact_folder(root: Path, name: str, manifest: str) -> Path:
+    (root / name).mkdir(parents=True)
+    (root / name / "manifest.json").write_text(manifest)
+    return root / name
+
+
+def test_engine_artifacts_are_the_folders_whose_manifest_lists_engines(tmp_path):
+    with_engines = _artifact_folder(tmp_path, "tiny-fp16", json.dumps({"engines": [{"file": "model.fp16.engine"}]}))
+    _artifact_folder(tmp_path, "tiny-fp32", json.dumps({"engines": None}))
+    _artifact_folder(tmp_path, "broken", "{not json")
+    _artifact_folder(tmp_path, "list", "[]")
+    assert gpu_check.engine_artifacts(tmp_path) == [with_engines]
+
+
+def test_polygraphy_figures_go_into_the_summary_even_over_tolerance(tmp_path, fake_python):
+    python, calls = fake_python
+    work = tmp_path / "work"
+    good = _artifact_folder(work, "good-fp16", "{}")
+    bad = _artifact_folder(work, "bad-fp16", "{}")
+    check = Checker(tmp_path / "out", budget_s=120)
+    reports = gpu_check.polygraphy_steps(check, python, dict(os.environ), [good, bad])
+    summary = check.finish({"polygraphy": reports})
+    assert set(reports) == {"good-fp16", "bad-fp16"} and not reports["bad-fp16"]["passed"]
+    status = {step["name"]: (step["status"], step["detail"]) for step in summary["steps"]}
+    assert status["polygraphy: good-fp16 engines vs ONNX Runtime"][0] == "ok"
+    assert status["polygraphy: bad-fp16 engines vs ONNX Runtime"][0] == "failed"  # exit 3, report kept
+    assert "worst mask max |diff| 2.00e-03" in status["polygraphy: good-fp16 figures"][1]
+    assert "worst mask max |diff| 5.00e-01" in status["polygraphy: bad-fp16 figures"][1]
+    assert "1 of 2 outputs within" in status["polygraphy: bad-fp16 figures"][1]
+    assert {"polygraphy-good-fp16.json", "polygraphy-bad-fp16.json"} <= set(summary["files"])
+    assert "worst mask max" in (tmp_path / "out" / "summary.md").read_text()
+    assert [argv[argv.index("--limit") + 1] for argv in calls()] == ["8", "8"]
+
+
+def test_the_portable_engine_is_built_then_benchmarked_as_one_row(tmp_path, fake_python):
+    python, calls = fake_python
+    check = Checker(tmp_path / "out", budget_s=120, work=tmp_path / "work")
+    assert gpu_check.portable_steps(check, python, dict(os.environ), True, False, "cuda", 5)
+    export, bench = calls()
+    assert export[export.index("--trt") :][:5] == ["--trt", "--trt-compat", "version", "--trt-compat", "hardware"]
+    assert "--fp16" in export
+    portable = export[export.index("--out") + 1]
+    assert bench[2] == portable and bench[bench.index("--backends") + 1] == "trt-fp16"
+
+
+@pytest.mark.parametrize(("tensorrt", "jetson", "why"), [(True, True, "Jetson"), (False, False, "not installed")])
+def test_no_portable_engine_on_jetson_or_without_tensorrt(tmp_path, fake_python, tensorrt, jetson, why):
+    python, calls = fake_python
+    check = Checker(tmp_path / "out", budget_s=120)
+    assert not gpu_check.portable_steps(check, python, dict(os.environ), tensorrt, jetson, "cuda", 5)
+    assert check.steps[-1].status == "skipped" and why in check.steps[-1].detail
+    assert calls() == []

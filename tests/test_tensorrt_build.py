@@ -203,3 +203,34 @@ def test_engines_pass_the_gate_on_tiny(tmp_path, precision):
         assert runner.infer({"image": image})["mask"].shape == (3, 1, 128, 128)
         with pytest.raises(ShapeOutsideProfile):
             runner.infer({"image": np.zeros((5, 3, 128, 128), np.float32)})
+
+
+@pytest.mark.gpu
+def test_a_portable_engine_builds_runs_and_agrees_with_onnxruntime_through_polygraphy(tmp_path):
+    """The real TensorRT names: BuilderFlag.VERSION_COMPATIBLE, hardware_compatibility_level = AMPERE_PLUS,
+    runtime.engine_host_code_allowed; and Polygraphy's TrtRunner on the plan."""
+    pytest.importorskip("tensorrt", reason="TensorRT is not installed")
+    pytest.importorskip("polygraphy", reason="Polygraphy is not installed")
+    from maskclip_bench.polygraphy_check import compare_engines
+    from maskclip_core.checkpoint import weights_digest
+    from maskclip_core.model import build_model
+    from maskclip_export.exporter import ExportOptions, ModelSource, export_artifact
+    from maskclip_runtime.backends.tensorrt import gpu_identity
+    from maskclip_runtime.contract.artifact import load_artifact
+    from maskclip_runtime.contract.engine_header import ampere_or_newer, read_engine_metadata
+
+    compat = ("hardware", "version") if ampere_or_newer(gpu_identity(0)[1]) else ("version",)
+    model = build_model("tiny").eval()
+    out = tmp_path / "portable"
+    options = ExportOptions(out=out, precision="fp16", batch=BatchSpec.up_to(2))
+    export_artifact(ModelSource(model, "test", weights_digest(model)), options, progress=False)
+    (engine,) = build_engines(out, compat=compat, log=lambda _: None)
+    artifact = load_artifact(out)
+    assert engine.compat == compat and read_engine_metadata(artifact.engines["fused"])["compat"] == list(compat)
+    assert artifact.manifest.engine_verification["passed"]
+    with TensorRTRunner(artifact.engines["fused"]) as runner:
+        assert runner._runtime.engine_host_code_allowed
+        assert runner.infer({"image": np.zeros((2, 3, 128, 128), np.float32)})["mask"].shape == (2, 1, 128, 128)
+    report = compare_engines(out, limit=4)
+    assert report["passed"], report["graphs"]
+    assert set(report["graphs"]["fused"]) == {"logits", "fake_prob", "mask"}

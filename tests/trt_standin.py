@@ -7,7 +7,10 @@ They follow the real APIs where this project touches them, version by version:
 - TensorRT 11.x: all networks strongly typed; the precision flags, `layer.precision`, the calibrator and
   the calibration profile are gone (using them raises AttributeError, as the real bindings do).
 - Both: `set_timing_cache` returns False for a cache from another GPU / version, and
-  `build_serialized_network` returns None when the build fails.
+  `build_serialized_network` returns None when the build fails; BuilderFlag.VERSION_COMPATIBLE and
+  `config.hardware_compatibility_level` (HardwareCompatibilityLevel NONE / AMPERE_PLUS /
+  SAME_COMPUTE_CAPABILITY) for portable engines; a version-compatible plan deserialises only once
+  `runtime.engine_host_code_allowed` is True (it carries the lean runtime), else None, as the real one.
 - cuda-python: every call returns (cudaError_t, *values); errors are the real codes and texts; a failed
   call leaves CUDA's last error set until `cudaGetLastError` reads it. "Device" memory is host memory,
   so the runner's copies, bindings and graph capture really run.
@@ -27,6 +30,7 @@ import numpy as np
 
 SHAPE = (3, 4, 4)
 ENGINE_PLAN = b"fake plan"  # the one plan the stand-in Runtime deserialises
+VERSION_COMPATIBLE_PLAN = b"fake plan with its lean runtime"  # ... and this one, with host code allowed
 
 # Real cudaError_t values and texts (CUDA runtime API, driver_types.h).
 CUDA_ERRORS = {
@@ -50,8 +54,11 @@ class FakeCudart:
         {"cudaStreamCaptureModeGlobal": 0, "cudaStreamCaptureModeThreadLocal": 1, "cudaStreamCaptureModeRelaxed": 2},
     )
 
-    def __init__(self, device_count: int = 1, fail: dict[str, int] | None = None):
+    def __init__(
+        self, device_count: int = 1, fail: dict[str, int] | None = None, gpu: tuple[str, int, int] = ("Fake GPU", 8, 0)
+    ):
         self.device_count = device_count
+        self.gpu = gpu  # (name, compute capability major, minor) of every device
         self.fail = dict(fail or {})
         self.buffers: dict[int, ctypes.Array] = {}
         self.capturing: list | None = None
@@ -81,7 +88,8 @@ class FakeCudart:
 
     def cudaGetDeviceProperties(self, device):  # noqa: N802
         return self._result(
-            "cudaGetDeviceProperties", types.SimpleNamespace(name=b"Fake GPU\x00\x00", major=8, minor=0)
+            "cudaGetDeviceProperties",
+            types.SimpleNamespace(name=self.gpu[0].encode() + b"\x00\x00", major=self.gpu[1], minor=self.gpu[2]),
         )
 
     def _alloc(self, size):
@@ -176,10 +184,14 @@ def fake_tensorrt(
     trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
     trt.TensorIOMode = types.SimpleNamespace(INPUT="input", OUTPUT="output")
     trt.nptype = np.dtype
+    trt.HardwareCompatibilityLevel = types.SimpleNamespace(
+        NONE="NONE", AMPERE_PLUS="AMPERE_PLUS", SAME_COMPUTE_CAPABILITY="SAME_COMPUTE_CAPABILITY"
+    )
     if major < 11:
         trt.BuilderFlag = types.SimpleNamespace(
-            FP16="FP16", INT8="INT8", OBEY_PRECISION_CONSTRAINTS="OBEY", TF32="TF32"
-        )
+            FP16="FP16", INT8="INT8", OBEY_PRECISION_CONSTRAINTS="OBEY", TF32="TF32",
+            VERSION_COMPATIBLE="VERSION_COMPATIBLE",
+        )  # fmt: skip
         trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(EXPLICIT_BATCH=0, STRONGLY_TYPED=1)
 
         class IInt8EntropyCalibrator2:
@@ -188,7 +200,7 @@ def fake_tensorrt(
 
         trt.IInt8EntropyCalibrator2 = IInt8EntropyCalibrator2
     else:
-        trt.BuilderFlag = types.SimpleNamespace(TF32="TF32")
+        trt.BuilderFlag = types.SimpleNamespace(TF32="TF32", VERSION_COMPATIBLE="VERSION_COMPATIBLE")
         trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=1)
 
     class Layer:
@@ -249,6 +261,7 @@ def fake_tensorrt(
         def __init__(self):
             self.flags, self.cleared, self.profiles = set(), set(), []
             self.timing_cache = None
+            self.hardware_compatibility_level = trt.HardwareCompatibilityLevel.NONE
             record["config"] = self
 
         def set_memory_pool_limit(self, pool, size):
@@ -302,7 +315,10 @@ def fake_tensorrt(
                 _calibrate(calibrator, network, record)
             if build_fails:
                 return None
-            return b"plan:" + ",".join(sorted(config.flags)).encode()
+            level = config.hardware_compatibility_level
+            return (
+                b"plan:" + ",".join(sorted(config.flags)).encode() + (b"" if level == "NONE" else f";{level}".encode())
+            )
 
     trt.Builder, trt.OnnxParser = Builder, Parser
     trt.Runtime = _runtime(trt, cudart, *engine_batches)
@@ -374,10 +390,11 @@ def _runtime(trt, cudart: FakeCudart | None, low: int, high: int):
 
     class Runtime:
         def __init__(self, logger):
-            pass
+            self.engine_host_code_allowed = False
 
         def deserialize_cuda_engine(self, plan):
-            return Engine() if plan == ENGINE_PLAN else None
+            lean_runtime_allowed = plan == VERSION_COMPATIBLE_PLAN and self.engine_host_code_allowed
+            return Engine() if plan == ENGINE_PLAN or lean_runtime_allowed else None
 
     return Runtime
 
@@ -402,12 +419,17 @@ def install(monkeypatch, version: str = "10.3.0", cudart: FakeCudart | None = No
     return types.SimpleNamespace(trt=trt, cudart=cudart, record=record)
 
 
-def onnx_engine_runner(broken: bool = False):
+def onnx_engine_runner(broken: bool = False, check_target: bool = False):
     """A TensorRTRunner stand-in for the engine gate and the Detector: it checks the engine file and its
     sidecar, then runs the ONNX graph the engine was built from on ONNX Runtime (CPU); `broken` inverts
-    its mask, like a miscompiled engine. The class lists the (engine file name, device) it was opened with."""
+    its mask, like a miscompiled engine. The class lists the (engine file name, device) it was opened with.
+    check_target: also check the engine against the installed stand-ins' TensorRT version and GPU, as the
+    real runner does."""
+    import platform
+
     from maskclip_runtime.backends.onnxruntime import OnnxRuntimeRunner
-    from maskclip_runtime.contract.engine_header import read_engine_metadata, read_plan
+    from maskclip_runtime.backends.tensorrt import gpu_identity, import_tensorrt
+    from maskclip_runtime.contract.engine_header import check_engine_compatible, read_engine_metadata, read_plan
 
     class OnnxEngineRunner(OnnxRuntimeRunner):
         opened: list[tuple[str, int]] = []
@@ -415,6 +437,9 @@ def onnx_engine_runner(broken: bool = False):
         def __init__(self, engine_path, device=0):
             OnnxEngineRunner.opened.append((Path(engine_path).name, device))
             metadata = read_engine_metadata(engine_path)
+            if check_target:
+                version = import_tensorrt().__version__
+                check_engine_compatible(metadata, version, *gpu_identity(device), platform.machine())
             read_plan(engine_path, metadata)
             super().__init__(Path(engine_path).with_name(metadata["onnx_file"]))
             self.backend = "tensorrt"

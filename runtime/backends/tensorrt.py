@@ -9,13 +9,20 @@ from __future__ import annotations
 
 import ctypes
 import os
+import platform
 import warnings
 from collections.abc import Sequence
 
 import numpy as np
 
 from ..contract.artifact import ArtifactError
-from ..contract.engine_header import EngineFileError, check_engine_compatible, read_engine_metadata, read_plan
+from ..contract.engine_header import (
+    EngineFileError,
+    check_engine_compatible,
+    engine_compat,
+    read_engine_metadata,
+    read_plan,
+)
 from ..contract.manifest import engine_source_problem
 from ..contract.precision_table import TENSORRT
 from ..errors import BackendUnavailable, message_of
@@ -156,11 +163,15 @@ class TensorRTRunner(Runner):
         self.engine_path = str(engine_path)
         self.metadata = read_engine_metadata(engine_path)
         gpu_name, compute_capability = gpu_identity(device)
-        check_engine_compatible(self.metadata, trt.__version__, gpu_name, compute_capability)
+        check_engine_compatible(self.metadata, trt.__version__, gpu_name, compute_capability, platform.machine())
         cuda_call(cudart, cudart.cudaSetDevice(device))
 
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
+        if "version" in engine_compat(self.metadata):
+            # A version-compatible plan carries the lean runtime that deserialises it: host code from the
+            # plan file, allowed because the sidecar's hash ties this plan to the artifact that lists it.
+            self._runtime.engine_host_code_allowed = True
         self._engine = self._runtime.deserialize_cuda_engine(read_plan(engine_path, self.metadata))
         if self._engine is None:
             raise RuntimeError(f"{engine_path}: TensorRT could not deserialise the plan (see its log above)")

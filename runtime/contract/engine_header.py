@@ -8,7 +8,9 @@ the hashes of the graphs it came from) and holds the plan's sha256.
 A plan only runs on the TensorRT version and GPU it was built for, and TensorRT's own error for a
 mismatch is an opaque deserialisation failure; the sidecar lets the runtime refuse with one line that
 says what was built where, and the plan hash ties the two files together (a plan without its sidecar,
-or with another plan's, is refused). No torch, no numpy, no TensorRT: readable anywhere.
+or with another plan's, is refused). A portable engine (`maskclip-export --trt-compat`) records what it
+was built to allow in `compat`, and the runtime widens its check by exactly that much (TRT_COMPAT).
+No torch, no numpy, no TensorRT: readable anywhere.
 """
 
 from __future__ import annotations
@@ -27,6 +29,15 @@ FORMAT = "maskclip-trt-engine"
 # Sidecars hold a few hundred bytes of metadata; a larger one is a corrupt or foreign file.
 MAX_SIDECAR_BYTES = 1 << 20
 REQUIRED_KEYS = ("tensorrt_version", "gpu_name", "compute_capability", "precision", "profile")
+
+# Portable engines (trtexec --versionCompatible / --hardwareCompatibilityLevel=ampere+): what each kind
+# promises. Neither exists on Jetson (JetPack's TensorRT builds plans for its own GPU and version only).
+TRT_COMPAT = {
+    "version": "runs on this TensorRT and any newer one of the same major version (BuilderFlag.VERSION_COMPATIBLE: "
+    "a lean runtime travels inside the plan)",
+    "hardware": "runs on any Ampere or newer GPU (hardware compatibility level AMPERE_PLUS; may be slower)",
+}
+AMPERE = (8, 0)  # the oldest compute capability an AMPERE_PLUS engine is built or runs on
 
 
 class EngineFileError(InputError, ValueError):
@@ -97,10 +108,11 @@ def read_plan(path: str | os.PathLike, metadata: dict | None = None) -> bytes:
     return plan
 
 
-def _major_minor(version: str) -> tuple[int, int]:
-    parts = str(version).split(".")
+def _version(version: str) -> tuple[int, ...]:
+    """'10.3.0.26' -> (10, 3, 0, 26); '10.3' -> (10, 3, 0, 0)."""
     try:
-        return int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
+        parts = tuple(int(part) for part in str(version).split("."))
+        return parts + (0,) * (4 - len(parts))
     except ValueError as err:
         raise ValueError(f"unreadable TensorRT version {version!r}") from err
 
@@ -117,22 +129,68 @@ def normalize_compute_capability(cc: str | tuple[int, int] | list[int]) -> str:
     raise ValueError(f"unreadable compute capability {cc!r}")
 
 
+def ampere_or_newer(compute_capability: str | tuple[int, int]) -> bool:
+    """Whether a GPU of this compute capability builds and runs AMPERE_PLUS (hardware-compatible) engines."""
+    major, minor = normalize_compute_capability(compute_capability).split(".")
+    return (int(major), int(minor)) >= AMPERE
+
+
+def engine_compat(metadata: dict) -> tuple[str, ...]:
+    """The portability a sidecar records (none for a plain engine); EngineFileError for unknown kinds."""
+    compat = metadata.get("compat", [])
+    if not isinstance(compat, list) or not all(isinstance(kind, str) and kind in TRT_COMPAT for kind in compat):
+        raise EngineFileError(f"engine sidecar: compat {compat!r} is not a list of {', '.join(TRT_COMPAT)}")
+    return tuple(compat)
+
+
 def check_engine_compatible(
-    metadata: dict, trt_version: str, gpu_name: str, compute_capability: str | tuple[int, int]
+    metadata: dict,
+    trt_version: str,
+    gpu_name: str,
+    compute_capability: str | tuple[int, int],
+    machine: str | None = None,
 ) -> None:
-    """Raise EngineIncompatibleError unless the engine was built with this TensorRT major.minor on this GPU."""
+    """Raise EngineIncompatibleError unless this TensorRT, GPU and machine may run the engine.
+
+    A plain engine needs the TensorRT major.minor and the GPU (name and compute capability) it was built with;
+    a version-compatible one any TensorRT of the same major, not older than the builder's; a hardware-
+    compatible one any GPU of compute capability 8.0 or newer. A sidecar that records its machine (x86_64,
+    aarch64) runs only there: no plan crosses platforms.
+    """
+    compat = engine_compat(metadata)
+    built_machine = metadata.get("machine")
+    if built_machine and machine and built_machine != machine:
+        raise EngineIncompatibleError(
+            f"engine built on {built_machine} but this machine is {machine}; TensorRT plans never cross platforms: "
+            "rebuild it here with `maskclip-export --trt`"
+        )
     built_version = metadata["tensorrt_version"]
-    if _major_minor(built_version) != _major_minor(trt_version):
+    built, here = _version(built_version), _version(trt_version)
+    if "version" in compat:
+        if built[0] != here[0] or here < built:
+            raise EngineIncompatibleError(
+                f"version-compatible engine built with TensorRT {built_version} runs on TensorRT {built[0]}.x "
+                f"from {built_version} on, but TensorRT {trt_version} is installed: rebuild it here with "
+                "`maskclip-export --trt`"
+            )
+    elif built[:2] != here[:2]:
         raise EngineIncompatibleError(
             f"engine built with TensorRT {built_version} but TensorRT {trt_version} is installed; "
-            "plans are not portable across versions: rebuild it here with `maskclip-export --trt`"
+            "plans are not portable across versions: rebuild it here with `maskclip-export --trt` "
+            "(or build a portable one with --trt-compat version)"
         )
     built_cc = normalize_compute_capability(metadata["compute_capability"])
     here_cc = normalize_compute_capability(compute_capability)
     built_gpu = metadata["gpu_name"]
-    if built_cc != here_cc or built_gpu != gpu_name:
+    if "hardware" in compat:
+        if not ampere_or_newer(here_cc):
+            raise EngineIncompatibleError(
+                f"hardware-compatible engine runs on Ampere or newer GPUs (compute capability 8.0+), but this GPU "
+                f"is {gpu_name} (compute capability {here_cc}): rebuild it here with `maskclip-export --trt`"
+            )
+    elif built_cc != here_cc or built_gpu != gpu_name:
         raise EngineIncompatibleError(
             f"engine built for {built_gpu} (compute capability {built_cc}) but this GPU is {gpu_name} "
             f"(compute capability {here_cc}); TensorRT plans are tuned per GPU: rebuild it here with "
-            "`maskclip-export --trt`"
+            "`maskclip-export --trt` (or build a portable one with --trt-compat hardware)"
         )

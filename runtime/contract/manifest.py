@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, replace
 from ..errors import InputError
 from ..kernel.preprocess import LEGACY_RESIZE, RESIZE_METHODS, PreprocessSpec
 from .chain import chain_problem
+from .engine_header import TRT_COMPAT, engine_compat
 from .precision_table import DEFAULT_PRECISION, PRECISIONS
 from .verdict_calibration import Calibration, CalibrationError
 
@@ -177,13 +178,20 @@ class EngineSpec:
     compute_capability: str
     profile: dict  # input name -> {"min", "opt", "max"} shapes
     build_seconds: float
+    compat: tuple[str, ...] = ()  # portability it was built with (engine_header.TRT_COMPAT); () = this GPU only
 
     @classmethod
     def from_dict(cls, d: dict) -> EngineSpec:
-        return cls(**{name: d[name] for name in cls.__dataclass_fields__})
+        return cls(
+            **{name: d[name] for name in cls.__dataclass_fields__ if name != "compat"},
+            compat=tuple(compat) if isinstance(compat := d.get("compat", ()), (list, tuple)) else (str(compat),),
+        )
 
     def to_dict(self) -> dict:
-        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+        return {
+            **{name: getattr(self, name) for name in self.__dataclass_fields__ if name != "compat"},
+            **({"compat": list(self.compat)} if self.compat else {}),
+        }
 
     @property
     def max_batch(self) -> int:
@@ -385,6 +393,9 @@ def engine_source_problem(manifest: Manifest, graph: GraphSpec, engine_metadata:
         return (
             f"the engine of graph {graph.name!r} was built from another graph than {graph.file} (onnx_sha256 differs)"
         )
+    listed = next((e for e in manifest.engines if e.graph == graph.name), None)
+    if listed is not None and sorted(listed.compat) != sorted(engine_compat(engine_metadata)):
+        return f"the engine of graph {graph.name!r} is recorded with another compat in its sidecar than in the manifest"
     return None
 
 
@@ -507,6 +518,10 @@ def manifest_problem(manifest: dict) -> str | None:
             "engines must be a list of objects",
         ),
         (
+            all(isinstance(e.get("compat", []), list) for e in manifest.get("engines", [])),
+            "an engine's compat must be a list",
+        ),
+        (
             isinstance(manifest.get("verification", {}), dict),
             "verification must be an object",
         ),
@@ -536,6 +551,11 @@ def consistency_problem(manifest: Manifest) -> str | None:
     unknown_graph = [e.file for e in manifest.engines if e.graph not in names]
     if unknown_graph:
         return f"engines {', '.join(unknown_graph)} name no graph of the artifact"
+    unknown_compat = [
+        e.file for e in manifest.engines if not all(isinstance(k, str) and k in TRT_COMPAT for k in e.compat)
+    ]
+    if unknown_compat:
+        return f"engines {', '.join(unknown_compat)} record a compat other than {' / '.join(TRT_COMPAT)}"
     return None
 
 

@@ -11,6 +11,7 @@ import functools
 import os
 import platform
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 # The features worth naming: they select different GEMM / convolution kernels in ONNX Runtime's MLAS,
 # oneDNN and TensorRT's CPU-side tooling. Linux names, as in /proc/cpuinfo.
@@ -21,6 +22,8 @@ ISA_FEATURES = (
     # ARM
     "asimd", "asimddp", "asimdhp", "i8mm", "bf16", "sve", "sve2",
 )  # fmt: skip
+# JetPack's release file (benchmarks/gpu_check.py, which runs before the project is installed, reads it too).
+TEGRA_RELEASE = Path("/etc/nv_tegra_release")
 # Native bf16 matrix arithmetic, by platform: without it bf16 runs emulated (x86 AVX2: ~1 GFLOP/s).
 BF16_FEATURES = ("avx512_bf16", "amx_bf16", "bf16")
 
@@ -89,3 +92,8 @@ def current_host() -> Host:
         features=tuple(f for f in ISA_FEATURES if f in present),
         features_known=flags is not None,
     )
+
+
+def on_jetson() -> bool:
+    """A Jetson (JetPack): an aarch64 machine with the Tegra release file."""
+    return platform.machine() == "aarch64" and TEGRA_RELEASE.is_file()
