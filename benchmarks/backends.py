@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from maskclip_runtime.backends import registry
-from maskclip_runtime.contract.precision_table import PRECISIONS
+from maskclip_runtime.contract.precision_table import ONNXRUNTIME, PRECISIONS, TENSORRT
 from maskclip_runtime.kernel.devices import parse_device
 from maskclip_runtime.kernel.preprocess import load_image, preprocess_batch, resize_probability_map
 

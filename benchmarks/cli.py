@@ -169,19 +169,20 @@ def main(
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown:
         raise click.BadParameter(f"unknown backend(s) {', '.join(unknown)}", param_hint="--backends")
-    if click.get_current_context().get_parameter_source("backends") is not ParameterSource.DEFAULT:
-        # Rows asked for by name on a backend that cannot run here: refused before any model is built.
-        for runtime in sorted({BACKENDS[b][0] for b in backends} & set(registry.names())):
-            registry.require(runtime)
     if not batch_sizes or min(batch_sizes) < 1:
         raise click.BadParameter("batch sizes must be >= 1", param_hint="--batch-sizes")
     ctx = click.get_current_context()
-    given = lambda option: ctx.get_parameter_source(option) is not click.core.ParameterSource.DEFAULT  # noqa: E731
+    given = lambda option: ctx.get_parameter_source(option) is not ParameterSource.DEFAULT  # noqa: E731
     resolved = resolve_models(
         list(models) + list(configs) or ["tiny"],
         backends if given("backends") else None,
         batch_sizes if given("batch_sizes") else None,
     )
+    if given("backends"):
+        # Rows asked for by name (and valid for the models) on a backend that cannot run here: refused before
+        # any model is built.
+        for runtime in sorted({BACKENDS[b][0] for b in backends} & set(registry.names())):
+            registry.require(runtime)
     import torch  # noqa: F401 - every model is built with it: without the extra, refused before any work
 
     if device.startswith("cuda"):
