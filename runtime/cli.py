@@ -35,6 +35,7 @@ from .detect.selfcheck import SelfCheckFailed
 from .detect.selfcheck import self_check as run_self_check
 from .detect.tiling import detect_tiled, mask_policy
 from .errors import MaskclipError, SomeInputsFailed, UsageError, VerificationFailed
+from .kernel.atomic import prepare_output_file
 from .kernel.hashing import file_sha256
 from .kernel.inputs import expand_inputs
 from .kernel.preprocess import DEFAULT_MAX_PIXELS, ImageLoadError, decode_image
@@ -44,6 +45,7 @@ from .present.outputs import (
     ResultsUnwritable,
     ResultTables,
     TableBusy,
+    answer_problem,
     detection_record,
     made_for_another_image,
     save_mask_png,
@@ -354,14 +356,10 @@ def _check_destinations(
         raise UsageError(f"--json and --csv name the same file ({csv_path}); give two different files")
     if report_path and os.path.realpath(report_path) in map(os.path.realpath, tables):
         raise UsageError(f"--report names a results table ({report_path}); give it a file of its own")
-    for path in [*tables, *([report_path] if report_path else [])]:
-        folder = os.path.dirname(os.path.abspath(path))
-        if os.path.isdir(path):
-            raise UsageError(f"cannot write results to {path}: it is a folder")
-        if not os.path.isdir(folder):
-            raise UsageError(f"cannot write results to {path}: folder {folder} does not exist")
-        if not os.access(path if os.path.exists(path) else folder, os.W_OK):
-            raise UsageError(f"cannot write results to {path}: permission denied")
+    for path in tables:
+        prepare_output_file(path)
+    if report_path:
+        prepare_output_file(report_path, "the report")
     for folder in (masks, overlays, prob_maps):
         if not folder:
             continue
@@ -405,6 +403,11 @@ def _answers_to_keep(tables: ResultTables, detector: Detector, json_target: str,
     kept: dict[str, dict] = {}
     for record in tables.previous_records():
         if "error" in record:
+            continue
+        problem = answer_problem(record)
+        if problem is not None:
+            note = f"the record of {record['path']} is unusable ({problem}); answering it again"
+            click.echo(f"{PROG}: note: {json_target}: {note}", err=True)
             continue
         made_with = (
             record.get("model_id"),

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import click
 
@@ -27,7 +26,7 @@ from .errors import (
     MaskclipError,
     message_of,
 )
-from .kernel.atomic import write_text_atomic
+from .kernel.atomic import prepare_output_file, write_text_atomic
 
 # Top-level modules of the optional dependencies -> the extra (setup.py) that installs them.
 _TRAIN_MODULES = "torch torchvision open_clip timm safetensors albumentations pyarrow skimage scipy matplotlib"
@@ -143,7 +142,7 @@ def write_json(doc: dict, path: str) -> None:
     if path == "-":
         click.echo(text, nl=False)
         return
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    prepare_output_file(path, "the JSON document")
     write_text_atomic(path, text)
 
 

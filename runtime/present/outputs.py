@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, PngImagePlugin
 
+from ..contract.verdict_calibration import VERDICTS
 from ..errors import InputError, NotFinished
 from ..kernel.atomic import atomic_path
 from .overlay import DEFAULT_OVERLAY_SIZE, explained_overlay, fit_within, heat_overlay
@@ -73,6 +74,32 @@ RECORD_FIELDS = (
     "ms",
     "error",
 )
+
+# What an answered record read back (--resume) must hold, with the types it was written with: a record
+# edited or written by something else is answered again rather than trusted (or crashing the run).
+_NUMBER = (int, float)
+ANSWER_TYPES = {
+    "path": str,
+    "verdict": str,
+    "fake_prob": _NUMBER,
+    "threshold": _NUMBER,
+    "width": int,
+    "height": int,
+    "ms": _NUMBER,
+}
+
+
+def answer_problem(record: dict) -> str | None:
+    """Why an answered record read back cannot be kept (a missing field, a value of the wrong kind), or None."""
+    for field, kind in ANSWER_TYPES.items():
+        if field not in record:
+            return f"no {field!r}"
+        value = record[field]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            return f"{field!r} is {type(value).__name__}, not {'a number' if kind is _NUMBER else kind.__name__}"
+    if record["verdict"] not in VERDICTS:
+        return f"unknown verdict {record['verdict'][:40]!r}"
+    return None
 
 
 # PNG text key holding source_tag() of the image a mask or overlay was made for.

@@ -18,12 +18,12 @@ from datetime import datetime, timezone
 
 from PIL import Image
 
+from ..contract.verdict_calibration import VERDICTS
 from ..kernel.atomic import atomic_path
 from ..kernel.preprocess import ImageLoadError, decode_image
 from .outputs import RECORD_FIELDS, overlay_photo_size
 
 THUMBNAIL_SIDE = 160  # px, long side: about 5 kB a JPEG, so 1000 images stay a 5 MB page
-VERDICTS = ("real", "uncertain", "fake")
 IDENTITY_FIELDS = ("model_id", "precision", "backend", "self_check", "operating_point", "threshold")
 # Per image: every record field but the run-wide identity (shown once) and the error (its own table).
 DETAIL_FIELDS = tuple(
@@ -119,24 +119,37 @@ def _identity(answered: list[dict]) -> str:
 
 
 def _result_row(record: dict) -> str:
-    verdict = str(record.get("verdict"))
-    calibrated = record.get("calibrated_prob")
+    """One answered image; every value comes from a file that may have been edited, so each is escaped."""
+    verdict = record.get("verdict")
     details = "".join(
         f"<dt>{field}</dt><dd>{_text(record[field])}</dd>" for field in DETAIL_FIELDS if record.get(field) is not None
     )
-    thumbnail = _thumbnail_uri(record["path"], record.get("overlay"))
+    thumbnail = _thumbnail_uri(str(record.get("path")), record.get("overlay"))
     image = f'<img alt="overlay" src="{thumbnail}">' if thumbnail else "no preview"
     fraction = record.get("mask_fraction")  # None: no mask computed (--masks-for fake, judged real)
-    area = "no mask" if fraction is None else f"{100 * fraction:.1f} %"
+    area = f"{100 * fraction:.1f} %" if _is_number(fraction) else "no mask"
+    prob = record.get("fake_prob")
     return (
-        f'<tr data-prob="{record["fake_prob"]}"><td>{image}</td>'
-        f"<td><details><summary>{_text(os.path.basename(record['path']))}</summary><dl>{details}</dl></details></td>"
-        f'<td class="verdict {verdict}">{_text(verdict)}</td>'
-        f'<td class="num prob">{record["fake_prob"]:.3f}</td>'
-        f'<td class="num">{"" if calibrated is None else f"{calibrated:.3f}"}</td>'
+        f'<tr data-prob="{prob if _is_number(prob) else 0}"><td>{image}</td>'
+        f"<td><details><summary>{_text(os.path.basename(str(record.get('path'))))}</summary><dl>{details}</dl>"
+        f"</details></td>"
+        f'<td class="verdict {verdict if verdict in VERDICTS else ""}">{_text(verdict)}</td>'
+        f'<td class="num prob">{_number(prob)}</td>'
+        f'<td class="num">{_number(record.get("calibrated_prob"))}</td>'
         f'<td class="num">{area}</td>'
-        f'<td class="num">{record.get("ms", "")}</td></tr>'
+        f'<td class="num">{_text(record.get("ms", ""))}</td></tr>'
     )
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _number(value) -> str:
+    """A probability to 3 decimals; anything else (None, an edited record's text) as escaped text."""
+    if _is_number(value):
+        return f"{value:.3f}"
+    return "" if value is None else _text(value)
 
 
 def _thumbnail_uri(path: str, overlay: str | None) -> str | None:

@@ -1,0 +1,80 @@
+"""Issue 24, maskclip-run's outputs: what a hostile path or an edited results table can send them."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import test_runtime_cli
+
+from maskclip_runtime.errors import EXIT_USAGE
+from maskclip_runtime.present.report import report_html
+
+# maskclip-run's own fixtures: the stand-in artifact and the sample photos.
+artifact, photo_dir, run_cli = test_runtime_cli.artifact, test_runtime_cli.photo_dir, test_runtime_cli.run_cli
+
+
+@pytest.mark.parametrize("flag", ["--report", "--json", "--csv"])
+def test_outputs_never_replace_a_symlink_or_fifo(artifact, photo_dir, tmp_path, flag):
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me")
+    link = tmp_path / "link.html"
+    link.symlink_to(target)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for path in (link, fifo):
+        code, stdout, stderr = run_cli(photo_dir, "--model", artifact, flag, path, "--quiet")
+        assert code == EXIT_USAGE, (path, stderr)
+        assert "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1
+    assert link.is_symlink() and target.read_text() == "keep me"
+    assert fifo.is_fifo()
+
+
+def test_json_and_report_create_missing_parents(artifact, photo_dir, tmp_path):
+    out, report = tmp_path / "a" / "b" / "out.jsonl", tmp_path / "c" / "report.html"
+    code, _, stderr = run_cli(photo_dir, "--model", artifact, "--json", out, "--report", report, "--quiet")
+    assert code == 0, stderr
+    assert len(out.read_text().splitlines()) == len(list(photo_dir.glob("*.jpg")))
+    assert report.read_text().startswith("<!DOCTYPE html>")
+
+
+SCRIPT = "<script>alert(1)</script>"
+
+
+def test_report_escapes_every_value_read_back(tmp_path):
+    record = {
+        "path": f"/x/{SCRIPT}.jpg",
+        "verdict": f'fake"><img src=x onerror=alert(1)>{SCRIPT}',
+        "fake_prob": SCRIPT,
+        "calibrated_prob": SCRIPT,
+        "mask_fraction": SCRIPT,
+        "ms": SCRIPT,
+        "model_id": SCRIPT,
+        "width": 1,
+        "height": 1,
+    }
+    page = report_html([record, {"path": SCRIPT, "error": SCRIPT}])
+    assert "<script>alert" not in page and "<img src=x" not in page
+    assert page.count("&lt;script&gt;alert(1)&lt;/script&gt;") >= 5
+
+
+def test_resume_answers_again_records_that_are_broken_or_hostile(artifact, photo_dir, tmp_path):
+    out, report = tmp_path / "out.jsonl", tmp_path / "report.html"
+    code, _, _ = run_cli(photo_dir, "--model", artifact, "--json", out, "--quiet")
+    assert code == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    del records[0]["fake_prob"]
+    records[1]["verdict"] = SCRIPT
+    records[2]["ms"] = SCRIPT
+    out.write_text("".join(json.dumps(r) + "\n" for r in records))
+    code, _, stderr = run_cli(photo_dir, "--model", artifact, "--json", out, "--report", report, "--resume")
+    assert code == 0, stderr
+    assert "internal error" not in stderr and f"resuming: 1 of {len(records)}" in stderr, stderr
+    page = report.read_text()
+    assert "<script>alert" not in page
+    answers = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(answers) == len(records) and all(isinstance(r["fake_prob"], float) for r in answers)
+    assert {r["verdict"] for r in answers} <= {"real", "fake"}
+    assert sorted(Path(r["path"]).name for r in answers) == sorted(p.name for p in photo_dir.glob("*.jpg"))
