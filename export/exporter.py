@@ -15,7 +15,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -405,6 +405,14 @@ def _check_calibration_model(source: ModelSource, options: ExportOptions) -> Non
         raise ExportError(f"--calibration record was fitted on model {fitted_id}, this export is {exported_id}")
 
 
+def _accepted_calibration(record: Calibration | None, model_id: str) -> Calibration | None:
+    """--calibration is accepted for the exported model (a record fitted on a checkpoint names no artifact id;
+    one naming another was refused by _check_calibration_model)."""
+    if record is None or record.model_problem(model_id) is None:
+        return record
+    return replace(record, accepted_for=model_id)
+
+
 def export_artifact(
     source: ModelSource, options: ExportOptions, progress: bool = True, log: Callable[[str], None] = print
 ) -> Manifest:
@@ -480,16 +488,22 @@ def _stage_artifact(
     canaries = write_canaries(staging, originals, spec, reference, source.model.config.threshold, row.gate)
     steps.start("manifest")
     specs = graph_specs(options.topology)
+    identity = _identity(source, options)
     manifest = build_manifest(
         source.model,
         source.description,
-        _identity(source, options),
+        identity,
         fp32_ops,
         options.batch,
         [(graph, paths[graph.name]) for graph in specs],
         options.opset,
         int8,
-    ).replace(calibration=options.calibration, self_check=canaries, verification=report, export_seconds=steps.timings)
+    ).replace(
+        calibration=_accepted_calibration(options.calibration, identity.model_id),
+        self_check=canaries,
+        verification=report,
+        export_seconds=steps.timings,
+    )
     manifest = write_manifest(staging, manifest)
     load_artifact(staging)  # the runtime must accept what was written
     if report["passed"] is not False:

@@ -523,6 +523,8 @@ def consistency_problem(manifest: Manifest) -> str | None:
     )
     if problem:
         return problem
+    if manifest.calibration is not None and (problem := manifest.calibration.model_problem(manifest.model_id)):
+        return f"{problem} (attach it with maskclip-calibrate --attach --force to use it anyway)"
     # An fp32 graph is built into any TensorRT precision (builder flags); a reduced one only into its own.
     wrong = [
         e.file

@@ -22,7 +22,7 @@ import hashlib
 import json
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +86,9 @@ class Calibration:
     real_point: str  # the operating point at or below which the verdict is "real"
     fitted_on: dict  # model, data, split, images: where the record comes from
     sha256: str
+    # The model id a record fitted on another (or no named) model was accepted for, by export's
+    # --calibration or --attach --force; outside the hashed body, as it says where the record is used.
+    accepted_for: str | None = None
 
     def point(self, name: str) -> OperatingPoint:
         for op in self.operating_points:
@@ -120,7 +123,16 @@ class Calibration:
         }
 
     def to_dict(self) -> dict:
-        return {**self.body(), "sha256": self.sha256}
+        accepted = {} if self.accepted_for is None else {"accepted_for": self.accepted_for}
+        return {**self.body(), "sha256": self.sha256, **accepted}
+
+    def model_problem(self, model_id: str) -> str | None:
+        """Why this record must not give model `model_id` its verdicts, or None (fitted on it or accepted for it)."""
+        fitted = self.fitted_on.get("model_id")
+        if model_id in (fitted, self.accepted_for):
+            return None
+        fitted = f"model {fitted}" if fitted else "a model it does not name (no model_id)"
+        return f"the calibration record was fitted on {fitted}, not on {model_id}"
 
     @classmethod
     def create(
@@ -139,7 +151,7 @@ class Calibration:
         if d.get("version") != CALIBRATION_VERSION:
             raise CalibrationError(f"{where}: unknown calibration record version {d.get('version')!r}")
         stated = str(d.get("sha256", ""))
-        actual = record_sha256({k: v for k, v in d.items() if k != "sha256"})
+        actual = record_sha256({k: v for k, v in d.items() if k not in ("sha256", "accepted_for")})
         if stated != actual:
             raise CalibrationError(f"{where}: tampered or corrupted calibration record (sha256 does not match)")
         try:
@@ -151,6 +163,7 @@ class Calibration:
                 real_point=str(verdict["real_at_or_below"]),
                 fitted_on=dict(d.get("fitted_on", {})),
                 sha256=stated,
+                accepted_for=None if d.get("accepted_for") is None else str(d["accepted_for"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise CalibrationError(f"{where}: malformed calibration record ({type(exc).__name__}: {exc})") from None
@@ -193,17 +206,15 @@ def write_calibration(record: Calibration, path: str | os.PathLike) -> None:
 def attach_calibration(artifact_dir: str | os.PathLike, record: Calibration, force: bool = False) -> Path:
     """Store a record in an existing artifact's manifest (atomically) without re-exporting it.
 
-    The artifact is verified first; a record fitted on a different model (by model id) is refused
-    unless `force`. Returns the manifest path.
+    The artifact is verified first; a record fitted on a different model, or naming none, is refused
+    unless `force`, which records the model it was accepted for. Returns the manifest path.
     """
     from .artifact import MANIFEST_NAME, load_artifact, write_manifest
 
     artifact = load_artifact(artifact_dir)
-    fitted_id = record.fitted_on.get("model_id")
-    if fitted_id and fitted_id != artifact.model_id and not force:
-        raise CalibrationError(
-            f"{artifact.dir}: record was fitted on model {fitted_id}, the artifact is {artifact.model_id} "
-            f"(use --force to attach anyway)"
-        )
-    write_manifest(artifact.dir, artifact.manifest.replace(calibration=record))
+    problem = record.model_problem(artifact.model_id)
+    if problem and not force:
+        raise CalibrationError(f"{artifact.dir}: {problem} (use --force to attach anyway)")
+    accepted = replace(record, accepted_for=artifact.model_id if problem else None)
+    write_manifest(artifact.dir, artifact.manifest.replace(calibration=accepted))
     return artifact.dir / MANIFEST_NAME
