@@ -38,7 +38,7 @@ from maskclip_runtime.contract.precision_table import DEFAULT_PRECISION, PRECISI
 from maskclip_runtime.contract.verdict_calibration import Calibration
 from maskclip_runtime.detect.detector import Detector
 from maskclip_runtime.errors import InputError, VerificationFailed
-from maskclip_runtime.kernel.atomic import write_text_atomic
+from maskclip_runtime.kernel.atomic import unreplaceable_folder, write_text_atomic
 from maskclip_runtime.kernel.inputs import image_files
 from maskclip_runtime.kernel.preprocess import ImageLoadError, PreprocessSpec, load_image, preprocess_batch
 
@@ -229,16 +229,9 @@ def check_output_location(out: Path) -> None:
 
     Only a folder holding a maskclip artifact is ever replaced, and only when every file in it is one
     its manifest lists; the current folder, its parents, home and / are never targets."""
-    if out.is_symlink():
-        raise ExportError(f"{out}: is a symbolic link; give the artifact folder itself")
-    resolved = out.resolve()
-    cwd = Path.cwd().resolve()
-    if resolved == cwd or resolved in cwd.parents or resolved == Path.home().resolve():
-        raise ExportError(
-            f"{out}: refusing to replace the current folder, one of its parents or home; name a new folder"
-        )
-    if out.exists() and not out.is_dir():
-        raise ExportError(f"{out}: exists and is not a folder")
+    problem = unreplaceable_folder(out)
+    if problem:
+        raise ExportError(problem)
     if out.is_dir() and any(out.iterdir()):
         _refuse_unowned(out, MANIFEST_NAME)
     failed = out.with_name(out.name + FAILED_SUFFIX)

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from maskclip_runtime.errors import InputError
-from maskclip_runtime.kernel.atomic import atomic_path, write_text_atomic
+from maskclip_runtime.kernel.atomic import atomic_path, unreplaceable_folder, write_text_atomic
 
 from .config import MaskCLIPConfig
 from .model import MaskCLIP
@@ -47,6 +47,26 @@ def save_checkpoint(model: MaskCLIP, path: str | Path, metadata: dict | None = N
     doc = {"config": model.config.to_dict(), "metadata": metadata or {}}
     write_text_atomic(config, json.dumps(doc, indent=2))
     return weights
+
+
+def check_checkpoint_folder(out: str | Path) -> None:
+    """Refuse, before any work, a checkpoint folder whose files would overwrite what is not a MaskCLIP
+    checkpoint (a user's config.json), or the current folder, its parents or home (as export's --out)."""
+    problem = unreplaceable_folder(out)
+    if problem:
+        raise CheckpointError(problem)
+    weights, config = checkpoint_files(Path(out))
+    if not (weights.exists() or weights.is_symlink() or config.exists() or config.is_symlink()):
+        return
+    try:
+        if config.is_symlink() or weights.is_symlink():
+            raise TypeError("a symbolic link")
+        MaskCLIPConfig.from_dict(json.loads(config.read_text(encoding="utf-8"))["config"])
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError):
+        raise CheckpointError(
+            f"{out}: its {config.name} or {weights.name} is not a MaskCLIP checkpoint's; refusing to overwrite it "
+            f"(name a new folder)"
+        ) from None
 
 
 def read_checkpoint_config(path: str | Path) -> MaskCLIPConfig:

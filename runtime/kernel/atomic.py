@@ -76,3 +76,18 @@ def prepare_output_file(path: str | os.PathLike, what: str = "results") -> None:
         raise UsageError(f"cannot write {what} to {path}: cannot create its folder ({exc.strerror or exc})") from None
     if not os.access(path if info is not None else path.absolute().parent, os.W_OK):
         raise UsageError(f"cannot write {what} to {path}: permission denied")
+
+
+def unreplaceable_folder(out: str | os.PathLike) -> str | None:
+    """Why a command must not write its output folder here (a symlink, a file, the current folder, one of
+    its parents, home), or None; the one rule of every --out that names a folder to fill or replace."""
+    out = Path(out)
+    if out.is_symlink():
+        return f"{out}: is a symbolic link; give the folder itself"
+    resolved = out.resolve()
+    cwd = Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents or resolved == Path.home().resolve():
+        return f"{out}: refusing to replace the current folder, one of its parents or home; name a new folder"
+    if out.exists() and not out.is_dir():
+        return f"{out}: exists and is not a folder"
+    return None
