@@ -93,8 +93,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise CheckpointError(f"{weights}: weights do not match config {cfg.name!r} ({first})") from None
+        # torch's first line only says "Error(s) in loading state_dict"; the next names the tensor and shapes.
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        detail = " ".join(lines[1:2] or lines)[:400]
+        raise CheckpointError(f"{weights}: weights do not match config {cfg.name!r} ({detail})") from None
     return model.eval()
 
 

@@ -7,7 +7,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from maskclip_runtime import cli as run_cli
 from maskclip_runtime.contract.artifact import ArtifactError, load_artifact
 from maskclip_runtime.contract.verdict_calibration import (
     Calibration,
@@ -17,6 +19,8 @@ from maskclip_runtime.contract.verdict_calibration import (
 )
 from maskclip_runtime.detect.detector import DEMO_DIR, Detector
 from maskclip_runtime.detect.selfcheck import SelfCheckFailed
+from maskclip_runtime.errors import EXIT_USAGE
+from maskclip_runtime.kernel.hashing import file_sha256
 
 pytest.importorskip("onnxruntime")
 DEMO_ID = load_artifact(DEMO_DIR).model_id
@@ -74,3 +78,16 @@ def test_attach_needs_force_for_a_record_of_another_or_no_model(demo_copy, fitte
 def test_a_record_of_this_model_attaches_without_force(demo_copy):
     attach_calibration(demo_copy, record(DEMO_ID))
     assert load_artifact(demo_copy).calibration == record(DEMO_ID)
+
+
+def test_a_corrupt_onnx_graph_is_bad_input_not_a_missing_backend(demo_copy):
+    graph = demo_copy / "model.onnx"
+    graph.write_bytes(graph.read_bytes()[: graph.stat().st_size // 2])
+
+    def rehash(manifest):  # consistent hashes: the file itself is what is broken
+        manifest["files"]["model.onnx"] = file_sha256(graph)
+
+    edit_manifest(demo_copy, rehash)
+    result = CliRunner().invoke(run_cli.main, [str(DEMO_DIR / "examples"), "--model", str(demo_copy), "-q"])
+    assert result.exit_code == EXIT_USAGE, result.stderr
+    assert "not a usable ONNX graph" in result.stderr and len(result.stderr.strip().splitlines()) == 1

@@ -220,3 +220,17 @@ def test_out_never_overwrites_what_is_not_a_checkpoint(tiny, tmp_path, monkeypat
     # a checkpoint folder of ours is replaced
     assert _import(src, "--out", tmp_path / "ckpt", "--config", "tiny").exit_code == 0
     assert _import(src, "--out", tmp_path / "ckpt", "--config", "tiny").exit_code == 0
+
+
+def test_weights_of_another_shape_are_named_in_the_error(tiny, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from maskclip_core.checkpoint import CheckpointError, save_checkpoint
+
+    weights = save_checkpoint(tiny, tmp_path / "ckpt")
+    state = load_file(str(weights))
+    name = sorted(state)[0]
+    state[name] = torch.zeros(3, 3)
+    save_file(state, str(weights))
+    with pytest.raises(CheckpointError, match=f"size mismatch for {name}"):
+        load_checkpoint(tmp_path / "ckpt")

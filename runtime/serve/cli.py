@@ -12,6 +12,7 @@ Errors are one line on stderr.
 from __future__ import annotations
 
 import logging
+import socket
 from functools import partial
 
 import click
@@ -123,12 +124,24 @@ def _run_uvicorn(uvicorn, create_app, settings, load_detector, host: str, port: 
         app, host=host, port=port, workers=1, access_log=False, log_level="warning" if quiet else "info"
     )
     server = DrainingServer(config)
+    sock = _listening_socket(host, port)
+    port = sock.getsockname()[1]
     log.info(f"serving on http://{host}:{port} (model loads in the background; GET /readyz says when)")
-    server.run()
+    server.run(sockets=[sock])
     if failure:
         raise _load_failure(failure[0]) from None
     if not server.started:
         raise NotFinished(f"the server did not start on {host}:{port} (see the lines above)")
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    """The server's socket, bound here: a port in use is one line and status 5 before the model loads
+    (uvicorn's own bind ends the process from inside its event loop)."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        return socket.create_server((host, port), family=family)
+    except OSError as exc:
+        raise NotFinished(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
 def _load_failure(exc: Exception) -> MaskclipError:
