@@ -38,7 +38,7 @@ from .errors import MaskclipError, SomeInputsFailed, UsageError, VerificationFai
 from .kernel.atomic import prepare_output_file
 from .kernel.hashing import file_sha256
 from .kernel.inputs import expand_inputs
-from .kernel.preprocess import DEFAULT_MAX_PIXELS, ImageLoadError, decode_image
+from .kernel.preprocess import DECODE_MARGIN, DEFAULT_MAX_PIXELS, ImageLoadError, decode_image
 from .options import DEMO_NOTE, check_options, model_options
 from .present.outputs import (
     DEFAULT_OVERLAY_SIZE,
@@ -53,11 +53,6 @@ from .present.outputs import (
     source_tag,
 )
 from .present.report import write_report
-
-# A JPEG may be decoded at 1/2..1/8 scale while both sides stay >= this many times the model input:
-# the model's own resize still averages over >= 4x4 decoded pixels, and a 108 Mpx photo never
-# exists at full size in memory (see decode_image).
-DECODE_MARGIN = 4
 
 PROG = "maskclip-run"
 
