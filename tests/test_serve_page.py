@@ -87,5 +87,5 @@ def test_the_picker_keeps_working_for_one_file_after_another(server, browser):
             )
         )
         assert "another image" in browser.find_element(By.ID, "drop").text
-    logs = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+    logs = [entry for entry in browser.get_log("browser") if entry["source"] == "javascript"]
     assert logs == []
