@@ -279,6 +279,11 @@ def run(
     if not paths:
         raise UsageError("no input images (give files, folders, globs, or - to read paths from stdin)")
     detector = _open_detector(model, backend, device, threads, threshold, batch, quiet, not no_self_check, strict)
+    card = detector.artifact.manifest.card
+    if tiles and not quiet and not (card and card.native_crops):
+        trained = card.summary() if card else "a model whose card does not say how it was trained"
+        click.echo(f"{PROG}: warning: --tiles shows tiles at native resolution to {trained}: tile masks may "
+                   "flag texture rather than edits", err=True)  # fmt: skip
     try:
         tables = ResultTables(json_target, csv_path)
     except TableBusy as exc:

@@ -151,3 +151,14 @@ def test_38_bombs_in_one_batch_keep_the_server_small(bomb):
     finally:
         process.terminate()
         process.wait(30)
+
+
+def test_model_summary_and_records_say_demo():
+    client = app_client()
+    try:
+        summary = client.get("/v1/model").json()
+        assert summary["demo"] is True and "synthetic" in summary["card"]["trained_on"]
+        answer = client.post("/v1/detect", content=EXAMPLES[0].read_bytes(), headers={"Content-Type": "image/jpeg"})
+        assert answer.json()["demo"] is True
+    finally:
+        client.__exit__(None, None, None)

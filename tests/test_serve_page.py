@@ -89,3 +89,10 @@ def test_the_picker_keeps_working_for_one_file_after_another(server, browser):
         assert "another image" in browser.find_element(By.ID, "drop").text
     logs = [entry for entry in browser.get_log("browser") if entry["source"] == "javascript"]
     assert logs == []
+
+
+def test_page_says_the_demo_model_is_one(server, browser):
+    browser.get(server + "/")
+    banner = browser.find_element(By.ID, "demo")
+    WebDriverWait(browser, 20).until(lambda d: banner.is_displayed())
+    assert "Demonstration model" in banner.text and "not evidence" in banner.text

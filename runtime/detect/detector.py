@@ -75,6 +75,7 @@ class Detection:
     operating_point: str = PLAIN_OPERATING_POINT  # what decided the verdict
     band: tuple[float, float] | None = None  # calibrated (real <=, fake >) thresholds of a calibrated verdict
     mask_policy: str = "resize"  # how the mask was made: the global view resized, or tiles (tiling.py)
+    demo: bool = False  # made by a demonstration model (the artifact's card): every view of it says so
 
     @property
     def verdict_threshold(self) -> float:
@@ -162,6 +163,12 @@ class Detector:
     @property
     def model_id(self) -> str:
         return self.artifact.model_id
+
+    @property
+    def demo(self) -> bool:
+        """A demonstration model (its card says so): answers to show how the tool works, not evidence."""
+        card = self.artifact.manifest.card
+        return card is not None and card.demo
 
     @property
     def backend(self) -> str:
@@ -272,14 +279,24 @@ class Detector:
         verdict = "fake" if fake_prob > self.threshold else "real"
         ms = item.ms + shared_ms
         if self.calibration is None:
-            return Detection(fake_prob, verdict, self.threshold, item.width, item.height, ms, mask)
+            return Detection(fake_prob, verdict, self.threshold, item.width, item.height, ms, mask, demo=self.demo)
         calibrated = float(self.calibration.calibrate(fake_prob))
         operating_point, band = PLAIN_OPERATING_POINT, None
         if self.calibrated_verdicts:
             verdict = str(self.calibration.verdicts(calibrated))
             operating_point, band = self.calibration.fake_point, self.calibration.band
         return Detection(
-            fake_prob, verdict, self.threshold, item.width, item.height, ms, mask, calibrated, operating_point, band
+            fake_prob,
+            verdict,
+            self.threshold,
+            item.width,
+            item.height,
+            ms,
+            mask,
+            calibrated,
+            operating_point,
+            band,
+            demo=self.demo,
         )
 
     def close(self) -> None:

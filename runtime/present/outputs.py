@@ -71,6 +71,7 @@ RECORD_FIELDS = (
     "model_id",
     "precision",
     "self_check",
+    "demo",
     "ms",
     "error",
 )
@@ -139,6 +140,7 @@ def detection_record(
         "model_id": detector.model_id,
         "precision": detector.artifact.precision,
         "self_check": detector.self_check.status,
+        "demo": detection.demo,  # a demonstration model's answer (the artifact's card): not evidence
         "ms": round(ms, 2),
     }
 

@@ -50,6 +50,8 @@ td img { max-width: 160px; max-height: 160px; }
 details dl { display: grid; grid-template-columns: max-content auto; gap: 0 .8rem; margin: .3rem 0; }
 details dt { color: #666; } details dd { margin: 0; word-break: break-all; }
 #failures td { color: #b71c1c; }
+#demo-banner { background: #fcefd2; border: 1px solid #a06d00; border-radius: 6px; padding: .5rem .9rem;
+  margin-bottom: 1rem; font-weight: bold; }
 """
 
 # Sort by probability: the first click on the header sorts most suspicious first, each next one reverses.
@@ -96,6 +98,7 @@ def report_html(records: list[dict]) -> str:
 <style>{_STYLE}</style></head>
 <body>
 <h1>maskclip report</h1>
+{_demo_banner(answered)}
 <div id="identity">{_identity(answered)} &middot; written {written}</div>
 <div id="counts">{count_cards}</div>
 <table id="results"><thead><tr><th>overlay</th><th>file</th><th>verdict</th>
@@ -106,6 +109,17 @@ def report_html(records: list[dict]) -> str:
 <script>{_SCRIPT}</script>
 </body></html>
 """
+
+
+def _demo_banner(answered: list[dict]) -> str:
+    """Answers of a demonstration model say so above everything else."""
+    demo = sum(1 for r in answered if r.get("demo") is True)
+    if not demo:
+        return ""
+    return (
+        f'<div id="demo-banner" data-count="{demo}">{demo} of these answers come from a demonstration model '
+        "trained on synthetic edits: they show how the tool works and are not evidence about these images.</div>"
+    )
 
 
 def _identity(answered: list[dict]) -> str:

@@ -291,6 +291,8 @@ def model_summary(detector: Detector) -> dict:
         "topology": manifest.topology,
         "backend": detector.backend,
         "self_check": detector.self_check.status,
+        "demo": detector.demo,
+        "card": manifest.card.to_dict() if manifest.card else None,
         "threshold": detector.threshold,
         "input_size": artifact.preprocess.size,
         "batch": {"dynamic": batch.dynamic, "min": batch.min, "opt": batch.opt, "max": batch.max},
