@@ -24,6 +24,7 @@ from .errors import (
     EXIT_STATUSES,
     EXIT_USAGE,
     MaskclipError,
+    install_hint,
     message_of,
 )
 from .kernel.atomic import prepare_output_file, write_text_atomic
@@ -83,7 +84,7 @@ class MaskclipCommand(click.Command):
             extra = EXTRA_OF_MODULE[root]
             if extra in EXTRAS_WITHIN.get(self.extra, ()):  # name the extra that installs the whole command
                 extra = self.extra
-            self._fail(ctx, f"{root} is not installed; {self.name} needs: pip install 'maskclip[{extra}]'",
+            self._fail(ctx, f"{root} is not installed; {self.name} needs, from the checkout: {install_hint(extra)}",
                        EXIT_BACKEND_UNAVAILABLE)  # fmt: skip
         except BAD_PATH_ERRORS + self.input_errors as exc:
             self._fail(ctx, message_of(exc), EXIT_USAGE)

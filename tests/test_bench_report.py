@@ -246,7 +246,7 @@ def test_cli_on_tiny_torch_row_and_unavailable_tensorrt_row(tmp_path):
     assert rows["torch", 1]["status"] == "ok" and rows["torch", 2]["status"] == "ok"
     assert rows["torch", 2]["gflops"] > 0 and rows["torch", 2]["ceiling_fraction"] > 0
     assert rows["trt-fp16", 1]["status"] == "unavailable"
-    assert "pip install 'maskclip[gpu]'" in rows["trt-fp16", 1]["reason"]
+    assert 'pip install -c constraints.txt -e ".[gpu]"' in rows["trt-fp16", 1]["reason"]
     assert json.loads((tmp_path / "r" / "bench.json").read_text()) == report  # --name's default
     markdown = (tmp_path / "r" / "bench.md").read_text()
     assert "## tiny" in markdown and "unavailable: TensorRT is not installed" in markdown

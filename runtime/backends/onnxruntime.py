@@ -12,13 +12,13 @@ import os
 
 import numpy as np
 
-from ..errors import BackendUnavailable, InputError
+from ..errors import BackendUnavailable, InputError, install_hint
 from ..kernel.devices import parse_device
 from .base import Runner
 
 log = logging.getLogger("maskclip_runtime")
 
-INSTALL_HINT = "ONNX Runtime is not installed: pip install 'maskclip[cpu]' (or 'maskclip[gpu]' on a CUDA machine)"
+INSTALL_HINT = f"ONNX Runtime is not installed: {install_hint('cpu')} (or the gpu extra on a CUDA machine)"
 
 # ORT's load errors that mean the file is a broken graph (bad input, status 2), not that this ONNX Runtime
 # cannot run it (an op or provider it lacks: backend unavailable, status 4).
@@ -63,7 +63,7 @@ def providers_for(device: str, available: list[str]) -> tuple[list, str | None]:
     if wanted and not chosen:
         warning = (
             f"WARNING: device {device!r} requested but ONNX Runtime offers only {', '.join(available)}; "
-            f"running on CPU (much slower). Install 'maskclip[gpu]' on a CUDA machine."
+            f"running on CPU (much slower). On a CUDA machine: {install_hint('gpu')}"
         )
     elif len(chosen) < len(wanted):
         warning = f"WARNING: {wanted[0]} is not available; using {chosen[0][0]} instead"

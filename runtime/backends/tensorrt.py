@@ -16,13 +16,13 @@ import numpy as np
 
 from maskclip_runtime.backends.base import Runner
 from maskclip_runtime.contract.engine_header import check_engine_compatible, read_engine_metadata, read_plan
-from maskclip_runtime.errors import BackendUnavailable
+from maskclip_runtime.errors import BackendUnavailable, install_hint
 
 TENSORRT_HINT = (
-    "pip install 'maskclip[gpu]' (CUDA 13: TensorRT 11) or 'maskclip[gpu-cu12]' (CUDA 12: TensorRT 10), "
+    f"{install_hint('gpu')} (CUDA 13: TensorRT 11) or {install_hint('gpu-cu12')} (CUDA 12: TensorRT 10), "
     "or use the system TensorRT on JetPack"
 )
-CUDA_PYTHON_HINT = "pip install 'maskclip[gpu]' (cuda-python 13) or 'maskclip[gpu-cu12]' / 'maskclip[jetson]' (12)"
+CUDA_PYTHON_HINT = f"{install_hint('gpu')} (cuda-python 13) or {install_hint('gpu-cu12')} / the jetson extra (12)"
 
 
 def import_tensorrt():

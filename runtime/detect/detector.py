@@ -34,7 +34,7 @@ from ..contract.chain import chain_problem, run_chain
 from ..contract.engine_header import EngineFileError, read_engine_metadata
 from ..contract.manifest import engine_source_problem
 from ..contract.verdict_calibration import PLAIN_OPERATING_POINT
-from ..errors import BackendUnavailable
+from ..errors import BackendUnavailable, install_hint
 from ..kernel.devices import parse_device
 from ..kernel.host import current_host
 from ..kernel.preprocess import load_image, resize_and_normalize, resize_probability_map, to_rgb8
@@ -398,7 +398,7 @@ def _tensorrt_runners(artifact: Artifact, device: str | None) -> list[Runner]:
         from ..backends.tensorrt import TensorRTRunner
     except ImportError as exc:
         raise BackendUnavailable(
-            f"TensorRT backend is not available ({exc}); install 'maskclip[gpu]' on a CUDA machine "
+            f"TensorRT backend is not available ({exc}); {install_hint('gpu')} on a CUDA machine "
             f"or use --backend onnxruntime"
         ) from None
     runners: list[Runner] = []

@@ -20,13 +20,13 @@ import click
 from ..command import command
 from ..contract.artifact import load_artifact
 from ..detect.detector import DEMO_DIR, Detector
-from ..errors import BackendUnavailable, MaskclipError, NotFinished, UsageError, message_of
+from ..errors import BackendUnavailable, MaskclipError, NotFinished, UsageError, install_hint, message_of
 from ..kernel.preprocess import DEFAULT_MAX_PIXELS
 from ..options import DEMO_NOTE, check_options, model_options
 from .limits import DEFAULT_DECODE_BUDGET, DEFAULT_SERVE_MAX_PIXELS
 
 PROG = "maskclip-serve"
-SERVE_EXTRA_HINT = "install the serve extra: pip install 'maskclip[serve]'"
+SERVE_EXTRA_HINT = f"install the serve extra, from the checkout: {install_hint('serve')}"
 log = logging.getLogger("maskclip_runtime")
 
 
