@@ -275,7 +275,7 @@ def run(
         raise UsageError("--masks-for none writes no masks: drop --masks/--overlays/--prob-maps or pick all/fake")
     masks_for = masks_for or ("all" if masks or overlays or prob_maps else "fake")
     _check_destinations(json_target, csv_path, masks, overlays, prob_maps, report_path)
-    paths = expand_inputs(images, null_separated=null_separated)
+    paths = expand_inputs(images, null_separated=null_separated, outputs=[f for f in (masks, overlays, prob_maps) if f])
     if not paths:
         raise UsageError("no input images (give files, folders, globs, or - to read paths from stdin)")
     detector = _open_detector(model, backend, device, threads, threshold, batch, quiet, not no_self_check, strict)

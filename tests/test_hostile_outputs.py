@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 import test_runtime_cli
+from PIL import Image
 
+from maskclip_runtime.detect.detector import Detector, DetectorClosed
 from maskclip_runtime.errors import EXIT_USAGE
 from maskclip_runtime.present.report import report_html
 
@@ -78,3 +81,29 @@ def test_resume_answers_again_records_that_are_broken_or_hostile(artifact, photo
     assert len(answers) == len(records) and all(isinstance(r["fake_prob"], float) for r in answers)
     assert {r["verdict"] for r in answers} <= {"real", "fake"}
     assert sorted(Path(r["path"]).name for r in answers) == sorted(p.name for p in photo_dir.glob("*.jpg"))
+
+
+def test_a_nul_separated_list_without_0_is_one_clear_error(artifact, photo_dir):
+    listing = "".join(f"{p}\0" for p in sorted(photo_dir.glob("*.jpg")))
+    code, stdout, stderr = run_cli("-", "--model", artifact, stdin=listing)
+    assert code == EXIT_USAGE and "-0" in stderr and "internal error" not in stderr and stdout == ""
+    code, stdout, _ = run_cli("-", "--model", artifact, "-0", "-q", stdin=listing)
+    assert code == 0 and len(stdout.splitlines()) == len(list(photo_dir.glob("*.jpg")))
+
+
+def test_masks_written_into_the_input_folder_are_not_read_back(artifact, photo_dir, tmp_path):
+    photos = tmp_path / "photos"
+    shutil.copytree(photo_dir, photos)
+    count = len(list(photos.glob("*.jpg")))
+    for _ in range(2):  # the second run lists the folder holding the first run's masks and overlays
+        code, stdout, stderr = run_cli(photos, "--model", artifact, "--masks", photos / "masks",
+                                       "--overlays", photos / "overlays", "-q")  # fmt: skip
+        assert code == 0, stderr
+        assert len(stdout.splitlines()) == count
+
+
+def test_detect_after_close_is_a_clear_error(artifact):
+    detector = Detector(artifact, backend="onnxruntime", device="cpu")
+    detector.close()
+    with pytest.raises(DetectorClosed, match="closed"):
+        detector.detect(Image.new("RGB", (64, 64)))

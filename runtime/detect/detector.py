@@ -111,6 +111,10 @@ class PreparedImage:
     ms: float
 
 
+class DetectorClosed(RuntimeError):
+    """detect() on a Detector after close(): its sessions or engines are released."""
+
+
 class Detector:
     """Run an exported MaskCLIP artifact.
 
@@ -147,6 +151,7 @@ class Detector:
         self.calibrated_verdicts = self.calibration is not None and threshold is None
         self.batch_size = _batch_size(self.artifact, batch)
         self.device = device or "default"
+        self.closed = False
         self._runners = _build_runners(self.artifact, backend, device, threads)
         _check_chain(self.artifact, self._runners)
         self._screen_graphs = _verdict_stage_length(self._runners)
@@ -207,6 +212,8 @@ class Detector:
     def detect_prepared(self, prepared: list[PreparedImage], masks_for: str | Sequence[str] = "all") -> list[Detection]:
         """PreparedImages -> Detections. masks_for: one policy for all, or one per image (a server's
         micro-batch mixes requests that asked for different ones: they still share one screen pass)."""
+        if self.closed:
+            raise DetectorClosed("this Detector is closed (close() or its with-block ended): create a new one")
         policies = [masks_for] * len(prepared) if isinstance(masks_for, str) else list(masks_for)
         if len(policies) != len(prepared):
             raise ValueError(f"masks_for has {len(policies)} policies for {len(prepared)} images")
@@ -300,6 +307,7 @@ class Detector:
         )
 
     def close(self) -> None:
+        self.closed = True
         for runner in self._runners:
             runner.close()
 
