@@ -71,6 +71,7 @@ def train(**kwargs):
     the rest of the run, except data, split, config, seed, batch size and weights, which must match.
     The demo model's recipe is `python -m maskclip_core.demo --work DIR` (README).
     """
+    from maskclip_core.data.dataset import training_split
     from maskclip_core.train import TrainArgs
     from maskclip_core.train import train as run
     from maskclip_core.train_options import resume_args
@@ -81,7 +82,14 @@ def train(**kwargs):
     elif not (kwargs["data"] and kwargs["out"]):
         raise UsageError("--data and --out are required (or --resume OUT/last to continue a run)")
     else:
-        args = TrainArgs(**kwargs)
+        split = training_split(kwargs["data"], kwargs["split"])
+        if split != kwargs["split"]:
+            others = sorted(
+                p.name for p in Path(kwargs["data"]).expanduser().iterdir() if p.is_dir() and p.name != split
+            )
+            click.echo(f"maskclip-train: {kwargs['data']} holds split folders ({split}/, {', '.join(others)}): "
+                       f"training on {split}/ only (--split names another)", err=True)  # fmt: skip
+        args = TrainArgs(**{**kwargs, "split": split})
     path = run(args)
     click.echo(f"checkpoint: {path}")
 
