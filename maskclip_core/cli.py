@@ -319,10 +319,10 @@ def _calibrate_summary(fitted, fitted_images: int, checking, seconds: float) -> 
 
 def _fit(data, split, checkpoint, artifact, backend, device, batch_size, workers, limit, out: Path, fit_fraction, seed,
          target_fprs):  # fmt: skip
-    from maskclip_core.calibrate import fit_calibration, split_holdout
+    from maskclip_core.calibrate import calibration_check, fit_calibration, split_holdout
     from maskclip_core.data import open_samples
     from maskclip_core.evaluate import collect
-    from maskclip_runtime.contract.verdict_calibration import write_calibration
+    from maskclip_runtime.contract.verdict_calibration import Calibration, write_calibration
 
     if any(not 0.0 <= t < 1.0 for t in target_fprs):
         raise UsageError(f"--target-fpr must lie in [0, 1), got {', '.join(map(str, target_fprs))}")
@@ -336,11 +336,19 @@ def _fit(data, split, checkpoint, artifact, backend, device, batch_size, workers
                  "fit_fraction": fit_fraction}  # fmt: skip
     fitted = fit_calibration(fit_labels, fit_prob, fitted_on, target_fprs)
     out.mkdir(parents=True, exist_ok=True)
-    write_calibration(fitted, out / RECORD_NAME)
-    click.echo(f"wrote {out / RECORD_NAME} (temperature {fitted.temperature:.4f}, sha256 {fitted.sha256})")
     checking = collect(predictor, check_samples, batch_size, workers, desc="check")
     click.echo(_calibrate_summary(fitted, len(fit_samples), checking, time.perf_counter() - started), err=True)
     measured = _measure_calibration(fitted, checking, str(out / RELIABILITY_NAME))
+    # The check half's verdict goes into the record itself: a failed one is attached only with --force.
+    check = calibration_check(measured, fitted)
+    fitted = Calibration.create(fitted.temperature, fitted.operating_points, fitted.fake_point, fitted.real_point,
+                                fitted.fitted_on, check)  # fmt: skip
+    measured["record_sha256"] = fitted.sha256
+    write_calibration(fitted, out / RECORD_NAME)
+    click.echo(f"wrote {out / RECORD_NAME} (temperature {fitted.temperature:.4f}, sha256 {fitted.sha256})")
+    if not check["passed"]:
+        click.echo(f"maskclip-calibrate: warning: the calibration FAILED its check: {'; '.join(check['problems'])}; "
+                   "the record says so and --attach refuses it without --force", err=True)  # fmt: skip
     report_path = out / CHECK_NAME
     doc = {"record": fitted.to_dict(), "checked_on": {"images": len(check_samples)}, **measured}
     write_json(doc, str(report_path))

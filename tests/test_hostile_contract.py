@@ -91,3 +91,13 @@ def test_a_corrupt_onnx_graph_is_bad_input_not_a_missing_backend(demo_copy):
     result = CliRunner().invoke(run_cli.main, [str(DEMO_DIR / "examples"), "--model", str(demo_copy), "-q"])
     assert result.exit_code == EXIT_USAGE, result.stderr
     assert "not a usable ONNX graph" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_record_that_failed_its_check_needs_force(demo_copy):
+    points = [OperatingPoint("fpr-1%", 0.01, 0.7, 0.067, 0.6), OperatingPoint("fpr-5%", 0.05, 0.3, 0.1, 0.8)]
+    check = {"passed": False, "problems": ["fpr-1%: fitted on 15 real images, needs at least 500"]}
+    failed = Calibration.create(0.6, points, "fpr-1%", "fpr-5%", {"model": "t", "model_id": DEMO_ID}, check)
+    with pytest.raises(CalibrationError, match="failed its check"):
+        attach_calibration(demo_copy, failed)
+    attach_calibration(demo_copy, failed, force=True)
+    assert load_artifact(demo_copy).calibration.check == check

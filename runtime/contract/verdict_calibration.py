@@ -89,6 +89,9 @@ class Calibration:
     # The model id a record fitted on another (or no named) model was accepted for, by export's
     # --calibration or --attach --force; outside the hashed body, as it says where the record is used.
     accepted_for: str | None = None
+    # maskclip-calibrate's check on held-out images: {"passed": bool, "problems": [...], ...}; None: not
+    # checked (records written before the check existed, or made by hand). A failed one needs --force.
+    check: dict | None = None
 
     def point(self, name: str) -> OperatingPoint:
         for op in self.operating_points:
@@ -120,6 +123,7 @@ class Calibration:
             "operating_points": [asdict(op) for op in self.operating_points],
             "verdict": {"fake_above": self.fake_point, "real_at_or_below": self.real_point},
             "fitted_on": self.fitted_on,
+            **({} if self.check is None else {"check": self.check}),
         }
 
     def to_dict(self) -> dict:
@@ -136,10 +140,18 @@ class Calibration:
 
     @classmethod
     def create(
-        cls, temperature: float, operating_points, fake_point: str, real_point: str, fitted_on: dict
+        cls,
+        temperature: float,
+        operating_points,
+        fake_point: str,
+        real_point: str,
+        fitted_on: dict,
+        check: dict | None = None,
     ) -> Calibration:
         """A new record; checks it and computes its hash."""
-        draft = cls(float(temperature), tuple(operating_points), fake_point, real_point, dict(fitted_on), "")
+        draft = cls(
+            float(temperature), tuple(operating_points), fake_point, real_point, dict(fitted_on), "", check=check
+        )
         _check(draft)
         return cls(**{**draft.__dict__, "sha256": record_sha256(draft.body())})
 
@@ -164,6 +176,7 @@ class Calibration:
                 fitted_on=dict(d.get("fitted_on", {})),
                 sha256=stated,
                 accepted_for=None if d.get("accepted_for") is None else str(d["accepted_for"]),
+                check=None if d.get("check") is None else dict(d["check"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise CalibrationError(f"{where}: malformed calibration record ({type(exc).__name__}: {exc})") from None
@@ -215,6 +228,9 @@ def attach_calibration(artifact_dir: str | os.PathLike, record: Calibration, for
     problem = record.model_problem(artifact.model_id)
     if problem and not force:
         raise CalibrationError(f"{artifact.dir}: {problem} (use --force to attach anyway)")
+    if record.check is not None and record.check.get("passed") is not True and not force:
+        failures = "; ".join(map(str, record.check.get("problems", []))) or "no reason recorded"
+        raise CalibrationError(f"the calibration record failed its check ({failures}); use --force to attach anyway")
     accepted = replace(record, accepted_for=artifact.model_id if problem else None)
     write_manifest(artifact.dir, artifact.manifest.replace(calibration=accepted))
     return artifact.dir / MANIFEST_NAME
