@@ -162,3 +162,26 @@ def test_model_summary_and_records_say_demo():
         assert answer.json()["demo"] is True
     finally:
         client.__exit__(None, None, None)
+
+
+def test_unknown_query_parameters_are_400():
+    client = app_client()
+    try:
+        image = {"content": EXAMPLES[0].read_bytes(), "headers": {"Content-Type": "image/jpeg"}}
+        answer = client.post("/v1/detect?threshold=0.1&tiles=1", **image)
+        assert answer.status_code == 400 and "threshold" in answer.json()["error"]
+        assert client.post("/v1/detect?mask=png", **image).status_code == 200
+        assert client.get("/v1/model?x=1").status_code == 400
+    finally:
+        client.__exit__(None, None, None)
+
+
+def test_docs_are_served_offline():
+    client = app_client()
+    try:
+        page = client.get("/docs")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert "/v1/detect/batch" in page.text and "all | fake | none" in page.text
+        assert "http://" not in page.text and "https://" not in page.text and "<script" not in page.text
+    finally:
+        client.__exit__(None, None, None)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from enum import Enum
 from importlib.resources import files
 
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
@@ -39,6 +39,7 @@ from ..detect.detector import MASKS_FOR, Detection, Detector, PreparedImage
 from ..kernel.preprocess import DECODE_MARGIN, ImageLoadError, ImageTooLarge, UnknownImageFormat, decode_bytes
 from ..present.outputs import PNG_COMPRESS_LEVEL, detection_record, heat_overlay, mask_image
 from .batcher import Draining, MicroBatcher, QueueFull
+from .docs import api_docs_html
 from .limits import (
     DEFAULT_DECODE_BUDGET,
     DEFAULT_SERVE_MAX_PIXELS,
@@ -182,7 +183,13 @@ def create_app(
         yield
         await run_in_threadpool(state.close)
 
-    app = FastAPI(title="maskclip-serve", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="maskclip-serve",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        dependencies=[Depends(_no_unknown_parameters)],
+    )
     app.state.serve = state
     app.add_middleware(_Instrumented, metrics=metrics, max_bytes=settings.max_bytes)
 
@@ -204,6 +211,10 @@ def create_app(
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> HTMLResponse:
         return HTMLResponse(PAGE)
+
+    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return HTMLResponse(api_docs_html(app.openapi()))
 
     @app.get("/healthz")
     async def healthz() -> dict:
@@ -300,6 +311,16 @@ def model_summary(detector: Detector) -> dict:
         "package_version": manifest.package_version,
         "gate": {key: manifest.verification.get(key) for key in GATE_SUMMARY_KEYS},
     }
+
+
+async def _no_unknown_parameters(request: Request) -> None:
+    """A query parameter no endpoint takes (?threshold=0.1) is refused, not silently ignored."""
+    route = request.scope.get("route")
+    known = {param.alias for param in route.dependant.query_params} if route is not None else set()
+    unknown = sorted(set(request.query_params) - known)
+    if unknown:
+        takes = ", ".join(sorted(known)) or "none"
+        raise ServeError(400, f"unknown query parameter {', '.join(unknown)} (this endpoint takes: {takes})")
 
 
 async def _uploads(request: Request, field: str, many: bool, limit: int) -> list[Upload]:
