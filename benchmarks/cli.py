@@ -75,7 +75,7 @@ def load_models(names: list[str], seed: int) -> list[tuple[str, object, str]]:
     return models
 
 
-@command("maskclip-bench", extra="export")
+@command("maskclip-bench", extra="export", quiet=True)
 @click.argument("models", nargs=-1)
 @click.option("--config", "configs", multiple=True, help="Config name to benchmark (random weights); repeatable.")
 @click.option(

@@ -26,7 +26,7 @@ CHECK_NAME = "check.json"
 RELIABILITY_NAME = "reliability.png"
 
 
-@command("maskclip-train", extra="train", input_errors=USER_VALUE_ERRORS, show_default=True)
+@command("maskclip-train", extra="train", input_errors=USER_VALUE_ERRORS, show_default=True, quiet=True)
 @click.option("--data", default=None, help="OpenSDID parquet file/folder, folder layout, or HF data set name.")
 @click.option("--split", default=None, help="Sub-folder (local) or split (hub) to train on, e.g. train.")
 @click.option("--out", default=None, type=click.Path(file_okay=False), help="Run folder (log, checkpoints).")
@@ -139,7 +139,7 @@ def _beside(path: str | None, suffix: str) -> str | None:
     return None if path is None else str(Path(path).with_name(Path(path).stem + suffix))
 
 
-@command("maskclip-eval", extra="train", input_errors=USER_VALUE_ERRORS, show_default=True)
+@command("maskclip-eval", extra="train", input_errors=USER_VALUE_ERRORS, show_default=True, quiet=True)
 @_model_options
 @json_option("the report (with -, the tables go to stderr)")
 @click.option(
@@ -262,7 +262,7 @@ def _robustness(predictor, samples, source, data, split, per_generator, batch_si
             click.echo(f"saved {path}", err=True)
 
 
-@command("maskclip-calibrate", extra="train", input_errors=USER_VALUE_ERRORS, show_default=True)
+@command("maskclip-calibrate", extra="train", input_errors=USER_VALUE_ERRORS, show_default=True, quiet=True)
 @_model_options
 @click.option(
     "--out",
@@ -356,7 +356,7 @@ def _fit(data, split, checkpoint, artifact, backend, device, batch_size, workers
     return fitted
 
 
-@command("maskclip-synth", extra="train", input_errors=USER_VALUE_ERRORS, show_default=True)
+@command("maskclip-synth", extra="train", input_errors=USER_VALUE_ERRORS, show_default=True, quiet=True)
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder (train/, test/).")
 @click.option("--seed", default=0, type=int)
 @click.option("--count", default=800, type=int, help="Training images per generator (half real).")
@@ -393,7 +393,7 @@ def synth(out, seed, count, test_count, generators, min_size, max_size, layout):
     click.echo(f"wrote {path} (synthetic proxy, not OpenSDID)")
 
 
-@command("maskclip-import", extra="train", input_errors=USER_VALUE_ERRORS, show_default=True)
+@command("maskclip-import", extra="train", input_errors=USER_VALUE_ERRORS, show_default=True, quiet=True)
 @click.argument("source", type=click.Path(dir_okay=False))
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Checkpoint folder to write.")
 @click.option("--config", default="opensdi-vitl14", help="Registered config name or a config JSON file.")
