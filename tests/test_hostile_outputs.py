@@ -107,3 +107,12 @@ def test_detect_after_close_is_a_clear_error(artifact):
     detector.close()
     with pytest.raises(DetectorClosed, match="closed"):
         detector.detect(Image.new("RGB", (64, 64)))
+
+
+def test_a_multi_frame_image_is_judged_on_its_first_frame_and_says_so(artifact, tmp_path):
+    frames = [Image.new("RGB", (64, 64), colour) for colour in ((255, 0, 0), (0, 255, 0), (0, 0, 255))]
+    animation = tmp_path / "moving.gif"
+    frames[0].save(animation, save_all=True, append_images=frames[1:], duration=100)
+    code, stdout, stderr = run_cli(animation, "--model", artifact)
+    assert code == 0 and len(stdout.splitlines()) == 1
+    assert "moving.gif: 3 frames; judged on the first frame only" in stderr

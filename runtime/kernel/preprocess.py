@@ -17,6 +17,7 @@ Resize methods (RESIZE_METHODS):
 from __future__ import annotations
 
 import io
+import logging
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -26,6 +27,8 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ..errors import InputError
+
+log = logging.getLogger("maskclip_runtime")
 
 # OpenAI CLIP statistics; MaskCLIP normalises the input of BOTH branches with them.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -263,6 +266,9 @@ def _decode(source: Path | io.BytesIO, name: str, max_pixels: int, reduce_to: in
                         f"{name}: refused, {width}x{height} is more than the {max_pixels:,}-pixel "
                         f"decompression-bomb limit (raise it with --max-pixels)"
                     )
+                frames = getattr(img, "n_frames", 1)
+                if frames > 1:  # an animated GIF/PNG/WebP or a multi-page TIFF: only the first frame is judged
+                    log.warning(f"{name}: {frames} frames; judged on the first frame only")
                 if reduce_to and img.format == "JPEG" and width * height > LARGE_IMAGE_PIXELS:
                     img.draft(img.mode, (reduce_to, reduce_to))
                 img.load()
