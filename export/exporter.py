@@ -31,6 +31,7 @@ from maskclip_runtime.contract.manifest import (
     BatchSpec,
     GraphSpec,
     Manifest,
+    ModelCard,
     ModelIdentity,
     claimed_files,
 )
@@ -112,6 +113,7 @@ class ModelSource:
     model: MaskCLIP
     description: str  # checkpoint path, "embedded demo model", "random init (tiny)"
     weights_digest: str  # sha256 hex of the weights
+    card: ModelCard | None = None  # what the model is (manifest "card"); None: nobody described it
 
 
 class _Steps:
@@ -493,6 +495,7 @@ def _stage_artifact(
         int8,
     ).replace(
         calibration=_accepted_calibration(options.calibration, identity.model_id),
+        card=source.card,
         self_check=canaries,
         verification=report,
         export_seconds=steps.timings,

@@ -67,3 +67,21 @@ def test_tiles_with_a_model_not_trained_on_native_crops_warns_in_one_line():
     assert code == 0 and len(warnings) == 1
     code, _, stderr = run(EXAMPLES[0], "--tiles", "-q")
     assert code == 0 and stderr == ""
+
+
+def test_the_demo_manifest_holds_the_card_export_writes():
+    from maskclip_runtime.contract.artifact import load_artifact
+    from maskclip_runtime.contract.manifest import DEMO_CARD
+
+    assert load_artifact(DEMO_DIR).manifest.card == DEMO_CARD
+
+
+@pytest.mark.torch
+def test_export_of_the_demo_model_writes_its_card(tmp_path):
+    from maskclip_export import cli as export_cli
+    from maskclip_runtime.contract.artifact import load_artifact
+    from maskclip_runtime.contract.manifest import DEMO_CARD
+
+    result = CliRunner().invoke(export_cli.main, ["--out", str(tmp_path / "art"), "--no-verify", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert load_artifact(tmp_path / "art").manifest.card == DEMO_CARD

@@ -26,6 +26,7 @@ def test_every_command_takes_q(script):
     assert result.exit_code == 0 and re.search(r"-q, --quiet", result.output), script
 
 
+@pytest.mark.torch  # maskclip-synth and maskclip-import run on torch
 def test_q_silences_progress_but_not_the_error(tmp_path):
     synth = entry_point("maskclip-synth")
     args = ["--out", str(tmp_path / "s"), "--count", "2", "--test-count", "0", "--generators", "sd15-like"]

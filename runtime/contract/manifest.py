@@ -225,6 +225,14 @@ RESOLUTION_POLICIES = {
 }
 
 
+# The embedded demo model's card (runtime/demo/manifest.json holds the same; export writes it for the demo).
+DEMO_CARD = ModelCard(
+    demo=True,
+    trained_on="synthetic proxy edits (maskclip-synth), not OpenSDI or real generator output",
+    resolution="resized",
+)
+
+
 @dataclass(frozen=True)
 class ModelIdentity:
     """What makes two artifacts the same model: weights, precision and topology."""
