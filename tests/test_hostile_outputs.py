@@ -116,3 +116,17 @@ def test_a_multi_frame_image_is_judged_on_its_first_frame_and_says_so(artifact, 
     code, stdout, stderr = run_cli(animation, "--model", artifact)
     assert code == 0 and len(stdout.splitlines()) == 1
     assert "moving.gif: 3 frames; judged on the first frame only" in stderr
+
+
+def test_a_results_table_opens_only_a_regular_file(tmp_path):
+    """A FIFO or symlink put in place after the up-front check is refused when the table is opened."""
+    from maskclip_runtime.errors import InputError
+    from maskclip_runtime.present.outputs import LockedTable
+
+    fifo, link = tmp_path / "fifo", tmp_path / "link"
+    os.mkfifo(fifo)
+    link.symlink_to(tmp_path / "target")
+    for path in (fifo, link):
+        with pytest.raises(InputError):
+            LockedTable(path)
+    assert not (tmp_path / "target").exists()
