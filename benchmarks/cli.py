@@ -109,7 +109,7 @@ def load_models(names: list[tuple[str, ExistingArtifact | None]], seed: int) -> 
     return models
 
 
-@command("maskclip-bench", extra="export")
+@command("maskclip-bench", extra="export", quiet=True)
 @click.argument("models", nargs=-1)
 @click.option("--config", "configs", multiple=True, help="Config name to benchmark (random weights); repeatable.")
 @click.option(

@@ -51,6 +51,7 @@ def load_source(checkpoint: str | None, config: str | None) -> ModelSource:
     from maskclip_core.checkpoint import CheckpointError, load_checkpoint, read_checkpoint_config, weights_digest
     from maskclip_core.config import get_config
     from maskclip_core.model import build_model
+    from maskclip_runtime.contract.manifest import DEMO_CARD
 
     from .exporter import ExportError, ModelSource
 
@@ -76,7 +77,7 @@ def load_source(checkpoint: str | None, config: str | None) -> ModelSource:
         model = load_demo_model().eval()
     except CheckpointError as exc:
         raise ExportError(f"embedded demo model unavailable ({exc}); pass --checkpoint or --config") from None
-    return ModelSource(model, "embedded demo model", weights_digest(model))
+    return ModelSource(model, "embedded demo model", weights_digest(model), DEMO_CARD)
 
 
 def _build_engines(out: Path, calib: str | None, calib_count: int, compat: tuple[str, ...]) -> None:

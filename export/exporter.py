@@ -15,7 +15,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,7 @@ from maskclip_runtime.contract.manifest import (
     BatchSpec,
     GraphSpec,
     Manifest,
+    ModelCard,
     ModelIdentity,
     claimed_files,
 )
@@ -38,7 +39,7 @@ from maskclip_runtime.contract.precision_table import DEFAULT_PRECISION, PRECISI
 from maskclip_runtime.contract.verdict_calibration import Calibration
 from maskclip_runtime.detect.detector import Detector
 from maskclip_runtime.errors import InputError, VerificationFailed
-from maskclip_runtime.kernel.atomic import write_text_atomic
+from maskclip_runtime.kernel.atomic import unreplaceable_folder, write_text_atomic
 from maskclip_runtime.kernel.inputs import image_files
 from maskclip_runtime.kernel.preprocess import ImageLoadError, PreprocessSpec, load_image, preprocess_batch
 
@@ -112,6 +113,7 @@ class ModelSource:
     model: MaskCLIP
     description: str  # checkpoint path, "embedded demo model", "random init (tiny)"
     weights_digest: str  # sha256 hex of the weights
+    card: ModelCard | None = None  # what the model is (manifest "card"); None: nobody described it
 
 
 class _Steps:
@@ -229,16 +231,9 @@ def check_output_location(out: Path) -> None:
 
     Only a folder holding a maskclip artifact is ever replaced, and only when every file in it is one
     its manifest lists; the current folder, its parents, home and / are never targets."""
-    if out.is_symlink():
-        raise ExportError(f"{out}: is a symbolic link; give the artifact folder itself")
-    resolved = out.resolve()
-    cwd = Path.cwd().resolve()
-    if resolved == cwd or resolved in cwd.parents or resolved == Path.home().resolve():
-        raise ExportError(
-            f"{out}: refusing to replace the current folder, one of its parents or home; name a new folder"
-        )
-    if out.exists() and not out.is_dir():
-        raise ExportError(f"{out}: exists and is not a folder")
+    problem = unreplaceable_folder(out)
+    if problem:
+        raise ExportError(problem)
     if out.is_dir() and any(out.iterdir()):
         _refuse_unowned(out, MANIFEST_NAME)
     failed = out.with_name(out.name + FAILED_SUFFIX)
@@ -409,6 +404,14 @@ def _check_calibration_model(source: ModelSource, options: ExportOptions) -> Non
         raise ExportError(f"--calibration record was fitted on model {fitted_id}, this export is {exported_id}")
 
 
+def _accepted_calibration(record: Calibration | None, model_id: str) -> Calibration | None:
+    """--calibration is accepted for the exported model (a record fitted on a checkpoint names no artifact id;
+    one naming another was refused by _check_calibration_model)."""
+    if record is None or record.model_problem(model_id) is None:
+        return record
+    return replace(record, accepted_for=model_id)
+
+
 def export_artifact(
     source: ModelSource, options: ExportOptions, progress: bool = True, log: Callable[[str], None] = print
 ) -> Manifest:
@@ -484,16 +487,23 @@ def _stage_artifact(
     canaries = write_canaries(staging, originals, spec, reference, source.model.config.threshold, row.gate)
     steps.start("manifest")
     specs = graph_specs(options.topology)
+    identity = _identity(source, options)
     manifest = build_manifest(
         source.model,
         source.description,
-        _identity(source, options),
+        identity,
         fp32_ops,
         options.batch,
         [(graph, paths[graph.name]) for graph in specs],
         options.opset,
         int8,
-    ).replace(calibration=options.calibration, self_check=canaries, verification=report, export_seconds=steps.timings)
+    ).replace(
+        calibration=_accepted_calibration(options.calibration, identity.model_id),
+        card=source.card,
+        self_check=canaries,
+        verification=report,
+        export_seconds=steps.timings,
+    )
     manifest = write_manifest(staging, manifest)
     load_artifact(staging)  # the runtime must accept what was written
     if report["passed"] is not False:

@@ -20,6 +20,7 @@ within the artifact precision's tolerances, or nothing is written.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ from maskclip_runtime.kernel.atomic import atomic_path, write_text_atomic
 PROG = "maskclip-triton"
 RAW_INPUT = "image_rgb8"
 DEFAULT_MAX_WAIT_MS = 5.0
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # what --name may be (see _check_model_name)
 # manifest dtype -> Triton data_type
 TRITON_TYPES = {
     "float32": "TYPE_FP32",
@@ -88,6 +90,7 @@ def write_repository(
     log=lambda message: None,
 ) -> list[Path]:
     """Write the model repository; returns the model folders written. The gate runs before any write."""
+    _check_model_name(name)
     artifact = load_artifact(artifact_path)
     chosen = _choose_backend(artifact, backend, raw_input)
     graphs = artifact.graphs
@@ -160,6 +163,15 @@ def _engine_batch_max(artifact: Artifact) -> int | None:
 
 
 # --- config.pbtxt ------------------------------------------------------------------------------------
+def _check_model_name(name: str) -> None:
+    """The name becomes a folder under --out and a quoted string in config.pbtxt: letters, digits, _ and -
+    only (no path separator, dot, quote or newline can reach either)."""
+    if not MODEL_NAME.fullmatch(name):
+        raise TritonExportError(
+            f"--name {name!r}: a model name is 1 to 64 letters, digits, '_' or '-', starting with a letter or digit"
+        )
+
+
 def model_config(
     name: str, platform: str, graph: GraphSpec, batching: Batching, raw_input: bool, max_wait_ms: float
 ) -> str:

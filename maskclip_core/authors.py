@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointError, save_checkpoint
+from .checkpoint import CheckpointError, check_checkpoint_folder, save_checkpoint
 from .config import MaskCLIPConfig, get_config, list_configs
 from .model import MaskCLIP
 
@@ -207,6 +207,7 @@ def fitting_configs(state: Mapping[str, torch.Tensor]) -> list[str]:
 
 def import_authors_checkpoint(source: str | Path, out: str | Path, config: MaskCLIPConfig) -> Path:
     """Convert and write OUT/model.safetensors + OUT/config.json; returns the weights path."""
+    check_checkpoint_folder(out)
     state, meta = read_authors_checkpoint(source)
     try:
         converted = convert_state_dict(state, config)

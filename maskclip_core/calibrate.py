@@ -143,12 +143,49 @@ def calibration_report(labels, prob, record: Calibration) -> dict:
         "temperature": record.temperature,
         "record_sha256": record.sha256,
         "images": int(len(y)),
+        "real_images": int((~y).sum()),
         "before": calibration_metrics(y, raw),
         "after": calibration_metrics(y, calibrated),
         "operating_points": points,
         "band": {"real_at_or_below": record.band[0], "fake_above": record.band[1]},
         "verdict_shares": shares,
     }
+
+
+# An operating point at target FPR f is only as good as the real images behind it: at least this many of
+# them above its threshold on the fitting half, i.e. ceil(MIN_FALSE_POSITIVES / f) real images.
+MIN_FALSE_POSITIVES = 5
+
+
+def calibration_check(report: dict, record: Calibration) -> dict:
+    """Whether a fitted record holds on the checking half (report: calibration_report of it there).
+
+    It fails when it makes ECE or Brier worse, when a point had too few real images to be fitted, when a
+    point's measured FPR exceeds its target by more than two binomial standard deviations of the check's
+    real images, or when its points collapse onto one threshold (no uncertain band)."""
+    problems = []
+    for metric in ("ece", "brier"):
+        before, after = report["before"][metric], report["after"][metric]
+        if after > before:
+            problems.append(f"{metric} worse after calibration ({before:.4f} -> {after:.4f})")
+    real_fit = int(record.fitted_on.get("real", 0))
+    real_check = report["real_images"]
+    points = {}
+    for op in record.operating_points:
+        needed = math.ceil(MIN_FALSE_POSITIVES / op.target_fpr) if op.target_fpr > 0 else real_fit + 1
+        measured = report["operating_points"][op.name]["fpr"]
+        allowed = op.target_fpr + 2 * math.sqrt(op.target_fpr * (1 - op.target_fpr) / max(real_check, 1))
+        points[op.name] = {"target_fpr": op.target_fpr, "measured_fpr": measured, "allowed_fpr": allowed,
+                           "real_images": real_fit, "needed_real_images": needed}  # fmt: skip
+        if real_fit < needed:
+            problems.append(f"{op.name}: fitted on {real_fit} real images, needs at least {needed}")
+        if measured is not None and not math.isnan(measured) and measured > allowed:
+            problems.append(f"{op.name}: measured FPR {measured:.3f} on the check half, above {allowed:.3f}")
+    if len(record.operating_points) > 1 and record.band[0] == record.band[1]:
+        problems.append(f"the operating points collapse onto one threshold ({record.band[1]:.4f}): no uncertain band")
+    return {"passed": not problems, "problems": problems, "points": points,
+            "ece": [report["before"]["ece"], report["after"]["ece"]],
+            "brier": [report["before"]["brier"], report["after"]["brier"]]}  # fmt: skip
 
 
 def format_calibration(report: dict) -> str:

@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from maskclip_runtime.errors import InputError, message_of
-from maskclip_runtime.kernel.atomic import atomic_path, write_text_atomic
+from maskclip_runtime.errors import InputError
+from maskclip_runtime.kernel.atomic import atomic_path, unreplaceable_folder, write_text_atomic
 
 from .config import MaskCLIPConfig
 from .model import MaskCLIP
@@ -49,6 +49,26 @@ def save_checkpoint(model: MaskCLIP, path: str | Path, metadata: dict | None = N
     return weights
 
 
+def check_checkpoint_folder(out: str | Path) -> None:
+    """Refuse, before any work, a checkpoint folder whose files would overwrite what is not a MaskCLIP
+    checkpoint (a user's config.json), or the current folder, its parents or home (as export's --out)."""
+    problem = unreplaceable_folder(out)
+    if problem:
+        raise CheckpointError(problem)
+    weights, config = checkpoint_files(Path(out))
+    if not (weights.exists() or weights.is_symlink() or config.exists() or config.is_symlink()):
+        return
+    try:
+        if config.is_symlink() or weights.is_symlink():
+            raise TypeError("a symbolic link")
+        MaskCLIPConfig.from_dict(json.loads(config.read_text(encoding="utf-8"))["config"])
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError):
+        raise CheckpointError(
+            f"{out}: its {config.name} or {weights.name} is not a MaskCLIP checkpoint's; refusing to overwrite it "
+            f"(name a new folder)"
+        ) from None
+
+
 def read_checkpoint_config(path: str | Path) -> MaskCLIPConfig:
     weights, config = checkpoint_files(path)
     if not weights.is_file():
@@ -73,7 +93,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise CheckpointError(f"{weights}: weights do not match config {cfg.name!r} ({message_of(exc)})") from None
+        # torch's first line only says "Error(s) in loading state_dict"; the next names the tensor and shapes.
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        detail = " ".join(lines[1:2] or lines)[:400]
+        raise CheckpointError(f"{weights}: weights do not match config {cfg.name!r} ({detail})") from None
     return model.eval()
 
 

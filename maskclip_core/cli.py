@@ -26,7 +26,7 @@ CHECK_NAME = "check.json"
 RELIABILITY_NAME = "reliability.png"
 
 
-@command("maskclip-train", extra="train", input_errors=USER_VALUE_ERRORS, show_default=True)
+@command("maskclip-train", extra="train", input_errors=USER_VALUE_ERRORS, show_default=True, quiet=True)
 @click.option("--data", default=None, help="OpenSDID parquet file/folder, folder layout, or HF data set name.")
 @click.option("--split", default=None, help="Sub-folder (local) or split (hub) to train on, e.g. train.")
 @click.option("--out", default=None, type=click.Path(file_okay=False), help="Run folder (log, checkpoints).")
@@ -71,6 +71,7 @@ def train(**kwargs):
     the rest of the run, except data, split, config, seed, batch size and weights, which must match.
     The demo model's recipe is `python -m maskclip_core.demo --work DIR` (README).
     """
+    from maskclip_core.data.dataset import training_split
     from maskclip_core.train import TrainArgs
     from maskclip_core.train import train as run
     from maskclip_core.train_options import resume_args
@@ -81,7 +82,14 @@ def train(**kwargs):
     elif not (kwargs["data"] and kwargs["out"]):
         raise UsageError("--data and --out are required (or --resume OUT/last to continue a run)")
     else:
-        args = TrainArgs(**kwargs)
+        split = training_split(kwargs["data"], kwargs["split"])
+        if split != kwargs["split"]:
+            others = sorted(
+                p.name for p in Path(kwargs["data"]).expanduser().iterdir() if p.is_dir() and p.name != split
+            )
+            click.echo(f"maskclip-train: {kwargs['data']} holds split folders ({split}/, {', '.join(others)}): "
+                       f"training on {split}/ only (--split names another)", err=True)  # fmt: skip
+        args = TrainArgs(**{**kwargs, "split": split})
     path = run(args)
     click.echo(f"checkpoint: {path}")
 
@@ -131,7 +139,7 @@ def _beside(path: str | None, suffix: str) -> str | None:
     return None if path is None else str(Path(path).with_name(Path(path).stem + suffix))
 
 
-@command("maskclip-eval", extra="train", input_errors=USER_VALUE_ERRORS, show_default=True)
+@command("maskclip-eval", extra="train", input_errors=USER_VALUE_ERRORS, show_default=True, quiet=True)
 @_model_options
 @json_option("the report (with -, the tables go to stderr)")
 @click.option(
@@ -254,7 +262,7 @@ def _robustness(predictor, samples, source, data, split, per_generator, batch_si
             click.echo(f"saved {path}", err=True)
 
 
-@command("maskclip-calibrate", extra="train", input_errors=USER_VALUE_ERRORS, show_default=True)
+@command("maskclip-calibrate", extra="train", input_errors=USER_VALUE_ERRORS, show_default=True, quiet=True)
 @_model_options
 @click.option(
     "--out",
@@ -312,10 +320,10 @@ def _calibrate_summary(fitted, fitted_images: int, checking, seconds: float) -> 
 
 def _fit(data, split, checkpoint, artifact, backend, device, batch_size, workers, limit, out: Path, fit_fraction, seed,
          target_fprs):  # fmt: skip
-    from maskclip_core.calibrate import fit_calibration, split_holdout
+    from maskclip_core.calibrate import calibration_check, fit_calibration, split_holdout
     from maskclip_core.data import open_samples
     from maskclip_core.evaluate import collect
-    from maskclip_runtime.contract.verdict_calibration import write_calibration
+    from maskclip_runtime.contract.verdict_calibration import Calibration, write_calibration
 
     if any(not 0.0 <= t < 1.0 for t in target_fprs):
         raise UsageError(f"--target-fpr must lie in [0, 1), got {', '.join(map(str, target_fprs))}")
@@ -329,11 +337,19 @@ def _fit(data, split, checkpoint, artifact, backend, device, batch_size, workers
                  "fit_fraction": fit_fraction}  # fmt: skip
     fitted = fit_calibration(fit_labels, fit_prob, fitted_on, target_fprs)
     out.mkdir(parents=True, exist_ok=True)
-    write_calibration(fitted, out / RECORD_NAME)
-    click.echo(f"wrote {out / RECORD_NAME} (temperature {fitted.temperature:.4f}, sha256 {fitted.sha256})")
     checking = collect(predictor, check_samples, batch_size, workers, desc="check")
     click.echo(_calibrate_summary(fitted, len(fit_samples), checking, time.perf_counter() - started), err=True)
     measured = _measure_calibration(fitted, checking, str(out / RELIABILITY_NAME))
+    # The check half's verdict goes into the record itself: a failed one is attached only with --force.
+    check = calibration_check(measured, fitted)
+    fitted = Calibration.create(fitted.temperature, fitted.operating_points, fitted.fake_point, fitted.real_point,
+                                fitted.fitted_on, check)  # fmt: skip
+    measured["record_sha256"] = fitted.sha256
+    write_calibration(fitted, out / RECORD_NAME)
+    click.echo(f"wrote {out / RECORD_NAME} (temperature {fitted.temperature:.4f}, sha256 {fitted.sha256})")
+    if not check["passed"]:
+        click.echo(f"maskclip-calibrate: warning: the calibration FAILED its check: {'; '.join(check['problems'])}; "
+                   "the record says so and --attach refuses it without --force", err=True)  # fmt: skip
     report_path = out / CHECK_NAME
     doc = {"record": fitted.to_dict(), "checked_on": {"images": len(check_samples)}, **measured}
     write_json(doc, str(report_path))
@@ -341,7 +357,7 @@ def _fit(data, split, checkpoint, artifact, backend, device, batch_size, workers
     return fitted
 
 
-@command("maskclip-synth", extra="train", input_errors=USER_VALUE_ERRORS, show_default=True)
+@command("maskclip-synth", extra="train", input_errors=USER_VALUE_ERRORS, show_default=True, quiet=True)
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder (train/, test/).")
 @click.option("--seed", default=0, type=int)
 @click.option("--count", default=800, type=int, help="Training images per generator (half real).")
@@ -378,7 +394,7 @@ def synth(out, seed, count, test_count, generators, min_size, max_size, layout):
     click.echo(f"wrote {path} (synthetic proxy, not OpenSDID)")
 
 
-@command("maskclip-import", extra="train", input_errors=USER_VALUE_ERRORS, show_default=True)
+@command("maskclip-import", extra="train", input_errors=USER_VALUE_ERRORS, show_default=True, quiet=True)
 @click.argument("source", type=click.Path(dir_okay=False))
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Checkpoint folder to write.")
 @click.option("--config", default="opensdi-vitl14", help="Registered config name or a config JSON file.")

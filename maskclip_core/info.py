@@ -76,7 +76,7 @@ def describe(model: MaskCLIP, source: str) -> dict:
     }
 
 
-@command("maskclip-info", extra="train")
+@command("maskclip-info", extra="train", quiet=True)
 @click.option("--config", "config_name", type=click.Choice(list_configs()), help="A registered config (built on meta).")
 @click.option("--checkpoint", type=click.Path(), help="A MaskCLIP checkpoint (.safetensors + .json, or its folder).")
 @click.option(

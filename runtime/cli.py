@@ -36,15 +36,17 @@ from .detect.selfcheck import SelfCheckFailed
 from .detect.selfcheck import self_check as run_self_check
 from .detect.tiling import detect_tiled, mask_policy
 from .errors import MaskclipError, SomeInputsFailed, UsageError, VerificationFailed, message_of
+from .kernel.atomic import prepare_output_file
 from .kernel.hashing import file_sha256
 from .kernel.inputs import expand_inputs
-from .kernel.preprocess import DEFAULT_MAX_PIXELS, ImageLoadError, decode_image
+from .kernel.preprocess import DECODE_MARGIN, DEFAULT_MAX_PIXELS, ImageLoadError, decode_image
 from .options import DEMO_NOTE, check_options, model_options
 from .present.outputs import (
     DEFAULT_OVERLAY_SIZE,
     ResultsUnwritable,
     ResultTables,
     TableBusy,
+    answer_problem,
     detection_record,
     made_for_another_image,
     save_mask_png,
@@ -52,11 +54,6 @@ from .present.outputs import (
     source_tag,
 )
 from .present.report import write_report
-
-# A JPEG may be decoded at 1/2..1/8 scale while both sides stay >= this many times the model input:
-# the model's own resize still averages over >= 4x4 decoded pixels, and a 108 Mpx photo never
-# exists at full size in memory (see decode_image).
-DECODE_MARGIN = 4
 
 PROG = "maskclip-run"
 
@@ -280,10 +277,15 @@ def run(
         raise UsageError("--masks-for none writes no masks: drop --masks/--overlays/--prob-maps or pick all/fake")
     masks_for = masks_for or ("all" if masks or overlays or prob_maps else "fake")
     _check_destinations(json_target, csv_path, masks, overlays, prob_maps, report_path)
-    paths = expand_inputs(images, null_separated=null_separated)
+    paths = expand_inputs(images, null_separated=null_separated, outputs=[f for f in (masks, overlays, prob_maps) if f])
     if not paths:
         raise UsageError("no input images (give files, folders, globs, or - to read paths from stdin)")
     detector = _open_detector(model, backend, device, threads, threshold, batch, quiet, not no_self_check, strict)
+    card = detector.artifact.manifest.card
+    if tiles and not quiet and not (card and card.native_crops):
+        trained = card.summary() if card else "a model whose card does not say how it was trained"
+        click.echo(f"{PROG}: warning: --tiles shows tiles at native resolution to {trained}: tile masks may "
+                   "flag texture rather than edits", err=True)  # fmt: skip
     try:
         tables = ResultTables(json_target, csv_path)
     except TableBusy as exc:
@@ -356,14 +358,10 @@ def _check_destinations(
         raise UsageError(f"--json and --csv name the same file ({csv_path}); give two different files")
     if report_path and os.path.realpath(report_path) in map(os.path.realpath, tables):
         raise UsageError(f"--report names a results table ({report_path}); give it a file of its own")
-    for path in [*tables, *([report_path] if report_path else [])]:
-        folder = os.path.dirname(os.path.abspath(path))
-        if os.path.isdir(path):
-            raise UsageError(f"cannot write results to {path}: it is a folder")
-        if not os.path.isdir(folder):
-            raise UsageError(f"cannot write results to {path}: folder {folder} does not exist")
-        if not os.access(path if os.path.exists(path) else folder, os.W_OK):
-            raise UsageError(f"cannot write results to {path}: permission denied")
+    for path in tables:
+        prepare_output_file(path)
+    if report_path:
+        prepare_output_file(report_path, "the report")
     for folder in (masks, overlays, prob_maps):
         if not folder:
             continue
@@ -407,6 +405,11 @@ def _answers_to_keep(tables: ResultTables, detector: Detector, json_target: str,
     kept: dict[str, dict] = {}
     for record in tables.previous_records():
         if "error" in record:
+            continue
+        problem = answer_problem(record)
+        if problem is not None:
+            note = f"the record of {record['path']} is unusable ({problem}); answering it again"
+            click.echo(f"{PROG}: note: {json_target}: {note}", err=True)
             continue
         made_with = (
             record.get("model_id"),

@@ -12,9 +12,10 @@ the extra to install, status 4. Set MASKCLIP_TRACEBACK=1 to see the traceback of
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
-from pathlib import Path
 
 import click
 
@@ -25,9 +26,10 @@ from .errors import (
     EXIT_STATUSES,
     EXIT_USAGE,
     MaskclipError,
+    install_hint,
     message_of,
 )
-from .kernel.atomic import write_text_atomic
+from .kernel.atomic import prepare_output_file, write_text_atomic
 
 # Top-level modules of the optional dependencies -> the extra (setup.py) that installs them.
 _TRAIN_MODULES = "torch torchvision open_clip timm safetensors albumentations pyarrow skimage scipy matplotlib"
@@ -67,7 +69,10 @@ class MaskclipCommand(click.Command):
 
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
+            # -q of a command without its own quiet handling: its stderr is dropped while it runs; the error
+            # line (printed below, after the with) still comes through.
+            with contextlib.redirect_stderr(io.StringIO()) if ctx.meta.get(QUIET_KEY) else contextlib.nullcontext():
+                return super().invoke(ctx)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise  # click's own: --help, usage errors (status 2)
         except KeyboardInterrupt:
@@ -84,7 +89,7 @@ class MaskclipCommand(click.Command):
             extra = EXTRA_OF_MODULE[root]
             if extra in EXTRAS_WITHIN.get(self.extra, ()):  # name the extra that installs the whole command
                 extra = self.extra
-            self._fail(ctx, f"{root} is not installed; {self.name} needs: pip install 'maskclip[{extra}]'",
+            self._fail(ctx, f"{root} is not installed; {self.name} needs, from the checkout: {install_hint(extra)}",
                        EXIT_BACKEND_UNAVAILABLE)  # fmt: skip
         except BAD_PATH_ERRORS + self.input_errors as exc:
             self._fail(ctx, message_of(exc), EXIT_USAGE)
@@ -101,9 +106,24 @@ class MaskclipCommand(click.Command):
         ctx.exit(status)
 
 
-def command(name: str, *, extra: str | None = None, input_errors=(), epilog: str | None = None, **settings):
-    """click.command for a maskclip console script: `-h`/`--help`, the exit-status epilog, MaskclipCommand."""
-    return click.command(
+QUIET_KEY = "maskclip.quiet"
+quiet_option = click.option(
+    "--quiet",
+    "-q",
+    is_flag=True,
+    expose_value=False,
+    callback=lambda ctx, param, value: ctx.meta.__setitem__(QUIET_KEY, value),
+    help="Nothing on stderr but errors (no progress, notes or summaries); results on stdout and in files stay.",
+)
+
+
+def command(
+    name: str, *, extra: str | None = None, input_errors=(), epilog: str | None = None, quiet=False, **settings
+):
+    """click.command for a maskclip console script: `-h`/`--help`, the exit-status epilog, MaskclipCommand.
+
+    quiet: add -q/--quiet (quiet_option), for commands that do not handle their own."""
+    make = click.command(
         name,
         cls=MaskclipCommand,
         extra=extra,
@@ -111,6 +131,7 @@ def command(name: str, *, extra: str | None = None, input_errors=(), epilog: str
         epilog=exit_status_epilog(epilog),
         context_settings={"help_option_names": ["-h", "--help"], **settings},
     )
+    return (lambda function: make(quiet_option(function))) if quiet else make
 
 
 def option_group(*options):
@@ -143,7 +164,7 @@ def write_json(doc: dict, path: str) -> None:
     if path == "-":
         click.echo(text, nl=False)
         return
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    prepare_output_file(path, "the JSON document")
     write_text_atomic(path, text)
 
 

@@ -70,6 +70,12 @@ class NotFinished(MaskclipError):
     exit_code = EXIT_NOT_FINISHED
 
 
+def install_hint(extra: str) -> str:
+    """The command that installs a setup.py extra: from the checkout (the package is on no index), with the
+    pinned versions; every missing-dependency message says it this way."""
+    return f'pip install -c constraints.txt -e ".[{extra}]"'
+
+
 def message_of(exc: BaseException) -> str:
     """The one line an error is reported as (KeyError's str() would add quotes; only the first line counts)."""
     text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)

@@ -256,7 +256,7 @@ def test_unavailable_tensorrt_row_says_why(tmp_path):
     settings = BenchSettings(["trt-fp16"], [1], warmup=0, iters=1, device="cpu", workdir=tmp_path / "w")
     rows = ModelBench("tiny", build_model("tiny"), "test", settings).rows(lambda _: None)
     assert [(r["backend"], r["status"]) for r in rows] == [("trt-fp16", "unavailable")]
-    assert "pip install 'maskclip[gpu]'" in rows[0]["reason"]
+    assert 'pip install -c constraints.txt -e ".[gpu]"' in rows[0]["reason"]
     assert not (tmp_path / "w" / "tiny-fp16").exists()  # refused before the export
     assert "unavailable: TensorRT is not installed" in _row_line(rows[0])
 

@@ -9,6 +9,7 @@ from sklearn.metrics import brier_score_loss, roc_auc_score
 
 from maskclip_core.calibrate import (
     brier_score,
+    calibration_check,
     calibration_metrics,
     calibration_report,
     expected_calibration_error,
@@ -135,3 +136,39 @@ def test_holdout_split_is_disjoint_stratified_and_seeded():
     for group in {(s.generator, s.label) for s in samples}:
         assert sum((s.generator, s.label) == group for s in fit) == 5
     assert [s.key for s in split_holdout(samples, 0.5, seed=0)[0]] == [s.key for s in fit]
+
+
+def _overconfident(n_real: int, n_fake: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and fake probabilities three times too confident (a temperature near 3 fixes them)."""
+    rng = np.random.default_rng(seed)
+    y = np.r_[np.zeros(n_real), np.ones(n_fake)]
+    true_logit = rng.normal(np.where(y == 1, 1.0, -1.0), 1.0)
+    return y, 1 / (1 + np.exp(-3 * true_logit))
+
+
+def _checked(fit, check):
+    record = fit_calibration(*fit, {"model": "test"}, (0.01, 0.05))
+    return calibration_check(calibration_report(*check, record), record)
+
+
+def test_a_calibration_on_enough_images_passes_its_check():
+    result = _checked(_overconfident(2000, 2000, 1), _overconfident(2000, 2000, 2))
+    assert result["passed"], result["problems"]
+    assert result["ece"][1] < result["ece"][0] and result["brier"][1] < result["brier"][0]
+
+
+def test_a_calibration_on_30_plus_30_images_fails_and_says_why():
+    result = _checked(_overconfident(30, 30, 3), _overconfident(30, 30, 4))
+    assert not result["passed"]
+    assert any("needs at least 500" in p for p in result["problems"])  # 5 false positives at 1 %
+    assert result["points"]["fpr-1%"]["needed_real_images"] == 500
+
+
+def test_a_calibration_that_makes_ece_worse_fails():
+    y, prob = _overconfident(2000, 2000, 5)
+    record = fit_calibration(y, prob, {"model": "test"}, (0.01, 0.05))
+    rng = np.random.default_rng(6)  # a check half that is calibrated already: softening it makes it worse
+    check_prob = rng.uniform(0.001, 0.999, 4000)
+    check_labels = (rng.uniform(size=4000) < check_prob).astype(float)
+    result = calibration_check(calibration_report(check_labels, check_prob, record), record)
+    assert not result["passed"] and any(p.startswith("ece worse") for p in result["problems"])

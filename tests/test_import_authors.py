@@ -203,3 +203,34 @@ def test_unsafe_or_unreadable_files_are_refused(tiny, tmp_path, content):
     assert result.exit_code == EXIT_USAGE and "Traceback" not in result.output, result.output
     assert not Payload.ran
     assert not (tmp_path / "ckpt").exists()
+
+
+def test_out_never_overwrites_what_is_not_a_checkpoint(tiny, tmp_path, monkeypatch):
+    src = save_authors_checkpoint(tmp_path / "checkpoint-1.pth", authors_layout(tiny))
+    users = tmp_path / "project"
+    users.mkdir()
+    (users / "config.json").write_text('{"mine": true}')
+    result = _import(src, "--out", users, "--config", "tiny")
+    assert result.exit_code == EXIT_USAGE and "Traceback" not in result.output, result.output
+    assert (users / "config.json").read_text() == '{"mine": true}' and not (users / "model.safetensors").exists()
+    monkeypatch.chdir(users)
+    (users / "config.json").unlink()
+    assert _import(src, "--out", ".", "--config", "tiny").exit_code == EXIT_USAGE
+    assert list(users.iterdir()) == []
+    # a checkpoint folder of ours is replaced
+    assert _import(src, "--out", tmp_path / "ckpt", "--config", "tiny").exit_code == 0
+    assert _import(src, "--out", tmp_path / "ckpt", "--config", "tiny").exit_code == 0
+
+
+def test_weights_of_another_shape_are_named_in_the_error(tiny, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from maskclip_core.checkpoint import CheckpointError, save_checkpoint
+
+    weights = save_checkpoint(tiny, tmp_path / "ckpt")
+    state = load_file(str(weights))
+    name = sorted(state)[0]
+    state[name] = torch.zeros(3, 3)
+    save_file(state, str(weights))
+    with pytest.raises(CheckpointError, match=f"size mismatch for {name}"):
+        load_checkpoint(tmp_path / "ckpt")

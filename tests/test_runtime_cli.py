@@ -323,7 +323,7 @@ def test_usage_errors_exit_2(artifact, photo_dir, tmp_path):
         "missing model": ([photo, "--model", tmp_path / "nope"], EXIT_USAGE),
         "onnx without manifest": ([photo, "--model", loose / "model.onnx"], EXIT_USAGE),
         "resume to stdout": ([photo, "--model", artifact, "--resume"], EXIT_USAGE),
-        "unwritable json": ([photo, "--model", artifact, "--json", tmp_path / "no" / "dir.jsonl"], EXIT_USAGE),
+        "json under a file": ([photo, "--model", artifact, "--json", photo / "dir.jsonl"], EXIT_USAGE),
         "bad flag": ([photo, "--frobnicate"], EXIT_USAGE),
         "bad device": ([photo, "--device", "tpu"], EXIT_USAGE),
         "bad threshold": ([photo, "--threshold", "2"], EXIT_USAGE),

@@ -223,7 +223,7 @@ def test_tensorrt_missing_is_one_clear_line(with_engines):
     if importlib.util.find_spec("tensorrt") is not None:
         pytest.skip("TensorRT is installed here")
     assert Detector(with_engines, backend="auto").backend.startswith("onnxruntime")  # auto: engines need TensorRT
-    with pytest.raises(BackendUnavailable, match=r"TensorRT.*maskclip\[gpu\]") as caught:
+    with pytest.raises(BackendUnavailable, match=r"TensorRT.*constraints.txt -e \"\.\[gpu\]\"") as caught:
         Detector(with_engines, backend="tensorrt")
     assert "\n" not in str(caught.value)
     with pytest.raises(BackendUnavailable, match="CUDA device"):

@@ -72,3 +72,27 @@ def test_page_shows_the_servers_error_for_a_non_image(server, browser, tmp_path)
     # The same refusal as the API's; only the name differs (the page uploads the file by name).
     assert error.text == answer["error"].replace("-: ", "notes.png: ", 1)
     assert not browser.find_element(By.ID, "result").is_displayed()
+
+
+def test_the_picker_keeps_working_for_one_file_after_another(server, browser):
+    browser.get(server + "/")  # once: the files below are picked one after another on the same page
+    for example in ("partially_edited.jpg", "real_photo.jpg", "partially_edited.jpg"):
+        path = next(p for p in EXAMPLES if p.name == example)
+        _, record = post_image(server, path)
+        browser.find_element(By.ID, "file").send_keys(str(path))
+        WebDriverWait(browser, 20).until(
+            lambda d, r=record: (
+                d.find_element(By.ID, "probability").get_attribute("data-value") == str(r["fake_prob"])
+                and d.find_element(By.ID, "result").is_displayed()
+            )
+        )
+        assert "another image" in browser.find_element(By.ID, "drop").text
+    logs = [entry for entry in browser.get_log("browser") if entry["source"] == "javascript"]
+    assert logs == []
+
+
+def test_page_says_the_demo_model_is_one(server, browser):
+    browser.get(server + "/")
+    banner = browser.find_element(By.ID, "demo")
+    WebDriverWait(browser, 20).until(lambda d: banner.is_displayed())
+    assert "Demonstration model" in banner.text and "not evidence" in banner.text

@@ -176,7 +176,9 @@ def test_export_trt_without_tensorrt_is_refused_before_any_work(tmp_path):
 
 @needs_no_tensorrt
 def test_runner_without_tensorrt_says_what_to_install(tmp_path):
-    with pytest.raises(BackendUnavailable, match=r"TensorRT is not installed: pip install 'maskclip\[gpu\]'"):
+    with pytest.raises(
+        BackendUnavailable, match=r'TensorRT is not installed: pip install -c constraints.txt -e "\.\[gpu\]"'
+    ):
         TensorRTRunner(tmp_path / "model.fp16.engine")
 
 

@@ -350,3 +350,23 @@ def test_ddp_two_gloo_processes_match_one_process(data, tmp_path):
     for k in w1:
         torch.testing.assert_close(_without_key_bias(k, w2[k]), _without_key_bias(k, w1[k]), rtol=0, atol=1e-5, msg=k)
     assert json.loads((tmp_path / "two/last/training_state.json").read_text())["world_size"] == 2
+
+
+def test_a_folder_of_split_folders_trains_on_train_only_and_says_so(tmp_path, monkeypatch):
+    import maskclip_core.train as train_module
+    from maskclip_core.data import open_samples
+
+    root = synthesize(tmp_path / "synth", 0, 4, 2, ["sd15-like"], 64, 80)
+    assert (root / "train").is_dir() and (root / "test").is_dir()
+    seen = []
+    monkeypatch.setattr(train_module, "train", lambda args: seen.append(args) or tmp_path / "run" / "last")
+    result = CliRunner().invoke(
+        train_command, ["--data", str(root), "--out", str(tmp_path / "run"), "--config", "tiny"]
+    )
+    assert result.exit_code == 0, result.output
+    (args,) = seen
+    assert args.split == "train" and "training on train/ only" in result.stderr
+    assert len(open_samples(args.data, args.split)) == 4  # not the 6 of train/ and test/ together
+    seen.clear()
+    CliRunner().invoke(train_command, ["--data", str(root), "--split", "test", "--out", str(tmp_path / "r2")])
+    assert seen[0].split == "test"

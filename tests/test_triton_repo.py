@@ -200,3 +200,11 @@ def test_usage_errors_exit_2(tmp_path):
     _add_engine(artifact, b"plan", with_header=False, batch_max=8)
     assert invoke(artifact, "--out", tmp_path / "r", "--backend", "tensorrt", "--raw-input")[0] == 2
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("name", ["../x", "/tmp/abs", "a/b", 'q"uote', "new\nline", "", ".", "..", "x" * 65])
+def test_unsafe_model_names_are_refused(tmp_path, name):
+    artifact = build_standin_artifact(tmp_path / "a", "fused")
+    code, output = invoke(artifact, "--out", tmp_path / "repo" / "r", "--name", name)
+    assert code == 2 and "Traceback" not in output, output
+    assert not (tmp_path / "repo").exists() and not (tmp_path / "x").exists()

@@ -36,6 +36,19 @@ def open_samples(source: str | Path, split: str | None = None) -> list[Sample]:
     raise DataError(f"{source}: no such file or folder")
 
 
+TRAIN_SPLIT = "train"
+
+
+def training_split(source: str | Path, split: str | None) -> str | None:
+    """The split maskclip-train reads: the one given, else train/ when a local folder holds split folders
+    (as maskclip-synth writes train/ and test/) rather than being a data set itself: read whole, the folder
+    would put the test set into training."""
+    path = Path(source).expanduser()
+    if split is None and (path / TRAIN_SPLIT).is_dir() and not is_folder_layout(path):
+        return TRAIN_SPLIT
+    return split
+
+
 class MaskCLIPDataset(Dataset):
     """Samples -> dict(image [3,S,S] f32, mask [1,S,S] f32, edge [1,S,S] f32, label long, key, generator, kind).
 

@@ -13,13 +13,17 @@ import os
 import numpy as np
 
 from ..contract.precision_table import ONNXRUNTIME
-from ..errors import BackendUnavailable, message_of
+from ..errors import BackendUnavailable, InputError, install_hint
 from ..kernel.devices import parse_device
 from .base import Backend, Runner
 
 log = logging.getLogger("maskclip_runtime")
 
-INSTALL_HINT = "ONNX Runtime is not installed: pip install 'maskclip[cpu]' (or 'maskclip[gpu]' on a CUDA machine)"
+INSTALL_HINT = f"ONNX Runtime is not installed: {install_hint('cpu')} (or the gpu extra on a CUDA machine)"
+
+# ORT's load errors that mean the file is a broken graph (bad input, status 2), not that this ONNX Runtime
+# cannot run it (an op or provider it lacks: backend unavailable, status 4).
+BAD_GRAPH_ERRORS = ("InvalidProtobuf", "InvalidGraph", "InvalidArgument", "Fail", "NoSuchFile", "NoModel")
 
 # ONNX element type strings -> numpy dtypes the feed is cast to (fp16 graphs may keep fp16 I/O).
 _NUMPY_DTYPES = {
@@ -60,7 +64,7 @@ def providers_for(device: str, available: list[str]) -> tuple[list, str | None]:
     if wanted and not chosen:
         warning = (
             f"WARNING: device {device!r} requested but ONNX Runtime offers only {', '.join(available)}; "
-            f"running on CPU (much slower). Install 'maskclip[gpu]' on a CUDA machine."
+            f"running on CPU (much slower). On a CUDA machine: {install_hint('gpu')}"
         )
     elif len(chosen) < len(wanted):
         warning = f"WARNING: {wanted[0]} is not available; using {chosen[0][0]} instead"
@@ -101,7 +105,10 @@ class OnnxRuntimeRunner(Runner):
         try:
             self._session = ort.InferenceSession(os.fspath(path), sess_options=options, providers=providers)
         except Exception as exc:  # ORT raises its own exception classes (Fail, InvalidGraph, ...)
-            raise BackendUnavailable(f"ONNX Runtime cannot load {path}: {message_of(exc)}") from None
+            text = " ".join(str(exc).split())  # all of it: a shape mismatch names its tensor past the first line
+            if type(exc).__name__ in BAD_GRAPH_ERRORS:
+                raise InputError(f"{path}: not a usable ONNX graph: {text}") from None
+            raise BackendUnavailable(f"ONNX Runtime cannot load {path}: {text}") from None
         # A provider can be available yet fail to initialise (no driver, wrong CUDA): ORT then
         # silently drops it, so check what the session actually uses.
         active = self._session.get_providers()[0]

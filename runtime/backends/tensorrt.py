@@ -25,15 +25,15 @@ from ..contract.engine_header import (
 )
 from ..contract.manifest import engine_source_problem
 from ..contract.precision_table import TENSORRT
-from ..errors import BackendUnavailable, message_of
+from ..errors import BackendUnavailable, install_hint, message_of
 from ..kernel.devices import parse_device
 from .base import Backend, Runner
 
 TENSORRT_HINT = (
-    "pip install 'maskclip[gpu]' (CUDA 13: TensorRT 11) or 'maskclip[gpu-cu12]' (CUDA 12: TensorRT 10), "
+    f"{install_hint('gpu')} (CUDA 13: TensorRT 11) or {install_hint('gpu-cu12')} (CUDA 12: TensorRT 10), "
     "or use the system TensorRT on JetPack"
 )
-CUDA_PYTHON_HINT = "pip install 'maskclip[gpu]' (cuda-python 13) or 'maskclip[gpu-cu12]' / 'maskclip[jetson]' (12)"
+CUDA_PYTHON_HINT = f"{install_hint('gpu')} (cuda-python 13) or {install_hint('gpu-cu12')} / the jetson extra (12)"
 
 
 def import_tensorrt():

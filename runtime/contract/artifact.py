@@ -12,7 +12,7 @@ import json
 import mmap
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .. import __version__
@@ -231,15 +231,16 @@ def _varint(data, at: int) -> tuple[int, int]:
 def attach_calibration(artifact_dir: str | os.PathLike, record: Calibration, force: bool = False) -> Path:
     """Store a record in an existing artifact's manifest (atomically) without re-exporting it.
 
-    The artifact is verified first; a record fitted on a different model (by model id) is refused
-    unless `force`. Returns the manifest path.
+    The artifact is verified first; a record fitted on a different model, or naming none, is refused
+    unless `force`, which records the model it was accepted for. Returns the manifest path.
     """
     artifact = load_artifact(artifact_dir)
-    fitted_id = record.fitted_on.get("model_id")
-    if fitted_id and fitted_id != artifact.model_id and not force:
-        raise CalibrationError(
-            f"{artifact.dir}: record was fitted on model {fitted_id}, the artifact is {artifact.model_id} "
-            f"(use --force to attach anyway)"
-        )
-    write_manifest(artifact.dir, artifact.manifest.replace(calibration=record))
+    problem = record.model_problem(artifact.model_id)
+    if problem and not force:
+        raise CalibrationError(f"{artifact.dir}: {problem} (use --force to attach anyway)")
+    if record.check is not None and record.check.get("passed") is not True and not force:
+        failures = "; ".join(map(str, record.check.get("problems", []))) or "no reason recorded"
+        raise CalibrationError(f"the calibration record failed its check ({failures}); use --force to attach anyway")
+    accepted = replace(record, accepted_for=artifact.model_id if problem else None)
+    write_manifest(artifact.dir, artifact.manifest.replace(calibration=accepted))
     return artifact.dir / MANIFEST_NAME

@@ -21,7 +21,7 @@ import hashlib
 import json
 import math
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 
 from ..errors import InputError
 from ..kernel.preprocess import LEGACY_RESIZE, RESIZE_METHODS, PreprocessSpec
@@ -199,6 +199,49 @@ class EngineSpec:
 
 
 @dataclass(frozen=True)
+class ModelCard:
+    """What the model is, said wherever its answers are shown: a demonstration model or not, what it was
+    trained on, and how training images reached it (RESOLUTION_POLICIES)."""
+
+    demo: bool
+    trained_on: str
+    resolution: str
+
+    def __post_init__(self):
+        if not isinstance(self.demo, bool) or not isinstance(self.trained_on, str):
+            raise TypeError("card.demo must be true or false and card.trained_on text")
+        if self.resolution not in RESOLUTION_POLICIES:
+            raise ValueError(f"card.resolution must be one of {', '.join(RESOLUTION_POLICIES)}")
+
+    @property
+    def native_crops(self) -> bool:
+        """Trained on crops at the photos' own resolution: what --tiles feeds the model."""
+        return self.resolution == "native-crops"
+
+    def summary(self) -> str:
+        kind = "demonstration model" if self.demo else "model"
+        return f"{kind} trained on {self.trained_on} ({RESOLUTION_POLICIES[self.resolution]})"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# How training images reached the model -> in words.
+RESOLUTION_POLICIES = {
+    "resized": "whole images resized to the input size, no native-resolution crops",
+    "native-crops": "crops at the photos' own resolution",
+}
+
+
+# The embedded demo model's card (runtime/demo/manifest.json holds the same; export writes it for the demo).
+DEMO_CARD = ModelCard(
+    demo=True,
+    trained_on="synthetic proxy edits (maskclip-synth), not OpenSDI or real generator output",
+    resolution="resized",
+)
+
+
+@dataclass(frozen=True)
 class ModelIdentity:
     """What makes two artifacts the same model: weights, precision and topology."""
 
@@ -235,6 +278,7 @@ class Manifest:
     self_check: dict | None = None
     int8: dict | None = None
     calibration: Calibration | None = None
+    card: ModelCard | None = None  # None: an artifact exported before cards, or from a model nobody described
     engines: tuple[EngineSpec, ...] = ()
     engine_verification: dict | None = None
     export_seconds: dict = field(default_factory=dict)
@@ -328,6 +372,7 @@ class Manifest:
             calibration=Calibration.from_dict(data["calibration"], "calibration")
             if data.get("calibration") is not None
             else None,
+            card=ModelCard(**data["card"]) if data.get("card") is not None else None,
             engines=tuple(EngineSpec.from_dict(e) for e in data.get("engines", ())),
             engine_verification=data.get("engine_verification"),
             export_seconds=dict(data.get("export_seconds", {})),
@@ -359,6 +404,7 @@ class Manifest:
             "versions": self.versions,
             "int8": self.int8,
             "calibration": self.calibration.to_dict() if self.calibration else None,
+            "card": self.card.to_dict() if self.card else None,
             "self_check": self.self_check,
             "verification": self.verification,
             "export_seconds": self.export_seconds,
@@ -373,7 +419,7 @@ class Manifest:
 
 _KEYS = (
     "format", "format_version", "package_version", "model", "preprocess", "threshold", "precision", "fp32_ops",
-    "topology", "batch", "graphs", "versions", "int8", "calibration", "self_check", "verification",
+    "topology", "batch", "graphs", "versions", "int8", "calibration", "card", "self_check", "verification",
     "export_seconds", "engines", "engine_verification", "files",
 )  # fmt: skip
 
@@ -538,6 +584,8 @@ def consistency_problem(manifest: Manifest) -> str | None:
     )
     if problem:
         return problem
+    if manifest.calibration is not None and (problem := manifest.calibration.model_problem(manifest.model_id)):
+        return f"{problem} (attach it with maskclip-calibrate --attach --force to use it anyway)"
     # An fp32 graph is built into any TensorRT precision (builder flags); a reduced one only into its own.
     wrong = [
         e.file

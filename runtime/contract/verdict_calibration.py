@@ -86,6 +86,12 @@ class Calibration:
     real_point: str  # the operating point at or below which the verdict is "real"
     fitted_on: dict  # model, data, split, images: where the record comes from
     sha256: str
+    # The model id a record fitted on another (or no named) model was accepted for, by export's
+    # --calibration or --attach --force; outside the hashed body, as it says where the record is used.
+    accepted_for: str | None = None
+    # maskclip-calibrate's check on held-out images: {"passed": bool, "problems": [...], ...}; None: not
+    # checked (records written before the check existed, or made by hand). A failed one needs --force.
+    check: dict | None = None
 
     def point(self, name: str) -> OperatingPoint:
         for op in self.operating_points:
@@ -117,17 +123,35 @@ class Calibration:
             "operating_points": [asdict(op) for op in self.operating_points],
             "verdict": {"fake_above": self.fake_point, "real_at_or_below": self.real_point},
             "fitted_on": self.fitted_on,
+            **({} if self.check is None else {"check": self.check}),
         }
 
     def to_dict(self) -> dict:
-        return {**self.body(), "sha256": self.sha256}
+        accepted = {} if self.accepted_for is None else {"accepted_for": self.accepted_for}
+        return {**self.body(), "sha256": self.sha256, **accepted}
+
+    def model_problem(self, model_id: str) -> str | None:
+        """Why this record must not give model `model_id` its verdicts, or None (fitted on it or accepted for it)."""
+        fitted = self.fitted_on.get("model_id")
+        if model_id in (fitted, self.accepted_for):
+            return None
+        fitted = f"model {fitted}" if fitted else "a model it does not name (no model_id)"
+        return f"the calibration record was fitted on {fitted}, not on {model_id}"
 
     @classmethod
     def create(
-        cls, temperature: float, operating_points, fake_point: str, real_point: str, fitted_on: dict
+        cls,
+        temperature: float,
+        operating_points,
+        fake_point: str,
+        real_point: str,
+        fitted_on: dict,
+        check: dict | None = None,
     ) -> Calibration:
         """A new record; checks it and computes its hash."""
-        draft = cls(float(temperature), tuple(operating_points), fake_point, real_point, dict(fitted_on), "")
+        draft = cls(
+            float(temperature), tuple(operating_points), fake_point, real_point, dict(fitted_on), "", check=check
+        )
         _check(draft)
         return cls(**{**draft.__dict__, "sha256": record_sha256(draft.body())})
 
@@ -139,7 +163,7 @@ class Calibration:
         if d.get("version") != CALIBRATION_VERSION:
             raise CalibrationError(f"{where}: unknown calibration record version {d.get('version')!r}")
         stated = str(d.get("sha256", ""))
-        actual = record_sha256({k: v for k, v in d.items() if k != "sha256"})
+        actual = record_sha256({k: v for k, v in d.items() if k not in ("sha256", "accepted_for")})
         if stated != actual:
             raise CalibrationError(f"{where}: tampered or corrupted calibration record (sha256 does not match)")
         try:
@@ -151,6 +175,8 @@ class Calibration:
                 real_point=str(verdict["real_at_or_below"]),
                 fitted_on=dict(d.get("fitted_on", {})),
                 sha256=stated,
+                accepted_for=None if d.get("accepted_for") is None else str(d["accepted_for"]),
+                check=None if d.get("check") is None else dict(d["check"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise CalibrationError(f"{where}: malformed calibration record ({type(exc).__name__}: {exc})") from None

@@ -72,6 +72,7 @@ class Detection:
     operating_point: str = PLAIN_OPERATING_POINT  # what decided the verdict
     band: tuple[float, float] | None = None  # calibrated (real <=, fake >) thresholds of a calibrated verdict
     mask_policy: str = "resize"  # how the mask was made: the global view resized, or tiles (tiling.py)
+    demo: bool = False  # made by a demonstration model (the artifact's card): every view of it says so
 
     @property
     def verdict_threshold(self) -> float:
@@ -105,6 +106,10 @@ class PreparedImage:
     width: int
     height: int
     ms: float
+
+
+class DetectorClosed(RuntimeError):
+    """detect() on a Detector after close(): its sessions or engines are released."""
 
 
 class Detector:
@@ -144,6 +149,7 @@ class Detector:
         self.calibrated_verdicts = self.calibration is not None and threshold is None
         self.batch_size = _batch_size(self.artifact, batch)
         self.device = device or "default"
+        self.closed = False
         self._runners = registry.build_runners(self.artifact, backend, device, threads)
         _check_chain(self.artifact, self._runners)
         self._screen_graphs = _verdict_stage_length(self._runners)
@@ -160,6 +166,12 @@ class Detector:
     @property
     def model_id(self) -> str:
         return self.artifact.model_id
+
+    @property
+    def demo(self) -> bool:
+        """A demonstration model (its card says so): answers to show how the tool works, not evidence."""
+        card = self.artifact.manifest.card
+        return card is not None and card.demo
 
     @property
     def backend(self) -> str:
@@ -198,6 +210,8 @@ class Detector:
     def detect_prepared(self, prepared: list[PreparedImage], masks_for: str | Sequence[str] = "all") -> list[Detection]:
         """PreparedImages -> Detections. masks_for: one policy for all, or one per image (a server's
         micro-batch mixes requests that asked for different ones: they still share one screen pass)."""
+        if self.closed:
+            raise DetectorClosed("this Detector is closed (close() or its with-block ended): create a new one")
         policies = [masks_for] * len(prepared) if isinstance(masks_for, str) else list(masks_for)
         if len(policies) != len(prepared):
             raise ValueError(f"masks_for has {len(policies)} policies for {len(prepared)} images")
@@ -270,17 +284,28 @@ class Detector:
         verdict = "fake" if fake_prob > self.threshold else "real"
         ms = item.ms + shared_ms
         if self.calibration is None:
-            return Detection(fake_prob, verdict, self.threshold, item.width, item.height, ms, mask)
+            return Detection(fake_prob, verdict, self.threshold, item.width, item.height, ms, mask, demo=self.demo)
         calibrated = float(self.calibration.calibrate(fake_prob))
         operating_point, band = PLAIN_OPERATING_POINT, None
         if self.calibrated_verdicts:
             verdict = str(self.calibration.verdicts(calibrated))
             operating_point, band = self.calibration.fake_point, self.calibration.band
         return Detection(
-            fake_prob, verdict, self.threshold, item.width, item.height, ms, mask, calibrated, operating_point, band
+            fake_prob,
+            verdict,
+            self.threshold,
+            item.width,
+            item.height,
+            ms,
+            mask,
+            calibrated,
+            operating_point,
+            band,
+            demo=self.demo,
         )
 
     def close(self) -> None:
+        self.closed = True
         for runner in self._runners:
             runner.close()
 

@@ -163,12 +163,13 @@ def _cache_path() -> Path:
 
 
 def _cache_key(detector: Checked) -> str:
-    """What the outcome depends on: the exact files, the backend and device, the host and the runtimes."""
+    """What the outcome depends on: the whole manifest (the files' hashes, and preprocessing, thresholds and
+    canaries, which change the answers without changing a file), the backend and device, the host and the
+    runtimes."""
     from .. import __version__
 
-    files = detector.artifact.manifest.files
     parts = {
-        "files": files,
+        "manifest": detector.artifact.manifest.to_dict(),
         "backend": detector.backend,
         "device": detector.device,
         "host": current_host().to_dict(),

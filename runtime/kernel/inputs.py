@@ -15,6 +15,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import IO
 
+from ..errors import InputError
+
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".pbm", ".jp2"}
 )
@@ -22,23 +24,33 @@ IMAGE_EXTENSIONS = frozenset(
 _GLOB_CHARS = frozenset("*?[")
 
 
-def expand_inputs(arguments: Iterable[str], stdin: IO | None = None, null_separated: bool = False) -> list[str]:
+def expand_inputs(
+    arguments: Iterable[str], stdin: IO | None = None, null_separated: bool = False, outputs: Iterable[str] = ()
+) -> list[str]:
     """Files, folders (recursive), globs and "-" (paths on stdin) -> unique paths, in order.
+
+    outputs: the run's own output folders (masks, overlays): images a folder or glob lists inside them
+    are this or an earlier run's results, not inputs (a file named on its own is still taken).
 
     stdin holds one path per line, or NUL-separated ones with null_separated (find -print0); a name
     is taken exactly as given, spaces included, and undecodable bytes come through surrogateescape
     like in argv. Two spellings of one file (a.jpg, ./a.jpg, a symlink) count once: the first.
     """
     paths: list[str] = []
+    excluded = tuple(os.path.join(os.path.realpath(folder), "") for folder in outputs)
+
+    def listed(found: list[str]) -> list[str]:
+        return [p for p in found if not os.path.realpath(p).startswith(excluded)] if excluded else found
+
     for argument in arguments:
         if argument == "-":
             paths.extend(_stdin_paths(stdin or sys.stdin, null_separated))
         elif os.path.isdir(argument):
-            paths.extend(images_in_folder(argument))
+            paths.extend(listed(images_in_folder(argument)))
         elif not os.path.exists(argument) and _GLOB_CHARS & set(argument):
             matches = sorted(glob.glob(argument, recursive=True))
             for match in matches:
-                paths.extend(images_in_folder(match) if os.path.isdir(match) else [match])
+                paths.extend(listed(images_in_folder(match) if os.path.isdir(match) else [match]))
             if not matches:
                 paths.append(argument)  # reported later as "no such file"
         else:
@@ -56,6 +68,8 @@ def _stdin_paths(stream: IO, null_separated: bool) -> list[str]:
         data = os.fsdecode(data)
     if null_separated:
         return [name for name in data.split("\0") if name]
+    if "\0" in data:
+        raise InputError("the paths on stdin are NUL-separated (find -print0): add -0 (--null)")
     # Lines as given; only a Windows line end is dropped, so "photo .jpg" keeps its space.
     return [line.removesuffix("\r") for line in data.split("\n") if line.strip()]
 

@@ -17,6 +17,7 @@ Resize methods (RESIZE_METHODS):
 from __future__ import annotations
 
 import io
+import logging
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -26,6 +27,8 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ..errors import InputError
+
+log = logging.getLogger("maskclip_runtime")
 
 # OpenAI CLIP statistics; MaskCLIP normalises the input of BOTH branches with them.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -41,10 +44,18 @@ DEFAULT_MAX_PIXELS = 178_956_970  # 2 x Pillow's default Image.MAX_IMAGE_PIXELS
 # verified on.
 LARGE_IMAGE_PIXELS = 24_000_000
 MASK_STRIP_ROWS = 512
+# A JPEG may be decoded at 1/2..1/8 scale while both sides stay >= this many times the model input:
+# the model's own resize still averages over >= 4x4 decoded pixels, and a 108 Mpx photo never
+# exists at full size in memory (see decode_image).
+DECODE_MARGIN = 4
 
 
 class ImageLoadError(InputError, ValueError):
     """An input file that is not a usable image; the message names the file."""
+
+
+class ImageTooLarge(ImageLoadError):
+    """More pixels than the decompression-bomb limit (an HTTP server answers 413 rather than 400)."""
 
 
 class UnknownImageFormat(ImageLoadError):
@@ -233,11 +244,13 @@ def decode_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, reduce_
     return _decode(path, str(path), max_pixels, reduce_to)
 
 
-def decode_bytes(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def decode_bytes(
+    data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS, reduce_to: int | None = None
+) -> DecodedImage:
     """decode_image for bytes already in memory (an HTTP upload); `name` stands for the file in messages."""
     if not data:
         raise ImageLoadError(f"{name}: empty file")
-    return _decode(io.BytesIO(data), name, max_pixels, None).image
+    return _decode(io.BytesIO(data), name, max_pixels, reduce_to)
 
 
 def _decode(source: Path | io.BytesIO, name: str, max_pixels: int, reduce_to: int | None) -> DecodedImage:
@@ -249,10 +262,13 @@ def _decode(source: Path | io.BytesIO, name: str, max_pixels: int, reduce_to: in
             with Image.open(source) as img:
                 width, height = img.size
                 if width * height > max_pixels:
-                    raise ImageLoadError(
+                    raise ImageTooLarge(
                         f"{name}: refused, {width}x{height} is more than the {max_pixels:,}-pixel "
                         f"decompression-bomb limit (raise it with --max-pixels)"
                     )
+                frames = getattr(img, "n_frames", 1)
+                if frames > 1:  # an animated GIF/PNG/WebP or a multi-page TIFF: only the first frame is judged
+                    log.warning(f"{name}: {frames} frames; judged on the first frame only")
                 if reduce_to and img.format == "JPEG" and width * height > LARGE_IMAGE_PIXELS:
                     img.draft(img.mode, (reduce_to, reduce_to))
                 img.load()
@@ -263,7 +279,7 @@ def _decode(source: Path | io.BytesIO, name: str, max_pixels: int, reduce_to: in
     except ImageLoadError:
         raise
     except Image.DecompressionBombError as exc:
-        raise ImageLoadError(f"{name}: refused by Pillow's decompression-bomb limit ({exc})") from None
+        raise ImageTooLarge(f"{name}: refused by Pillow's decompression-bomb limit ({exc})") from None
     except Image.UnidentifiedImageError:
         raise UnknownImageFormat(f"{name}: not a readable image (unknown format)") from None
     except MemoryError:

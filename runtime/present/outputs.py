@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, PngImagePlugin
 
+from ..contract.verdict_calibration import VERDICTS
 from ..errors import InputError, NotFinished
 from ..kernel.atomic import atomic_path
 from .overlay import DEFAULT_OVERLAY_SIZE, explained_overlay, fit_within, heat_overlay
@@ -70,9 +71,36 @@ RECORD_FIELDS = (
     "model_id",
     "precision",
     "self_check",
+    "demo",
     "ms",
     "error",
 )
+
+# What an answered record read back (--resume) must hold, with the types it was written with: a record
+# edited or written by something else is answered again rather than trusted (or crashing the run).
+_NUMBER = (int, float)
+ANSWER_TYPES = {
+    "path": str,
+    "verdict": str,
+    "fake_prob": _NUMBER,
+    "threshold": _NUMBER,
+    "width": int,
+    "height": int,
+    "ms": _NUMBER,
+}
+
+
+def answer_problem(record: dict) -> str | None:
+    """Why an answered record read back cannot be kept (a missing field, a value of the wrong kind), or None."""
+    for field, kind in ANSWER_TYPES.items():
+        if field not in record:
+            return f"no {field!r}"
+        value = record[field]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            return f"{field!r} is {type(value).__name__}, not {'a number' if kind is _NUMBER else kind.__name__}"
+    if record["verdict"] not in VERDICTS:
+        return f"unknown verdict {record['verdict'][:40]!r}"
+    return None
 
 
 # PNG text key holding source_tag() of the image a mask or overlay was made for.
@@ -112,6 +140,7 @@ def detection_record(
         "model_id": detector.model_id,
         "precision": detector.artifact.precision,
         "self_check": detector.self_check.status,
+        "demo": detection.demo,  # a demonstration model's answer (the artifact's card): not evidence
         "ms": round(ms, 2),
     }
 
@@ -243,24 +272,27 @@ def read_json_lines(path: str | os.PathLike) -> list[dict]:
 class LockedTable:
     """A results file opened for appending under an exclusive flock, held until close().
 
-    Non-regular files (a FIFO, /dev/stdout) are written as they are: no lock, no truncation."""
+    Only a regular file is opened (prepare_output_file's rule, checked again here on the open file, and a
+    symlink is not followed): a FIFO or device node that appeared since the check is refused."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self._fd = os.open(self.path, _OPEN_FLAGS, 0o666)
-        self.regular = stat.S_ISREG(os.fstat(self._fd).st_mode)
-        if self.regular:
-            try:
-                _lock(self._fd)
-            except BlockingIOError:
-                os.close(self._fd)
-                raise TableBusy(
-                    f"{self.path}: another maskclip-run is writing it; wait for it or choose another file"
-                ) from None
+        try:
+            self._fd = os.open(self.path, _OPEN_FLAGS | getattr(os, "O_NOFOLLOW", 0) | os.O_NONBLOCK, 0o666)
+        except OSError as exc:
+            raise InputError(f"{self.path}: cannot open it as a results table ({exc.strerror or exc})") from None
+        if not stat.S_ISREG(os.fstat(self._fd).st_mode):
+            os.close(self._fd)
+            raise InputError(f"{self.path}: not a regular file; give a regular file or a new name")
+        try:
+            _lock(self._fd)
+        except BlockingIOError:
+            os.close(self._fd)
+            raise TableBusy(
+                f"{self.path}: another maskclip-run is writing it; wait for it or choose another file"
+            ) from None
 
     def read(self) -> bytes:
-        if not self.regular:
-            return b""
         os.lseek(self._fd, 0, os.SEEK_SET)
         chunks = []
         while chunk := os.read(self._fd, 1 << 20):
@@ -270,7 +302,7 @@ class LockedTable:
     def reset(self, content: bytes) -> None:
         """Make the file hold exactly `content`: atomically (a locked temporary file renamed over it),
         so a crash here leaves the old content or the new, never a mix."""
-        if not self.regular or (os.fstat(self._fd).st_size == 0 and not content):
+        if os.fstat(self._fd).st_size == 0 and not content:
             return
         fd = None
         try:
@@ -287,21 +319,19 @@ class LockedTable:
         self._fd = fd
 
     def size(self) -> int:
-        return os.fstat(self._fd).st_size if self.regular else 0
+        return os.fstat(self._fd).st_size
 
     def append(self, data: bytes) -> None:
         _write_all(self._fd, data)
 
     def truncate(self, size: int) -> None:
-        if self.regular:
-            os.ftruncate(self._fd, size)
+        os.ftruncate(self._fd, size)
 
     def close(self) -> None:
         if self._fd < 0:
             return
         try:
-            if self.regular:
-                os.fsync(self._fd)
+            os.fsync(self._fd)
         finally:
             os.close(self._fd)
             self._fd = -1

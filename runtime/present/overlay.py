@@ -135,6 +135,8 @@ def _legend(width: int, detection: Detection) -> Image.Image:
     draw.text((pad, pad + 2 * line), area, fill=(220, 220, 220), font=font)
 
     title = "mask probability (colour over grey, as blended on the photo)"
+    if detection.demo:
+        title = "DEMO MODEL (synthetic training data): not evidence. " + title
     draw.text((pad, pad + 3 * line), title, fill=(200, 200, 200), font=font)
     bar_left, bar_top = 2 * pad, 4 * line + 2 * pad  # the gap above holds the threshold marker
     bar_width = min(24 * font_size, width - 2 * bar_left)

@@ -18,12 +18,12 @@ from datetime import datetime, timezone
 
 from PIL import Image
 
+from ..contract.verdict_calibration import VERDICTS
 from ..kernel.atomic import atomic_path
 from ..kernel.preprocess import ImageLoadError, decode_image
 from .outputs import RECORD_FIELDS, overlay_photo_size
 
 THUMBNAIL_SIDE = 160  # px, long side: about 5 kB a JPEG, so 1000 images stay a 5 MB page
-VERDICTS = ("real", "uncertain", "fake")
 IDENTITY_FIELDS = ("model_id", "precision", "backend", "self_check", "operating_point", "threshold")
 # Per image: every record field but the run-wide identity (shown once) and the error (its own table).
 DETAIL_FIELDS = tuple(
@@ -50,6 +50,8 @@ td img { max-width: 160px; max-height: 160px; }
 details dl { display: grid; grid-template-columns: max-content auto; gap: 0 .8rem; margin: .3rem 0; }
 details dt { color: #666; } details dd { margin: 0; word-break: break-all; }
 #failures td { color: #b71c1c; }
+#demo-banner { background: #fcefd2; border: 1px solid #a06d00; border-radius: 6px; padding: .5rem .9rem;
+  margin-bottom: 1rem; font-weight: bold; }
 """
 
 # Sort by probability: the first click on the header sorts most suspicious first, each next one reverses.
@@ -96,6 +98,7 @@ def report_html(records: list[dict]) -> str:
 <style>{_STYLE}</style></head>
 <body>
 <h1>maskclip report</h1>
+{_demo_banner(answered)}
 <div id="identity">{_identity(answered)} &middot; written {written}</div>
 <div id="counts">{count_cards}</div>
 <table id="results"><thead><tr><th>overlay</th><th>file</th><th>verdict</th>
@@ -106,6 +109,17 @@ def report_html(records: list[dict]) -> str:
 <script>{_SCRIPT}</script>
 </body></html>
 """
+
+
+def _demo_banner(answered: list[dict]) -> str:
+    """Answers of a demonstration model say so above everything else."""
+    demo = sum(1 for r in answered if r.get("demo") is True)
+    if not demo:
+        return ""
+    return (
+        f'<div id="demo-banner" data-count="{demo}">{demo} of these answers come from a demonstration model '
+        "trained on synthetic edits: they show how the tool works and are not evidence about these images.</div>"
+    )
 
 
 def _identity(answered: list[dict]) -> str:
@@ -119,24 +133,37 @@ def _identity(answered: list[dict]) -> str:
 
 
 def _result_row(record: dict) -> str:
-    verdict = str(record.get("verdict"))
-    calibrated = record.get("calibrated_prob")
+    """One answered image; every value comes from a file that may have been edited, so each is escaped."""
+    verdict = record.get("verdict")
     details = "".join(
         f"<dt>{field}</dt><dd>{_text(record[field])}</dd>" for field in DETAIL_FIELDS if record.get(field) is not None
     )
-    thumbnail = _thumbnail_uri(record["path"], record.get("overlay"))
+    thumbnail = _thumbnail_uri(str(record.get("path")), record.get("overlay"))
     image = f'<img alt="overlay" src="{thumbnail}">' if thumbnail else "no preview"
     fraction = record.get("mask_fraction")  # None: no mask computed (--masks-for fake, judged real)
-    area = "no mask" if fraction is None else f"{100 * fraction:.1f} %"
+    area = f"{100 * fraction:.1f} %" if _is_number(fraction) else "no mask"
+    prob = record.get("fake_prob")
     return (
-        f'<tr data-prob="{record["fake_prob"]}"><td>{image}</td>'
-        f"<td><details><summary>{_text(os.path.basename(record['path']))}</summary><dl>{details}</dl></details></td>"
-        f'<td class="verdict {verdict}">{_text(verdict)}</td>'
-        f'<td class="num prob">{record["fake_prob"]:.3f}</td>'
-        f'<td class="num">{"" if calibrated is None else f"{calibrated:.3f}"}</td>'
+        f'<tr data-prob="{prob if _is_number(prob) else 0}"><td>{image}</td>'
+        f"<td><details><summary>{_text(os.path.basename(str(record.get('path'))))}</summary><dl>{details}</dl>"
+        f"</details></td>"
+        f'<td class="verdict {verdict if verdict in VERDICTS else ""}">{_text(verdict)}</td>'
+        f'<td class="num prob">{_number(prob)}</td>'
+        f'<td class="num">{_number(record.get("calibrated_prob"))}</td>'
         f'<td class="num">{area}</td>'
-        f'<td class="num">{record.get("ms", "")}</td></tr>'
+        f'<td class="num">{_text(record.get("ms", ""))}</td></tr>'
     )
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _number(value) -> str:
+    """A probability to 3 decimals; anything else (None, an edited record's text) as escaped text."""
+    if _is_number(value):
+        return f"{value:.3f}"
+    return "" if value is None else _text(value)
 
 
 def _thumbnail_uri(path: str, overlay: str | None) -> str | None:

@@ -1,8 +1,9 @@
 """maskclip-serve's HTTP API over one Detector: detect, batch detect, model summary, health, metrics, page.
 
 Errors are JSON `{"error": "one line"}` with a status that says whose fault it is: 400 undecodable
-image or bad parameter, 413 body over the size limit, 415 not an image, 429 queue full (retry),
-503 not ready or shutting down, 504 over the per-request timeout, 500 inference failed.
+image or bad parameter, 413 body over the size limit, an image over the pixel limit or a request over
+the decode budget (limits.py), 415 not an image, 429 queue full (retry),
+503 not ready, shutting down or the decode budget busy, 504 over the per-request timeout, 500 inference failed.
 
 `masks_for` (all, fake, none) says which images get a mask, as in maskclip-run: by default `all` when
 the request asks for a mask or overlay image, else `fake`; on a cascade artifact an image judged real
@@ -18,13 +19,14 @@ import io
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import Enum
 from importlib.resources import files
 
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
@@ -35,9 +37,18 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..detect.detector import MASKS_FOR, Detection, Detector, PreparedImage
 from ..errors import message_of
-from ..kernel.preprocess import ImageLoadError, UnknownImageFormat, decode_bytes
+from ..kernel.preprocess import DECODE_MARGIN, ImageLoadError, ImageTooLarge, UnknownImageFormat, decode_bytes
 from ..present.outputs import PNG_COMPRESS_LEVEL, detection_record, heat_overlay, mask_image
 from .batcher import Draining, MicroBatcher, QueueFull
+from .docs import api_docs_html
+from .limits import (
+    DEFAULT_DECODE_BUDGET,
+    DEFAULT_SERVE_MAX_PIXELS,
+    DecodeBudget,
+    OverBudget,
+    decoded_size,
+    request_bytes,
+)
 from .metrics import ServeMetrics
 
 log = logging.getLogger("maskclip_runtime")
@@ -62,6 +73,8 @@ class ServeSettings:
     max_queue: int = 64  # images waiting for the model; more -> 429
     max_bytes: int = 20 * 1024 * 1024  # request body limit -> 413
     timeout_s: float = 30.0  # per request, from arrival to answer -> 504
+    max_pixels: int = DEFAULT_SERVE_MAX_PIXELS  # larger images are refused from their header -> 413
+    decode_budget: int = DEFAULT_DECODE_BUDGET  # decode memory of all requests together (limits.py)
 
 
 class ServeError(Exception):
@@ -89,7 +102,7 @@ class Upload:
 class Decoded:
     name: str
     sha256: str
-    image: Image.Image
+    image: Image.Image | None  # the photo at full size, kept only when its overlay is asked for
     prepared: PreparedImage
     ms: float
 
@@ -163,6 +176,7 @@ def create_app(
     """The app; load_detector runs in a thread at startup, on_load_failure(exception) if it raises."""
     metrics = ServeMetrics()
     state = ServerState(load_detector, settings, metrics)
+    budget = DecodeBudget(settings.decode_budget)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -170,7 +184,13 @@ def create_app(
         yield
         await run_in_threadpool(state.close)
 
-    app = FastAPI(title="maskclip-serve", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="maskclip-serve",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        dependencies=[Depends(_no_unknown_parameters)],
+    )
     app.state.serve = state
     app.add_middleware(_Instrumented, metrics=metrics, max_bytes=settings.max_bytes)
 
@@ -192,6 +212,10 @@ def create_app(
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> HTMLResponse:
         return HTMLResponse(PAGE)
+
+    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return HTMLResponse(api_docs_html(app.openapi()))
 
     @app.get("/healthz")
     async def healthz() -> dict:
@@ -225,9 +249,11 @@ def create_app(
         policy = _masks_policy(masks_for, mask is not None or overlay is not None)
         batcher = state.ready_batcher()
         (upload,) = await _uploads(request, "file", many=False, limit=1)
-        decoded = await run_in_threadpool(_decode, batcher.detector, upload)
-        (detection,) = await _infer(batcher, [decoded.prepared], policy, deadline)
-        return await run_in_threadpool(_record, state, decoded, detection, mask is not None, overlay is not None)
+        decoding = _decoding(settings, batcher.detector, mask is not None, overlay is not None)
+        async with _budgeted(budget, decoding, [upload], deadline):
+            decoded = await run_in_threadpool(_decode, batcher.detector, upload, decoding)
+            (detection,) = await _infer(batcher, [decoded.prepared], policy, deadline)
+            return await run_in_threadpool(_record, state, decoded, detection, mask is not None, overlay is not None)
 
     @app.post("/v1/detect/batch")
     async def detect_batch(
@@ -245,17 +271,21 @@ def create_app(
         policy = _masks_policy(masks_for, mask is not None or overlay is not None)
         batcher = state.ready_batcher()
         uploads = await _uploads(request, "files", many=True, limit=settings.max_queue)
-        decoded = await asyncio.gather(*(run_in_threadpool(_decode_or_error, batcher.detector, u) for u in uploads))
-        good = [d for d in decoded if isinstance(d, Decoded)]
-        detections = iter(await _infer(batcher, [d.prepared for d in good], policy, deadline)) if good else iter(())
-        records = []
-        for item in decoded:
-            if isinstance(item, Decoded):
-                item = await run_in_threadpool(
-                    _record, state, item, next(detections), mask is not None, overlay is not None
-                )
-            records.append(item)
-        return {"records": records}
+        decoding = _decoding(settings, batcher.detector, mask is not None, overlay is not None)
+        async with _budgeted(budget, decoding, uploads, deadline):
+            # One after another: the budget covers one decode at a time per request (limits.py).
+            decoded = [await run_in_threadpool(_decode_or_error, batcher.detector, u, decoding) for u in uploads]
+            good = [d for d in decoded if isinstance(d, Decoded)]
+            # Taken out one by one: a Detection keeps the full-size mask it made, so none outlives its record.
+            detections = deque(await _infer(batcher, [d.prepared for d in good], policy, deadline) if good else ())
+            records = []
+            for item in decoded:
+                if isinstance(item, Decoded):
+                    item = await run_in_threadpool(
+                        _record, state, item, detections.popleft(), mask is not None, overlay is not None
+                    )
+                records.append(item)
+            return {"records": records}
 
     return app
 
@@ -273,6 +303,8 @@ def model_summary(detector: Detector) -> dict:
         "topology": manifest.topology,
         "backend": detector.backend,
         "self_check": detector.self_check.status,
+        "demo": detector.demo,
+        "card": manifest.card.to_dict() if manifest.card else None,
         "threshold": detector.threshold,
         "input_size": artifact.preprocess.size,
         "batch": {"dynamic": batch.dynamic, "min": batch.min, "opt": batch.opt, "max": batch.max},
@@ -280,6 +312,16 @@ def model_summary(detector: Detector) -> dict:
         "package_version": manifest.package_version,
         "gate": {key: manifest.verification.get(key) for key in GATE_SUMMARY_KEYS},
     }
+
+
+async def _no_unknown_parameters(request: Request) -> None:
+    """A query parameter no endpoint takes (?threshold=0.1) is refused, not silently ignored."""
+    route = request.scope.get("route")
+    known = {param.alias for param in route.dependant.query_params} if route is not None else set()
+    unknown = sorted(set(request.query_params) - known)
+    if unknown:
+        takes = ", ".join(sorted(known)) or "none"
+        raise ServeError(400, f"unknown query parameter {', '.join(unknown)} (this endpoint takes: {takes})")
 
 
 async def _uploads(request: Request, field: str, many: bool, limit: int) -> list[Upload]:
@@ -312,24 +354,56 @@ def _check_image_type(media: str, what: str) -> None:
         )
 
 
-def _decode(detector: Detector, upload: Upload) -> Decoded:
+@dataclass(frozen=True)
+class Decoding:
+    """How a request's images are decoded, and what of them its records need."""
+
+    max_pixels: int
+    reduce_to: int | None  # JPEGs at reduced size (decode_image) unless a full-size picture is asked for
+    pictures: bool  # mask or overlay images in the answer
+    keep_photo: bool  # the overlay is drawn on the full-size photo
+    tensor_bytes: int
+
+
+def _decoding(settings: ServeSettings, detector: Detector, with_mask: bool, with_overlay: bool) -> Decoding:
+    size = detector.artifact.preprocess.size
+    reduce_to = None if with_overlay else DECODE_MARGIN * size
+    return Decoding(settings.max_pixels, reduce_to, with_mask or with_overlay, with_overlay, 3 * size * size * 4)
+
+
+@asynccontextmanager
+async def _budgeted(budget: DecodeBudget, decoding: Decoding, uploads: list[Upload], deadline: float):
+    """Hold the decode memory the request's images need (from their headers) while it is answered."""
+    sizes = [decoded_size(u.data, decoding.max_pixels, decoding.reduce_to) for u in uploads]
+    nbytes = request_bytes(sizes, decoding.tensor_bytes, decoding.pictures, decoding.keep_photo)
+    try:
+        async with budget.hold(nbytes, max(0.0, deadline - time.monotonic())):
+            yield
+    except OverBudget as exc:
+        raise ServeError(413, str(exc)) from None
+    except asyncio.TimeoutError:
+        raise ServeError(503, "the server is busy decoding other requests; retry later") from None
+
+
+def _decode(detector: Detector, upload: Upload, decoding: Decoding) -> Decoded:
     start = time.perf_counter()
     try:
-        image = decode_bytes(upload.data, upload.name)
-        prepared = detector.prepare(image)
+        decoded = decode_bytes(upload.data, upload.name, decoding.max_pixels, decoding.reduce_to)
+        prepared = detector.prepare(decoded.image, size=(decoded.width, decoded.height))
     except UnknownImageFormat as exc:
         raise ServeError(415, str(exc)) from None
     except ImageLoadError as exc:
-        raise ServeError(400, str(exc)) from None
+        raise ServeError(413 if isinstance(exc, ImageTooLarge) else 400, str(exc)) from None
     except MemoryError:
         raise ServeError(400, f"{upload.name}: image too large to decode") from None
     sha256 = hashlib.sha256(upload.data).hexdigest()
+    image = decoded.image if decoding.keep_photo else None
     return Decoded(upload.name, sha256, image, prepared, (time.perf_counter() - start) * 1e3 - prepared.ms)
 
 
-def _decode_or_error(detector: Detector, upload: Upload) -> Decoded | dict:
+def _decode_or_error(detector: Detector, upload: Upload, decoding: Decoding) -> Decoded | dict:
     try:
-        return _decode(detector, upload)
+        return _decode(detector, upload, decoding)
     except ServeError as exc:
         return {"path": upload.name, "error": str(exc)}
 

@@ -12,6 +12,7 @@ Errors are one line on stderr.
 from __future__ import annotations
 
 import logging
+import socket
 from functools import partial
 
 import click
@@ -19,11 +20,13 @@ import click
 from ..backends import registry
 from ..command import command
 from ..detect.detector import DEMO_DIR, Detector, backend_for, model_artifact
-from ..errors import BackendUnavailable, MaskclipError, NotFinished, UsageError, message_of
+from ..errors import BackendUnavailable, MaskclipError, NotFinished, UsageError, install_hint, message_of
+from ..kernel.preprocess import DEFAULT_MAX_PIXELS
 from ..options import DEMO_NOTE, check_options, model_options
+from .limits import DEFAULT_DECODE_BUDGET, DEFAULT_SERVE_MAX_PIXELS
 
 PROG = "maskclip-serve"
-SERVE_EXTRA_HINT = "install the serve extra: pip install 'maskclip[serve]'"
+SERVE_EXTRA_HINT = f"install the serve extra, from the checkout: {install_hint('serve')}"
 log = logging.getLogger("maskclip_runtime")
 
 
@@ -37,6 +40,10 @@ log = logging.getLogger("maskclip_runtime")
               help="Images waiting for the model; past it requests get 429.")  # fmt: skip
 @click.option("--max-bytes", type=click.IntRange(min=1), default=20 * 1024 * 1024, show_default=True,
               help="Request body limit; larger requests get 413.")  # fmt: skip
+@click.option("--max-pixels", type=click.IntRange(1, DEFAULT_MAX_PIXELS), default=DEFAULT_SERVE_MAX_PIXELS,
+              show_default=True, help="Refuse larger images (413), from their header.")  # fmt: skip
+@click.option("--decode-budget", type=click.IntRange(min=1), default=DEFAULT_DECODE_BUDGET, show_default=True,
+              help="Bytes of decode memory all requests hold together; a request needing more gets 413.")  # fmt: skip
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
               help="Seconds per request; slower answers become 504.")  # fmt: skip
 @click.option("--triton", is_flag=True, help="Serve through NVIDIA Triton (pytriton): KServe v2 over HTTP and gRPC.")
@@ -59,6 +66,8 @@ def serve(
     max_queue: int,
     max_bytes: int,
     timeout_s: float,
+    max_pixels: int,
+    decode_budget: int,
     no_self_check: bool,
     strict: bool,
     triton: bool,
@@ -98,7 +107,7 @@ def serve(
             from .app import ServeSettings, create_app
         except ImportError as exc:
             raise BackendUnavailable(f"{exc.name} is not installed; {SERVE_EXTRA_HINT}") from None
-        settings = ServeSettings(max_wait_ms=max_wait_ms, max_queue=max_queue, max_bytes=max_bytes, timeout_s=timeout_s)
+        settings = ServeSettings(max_wait_ms, max_queue, max_bytes, timeout_s, max_pixels, decode_budget)
         _run_uvicorn(uvicorn, create_app, settings, load_detector, host, port, quiet)
     finally:
         log.removeHandler(handler)
@@ -124,12 +133,24 @@ def _run_uvicorn(uvicorn, create_app, settings, load_detector, host: str, port: 
         app, host=host, port=port, workers=1, access_log=False, log_level="warning" if quiet else "info"
     )
     server = DrainingServer(config)
+    sock = _listening_socket(host, port)
+    port = sock.getsockname()[1]
     log.info(f"serving on http://{host}:{port} (model loads in the background; GET /readyz says when)")
-    server.run()
+    server.run(sockets=[sock])
     if failure:
         raise _load_failure(failure[0]) from None
     if not server.started:
         raise NotFinished(f"the server did not start on {host}:{port} (see the lines above)")
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    """The server's socket, bound here: a port in use is one line and status 5 before the model loads
+    (uvicorn's own bind ends the process from inside its event loop)."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        return socket.create_server((host, port), family=family)
+    except OSError as exc:
+        raise NotFinished(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
 def _load_failure(exc: Exception) -> MaskclipError:

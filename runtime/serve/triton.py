@@ -24,7 +24,7 @@ from functools import partial
 import numpy as np
 
 from ..detect.detector import Detector
-from ..errors import BackendUnavailable, message_of
+from ..errors import BackendUnavailable, install_hint, message_of
 from ..kernel.preprocess import ImageLoadError, decode_bytes
 
 MODEL_NAME = "maskclip"
@@ -43,7 +43,7 @@ def serve_with_triton(load_detector: Callable[[], Detector], host: str, port: in
         from pytriton.triton import Triton, TritonConfig
     except ImportError as exc:
         raise TritonUnavailable(
-            f"--triton needs NVIDIA PyTriton ({exc}): pip install 'maskclip[triton]' in a runtime-only environment "
+            f"--triton needs NVIDIA PyTriton ({exc}): {install_hint('triton')} in a runtime-only environment "
             f"(Linux x86_64, glibc >= 2.35; PyTriton pins numpy < 2)"
         ) from None
     detector = load_detector()
@@ -98,7 +98,7 @@ def _infer_batch(detector: Detector, image: np.ndarray) -> dict[str, np.ndarray]
     rows, prepared = [], []
     for row, data in enumerate(image[:, 0]):
         try:
-            prepared.append(detector.prepare(decode_bytes(bytes(data), "image")))
+            prepared.append(detector.prepare(decode_bytes(bytes(data), "image").image))
             rows.append(row)
         except ImageLoadError as exc:
             error[row] = str(exc).encode("utf-8")
