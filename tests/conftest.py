@@ -1,9 +1,47 @@
-"""Shared fixtures: small models and images the tests build themselves (no downloads)."""
+"""Shared fixtures (small models, images and artifacts the tests build themselves, no downloads) and the
+one rule for the `torch` marker.
+
+THE TORCH MARKER. This file imports no torch: the torch-free tests run where torch is not installed
+(`pip install -e ".[cpu,serve,dev]"`, then `python -m pytest -q -m "not torch"`, as .ci/run does). A test
+carries `torch` when the code it reaches imports a torch-side package (torch, torchvision, timm, open_clip,
+safetensors.torch): `pytest_collection_modifyitems` below decides it for every test from the source, with
+tests/torch_imports.py (which says exactly what it follows: imports in the test, in its fixtures, in the rest
+of its module, and on through first-party files). Nobody writes the marker by hand, and no list of modules
+is kept: a hand-kept list or a `pytestmark` per module drifts silently the day a test gains an import and
+nobody updates it, while a rule read from the imports moves with them, so a new test module gets the marker
+right by default. Where torch is missing and the marker expression deselects torch tests, the modules whose
+import itself needs torch are not collected (importing them would fail); with any other expression they are
+collected and fail to import, loudly.
+"""
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import pytest
-import torch
+from _pytest.mark.expression import Expression
+from torch_imports import needs_torch, read_test_module
+
+TORCH_INSTALLED = importlib.util.find_spec("torch") is not None
+
+
+def _deselects_torch(config: pytest.Config) -> bool:
+    """Whether the -m expression leaves out a test marked `torch` (pytest's own evaluator: one grammar)."""
+    expression = config.getoption("markexpr")
+    return bool(expression) and not Expression.compile(expression).evaluate(lambda name, **_: name == "torch")
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    if TORCH_INSTALLED or collection_path.suffix != ".py" or not collection_path.name.startswith("test_"):
+        return None
+    return True if read_test_module(collection_path).module and _deselects_torch(config) else None
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if isinstance(item, pytest.Function) and needs_torch(item.path, item.originalname, item.fixturenames):
+            item.add_marker(pytest.mark.torch)
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -18,6 +56,8 @@ def self_check_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_model():
     """A randomly initialised `tiny` MaskCLIP in eval mode (seeded: the same weights every run)."""
+    import torch
+
     from maskclip_core.model import build_model
 
     torch.manual_seed(0)
@@ -27,6 +67,8 @@ def tiny_model():
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Two shared cores: torch's thread pool spinning against other processes costs 100x here."""
+    import torch
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
