@@ -15,14 +15,13 @@ it never under-approximates what the source says.
 from __future__ import annotations
 
 import ast
-import importlib.metadata
-import importlib.util
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
+from maskclip_bench.code_size import project_packages
+
 TORCH_SIDE = ("torch", "torchvision", "timm", "open_clip", "safetensors.torch")
-DISTRIBUTION = "maskclip"
 TESTS = Path(__file__).resolve().parent
 
 
@@ -30,19 +29,7 @@ def is_torch_side(name: str) -> bool:
     return any(name == root or name.startswith(root + ".") for root in TORCH_SIDE)
 
 
-@cache
-def _first_party() -> frozenset[str]:
-    """The top-level packages of the project's distribution, installed editable or not."""
-    return frozenset(top for top, dists in importlib.metadata.packages_distributions().items() if DISTRIBUTION in dists)
-
-
-@cache
-def _package_dir(top: str) -> Path | None:
-    """The folder of a first-party package, found without importing it."""
-    if top not in _first_party():
-        return None
-    spec = importlib.util.find_spec(top)
-    return Path(next(iter(spec.submodule_search_locations))) if spec and spec.submodule_search_locations else None
+_project_packages = cache(project_packages)
 
 
 def _module_files(base: Path, parts: list[str]) -> list[Path]:
@@ -71,7 +58,7 @@ class Imports:
         top, *rest = name.split(".")
         if (TESTS / f"{top}.py").is_file():
             self.files.add(TESTS / f"{top}.py")
-        elif (base := _package_dir(top)) is not None:
+        elif (base := _project_packages().get(top)) is not None:
             self.files.update(_module_files(base, rest))
         else:
             self.names.add(name)
