@@ -35,9 +35,11 @@ def project_packages() -> dict[str, Path]:
 
 
 def measured_folders() -> dict[str, Path]:
-    """The packages, plus the checkout's tests/ where this module runs from a checkout (an editable install)."""
-    tests = Path(__file__).resolve().parent.parent / "tests"
-    return project_packages() | ({"tests": tests} if (tests / "conftest.py").is_file() else {})
+    """The packages, plus the checkout's tests/: beside this package (an editable install), else in the
+    current folder (a checkout with the package installed from it)."""
+    candidates = (Path(__file__).resolve().parent.parent / "tests", Path.cwd() / "tests")
+    tests = [folder for folder in candidates if (folder / "conftest.py").is_file()]
+    return project_packages() | ({"tests": tests[0]} if tests else {})
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@
 from click.testing import CliRunner
 
 from maskclip_bench.code_size import MAX_FUNCTION_LINES, long_functions, main, measured_folders, package_sizes
+from maskclip_runtime.errors import EXIT_USAGE
 
 LONG_FUNCTIONS = {
     "tests.trt_standin:fake_tensorrt",
@@ -43,3 +44,8 @@ def test_the_script_prints_packages_totals_and_offenders():
     totals = {line.split()[1]: int(line.split()[3]) for line in lines if line.startswith("total ")}
     assert totals["tests"] > 1000 and totals["source"] > totals["tests"]
     assert all(any(line.endswith("  " + name) for line in lines) for name in LONG_FUNCTIONS)
+
+
+def test_the_script_takes_no_arguments_and_refuses_others_with_usage_status():
+    result = CliRunner().invoke(main, ["runtime"])
+    assert result.exit_code == EXIT_USAGE and "Traceback" not in result.output
