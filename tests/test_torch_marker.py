@@ -55,6 +55,30 @@ def test_imports_mark_the_test_the_fixture_or_the_module_they_are_in(tmp_path):
     assert needs_torch(path, "test_free", ["one_torch_thread"])  # conftest's fixture imports torch
 
 
+def test_fixtures_and_tests_take_the_imports_of_the_module_functions_they_call(tmp_path):
+    path = _module(
+        tmp_path,
+        """
+        import pytest
+
+        def _threads():
+            import torch
+
+        def _twice():
+            return _threads(), _threads()
+
+        @pytest.fixture
+        def calls_through_two():
+            _twice()
+
+        def test_calls():
+            _threads()
+        """,
+    )
+    verdict = read_test_module(path)
+    assert verdict.fixtures == {"calls_through_two": True} and verdict.tests == {"test_calls": True}
+
+
 def test_module_level_reaches_mark_every_test(tmp_path):
     for number, top in enumerate(
         (

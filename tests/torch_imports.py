@@ -3,13 +3,13 @@
 A test needs torch when code it reaches imports a torch-side package (TORCH_SIDE). Reaching follows every
 import statement anywhere in a file (function-local ones too: the CLIs import torch lazily so `--help`
 stays torch-free), `pytest.importorskip("x")` and `importlib.import_module("x")` with a literal name, and
-the program of a `-c` in a command list (`[python, "-c", "from maskclip_export.cli import main; main()"]`), but not
-imports in a `try:` that catches ImportError (optional ones), through
-first-party files: the packages of the `maskclip` distribution (editable or installed) and the helper
-modules in tests/. A test module is read in three parts: a test function's own body marks that test, a
-fixture's body marks the tests that use the fixture, and everything else (module top, helpers) marks the
-whole module. The rule over-approximates (a helper that imports torch marks every test of its module);
-it never under-approximates what the source says.
+the program of a `-c` in a command list (`[python, "-c", "from maskclip_export.cli import main; main()"]`),
+but not imports in a `try:` that catches ImportError (optional ones), through first-party files: the
+packages of the `maskclip` distribution (editable or installed) and the helper modules in tests/.
+A test module is read in three parts: a test function's own body (with the module's functions it names)
+marks that test, a fixture's body (likewise) marks the tests that use the fixture, and everything else
+(module top, helpers) marks the whole module. The rule over-approximates (a helper that imports torch
+marks every test of its module); it never under-approximates what the source says.
 """
 
 from __future__ import annotations
@@ -172,13 +172,14 @@ class ModuleVerdict:
 @cache
 def read_test_module(path: Path) -> ModuleVerdict:
     tree = _parsed(path)
+    helpers = {node.name: node for node in tree.body if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)}
     functions = {}  # test functions and fixtures, top level or in a class
     for node in tree.body:
         members = node.body if isinstance(node, ast.ClassDef) else [node]
         for member in members:
             function = isinstance(member, ast.FunctionDef | ast.AsyncFunctionDef)
             if function and (member.name.startswith("test") or _fixture_name(member)):
-                functions[member] = reaches_torch(imports_in(member.body, path))
+                functions[member] = reaches_torch(imports_in(_with_helpers(member, helpers), path))
     rest: list[ast.AST] = []
     for node in tree.body:
         if isinstance(node, ast.ClassDef):
@@ -190,6 +191,19 @@ def read_test_module(path: Path) -> ModuleVerdict:
     fixtures = {f.name: needs for f, needs in functions.items() if _fixture_name(f)}
     tests = {f.name: needs for f, needs in functions.items() if f.name not in fixtures}
     return ModuleVerdict(reaches_torch(imports_in(rest, path)), tests, fixtures)
+
+
+def _with_helpers(function: ast.AST, helpers: dict[str, ast.AST]) -> list[ast.AST]:
+    """A function's body and the bodies of the module's functions it names, and those they name."""
+    bodies, pending, seen = [], [function], set()
+    while pending:
+        current = pending.pop()
+        bodies.extend(current.body)
+        for node in (inner for statement in current.body for inner in ast.walk(statement)):
+            if isinstance(node, ast.Name) and node.id in helpers and node.id not in seen:
+                seen.add(node.id)
+                pending.append(helpers[node.id])
+    return bodies
 
 
 def needs_torch(path: Path, test_name: str, fixture_names: list[str]) -> bool:
