@@ -11,12 +11,19 @@ is kept: a hand-kept list or a `pytestmark` per module drifts silently the day a
 nobody updates it, while a rule read from the imports moves with them, so a new test module gets the marker
 right by default. Where torch is missing and the marker expression deselects torch tests, the modules whose
 import itself needs torch are not collected (importing them would fail); with any other expression they are
-collected and fail to import, loudly.
+collected and fail to import, loudly. (`-m "not torch"` replaces pyproject's default `-m "not slow and not
+gpu"`; every slow and gpu test reaches torch today, so it runs none of them.)
+
+SHARED EXPORTS. `tiny_export(**options)` exports `tiny_model` through the gate once per session for each set
+of ExportOptions, whichever modules ask (`calib_folder(count)` likewise writes a calibration folder once):
+a test that needs a gated tiny artifact asks it instead of exporting in a fixture of its own.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -64,12 +71,77 @@ def tiny_model():
     return build_model("tiny").eval()
 
 
-@pytest.fixture(scope="module")
-def one_torch_thread():
+@contextmanager
+def _torch_on_one_thread():
     """Two shared cores: torch's thread pool spinning against other processes costs 100x here."""
     import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    with _torch_on_one_thread():
+        yield
+
+
+@pytest.fixture(scope="session")
+def tiny_source(tiny_model):
+    """`tiny_model` as the exporter's source."""
+    from maskclip_core.checkpoint import weights_digest
+    from maskclip_export.exporter import ModelSource
+
+    return ModelSource(tiny_model, "random init (tiny)", weights_digest(tiny_model))
+
+
+@pytest.fixture(scope="session")
+def calib_folder(tmp_path_factory):
+    """`calib_folder(count)` -> a folder of the export gate's first `count` verification images as PNG files
+    (a calibration folder for int8 exports), written once per count."""
+    from PIL import Image
+
+    from maskclip_export.verify import default_verification_images
+
+    folders: dict[int, Path] = {}
+
+    def folder(count: int) -> Path:
+        if count not in folders:
+            folders[count] = tmp_path_factory.mktemp(f"calib-{count}")
+            for name, image in default_verification_images()[:count]:
+                Image.fromarray(image).save(folders[count] / f"{name}.png")
+        return folders[count]
+
+    return folder
+
+
+@pytest.fixture(scope="session")
+def calib_dir(calib_folder):
+    return calib_folder(6)
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tiny_source, tmp_path_factory):
+    """`tiny_export(**ExportOptions fields but out)` -> (folder, manifest as written): the tiny model exported
+    through the gate ONCE per session for each set of options, whichever modules ask. Never change the
+    folder: copy it first (shutil.copytree) to alter it."""
+    from maskclip_export.exporter import ExportOptions, export_artifact
+    from maskclip_runtime.contract.manifest import MANIFEST_NAME
+
+    root = tmp_path_factory.mktemp("tiny-artifacts")
+    exported: dict[str, tuple[Path, dict]] = {}
+
+    def export(**options) -> tuple[Path, dict]:
+        key = repr(sorted(options.items()))
+        if key not in exported:
+            out = root / f"artifact-{len(exported)}"
+            with _torch_on_one_thread():
+                export_artifact(tiny_source, ExportOptions(out=out, **options), progress=False)
+            exported[key] = out, json.loads((out / MANIFEST_NAME).read_text())
+        return exported[key]
+
+    return export
