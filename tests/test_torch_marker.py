@@ -5,7 +5,7 @@ import subprocess
 import sys
 import textwrap
 
-from torch_imports import TESTS, TORCH_SIDE, needs_torch, read_test_module
+from torch_imports import TESTS, TORCH_SIDE, ModuleVerdict, needs_torch, read_test_module
 
 
 def _module(tmp_path, source: str, name: str = "test_sample"):
@@ -77,6 +77,13 @@ def test_fixtures_and_tests_take_the_imports_of_the_module_functions_they_call(t
     )
     verdict = read_test_module(path)
     assert verdict.fixtures == {"calls_through_two": True} and verdict.tests == {"test_calls": True}
+
+
+def test_shell_programs_and_broken_files_are_read_as_importing_nothing(tmp_path):
+    shell = _module(tmp_path, 'def test_shell():\n    command = ["sh", "-c", "echo import torch"]\n', "test_shell")
+    assert read_test_module(shell).tests == {"test_shell": False}
+    broken = _module(tmp_path, "import torch\ndef test_broken(:\n", "test_broken")
+    assert read_test_module(broken) == ModuleVerdict(False, {}, {})  # pytest reports it when importing it
 
 
 def test_module_level_reaches_mark_every_test(tmp_path):

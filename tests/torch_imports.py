@@ -94,7 +94,7 @@ def imports_in(nodes: list[ast.AST], where: Path) -> Imports:
         elif isinstance(node, ast.List | ast.Tuple):
             for flag, program in zip(node.elts, node.elts[1:], strict=False):
                 if _is_text(flag, "-c") and _is_text(program):
-                    inner = imports_in(ast.parse(program.value).body, where)
+                    inner = imports_in(_parse(program.value).body, where)
                     found.names |= inner.names
                     found.files |= inner.files
     return found
@@ -126,9 +126,18 @@ def _called_name(call: ast.Call) -> str | None:
     return func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else None
 
 
+def _parse(source: str) -> ast.Module:
+    """The parsed source; nothing where it is not Python (`sh -c` programs; a broken file, which pytest
+    reports when it imports it)."""
+    try:
+        return ast.parse(source)
+    except (SyntaxError, ValueError):
+        return ast.Module(body=[], type_ignores=[])
+
+
 @cache
 def _parsed(path: Path) -> ast.Module:
-    return ast.parse(path.read_text(), filename=str(path))
+    return _parse(path.read_text(encoding="utf-8", errors="replace"))
 
 
 @cache
