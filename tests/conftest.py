@@ -39,10 +39,18 @@ def _deselects_torch(config: pytest.Config) -> bool:
     return bool(expression) and not Expression.compile(expression).evaluate(lambda name, **_: name == "torch")
 
 
-def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
-    if TORCH_INSTALLED or collection_path.suffix != ".py" or not collection_path.name.startswith("test_"):
+class _NotImported(pytest.Module):
+    """A test module whose import needs torch, where torch is missing and -m deselects torch tests."""
+
+    def collect(self):
+        return []
+
+
+def pytest_pycollect_makemodule(module_path: Path, parent: pytest.Collector) -> pytest.Module | None:
+    """Also for a module named on the command line (pytest_ignore_collect is not asked about those)."""
+    if TORCH_INSTALLED or not read_test_module(module_path).module or not _deselects_torch(parent.config):
         return None
-    return True if read_test_module(collection_path).module and _deselects_torch(config) else None
+    return _NotImported.from_parent(parent, path=module_path)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
