@@ -75,9 +75,12 @@ setup(
         # runtime-only environment (`cpu,serve,triton`), not beside torch.
         "triton": SERVE + ["nvidia-pytriton>=0.5"],
         # The test suite covers the server too: its tests need the serve stack, a client and a browser driver.
+        # onnx and scikit-image build the tests' stand-in artifact and photos without torch (`-m "not torch"`).
         "dev": [
             "pytest>=8",
             "ruff>=0.5",
+            "onnx>=1.16",
+            "scikit-image>=0.22",
             "scikit-learn>=1.3",
             "opencv-python-headless>=4.8",
             "httpx>=0.27",

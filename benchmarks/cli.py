@@ -218,6 +218,11 @@ def main(
         report["op_profiles"] = _op_profiles(settings, rows)
     if any(s["name"] == TARGET_MODEL for s in summaries) and 1 in batch_sizes:
         report["targets"] = evaluate_targets(report)
+    _write(report, out, name, json_path)
+
+
+def _write(report: dict, out: Path | None, name: str, json_path: str | None) -> None:
+    """NAME.md and NAME.json under --out, the JSON document at --json; the markdown on stdout otherwise."""
     markdown = render_markdown(report)
     if out:
         out.mkdir(parents=True, exist_ok=True)

@@ -13,44 +13,27 @@ from click.testing import CliRunner
 from PIL import Image
 from standin_artifact import build_standin_artifact, sample_photos
 
-from maskclip_core.checkpoint import weights_digest
-from maskclip_export.exporter import ExportOptions, ModelSource, export_artifact
 from maskclip_export.onnx_export import export_graphs
 from maskclip_export.verify import chain_predictor, default_verification_images
 from maskclip_runtime import cli
 from maskclip_runtime.backends.onnxruntime import OnnxRuntimeRunner
 from maskclip_runtime.contract.artifact import load_artifact
-from maskclip_runtime.contract.manifest import MANIFEST_NAME, BatchSpec
+from maskclip_runtime.contract.manifest import BatchSpec
 from maskclip_runtime.detect.detector import Detector
 from maskclip_runtime.kernel.preprocess import preprocess_batch
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(scope="module")
-def source(tiny_model):
-    return ModelSource(tiny_model, "random init (tiny)", weights_digest(tiny_model))
+@pytest.fixture
+def cascade_fp32(tiny_export):
+    return tiny_export(topology="cascade", batch=BatchSpec.up_to(4))
 
 
-@pytest.fixture(scope="module")
-def cascade_fp32(source, tmp_path_factory):
-    out = tmp_path_factory.mktemp("art") / "cascade-fp32"
-    options = ExportOptions(out=out, topology="cascade", batch=BatchSpec.up_to(4))
-    export_artifact(source, options, progress=False)
-    return out, json.loads((out / MANIFEST_NAME).read_text())
-
-
-@pytest.fixture(scope="module")
-def cascade_int8_cpu(source, tmp_path_factory):
-    calib = tmp_path_factory.mktemp("calib")
-    for name, image in default_verification_images()[:4]:
-        Image.fromarray(image).save(calib / f"{name}.png")
-    out = tmp_path_factory.mktemp("art") / "cascade-int8-cpu"
-    options = ExportOptions(
-        out=out, topology="cascade", precision="int8-cpu", calib=str(calib), calib_count=4, batch=BatchSpec.fixed(2)
-    )
-    export_artifact(source, options, progress=False)
-    return out, json.loads((out / MANIFEST_NAME).read_text())
+@pytest.fixture
+def cascade_int8_cpu(tiny_export, calib_folder):
+    options = {"calib": str(calib_folder(4)), "calib_count": 4, "batch": BatchSpec.fixed(2)}
+    return tiny_export(topology="cascade", precision="int8-cpu", **options)
 
 
 def six_photos() -> dict[str, Image.Image]:

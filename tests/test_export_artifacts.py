@@ -11,10 +11,9 @@ import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
-from PIL import Image
 
 from maskclip_core.checkpoint import weights_digest
-from maskclip_export.exporter import ExportOptions, GateFailed, ModelSource, export_artifact
+from maskclip_export.exporter import ExportOptions, GateFailed, export_artifact
 from maskclip_export.onnx_export import torch_reference
 from maskclip_export.verify import chain_predictor, default_verification_images, verify
 from maskclip_runtime.backends.onnxruntime import OnnxRuntimeRunner
@@ -23,19 +22,6 @@ from maskclip_runtime.contract.manifest import FORMAT_VERSION, MANIFEST_NAME, Ba
 from maskclip_runtime.kernel.preprocess import PreprocessSpec, preprocess_batch
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def source(tiny_model):
-    return ModelSource(tiny_model, "random init (tiny)", weights_digest(tiny_model))
-
-
-@pytest.fixture(scope="module")
-def calib_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("calib")
-    for name, image in default_verification_images()[:6]:
-        Image.fromarray(image).save(folder / f"{name}.png")
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -50,53 +36,47 @@ def _export(source, out, **kw) -> dict:
     return json.loads((out / MANIFEST_NAME).read_text())
 
 
-@pytest.fixture(scope="module")
-def fused_dynamic(source, tmp_path_factory):
-    out = tmp_path_factory.mktemp("art") / "fused-dyn"
-    return out, _export(source, out, batch=BatchSpec.up_to(4))
+# The exports every test below reads (tests/conftest.py's tiny_export: each made once per session).
+@pytest.fixture
+def fused_dynamic(tiny_export):
+    return tiny_export(batch=BatchSpec.up_to(4))
 
 
-@pytest.fixture(scope="module")
-def split_static(source, tmp_path_factory):
-    out = tmp_path_factory.mktemp("art") / "split-b2"
-    return out, _export(source, out, topology="split", batch=BatchSpec.fixed(2))
+@pytest.fixture
+def split_static(tiny_export):
+    return tiny_export(topology="split", batch=BatchSpec.fixed(2))
 
 
-@pytest.fixture(scope="module")
-def fused_fp16(source, tmp_path_factory):
-    out = tmp_path_factory.mktemp("art") / "fused-fp16"
-    return out, _export(source, out, precision="fp16")
+@pytest.fixture
+def fused_fp16(tiny_export):
+    return tiny_export(precision="fp16")
 
 
-@pytest.fixture(scope="module")
-def fused_int8(source, calib_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("art") / "fused-int8"
-    return out, _export(source, out, precision="int8", calib=str(calib_dir))
+@pytest.fixture
+def fused_int8(tiny_export, calib_dir):
+    return tiny_export(precision="int8", calib=str(calib_dir))
 
 
-@pytest.fixture(scope="module")
-def fused_int8_cpu(source, calib_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("art") / "fused-int8-cpu"
-    return out, _export(source, out, precision="int8-cpu", calib=str(calib_dir), batch=BatchSpec.up_to(4))
+@pytest.fixture
+def fused_int8_cpu(tiny_export, calib_dir):
+    return tiny_export(precision="int8-cpu", calib=str(calib_dir), batch=BatchSpec.up_to(4))
 
 
-@pytest.fixture(scope="module")
-def split_int8(source, calib_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("art") / "split-int8"
-    return out, _export(source, out, topology="split", precision="int8", calib=str(calib_dir), calib_count=4)
+@pytest.fixture
+def split_int8(tiny_export, calib_dir):
+    return tiny_export(topology="split", precision="int8", calib=str(calib_dir), calib_count=4)
 
 
-@pytest.fixture(scope="module")
-def split_int8_cpu(source, calib_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("art") / "split-int8-cpu"
-    options = {"calib": str(calib_dir), "calib_count": 5, "batch": BatchSpec.up_to(2)}
-    return out, _export(source, out, topology="split", precision="int8-cpu", **options)
+@pytest.fixture
+def split_int8_cpu(tiny_export, calib_dir):
+    return tiny_export(
+        topology="split", precision="int8-cpu", calib=str(calib_dir), calib_count=5, batch=BatchSpec.up_to(2)
+    )
 
 
-@pytest.fixture(scope="module")
-def split_fp16(source, tmp_path_factory):
-    out = tmp_path_factory.mktemp("art") / "split-fp16"
-    return out, _export(source, out, topology="split", precision="fp16", batch=BatchSpec.up_to(2))
+@pytest.fixture
+def split_fp16(tiny_export):
+    return tiny_export(topology="split", precision="fp16", batch=BatchSpec.up_to(2))
 
 
 ALL = [
@@ -293,7 +273,7 @@ def test_corrupted_graph_fails_the_gate(fused_dynamic, tiny_model, tmp_path):
     assert any("mask" in f for f in report["failures"]), report["failures"]
 
 
-def test_failed_gate_leaves_no_artifact_and_keeps_the_report(source, tmp_path, monkeypatch):
+def test_failed_gate_leaves_no_artifact_and_keeps_the_report(tiny_source, tmp_path, monkeypatch):
     """End to end: a graph corrupted after export -> GateFailed, nothing at --out, report in <out>.failed."""
     import maskclip_export.exporter as exporter
 
@@ -312,7 +292,7 @@ def test_failed_gate_leaves_no_artifact_and_keeps_the_report(source, tmp_path, m
     monkeypatch.setattr(exporter, "export_graphs", export_then_corrupt)
     out = tmp_path / "broken"
     with pytest.raises(GateFailed) as caught:
-        _export(source, out)
+        _export(tiny_source, out)
     assert not out.exists()
     failed = tmp_path / "broken.failed"
     assert caught.value.report_path == failed / "verification.json"
@@ -322,25 +302,25 @@ def test_failed_gate_leaves_no_artifact_and_keeps_the_report(source, tmp_path, m
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.failed"]
 
 
-def test_reexport_replaces_an_existing_artifact(source, tmp_path):
+def test_reexport_replaces_an_existing_artifact(tiny_source, tmp_path):
     out = tmp_path / "art"
-    first = _export(source, out, verify=False)
+    first = _export(tiny_source, out, verify=False)
     assert first["verification"] == {"skipped": True, "passed": None}
-    second = _export(source, out, verify=False, batch=BatchSpec.fixed(3))
+    second = _export(tiny_source, out, verify=False, batch=BatchSpec.fixed(3))
     assert second["batch"] == {"dynamic": False, "size": 3}
     load_artifact(out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]
 
 
 @pytest.mark.parametrize("precision", ["fp16", "int8", "int8-cpu"])
-def test_large_graphs_travel_with_external_data(precision, source, calib_dir, tmp_path, monkeypatch):
+def test_large_graphs_travel_with_external_data(precision, tiny_source, calib_dir, tmp_path, monkeypatch):
     """The >1 GiB path of opensdi-vitl14 (weights in <file>.data), exercised on tiny with a low limit."""
     import maskclip_export.onnx_export as onnx_export
 
     monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_BYTES", 100_000)
     out = tmp_path / precision
     calib = str(calib_dir) if precision.startswith("int8") else None
-    manifest = _export(source, out, precision=precision, calib=calib, calib_count=6)
+    manifest = _export(tiny_source, out, precision=precision, calib=calib, calib_count=6)
     assert manifest["verification"]["passed"], manifest["verification"]["failures"]
     assert {"model.onnx", "model.onnx.data"} <= set(manifest["files"])
     load_artifact(out)

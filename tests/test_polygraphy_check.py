@@ -24,7 +24,6 @@ from maskclip_runtime.contract.engine_header import read_engine_metadata
 from maskclip_runtime.contract.precision_table import PRECISIONS
 from maskclip_runtime.errors import EXIT_BACKEND_UNAVAILABLE, EXIT_USAGE, EXIT_VERIFICATION_FAILED
 
-pytestmark = pytest.mark.torch  # maskclip_export
 SHIFT = 0.003  # what the "miscompiled" engine adds to its mask: within fp16's 0.01, over fp32's 1e-4
 
 

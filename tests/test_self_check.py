@@ -13,8 +13,6 @@ from click.testing import CliRunner
 from onnx import numpy_helper
 from PIL import Image
 
-from maskclip_core.checkpoint import weights_digest
-from maskclip_export.exporter import ExportOptions, ModelSource, export_artifact
 from maskclip_runtime import cli as run_cli
 from maskclip_runtime.contract.artifact import MANIFEST_NAME, ArtifactError, load_artifact, write_manifest
 from maskclip_runtime.contract.manifest import BatchSpec, Manifest
@@ -27,12 +25,10 @@ from maskclip_runtime.kernel.host import Host
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(scope="module")
-def artifact(tiny_model, tmp_path_factory):
-    out = tmp_path_factory.mktemp("selfcheck") / "fp32"
-    source = ModelSource(tiny_model, "random init (tiny)", weights_digest(tiny_model))
-    export_artifact(source, ExportOptions(out=out, batch=BatchSpec.up_to(2)), progress=False)
-    return out
+@pytest.fixture
+def artifact(tiny_export):
+    """The fp32 export that tests/test_export_artifacts.py reads too (made once per session)."""
+    return tiny_export(batch=BatchSpec.up_to(4))[0]
 
 
 def _copy(artifact, tmp_path):

@@ -25,7 +25,6 @@ from maskclip_runtime.contract.engine_header import (
 )
 from maskclip_runtime.contract.manifest import ArtifactError, engine_source_problem
 
-pytestmark = pytest.mark.torch  # maskclip_export.tensorrt imports the exporter
 quiet = {"log": lambda _: None}
 
 BUILT = {
