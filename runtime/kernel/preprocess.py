@@ -233,11 +233,13 @@ def decode_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, reduce_
     return _decode(path, str(path), max_pixels, reduce_to)
 
 
-def decode_bytes(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def decode_bytes(
+    data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS, reduce_to: int | None = None
+) -> DecodedImage:
     """decode_image for bytes already in memory (an HTTP upload); `name` stands for the file in messages."""
     if not data:
         raise ImageLoadError(f"{name}: empty file")
-    return _decode(io.BytesIO(data), name, max_pixels, None).image
+    return _decode(io.BytesIO(data), name, max_pixels, reduce_to)
 
 
 def _decode(source: Path | io.BytesIO, name: str, max_pixels: int, reduce_to: int | None) -> DecodedImage:

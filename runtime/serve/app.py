@@ -12,9 +12,6 @@ then skips the localise graph. Every record says whether its mask was computed (
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
-import io
 import logging
 import threading
 import time
@@ -27,15 +24,14 @@ from importlib.resources import files
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..detect.detector import MASKS_FOR, Detection, Detector, PreparedImage
-from ..kernel.preprocess import ImageLoadError, UnknownImageFormat, decode_bytes
-from ..present.outputs import PNG_COMPRESS_LEVEL, detection_record, heat_overlay, mask_image
+from ..detect.pipeline import Item, Plan, Upload, decode, record
+from ..present.image_sinks import InlineImages
 from .batcher import Draining, MicroBatcher, QueueFull
 from .metrics import ServeMetrics
 
@@ -76,21 +72,6 @@ class ImageFormat(str, Enum):
 
 
 MasksFor = Enum("MasksFor", {policy: policy for policy in MASKS_FOR}, type=str)
-
-
-@dataclass
-class Upload:
-    name: str
-    data: bytes
-
-
-@dataclass
-class Decoded:
-    name: str
-    sha256: str
-    image: Image.Image
-    prepared: PreparedImage
-    ms: float
 
 
 class ServerState:
@@ -212,6 +193,14 @@ def create_app(
     async def prometheus() -> Response:
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
+    _detection_routes(app, state)
+    return app
+
+
+def _detection_routes(app: FastAPI, state: ServerState) -> None:
+    """POST /v1/detect and /v1/detect/batch: uploads -> the pipeline's decode, the micro-batcher, its records."""
+    settings = state.settings
+
     @app.post("/v1/detect")
     async def detect(
         request: Request,
@@ -221,12 +210,14 @@ def create_app(
     ) -> dict:
         """One image: multipart field `file`, or the image bytes as the body -> maskclip-run's record."""
         deadline = time.monotonic() + settings.timeout_s
-        policy = _masks_policy(masks_for, mask is not None or overlay is not None)
+        images, plan = _request_plan(mask, overlay, masks_for)
         batcher = state.ready_batcher()
         (upload,) = await _uploads(request, "file", many=False, limit=1)
-        decoded = await run_in_threadpool(_decode, batcher.detector, upload)
-        (detection,) = await _infer(batcher, [decoded.prepared], policy, deadline)
-        return await run_in_threadpool(_record, state, decoded, detection, mask is not None, overlay is not None)
+        item = await run_in_threadpool(decode, upload, batcher.detector.artifact.preprocess, plan)
+        if item.error is not None:
+            raise ServeError(415 if item.unknown_format else 400, item.error)
+        (detection,) = await _infer(batcher, [item.prepared], plan.masks_for, deadline)
+        return await run_in_threadpool(_record, state, item, detection, images)
 
     @app.post("/v1/detect/batch")
     async def detect_batch(
@@ -241,22 +232,19 @@ def create_app(
         as in maskclip-run.
         """
         deadline = time.monotonic() + settings.timeout_s
-        policy = _masks_policy(masks_for, mask is not None or overlay is not None)
+        images, plan = _request_plan(mask, overlay, masks_for)
         batcher = state.ready_batcher()
         uploads = await _uploads(request, "files", many=True, limit=settings.max_queue)
-        decoded = await asyncio.gather(*(run_in_threadpool(_decode_or_error, batcher.detector, u) for u in uploads))
-        good = [d for d in decoded if isinstance(d, Decoded)]
-        detections = iter(await _infer(batcher, [d.prepared for d in good], policy, deadline)) if good else iter(())
-        records = []
-        for item in decoded:
-            if isinstance(item, Decoded):
-                item = await run_in_threadpool(
-                    _record, state, item, next(detections), mask is not None, overlay is not None
-                )
-            records.append(item)
-        return {"records": records}
-
-    return app
+        spec = batcher.detector.artifact.preprocess
+        items = await asyncio.gather(*(run_in_threadpool(decode, upload, spec, plan) for upload in uploads))
+        good = [item for item in items if item.error is None]
+        found = await _infer(batcher, [item.prepared for item in good], plan.masks_for, deadline) if good else []
+        detections = dict(zip(map(id, good), found, strict=True))
+        return {
+            "records": [
+                await run_in_threadpool(_record, state, item, detections.get(id(item)), images) for item in items
+            ]
+        }
 
 
 def model_summary(detector: Detector) -> dict:
@@ -311,28 +299,6 @@ def _check_image_type(media: str, what: str) -> None:
         )
 
 
-def _decode(detector: Detector, upload: Upload) -> Decoded:
-    start = time.perf_counter()
-    try:
-        image = decode_bytes(upload.data, upload.name)
-        prepared = detector.prepare(image)
-    except UnknownImageFormat as exc:
-        raise ServeError(415, str(exc)) from None
-    except ImageLoadError as exc:
-        raise ServeError(400, str(exc)) from None
-    except MemoryError:
-        raise ServeError(400, f"{upload.name}: image too large to decode") from None
-    sha256 = hashlib.sha256(upload.data).hexdigest()
-    return Decoded(upload.name, sha256, image, prepared, (time.perf_counter() - start) * 1e3 - prepared.ms)
-
-
-def _decode_or_error(detector: Detector, upload: Upload) -> Decoded | dict:
-    try:
-        return _decode(detector, upload)
-    except ServeError as exc:
-        return {"path": upload.name, "error": str(exc)}
-
-
 def _masks_policy(masks_for: MasksFor | None, images_asked: bool) -> str:
     """The request's masks_for; a mask or overlay image asked for with masks_for=none is a bad request."""
     if masks_for is None:
@@ -362,22 +328,18 @@ async def _infer(
         raise ServeError(500, f"inference failed: {reason}") from None
 
 
-def _record(state: ServerState, decoded: Decoded, detection: Detection, with_mask: bool, with_overlay: bool) -> dict:
-    start = time.perf_counter()
-    # Under masks_for=fake an image judged real has no mask: its record says so (mask_computed false).
-    with_mask, with_overlay = with_mask and detection.mask_computed, with_overlay and detection.mask_computed
-    mask = _png_data_uri(mask_image(detection.mask)) if with_mask else None
-    # The bare overlay (heat map and outline, at the photo's size): the page shows verdict and legend itself.
-    overlay = _png_data_uri(heat_overlay(decoded.image, detection.mask, detection.threshold)) if with_overlay else None
-    state.metrics.images.labels(detection.verdict).inc()
-    ms = decoded.ms + detection.ms + (time.perf_counter() - start) * 1e3
-    return detection_record(decoded.name, decoded.sha256, detection, state.detector, ms, mask, overlay)
+def _request_plan(
+    mask: ImageFormat | None, overlay: ImageFormat | None, masks_for: MasksFor | None
+) -> tuple[InlineImages, Plan]:
+    images = InlineImages(mask is not None, overlay is not None)
+    return images, Plan(_masks_policy(masks_for, images.mask or images.overlay), full_size=images.wants_full_size)
 
 
-def _png_data_uri(image: Image.Image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+def _record(state: ServerState, item: Item, detection: Detection | None, images: InlineImages) -> dict:
+    answer = record(state.detector, item, detection, images)
+    if "error" not in answer:
+        state.metrics.images.labels(answer["verdict"]).inc()
+    return answer
 
 
 class _Instrumented:

@@ -98,7 +98,7 @@ def _infer_batch(detector: Detector, image: np.ndarray) -> dict[str, np.ndarray]
     rows, prepared = [], []
     for row, data in enumerate(image[:, 0]):
         try:
-            prepared.append(detector.prepare(decode_bytes(bytes(data), "image")))
+            prepared.append(detector.prepare(decode_bytes(bytes(data), "image").image))
             rows.append(row)
         except ImageLoadError as exc:
             error[row] = str(exc).encode("utf-8")
