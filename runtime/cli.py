@@ -21,6 +21,7 @@ from collections import Counter
 from collections.abc import Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import click
@@ -35,7 +36,7 @@ from .detect.selfcheck import SelfCheckFailed
 from .detect.selfcheck import self_check as run_self_check
 from .detect.tiling import mask_policy
 from .errors import MaskclipError, SomeInputsFailed, UsageError, VerificationFailed
-from .kernel.inputs import expand_inputs
+from .kernel.inputs import expand_inputs, input_key
 from .kernel.preprocess import DEFAULT_MAX_PIXELS
 from .options import DEMO_NOTE, check_options, model_options
 from .present.image_sinks import ImageFiles
@@ -112,6 +113,28 @@ class Terminated(BaseException):
     "self_check_only",
     is_flag=True,
     help="Only run the artifact's self-check on this backend and device and print its JSON verdict.",
+)
+@click.option(
+    "--ray",
+    "ray_address",
+    metavar="local|ADDRESS",
+    help="Run on a Ray cluster (the ray extra): 'local' starts one on this machine, ADDRESS joins one (as "
+    "`ray start --head` prints it). Inputs may be URIs (s3://, gs://, hdfs://, file://).",
+)
+@click.option(
+    "--ray-actors", type=click.IntRange(min=1), default=1, show_default=True, help="Detectors in the Ray actor pool."
+)
+@click.option(
+    "--ray-gpus-per-actor",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="GPUs each actor reserves (0.5: two actors share a GPU).",
+)
+@click.option(
+    "--parquet",
+    type=click.Path(file_okay=False),
+    help="With --ray: the workers write the records as Parquet parts into this folder (nothing streamed back).",
 )
 @check_options
 @click.pass_context
@@ -239,6 +262,10 @@ def run(
     overlay_size: int = DEFAULT_OVERLAY_SIZE,
     report_path: str | None = None,
     tiles: bool = False,
+    ray_address: str | None = None,
+    ray_actors: int = 1,
+    ray_gpus_per_actor: float = 0.0,
+    parquet: str | None = None,
 ) -> None:
     """Raises SomeInputsFailed when some images failed (each already reported), after every other is answered."""
     if self_check_only and no_self_check:
@@ -248,13 +275,17 @@ def run(
     masks_for = _masks_policy(masks_for, masks, overlays, prob_maps)
     if resume and json_target == "-":
         raise UsageError("--resume needs --json FILE (the answers of the earlier run)")
+    _check_scale_options(ray_address, parquet, resume, report_path, json_target, csv_path)
     _check_destinations(json_target, csv_path, masks, overlays, prob_maps, report_path)
     paths = expand_inputs(images, null_separated=null_separated)
     if not paths:
         raise UsageError("no input images (give files, folders, globs, or - to read paths from stdin)")
-    detector = _open_detector(model, backend, device, threads, threshold, batch, quiet, not no_self_check, strict)
+    model_options = (model, backend, device, threads, threshold, batch, quiet, not no_self_check, strict)
+    detector, records_of = _open_scan(model_options, ray_address, ray_actors, ray_gpus_per_actor)
     images_out = ImageFiles.for_inputs(paths, masks, overlays, prob_maps, overlay_size or None)
     plan = Plan(masks_for, tiles, images_out.wants_full_size, max_pixels)
+    if parquet:
+        return _scan_to_parquet(detector, paths, plan, images_out, parquet, quiet)
     tables = _open_tables(json_target, csv_path, detector.close)
     try:
         wanted = MaskRequest(masks_for, tiles, masks is not None, overlays is not None)
@@ -262,11 +293,54 @@ def run(
         tables.start(kept)
         paths = _still_to_do(paths, kept, quiet) if resume else paths
         started = time.perf_counter()
-        answered = _deliver(scan(detector, paths, plan, images_out), tables, len(paths), quiet)
+        answered = _deliver(records_of(paths, plan, images_out), tables, len(paths), quiet)
     finally:
         tables.close()
         detector.close()
     _finish_run(kept + answered, len(kept), report_path, quiet, time.perf_counter() - started, detector.backend)
+
+
+def _check_scale_options(ray_address, parquet, resume, report_path, json_target, csv_path) -> None:
+    if parquet is None:
+        return
+    if not ray_address:
+        raise UsageError("--parquet is written by Ray workers: add --ray local|ADDRESS")
+    if resume or report_path or json_target != "-" or csv_path:
+        raise UsageError("--parquet leaves the records with the workers: drop --json/--csv/--resume/--report")
+    if os.path.isdir(parquet) and any(os.scandir(parquet)):
+        raise UsageError(f"--parquet {parquet}: the folder is not empty (give a new or empty one)")
+
+
+def _open_scan(model_options: tuple, ray_address: str | None, actors: int, gpus_per_actor: float):
+    """(what the run reads model_id, threshold and backend from, records_of(paths, plan, images)): a Detector
+    and the pipeline's scan here, or a Ray scan whose actors each hold a Detector."""
+    if not ray_address:
+        detector = _open_detector(*model_options)
+        return detector, partial(scan, detector)
+    from .scale.ray_scan import Cluster, DetectorOptions, RayScan
+
+    model, backend, device, threads, threshold, batch, quiet, self_check, strict = model_options
+    if model is None:
+        model = _demo_model(quiet)
+    options = DetectorOptions(str(model), backend, device, threads, threshold, batch, self_check, strict)
+    front = RayScan(options, Cluster(ray_address, actors, gpus_per_actor))
+    return front, front.records
+
+
+def _scan_to_parquet(front, paths: list[str], plan: Plan, images_out: ImageFiles, folder: str, quiet: bool) -> None:
+    """--parquet: the workers write the records; the failed ones are reported here, as in every run."""
+    started = time.perf_counter()
+    try:
+        failed = front.write_parquet(paths, plan, images_out, folder)
+    finally:
+        front.close()
+    for record in failed:
+        click.echo(f"{PROG}: {record['error']}", err=True)
+    if not quiet:
+        rate = len(paths) / (time.perf_counter() - started)
+        click.echo(f"{PROG}: {len(paths)} images, {len(failed)} failed, {rate:.1f} images/s -> {folder}", err=True)
+    if failed:
+        raise SomeInputsFailed()
 
 
 def _masks_policy(masks_for: str | None, masks: str | None, overlays: str | None, prob_maps: str | None) -> str:
@@ -286,8 +360,8 @@ def _open_tables(json_target: str, csv_path: str | None, on_failure) -> ResultTa
 
 
 def _still_to_do(paths: list[str], kept: list[dict], quiet: bool) -> list[str]:
-    answered = {os.path.realpath(r["path"]) for r in kept}
-    todo = [p for p in paths if os.path.realpath(p) not in answered]
+    answered = {input_key(r["path"]) for r in kept}
+    todo = [p for p in paths if input_key(p) not in answered]
     if not quiet:
         click.echo(f"{PROG}: resuming: {len(paths) - len(todo)} of {len(paths)} images already done", err=True)
     return todo
@@ -404,7 +478,7 @@ def _answers_to_keep(tables: ResultTables, detector: Detector, json_target: str,
                 f"{made_with[2]}; --resume only continues a run with the same ones (use another --json file)"
             )
         if wanted.satisfied_by(record, detector.artifact.preprocess.size):
-            kept.setdefault(os.path.realpath(record["path"]), record)
+            kept.setdefault(input_key(record["path"]), record)
     return list(kept.values())
 
 
@@ -425,15 +499,19 @@ def _self_check_only(model, backend, device, threads, batch, strict, quiet) -> N
         raise VerificationFailed(f"the self-check failed on {detector.backend} (the verdict above says where)")
 
 
+def _demo_model(quiet: bool) -> Path:
+    if not (DEMO_DIR / MANIFEST_NAME).is_file():
+        raise UsageError(f"the embedded demo model is missing ({DEMO_DIR / MANIFEST_NAME}); pass --model PATH")
+    if not quiet:
+        click.echo(f"{PROG}: {DEMO_NOTE}", err=True)
+    return DEMO_DIR
+
+
 def _open_detector(
     model, backend, device, threads, threshold, batch, quiet, self_check: bool = True, strict: bool = False
 ) -> Detector:
     if model is None:
-        if not (DEMO_DIR / MANIFEST_NAME).is_file():
-            raise UsageError(f"the embedded demo model is missing ({DEMO_DIR / MANIFEST_NAME}); pass --model PATH")
-        model = DEMO_DIR
-        if not quiet:
-            click.echo(f"{PROG}: {DEMO_NOTE}", err=True)
+        model = _demo_model(quiet)
     try:
         detector = Detector(
             model,

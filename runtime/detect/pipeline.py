@@ -24,7 +24,9 @@ from typing import Protocol
 
 from PIL import Image
 
+from ..errors import UsageError, message_of
 from ..kernel.hashing import file_sha256
+from ..kernel.inputs import is_uri, read_uri
 from ..kernel.preprocess import (
     DEFAULT_MAX_PIXELS,
     ImageLoadError,
@@ -95,6 +97,8 @@ def decode(source: Source, spec: PreprocessSpec, plan: Plan) -> Item:
     name = source.name if isinstance(source, Upload) else source
     start = time.perf_counter()
     try:
+        if is_uri(name) and not isinstance(source, Upload):  # s3://, gs://, hdfs://, file://: read through pyarrow
+            source = Upload(name, read_uri(name))
         if isinstance(source, Upload):
             decoded = decode_bytes(source.data, name, plan.max_pixels, plan.reduce_to(spec))
             sha256 = hashlib.sha256(source.data).hexdigest()
@@ -102,8 +106,10 @@ def decode(source: Source, spec: PreprocessSpec, plan: Plan) -> Item:
             decoded = decode_image(source, plan.max_pixels, plan.reduce_to(spec))
             sha256 = file_sha256(source)
         prepared = prepare_image(decoded.image, spec, (decoded.width, decoded.height))
-    except ImageLoadError as exc:
+    except (ImageLoadError, UsageError) as exc:  # UsageError: a URI whose file system cannot be reached
         return Item(name, error=str(exc), unknown_format=isinstance(exc, UnknownImageFormat))
+    except OSError as exc:  # reading a URI
+        return Item(name, error=f"{name}: {message_of(exc)}")
     except Exception as exc:  # noqa: BLE001 - whatever fails here fails this image only
         return Item(name, error=f"{name}: {type(exc).__name__}: {exc}")
     image = None if plan.reduce_to(spec) else decoded.image
