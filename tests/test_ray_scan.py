@@ -8,8 +8,10 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -85,10 +87,34 @@ def test_records_equal_the_plain_runs_and_resume_finishes_the_rest(photos, plain
     assert [comparable(r) for r in records[5:]] == [comparable(r) for r in plain[:1] + plain[6:]]
 
 
+def detector_actors() -> list[int]:
+    """Pids of this process's Ray actors that hold a Detector (Ray titles them ray::MapWorker(...)._Answerer)."""
+
+    def parent(pid: int) -> int:
+        with open(f"/proc/{pid}/stat") as stat:
+            return int(stat.read().rsplit(")", 1)[1].split()[1])
+
+    def ours(pid: int) -> bool:
+        while pid > 1:
+            pid = parent(pid)
+            if pid == os.getpid():
+                return True
+        return False
+
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            title = Path(f"/proc/{entry}/cmdline").read_bytes()
+            if entry.isdigit() and title.startswith(b"ray::MapWorker") and b"_Answerer" in title and ours(int(entry)):
+                found.append(int(entry))
+        except OSError:  # gone meanwhile, or not a process
+            continue
+    return found
+
+
 @pytest.mark.slow
 def test_a_killed_actor_is_replaced_and_every_image_answered_once(tmp_path):
     import ray
-    from ray.util.state import list_actors
 
     from maskclip_runtime.detect.pipeline import Plan
     from maskclip_runtime.present.image_sinks import ImageFiles
@@ -102,9 +128,9 @@ def test_a_killed_actor_is_replaced_and_every_image_answered_once(tmp_path):
         for record in front.records(paths, Plan(), ImageFiles.for_inputs(paths, None, None)):
             records.append(record)
             if len(records) == 10:
-                (actor,) = [a for a in list_actors(filters=[("state", "=", "ALIVE")]) if "_Answerer" in a.class_name]
-                os.kill(actor.pid, signal.SIGKILL)
-                killed.append((actor.pid, len(records)))
+                (actor,) = detector_actors()
+                os.kill(actor, signal.SIGKILL)
+                killed.append((actor, len(records)))
     finally:
         front.close()
     assert not ray.is_initialized() and killed and killed[0][1] < len(paths)
@@ -114,25 +140,44 @@ def test_a_killed_actor_is_replaced_and_every_image_answered_once(tmp_path):
 
 @pytest.mark.slow
 def test_a_cluster_started_with_ray_start_on_loopback_writes_parquet(photos, plain, tmp_path):
+    """`ray start --head --block` on 127.0.0.1, stopped at the end by ending that command (which stops the
+    processes it started, and nothing else on the machine, unlike `ray stop`)."""
     import pyarrow.parquet as pq
+    from serve_process import free_port, wait_until
 
-    ray_cli = shutil.which("ray", path=os.path.dirname(sys.executable)) or "ray"
-    port = 26379 + os.getpid() % 1000
-    head = [ray_cli, "start", "--head", "--port", str(port), "--node-ip-address", "127.0.0.1", "--num-cpus", "2"]
-    env = {**os.environ, "RAY_TMPDIR": str(tmp_path)}
-    subprocess.run([*head, "--include-dashboard", "false", "--disable-usage-stats"], check=True, env=env, timeout=120)
+    port = free_port()
+    session = tempfile.mkdtemp(prefix="mcray", dir="/tmp")  # Ray's socket paths must stay under 108 bytes
+    head = [os.path.join(os.path.dirname(sys.executable), "ray"), "start", "--head", "--block", "--port", str(port)]
+    head += ["--node-ip-address", "127.0.0.1", "--num-cpus", "2", "--include-dashboard", "false"]
+    head += ["--dashboard-agent-listen-port", str(free_port()), "--disable-usage-stats", "--temp-dir", session]
+    # Ray takes 127.0.0.1 in an address for "this node" and swaps in the node's network address, unless told
+    # that this is a one-machine cluster: then head, workers and driver all stay on loopback.
+    # RAY_AUTH_MODE=token: the head makes a token (~/.ray/auth_token) and the driver presents it.
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token"}
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    cluster = subprocess.Popen(head, env=env, start_new_session=True, **quiet)
     try:
+        wait_until(lambda: _listening(port), timeout=120)
         folder = tmp_path / "parts"
-        code, stderr = invoke(photos, "--ray", f"127.0.0.1:{port}", "--parquet", folder)
-        assert code == EXIT_SOME_INPUTS_FAILED and stderr.count("broken.jpg") == 1, stderr
+        run = [sys.executable, "-c", "from maskclip_runtime.cli import main; main()", str(photos)]
+        run += ["--parquet", str(folder), "--ray", f"127.0.0.1:{port}", *BACKEND]
+        done = subprocess.run(run, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == EXIT_SOME_INPUTS_FAILED and done.stderr.count("broken.jpg") == 1, done.stderr
         rows = pq.read_table(folder).to_pylist()
     finally:
-        subprocess.run([ray_cli, "stop", "--force"], check=True, env=env, timeout=120)
+        cluster.terminate()
+        cluster.wait(timeout=120)
+        shutil.rmtree(session, ignore_errors=True)
     by_path = {row["path"]: row for row in rows}
     assert len(rows) == len(by_path) == len(plain)
     for record in plain:
         row = by_path[record["path"]]
         assert {k: row[k] for k in record if k != "ms"} == comparable(record)
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 @pytest.mark.parametrize(
@@ -147,7 +192,7 @@ def test_a_cluster_started_with_ray_start_on_loopback_writes_parquet(photos, pla
 )
 def test_contradicting_options_are_refused_before_any_work(photos, tmp_path, args):
     code, stderr = invoke(photos, *[str(tmp_path / a) if a in ("parts", "r.jsonl") else a for a in args])
-    assert code == EXIT_USAGE and len(stderr.strip().splitlines()) == 1, stderr
+    assert code == EXIT_USAGE and "Traceback" not in stderr, stderr
 
 
 def test_a_non_empty_parquet_folder_is_refused(photos, tmp_path):

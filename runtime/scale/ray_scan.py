@@ -18,9 +18,10 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import signal
 import socket
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
 
 from ..contract.artifact import load_artifact
@@ -193,13 +194,22 @@ def _connect(ray, address: str) -> None:
     context.print_on_execution_start = False
     if address != "local":
         _check_reachable(address)
+    # ray.init makes SIGTERM exit the driver at once; maskclip-run's own handler stops the run like Ctrl-C
+    # (answers kept, exit status 143), and the job ends with the driver.
+    on_sigterm = signal.getsignal(signal.SIGTERM)
     try:
         if address == "local":
             ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
         else:
             ray.init(address=address, log_to_driver=False, configure_logging=False)
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise BackendUnavailable(f"cannot reach the Ray cluster at {address}: {message_of(exc)}") from None
+        raise BackendUnavailable(
+            f"cannot reach the Ray cluster at {address}: {message_of(exc)} (a cluster with token authentication "
+            f"also needs RAY_AUTH_MODE=token and its token: RAY_AUTH_TOKEN or ~/.ray/auth_token)"
+        ) from None
+    finally:
+        with suppress(ValueError, TypeError):  # not the main thread / a handler set outside Python
+            signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def _check_reachable(address: str) -> None:
