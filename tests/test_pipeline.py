@@ -103,3 +103,22 @@ def test_an_upload_and_the_same_file_decode_alike(inputs, large_is_small):
             np.testing.assert_array_equal(from_file.prepared.tensor, from_bytes.prepared.tensor)
             assert (from_file.image is None) == (not plan.full_size) == (from_bytes.image is None)
     assert os.path.basename(inputs[-1]) == "notes.jpg" and from_file.unknown_format
+
+
+def test_a_failed_forward_pass_gives_the_same_error_records(inputs, tmp_path, monkeypatch):
+    """maskclip-run and /v1/detect/batch both answer a failed forward pass with an error record per image."""
+
+    def broken(self, prepared, masks_for="all"):
+        raise RuntimeError("CUDA error: an illegal memory access\nmore lines")
+
+    monkeypatch.setattr(Detector, "detect_prepared", broken)
+    expected = run_records(inputs, tmp_path / "run.jsonl", "fake")
+    app = create_app(lambda: Detector(DEMO_DIR, backend="onnxruntime", device="cpu", self_check=False))
+    with TestClient(app) as client:
+        wait_until(lambda: client.get("/readyz").status_code == 200)
+        files = [("files", (str(p), p.read_bytes(), "image/jpeg")) for p in inputs]
+        batch = client.post("/v1/detect/batch", files=files)
+        single = client.post("/v1/detect", files={"file": (str(inputs[0]), inputs[0].read_bytes())})
+    assert batch.status_code == 200 and batch.json()["records"] == expected
+    assert all(set(r) == {"path", "error"} for r in expected)
+    assert single.status_code == 500 and single.json()["error"] == expected[0]["error"].split(": ", 1)[1]

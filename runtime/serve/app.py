@@ -238,7 +238,14 @@ def _detection_routes(app: FastAPI, state: ServerState) -> None:
         spec = batcher.detector.artifact.preprocess
         items = await asyncio.gather(*(run_in_threadpool(decode, upload, spec, plan) for upload in uploads))
         good = [item for item in items if item.error is None]
-        found = await _infer(batcher, [item.prepared for item in good], plan.masks_for, deadline) if good else []
+        try:
+            found = await _infer(batcher, [item.prepared for item in good], plan.masks_for, deadline) if good else []
+        except ServeError as exc:
+            if exc.status != 500:
+                raise
+            for item in good:  # as in maskclip-run: a failed forward pass fails its images, each with a record
+                item.error = f"{item.path}: {exc}"
+            good, found = [], []
         detections = dict(zip(map(id, good), found, strict=True))
         return {
             "records": [
