@@ -122,3 +122,27 @@ def test_a_failed_forward_pass_gives_the_same_error_records(inputs, tmp_path, mo
     assert batch.status_code == 200 and batch.json()["records"] == expected
     assert all(set(r) == {"path", "error"} for r in expected)
     assert single.status_code == 500 and single.json()["error"] == expected[0]["error"].split(": ", 1)[1]
+
+
+def test_uri_inputs_read_through_pyarrow_give_the_files_records(inputs, tmp_path, large_is_small):
+    """file:// URIs (the pyarrow file system the others share code with): a folder is listed recursively for
+    images (hidden ones and sidecars skipped), a missing file is its error record, an unknown scheme is refused."""
+    pytest.importorskip("pyarrow", reason="URI inputs need pyarrow (the ray extra)")
+    folder = tmp_path / "tree"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / "a.jpg").write_bytes(EXAMPLES[0].read_bytes())
+    (folder / ".hidden.jpg").write_bytes(EXAMPLES[1].read_bytes())
+    (folder / "notes.txt").write_text("a sidecar")
+    expected = run_records([*inputs[:1], folder / "sub" / "a.jpg", inputs[-1]], tmp_path / "files.jsonl", "fake")
+    uris = [f"file://{inputs[0]}", f"file://{folder}/", f"file://{tmp_path}/missing.jpg"]
+    result = CliRunner().invoke(cli.main, [*uris, "--json", str(tmp_path / "uris.jsonl"), "-q", "--device", "cpu"])
+    assert result.exit_code == 1, result.stderr
+    records = [json.loads(line) for line in (tmp_path / "uris.jsonl").read_text().splitlines()]
+    assert [r["path"] for r in records] == [uris[0], f"file://{folder}/sub/a.jpg", uris[2]]
+    for got, want in zip(records[:2], expected[:2], strict=True):
+        assert {k: v for k, v in without_timing(got).items() if k != "path"} == {
+            k: v for k, v in without_timing(want).items() if k != "path"
+        }
+    assert records[2]["error"] == f"{uris[2]}: no such file"
+    refused = CliRunner().invoke(cli.main, ["nosuchscheme://bucket/x.jpg", "-q", "--device", "cpu"])
+    assert refused.exit_code == 2 and "nosuchscheme://bucket/x.jpg" in refused.stderr

@@ -16,6 +16,7 @@ Ray is imported here only, and only when --ray is given: the base install and --
 from __future__ import annotations
 
 import logging
+import math
 import os
 import pickle
 import signal
@@ -32,6 +33,9 @@ from ..present.outputs import RECORD_FIELDS
 
 RAY_HINT = "pip install 'maskclip[ray]'"
 CONNECT_TIMEOUT_S = 10.0
+# Inputs per Ray Data block: the unit that streams back (and that a killed actor's retry redoes). Small enough
+# that records reach the tables steadily, large enough that a million inputs stay ~16k blocks.
+BLOCK_IMAGES = 64
 
 # Arrow types of the record's fields (strings where not named): one schema for every batch, so Parquet
 # parts written by different workers form one table.
@@ -139,7 +143,7 @@ class RayScan:
         rows = [{"index": index, "source": source} for index, source in enumerate(sources)]
         spec = self.artifact.preprocess.to_dict()
         return (
-            data.from_items(rows, override_num_blocks=max(1, min(len(rows), 4 * self.cluster.actors)))
+            data.from_items(rows, override_num_blocks=math.ceil(len(rows) / BLOCK_IMAGES))
             .map_batches(_decode_batch, fn_kwargs={"spec": spec, "plan": plan}, batch_size=batch)
             .map_batches(
                 _Answerer,
