@@ -242,3 +242,28 @@ def test_sigterm_stops_the_ray_job_and_keeps_the_answers(tmp_path):
     assert "--resume" in stderr and "Traceback" not in stderr
     records = read_records(out)
     assert len(records) >= 5 and len({r["path"] for r in records}) == len(records)
+
+
+def test_an_artifact_failing_its_self_check_on_the_actors_is_refused_like_the_plain_run(photos, tmp_path):
+    """Each actor runs the self-check on its node: a graph whose numbers were altered (hashes redone) stops the
+    job with the plain run's exit status 3, not as a Ray error."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import numpy_helper
+
+    from maskclip_runtime.contract.artifact import MANIFEST_NAME, write_manifest
+    from maskclip_runtime.contract.manifest import Manifest
+    from maskclip_runtime.errors import EXIT_VERIFICATION_FAILED
+
+    folder = tmp_path / "altered"
+    shutil.copytree(DEMO_DIR, folder)
+    model = onnx.load(str(folder / "model.onnx"))
+    weights = {t.name: t for t in model.graph.initializer}
+    last_conv = [n for n in model.graph.node if n.op_type == "Conv"][-1]
+    tensor = weights[last_conv.input[1]]
+    tensor.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(tensor), tensor.name))
+    onnx.save(model, str(folder / "model.onnx"))
+    write_manifest(folder, Manifest.from_dict(json.loads((folder / MANIFEST_NAME).read_text())))
+    plain_code, _ = invoke(photos, "--model", folder)
+    code, stderr = invoke(photos, "--model", folder, "--ray", "local", "--json", tmp_path / "r.jsonl")
+    assert code == plain_code == EXIT_VERIFICATION_FAILED, stderr
+    assert "self-check" in stderr and "Traceback" not in stderr

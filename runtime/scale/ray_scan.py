@@ -95,13 +95,21 @@ class _Answerer:
     """A Ray actor: one Detector (self-checked here), Items -> record rows."""
 
     def __init__(self, options: DetectorOptions, plan: Plan, images: ImageSink):
-        self.detector = Detector(**asdict(options))
         self.plan = plan
         self.images = images
+        # A refusal (failed self-check, unusable artifact or backend) is raised with the first batch, where Ray
+        # Data hands the driver the exception itself; raised here, only its text would survive the dead actor.
+        self.refusal: MaskclipError | None = None
+        try:
+            self.detector = Detector(**asdict(options))
+        except MaskclipError as exc:
+            self.refusal = exc
 
     def __call__(self, batch: dict):
         import pyarrow as pa
 
+        if self.refusal is not None:
+            raise self.refusal
         items = [pickle.loads(blob) for blob in batch["item"]]  # made by _decode_batch in this job
         records = answer(self.detector, items, self.plan, self.images)
         rows = [{"index": int(index), **record} for index, record in zip(batch["index"], records, strict=True)]
@@ -196,6 +204,7 @@ def _connect(ray, address: str) -> None:
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
+    context.raise_original_map_exception = True  # a worker's MaskclipError reaches the driver as itself
     if address != "local":
         _check_reachable(address)
     # ray.init makes SIGTERM exit the driver at once; maskclip-run's own handler stops the run like Ctrl-C
@@ -233,10 +242,8 @@ def _job_errors():
     unusable artifact) with its own exit status, anything else as 'could not finish', naming what failed."""
     try:
         yield
-    except MaskclipError:
-        raise
     except Exception as exc:  # noqa: BLE001 - Ray wraps what failed on a worker in its own classes
-        cause = _root_cause(exc)
+        cause = _root_cause(exc)  # a worker's MaskclipError arrives as RayTaskError(ThatClass): its .cause
         if isinstance(cause, MaskclipError):
             raise cause from None
         raise NotFinished(f"the Ray job failed: {type(cause).__name__}: {message_of(cause)}") from None
