@@ -38,6 +38,8 @@ setup(
         "maskclip_runtime.detect",
         "maskclip_runtime.kernel",
         "maskclip_runtime.present",
+        "maskclip_runtime.pipeline",
+        "maskclip_runtime.scale",
         "maskclip_runtime.serve",
         "maskclip_bench",
     ],
@@ -74,6 +76,8 @@ setup(
         # pytriton pins numpy<2 and ships a Linux x86_64 (glibc >= 2.35) tritonserver: use it in a
         # runtime-only environment (`cpu,serve,triton`), not beside torch.
         "triton": SERVE + ["nvidia-pytriton>=0.5"],
+        # maskclip-run --ray: Ray Data (actor pools, streaming, retries) and pyarrow's file systems (S3, GCS, HDFS).
+        "ray": ["ray[data]>=2.40"],
         # The test suite covers the server too: its tests need the serve stack, a client and a browser driver.
         # onnx and scikit-image build the tests' stand-in artifact and photos without torch (`-m "not torch"`).
         "dev": [

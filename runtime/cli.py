@@ -10,7 +10,6 @@ and cron jobs.
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -19,9 +18,10 @@ import sys
 import time
 import warnings
 from collections import Counter
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import click
@@ -31,28 +31,18 @@ from tqdm import tqdm
 from .backends import registry
 from .command import command
 from .contract.artifact import MANIFEST_NAME
-from .detect.detector import DEMO_DIR, MASKS_FOR, Detection, Detector, PreparedImage, backend_for, wants_mask
+from .detect.detector import DEMO_DIR, MASKS_FOR, Detector, backend_for, wants_mask
 from .detect.selfcheck import SelfCheckFailed
 from .detect.selfcheck import self_check as run_self_check
-from .detect.tiling import detect_tiled, mask_policy
-from .errors import MaskclipError, SomeInputsFailed, UsageError, VerificationFailed, message_of
+from .detect.tiling import mask_policy
+from .errors import MaskclipError, SomeInputsFailed, UsageError, VerificationFailed
 from .kernel.atomic import prepare_output_file
-from .kernel.hashing import file_sha256
-from .kernel.inputs import expand_inputs
-from .kernel.preprocess import DECODE_MARGIN, DEFAULT_MAX_PIXELS, ImageLoadError, decode_image
+from .kernel.inputs import expand_inputs, input_key
+from .kernel.preprocess import DEFAULT_MAX_PIXELS
 from .options import DEMO_NOTE, check_options, model_options
-from .present.outputs import (
-    DEFAULT_OVERLAY_SIZE,
-    ResultsUnwritable,
-    ResultTables,
-    TableBusy,
-    answer_problem,
-    detection_record,
-    made_for_another_image,
-    save_mask_png,
-    save_overlay_png,
-    source_tag,
-)
+from .pipeline.steps import Plan, scan
+from .present.image_sinks import ImageFiles
+from .present.outputs import DEFAULT_OVERLAY_SIZE, ResultsUnwritable, ResultTables, TableBusy, answer_problem
 from .present.report import write_report
 
 PROG = "maskclip-run"
@@ -66,18 +56,6 @@ class Terminated(BaseException):
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
-
-
-@dataclass
-class Decoded:
-    """One input after the worker threads are done with it: decoded, hashed and prepared, or failed."""
-
-    path: str
-    sha256: str | None = None
-    image: Image.Image | None = None  # kept only when an overlay is drawn on it
-    prepared: PreparedImage | None = None
-    ms: float = 0.0
-    error: str | None = None
 
 
 @command(PROG, epilog="SIGTERM and SIGHUP stop the run like Ctrl-C: the answers so far are saved (--resume).")
@@ -137,6 +115,28 @@ class Decoded:
     "self_check_only",
     is_flag=True,
     help="Only run the artifact's self-check on this backend and device and print its JSON verdict.",
+)
+@click.option(
+    "--ray",
+    "ray_address",
+    metavar="local|ADDRESS",
+    help="Run on a Ray cluster (the ray extra): 'local' starts one on this machine, ADDRESS joins one (as "
+    "`ray start --head` prints it). Inputs may be URIs (s3://, gs://, hdfs://, file://).",
+)
+@click.option(
+    "--ray-actors", type=click.IntRange(min=1), default=1, show_default=True, help="Detectors in the Ray actor pool."
+)
+@click.option(
+    "--ray-gpus-per-actor",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="GPUs each actor reserves (0.5: two actors share a GPU).",
+)
+@click.option(
+    "--parquet",
+    type=click.Path(file_okay=False),
+    help="With --ray: the workers write the records as Parquet parts into this folder (nothing streamed back).",
 )
 @check_options
 @click.pass_context
@@ -264,6 +264,10 @@ def run(
     overlay_size: int = DEFAULT_OVERLAY_SIZE,
     report_path: str | None = None,
     tiles: bool = False,
+    ray_address: str | None = None,
+    ray_actors: int = 1,
+    ray_gpus_per_actor: float = 0.0,
+    parquet: str | None = None,
 ) -> None:
     """Raises SomeInputsFailed when some images failed (each already reported), after every other is answered."""
     if self_check_only and no_self_check:
@@ -271,73 +275,134 @@ def run(
     registry.require(backend_for(model, backend))  # refused here before any model is read
     if self_check_only:
         return _self_check_only(model, backend, device, threads, batch, strict, quiet)
+    masks_for = _masks_policy(masks_for, masks, overlays, prob_maps)
     if resume and json_target == "-":
         raise UsageError("--resume needs --json FILE (the answers of the earlier run)")
-    if masks_for == "none" and (masks or overlays or prob_maps):
-        raise UsageError("--masks-for none writes no masks: drop --masks/--overlays/--prob-maps or pick all/fake")
-    masks_for = masks_for or ("all" if masks or overlays or prob_maps else "fake")
+    _check_scale_options(ray_address, parquet, resume, report_path, json_target, csv_path)
     _check_destinations(json_target, csv_path, masks, overlays, prob_maps, report_path)
     paths = expand_inputs(images, null_separated=null_separated, outputs=[f for f in (masks, overlays, prob_maps) if f])
     if not paths:
         raise UsageError("no input images (give files, folders, globs, or - to read paths from stdin)")
-    detector = _open_detector(model, backend, device, threads, threshold, batch, quiet, not no_self_check, strict)
+    model_options = (model, backend, device, threads, threshold, batch, quiet, not no_self_check, strict)
+    detector, records_of = _open_scan(model_options, ray_address, ray_actors, ray_gpus_per_actor)
     card = detector.artifact.manifest.card
     if tiles and not quiet and not (card and card.native_crops):
         trained = card.summary() if card else "a model whose card does not say how it was trained"
         click.echo(f"{PROG}: warning: --tiles shows tiles at native resolution to {trained}: tile masks may "
                    "flag texture rather than edits", err=True)  # fmt: skip
-    try:
-        tables = ResultTables(json_target, csv_path)
-    except TableBusy as exc:
-        detector.close()
-        raise UsageError(str(exc)) from None
-    except OSError as exc:
-        detector.close()
-        raise UsageError(f"cannot write results: {exc}") from None
-    failures = 0
-    records: list[dict] = []
+    images_out = ImageFiles.for_inputs(paths, masks, overlays, prob_maps, overlay_size or None)
+    plan = Plan(masks_for, tiles, images_out.wants_full_size, max_pixels)
+    if parquet:
+        return _scan_to_parquet(detector, paths, plan, images_out, parquet, quiet)
+    tables = _open_tables(json_target, csv_path, detector.close)
     try:
         wanted = MaskRequest(masks_for, tiles, masks is not None, overlays is not None)
         kept = _answers_to_keep(tables, detector, json_target, wanted) if resume else []
         tables.start(kept)
-        records.extend(kept)
-        outputs = ImageOutputs(masks, overlays, _output_stems(paths), prob_maps, overlay_size or None)
-        if resume:
-            answered = {os.path.realpath(r["path"]) for r in kept}
-            todo = [p for p in paths if os.path.realpath(p) not in answered]
-            if not quiet:
-                click.echo(f"{PROG}: resuming: {len(paths) - len(todo)} of {len(paths)} images already done", err=True)
-            paths = todo
+        paths = _still_to_do(paths, kept, quiet) if resume else paths
         started = time.perf_counter()
-        progress = tqdm(total=len(paths), disable=quiet or len(paths) <= 1, file=sys.stderr, unit="img", desc=PROG)
-        try:
-            decoding = DecodeOptions(
-                max_pixels, None if overlays or tiles else DECODE_MARGIN * detector.artifact.preprocess.size, tiles
-            )
-            for record in _detect_all(detector, paths, outputs, decoding, masks_for):
-                if "error" in record:
-                    failures += 1
-                    progress.write(f"{PROG}: {record['error']}", file=sys.stderr)
-                tables.write(record)
-                records.append(record)
-                progress.update()
-        finally:
-            progress.close()
+        answered = _deliver(records_of(paths, plan, images_out), tables, len(paths), quiet)
     finally:
         tables.close()
         detector.close()
+    _finish_run(kept + answered, len(kept), report_path, quiet, time.perf_counter() - started, detector.backend)
+
+
+def _check_scale_options(ray_address, parquet, resume, report_path, json_target, csv_path) -> None:
+    if parquet is None:
+        return
+    if not ray_address:
+        raise UsageError("--parquet is written by Ray workers: add --ray local|ADDRESS")
+    if resume or report_path or json_target != "-" or csv_path:
+        raise UsageError("--parquet leaves the records with the workers: drop --json/--csv/--resume/--report")
+    if os.path.isdir(parquet) and any(os.scandir(parquet)):
+        raise UsageError(f"--parquet {parquet}: the folder is not empty (give a new or empty one)")
+
+
+def _open_scan(model_options: tuple, ray_address: str | None, actors: int, gpus_per_actor: float):
+    """(what the run reads model_id, threshold and backend from, records_of(paths, plan, images)): a Detector
+    and the pipeline's scan here, or a Ray scan whose actors each hold a Detector."""
+    if not ray_address:
+        detector = _open_detector(*model_options)
+        return detector, partial(scan, detector)
+    from .scale.ray_scan import Cluster, DetectorOptions, RayScan
+
+    model, backend, device, threads, threshold, batch, quiet, self_check, strict = model_options
+    if model is None:
+        model = _demo_model(quiet)
+    options = DetectorOptions(str(model), backend, device, threads, threshold, batch, self_check, strict)
+    front = RayScan(options, Cluster(ray_address, actors, gpus_per_actor))
+    return front, front.records
+
+
+def _scan_to_parquet(front, paths: list[str], plan: Plan, images_out: ImageFiles, folder: str, quiet: bool) -> None:
+    """--parquet: the workers write the records; the failed ones are reported here, as in every run."""
+    started = time.perf_counter()
+    try:
+        failed = front.write_parquet(paths, plan, images_out, folder)
+    finally:
+        front.close()
+    for record in failed:
+        click.echo(f"{PROG}: {record['error']}", err=True)
+    if not quiet:
+        rate = len(paths) / (time.perf_counter() - started)
+        click.echo(f"{PROG}: {len(paths)} images, {len(failed)} failed, {rate:.1f} images/s -> {folder}", err=True)
+    if failed:
+        raise SomeInputsFailed()
+
+
+def _masks_policy(masks_for: str | None, masks: str | None, overlays: str | None, prob_maps: str | None) -> str:
+    """--masks-for as asked; by default all when mask files are asked, else fake."""
+    if masks_for == "none" and (masks or overlays or prob_maps):
+        raise UsageError("--masks-for none writes no masks: drop --masks/--overlays/--prob-maps or pick all/fake")
+    return masks_for or ("all" if masks or overlays or prob_maps else "fake")
+
+
+def _open_tables(json_target: str, csv_path: str | None, on_failure) -> ResultTables:
+    """The results tables, locked for this run; on_failure() (release the model) when they cannot be opened."""
+    try:
+        return ResultTables(json_target, csv_path)
+    except (TableBusy, OSError) as exc:
+        on_failure()
+        raise UsageError(str(exc) if isinstance(exc, TableBusy) else f"cannot write results: {exc}") from None
+
+
+def _still_to_do(paths: list[str], kept: list[dict], quiet: bool) -> list[str]:
+    answered = {input_key(r["path"]) for r in kept}
+    todo = [p for p in paths if input_key(p) not in answered]
+    if not quiet:
+        click.echo(f"{PROG}: resuming: {len(paths) - len(todo)} of {len(paths)} images already done", err=True)
+    return todo
+
+
+def _deliver(records: Iterable[dict], tables: ResultTables, total: int, quiet: bool) -> list[dict]:
+    """The sinks: each record to the tables as it comes, its error (if any) to stderr, the progress bar on."""
+    answered = []
+    with tqdm(total=total, disable=quiet or total <= 1, file=sys.stderr, unit="img", desc=PROG) as progress:
+        for record in records:
+            if "error" in record:
+                progress.write(f"{PROG}: {record['error']}", file=sys.stderr)
+            tables.write(record)
+            answered.append(record)
+            progress.update()
+    return answered
+
+
+def _finish_run(records: list[dict], kept: int, report_path: str | None, quiet: bool, seconds: float, backend: str):
+    """The HTML report, the summary line, and exit status 1 when some images failed."""
     if report_path:
         try:
             write_report(records, report_path)
         except OSError as exc:
             raise ResultsUnwritable(f"cannot write the report {report_path}: {exc.strerror or exc}") from None
-    if not quiet and len(paths) > 1:
-        seconds = time.perf_counter() - started
-        verdicts = Counter(r.get("verdict") for r in records[len(kept) :] if "error" not in r)
+    answered = records[kept:]
+    failures = sum("error" in r for r in answered)
+    if not quiet and len(answered) > 1:
+        verdicts = Counter(r.get("verdict") for r in answered if "error" not in r)
         counts = ", ".join(f"{verdicts[v]} {v}" for v in ("real", "uncertain", "fake"))
         click.echo(
-            f"{PROG}: {len(paths)} images, {failures} failed ({counts}), {len(paths) / seconds:.1f} images/s "
-            f"({detector.backend})",
+            f"{PROG}: {len(answered)} images, {failures} failed ({counts}), {len(answered) / seconds:.1f} images/s "
+            f"({backend})",
             err=True,
         )
     if failures:
@@ -422,7 +487,7 @@ def _answers_to_keep(tables: ResultTables, detector: Detector, json_target: str,
                 f"{made_with[2]}; --resume only continues a run with the same ones (use another --json file)"
             )
         if wanted.satisfied_by(record, detector.artifact.preprocess.size):
-            kept.setdefault(os.path.realpath(record["path"]), record)
+            kept.setdefault(input_key(record["path"]), record)
     return list(kept.values())
 
 
@@ -443,15 +508,19 @@ def _self_check_only(model, backend, device, threads, batch, strict, quiet) -> N
         raise VerificationFailed(f"the self-check failed on {detector.backend} (the verdict above says where)")
 
 
+def _demo_model(quiet: bool) -> Path:
+    if not (DEMO_DIR / MANIFEST_NAME).is_file():
+        raise UsageError(f"the embedded demo model is missing ({DEMO_DIR / MANIFEST_NAME}); pass --model PATH")
+    if not quiet:
+        click.echo(f"{PROG}: {DEMO_NOTE}", err=True)
+    return DEMO_DIR
+
+
 def _open_detector(
     model, backend, device, threads, threshold, batch, quiet, self_check: bool = True, strict: bool = False
 ) -> Detector:
     if model is None:
-        if not (DEMO_DIR / MANIFEST_NAME).is_file():
-            raise UsageError(f"the embedded demo model is missing ({DEMO_DIR / MANIFEST_NAME}); pass --model PATH")
-        model = DEMO_DIR
-        if not quiet:
-            click.echo(f"{PROG}: {DEMO_NOTE}", err=True)
+        model = _demo_model(quiet)
     try:
         detector = Detector(
             model,
@@ -475,142 +544,3 @@ def _open_detector(
             err=True,
         )
     return detector
-
-
-@dataclass(frozen=True)
-class DecodeOptions:
-    max_pixels: int
-    reduce_to: int | None  # see decode_image; None when the full-size photo is needed (overlays, tiles)
-    tiles: bool = False  # masks stitched from native-resolution tiles (tiling.py)
-
-
-@dataclass(frozen=True)
-class ImageOutputs:
-    """Where the per-image PNGs go: mask and overlay folders (None = not written) and each input's file stem.
-
-    A PNG of that name made for another image (an earlier run on another folder) is never overwritten:
-    the new one gets the input's path hash in its name instead."""
-
-    masks: str | None
-    overlays: str | None
-    stems: dict[str, str]
-    prob_maps: str | None = None
-    overlay_size: int | None = None  # long side of an overlay; None: the photo's own size
-
-    def mask_path(self, path: str) -> str | None:
-        return self._png_path(self.masks, path, "mask")
-
-    def prob_map_path(self, path: str) -> str | None:
-        return self._png_path(self.prob_maps, path, "prob")
-
-    def overlay_path(self, path: str) -> str | None:
-        return self._png_path(self.overlays, path, "overlay")
-
-    def _png_path(self, folder: str | None, path: str, kind: str) -> str | None:
-        if not folder:
-            return None
-        stem = self.stems[path]
-        png = os.path.join(folder, f"{stem}_{kind}.png")
-        if made_for_another_image(png, path):
-            png = os.path.join(folder, f"{stem}-{source_tag(path)[:8]}_{kind}.png")
-        return png
-
-
-def _detect_all(
-    detector: Detector, paths: list[str], outputs: ImageOutputs, decoding: DecodeOptions, masks_for: str = "all"
-):
-    """Yield one record per path, in input order.
-
-    A small thread pool keeps the model busy: while batch k is inferred, workers decode batch k+1
-    and write the PNGs of batch k-1 (Pillow and zlib release the GIL for both).
-    """
-    size = detector.batch_size
-    chunks = [paths[i : i + size] for i in range(0, len(paths), size)]
-    workers = max(2, min(4, os.cpu_count() or 2))
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="maskclip-io") as pool:
-        decoding_now: list[Future] = [pool.submit(_decode, p, detector, decoding) for p in chunks[0]] if chunks else []
-        writing: list[Future] = []
-        for index in range(len(chunks)):
-            decoded = [f.result() for f in decoding_now]
-            following = chunks[index + 1] if index + 1 < len(chunks) else []
-            decoding_now = [pool.submit(_decode, p, detector, decoding) for p in following]
-            answers = _infer(detector, decoded, masks_for, decoding.tiles)
-            yield from (f.result() for f in writing)
-            writing = [pool.submit(_finish, detector, item, detection, outputs) for item, detection in answers]
-        yield from (f.result() for f in writing)
-
-
-def _decode(path: str, detector: Detector, decoding: DecodeOptions) -> Decoded:
-    start = time.perf_counter()
-    try:
-        decoded = decode_image(path, decoding.max_pixels, decoding.reduce_to)
-        sha256 = file_sha256(path)
-        prepared = detector.prepare(decoded.image, size=(decoded.width, decoded.height))
-    except ImageLoadError as exc:
-        return Decoded(path, error=str(exc))
-    except Exception as exc:  # noqa: BLE001 - whatever fails here fails this image only
-        return Decoded(path, error=f"{path}: {type(exc).__name__}: {exc}")
-    image = decoded.image if decoding.reduce_to is None else None
-    return Decoded(path, sha256, image, prepared, ms=(time.perf_counter() - start) * 1e3 - prepared.ms)
-
-
-def _infer(
-    detector: Detector, chunk: list[Decoded], masks_for: str, tiles: bool = False
-) -> list[tuple[Decoded, Detection | None]]:
-    """Run the decodable images of a chunk; an inference failure fails this chunk, not the whole run."""
-    decodable = [d for d in chunk if d.error is None]
-    try:
-        detections = detector.detect_prepared([d.prepared for d in decodable], masks_for)
-        answers = dict(zip(map(id, decodable), detections, strict=True))
-        if tiles:  # native-resolution masks, for the images that get a mask at all
-            for d in decodable:
-                if answers[id(d)].mask_computed:
-                    answers[id(d)] = detect_tiled(detector, d.image, answers[id(d)])
-    except Exception as exc:  # ONNX Runtime / TensorRT raise their own exception classes
-        reason = message_of(exc)
-        for d in decodable:
-            d.error = f"{d.path}: inference failed: {reason}"
-        answers = {}
-    return [(d, answers.get(id(d))) for d in chunk]
-
-
-# A full disk or quota is not this image's fault: every following image would fail the same way.
-_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
-
-
-def _finish(detector: Detector, decoded: Decoded, detection: Detection | None, outputs: ImageOutputs) -> dict:
-    """Resize the mask, write the image's PNGs and return its JSON record (or its error record)."""
-    if detection is None:
-        return {"path": decoded.path, "error": decoded.error}
-    start = time.perf_counter()
-    mask_path, overlay_path, prob_map_path = None, None, None
-    if detection.mask_computed:  # --masks-for fake: an image judged real has no mask to write
-        mask_path, overlay_path = outputs.mask_path(decoded.path), outputs.overlay_path(decoded.path)
-        prob_map_path = outputs.prob_map_path(decoded.path)
-    try:
-        if mask_path:
-            save_mask_png(detection.mask, mask_path, source=decoded.path, threshold=detection.threshold)
-        if prob_map_path:
-            save_mask_png(detection.mask, prob_map_path, source=decoded.path)
-        if overlay_path:
-            save_overlay_png(decoded.image, detection.mask, overlay_path, decoded.path, detection, outputs.overlay_size)
-    except OSError as exc:
-        if exc.errno in _DISK_FULL:
-            written = mask_path or prob_map_path or overlay_path
-            raise ResultsUnwritable(f"cannot write {written}: {exc.strerror}") from None
-        return {"path": decoded.path, "error": f"{decoded.path}: cannot write outputs: {exc}"}
-    finishing_ms = (time.perf_counter() - start) * 1e3
-    ms = decoded.ms + detection.ms + finishing_ms
-    return detection_record(decoded.path, decoded.sha256, detection, detector, ms, mask_path, overlay_path)
-
-
-def _output_stems(paths: list[str]) -> dict[str, str]:
-    """Mask/overlay file stem per input: its own stem, plus a short path hash where two inputs share a stem."""
-    counts = Counter(Path(p).stem for p in paths)
-    stems = {}
-    for path in paths:
-        stem = Path(path).stem
-        if counts[stem] > 1:
-            stem = f"{stem}-{source_tag(path)[:8]}"
-        stems[path] = stem
-    return stems

@@ -8,8 +8,6 @@ from maskclip_runtime.errors import EXIT_USAGE
 
 LONG_FUNCTIONS = {
     "tests.trt_standin:fake_tensorrt",
-    "maskclip_runtime.serve.app:create_app",
-    "maskclip_runtime.cli:run",
     "tests.test_train:test_ddp_two_gloo_processes_match_one_process",
 }
 

@@ -13,7 +13,7 @@ import pytest
 RUNTIME = Path(__file__).resolve().parents[1] / "runtime"
 PACKAGE = "maskclip_runtime"
 # Lower layers never import higher ones. The package root is a facade (lazy re-exports and __version__).
-LAYERS = {"errors": 0, "kernel": 1, "contract": 2, "backends": 3, "detect": 4, "present": 5}
+LAYERS = {"errors": 0, "kernel": 1, "contract": 2, "backends": 3, "detect": 4, "present": 5, "pipeline": 6, "scale": 7}
 
 
 def _modules() -> dict[str, Path]:

@@ -23,9 +23,11 @@ from PIL import Image, ImageFilter
 from standin_artifact import build_standin_artifact, expected_standin_output, sample_photos
 
 from maskclip_runtime import cli
+from maskclip_runtime.detect import pipeline
 from maskclip_runtime.detect.detector import Detector
 from maskclip_runtime.errors import EXIT_BACKEND_UNAVAILABLE, EXIT_NOT_FINISHED, EXIT_SOME_INPUTS_FAILED, EXIT_USAGE
 from maskclip_runtime.kernel.inputs import images_in_folder
+from maskclip_runtime.present import image_sinks
 
 ORIENTATION = 0x0112
 
@@ -483,7 +485,7 @@ def test_a_full_disk_while_writing_masks_stops_the_run_once(artifact, photo_dir,
     def disk_full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(cli, "save_mask_png", disk_full)
+    monkeypatch.setattr(image_sinks, "save_mask_png", disk_full)
     code, _, stderr = run_cli(photo_dir, "--model", artifact, "--json", tmp_path / "o.jsonl", "--masks", tmp_path / "m")
     assert code == EXIT_NOT_FINISHED and stderr.count("error") == 1
 
@@ -586,14 +588,14 @@ def test_batch_on_a_fixed_batch_artifact_is_reported(photo_dir, tmp_path):
 
 @pytest.mark.filterwarnings("ignore:Corrupt EXIF data")
 def test_quiet_silences_what_libraries_print(artifact, photo_dir, tmp_path, monkeypatch, capfd):
-    real_decode = cli.decode_image
+    real_decode = pipeline.decode_image
 
     def chatty_decode(*args, **kwargs):
         os.write(2, b"TIFFReadDirectory: Warning, unknown field\n")  # how C libraries speak
         warnings.warn("Corrupt EXIF data", UserWarning, stacklevel=1)
         return real_decode(*args, **kwargs)
 
-    monkeypatch.setattr(cli, "decode_image", chatty_decode)
+    monkeypatch.setattr(pipeline, "decode_image", chatty_decode)
     missing = tmp_path / "missing.jpg"
     code, stdout, stderr = run_cli(photo_dir, missing, "--model", artifact, "-q")
     assert code == EXIT_SOME_INPUTS_FAILED and len(json_lines(stdout)) == 5

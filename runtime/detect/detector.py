@@ -35,7 +35,7 @@ from ..contract.engine_header import ENGINE_SUFFIX
 from ..contract.precision_table import TENSORRT
 from ..contract.verdict_calibration import PLAIN_OPERATING_POINT
 from ..kernel.host import current_host
-from ..kernel.preprocess import load_image, resize_and_normalize, resize_probability_map, to_rgb8
+from ..kernel.preprocess import PreprocessSpec, load_image, resize_and_normalize, resize_probability_map, to_rgb8
 from .selfcheck import SelfCheckResult
 from .selfcheck import self_check as run_self_check
 
@@ -112,6 +112,17 @@ class DetectorClosed(RuntimeError):
     """detect() on a Detector after close(): its sessions or engines are released."""
 
 
+def prepare_image(image: Image.Image, spec: PreprocessSpec, size: tuple[int, int] | None = None) -> PreparedImage:
+    """Resize and normalise one image for a model with this preprocessing; needs no Detector (a worker that
+    only decodes, e.g. a Ray task, prepares with the artifact's spec alone).
+
+    size: (width, height) the mask is returned at, when the image was decoded at reduced size."""
+    start = time.perf_counter()
+    tensor = resize_and_normalize(image, spec)
+    width, height = size or image.size
+    return PreparedImage(tensor, width, height, (time.perf_counter() - start) * 1e3)
+
+
 class Detector:
     """Run an exported MaskCLIP artifact.
 
@@ -183,13 +194,8 @@ class Detector:
         return self._screen_graphs < len(self._runners)
 
     def prepare(self, image: Image.Image, size: tuple[int, int] | None = None) -> PreparedImage:
-        """Resize and normalise one image; safe to call from worker threads.
-
-        size: (width, height) the mask is returned at, when the image was decoded at reduced size."""
-        start = time.perf_counter()
-        tensor = resize_and_normalize(image, self.artifact.preprocess)
-        width, height = size or image.size
-        return PreparedImage(tensor, width, height, (time.perf_counter() - start) * 1e3)
+        """Resize and normalise one image; safe to call from worker threads (see prepare_image)."""
+        return prepare_image(image, self.artifact.preprocess, size)
 
     def detect(self, images: ImageInput | Sequence[ImageInput], masks_for: str = "all") -> Detection | list[Detection]:
         """One image -> one Detection; a list (or tuple) of images -> a list of Detections, in order.

@@ -55,6 +55,9 @@ class SelfCheckFailed(VerificationFailed, ArtifactError):
         super().__init__(message)
         self.result = result
 
+    def __reduce__(self):  # picklable with its result: a Ray worker's refusal reaches maskclip-run's driver whole
+        return type(self), (str(self), self.result)
+
 
 @dataclass
 class SelfCheckResult:

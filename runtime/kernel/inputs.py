@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import IO
 
-from ..errors import InputError
+from ..errors import InputError, UsageError, message_of
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".pbm", ".jp2"}
@@ -45,6 +45,8 @@ def expand_inputs(
     for argument in arguments:
         if argument == "-":
             paths.extend(_stdin_paths(stdin or sys.stdin, null_separated))
+        elif is_uri(argument):
+            paths.extend(uri_images(argument))
         elif os.path.isdir(argument):
             paths.extend(listed(images_in_folder(argument)))
         elif not os.path.exists(argument) and _GLOB_CHARS & set(argument):
@@ -57,8 +59,70 @@ def expand_inputs(
             paths.append(argument)
     unique: dict[str, str] = {}
     for path in paths:
-        unique.setdefault(os.path.realpath(path), path)
+        unique.setdefault(input_key(path), path)
     return list(unique.values())
+
+
+def input_key(path: str) -> str:
+    """What makes two spellings of one input the same (duplicates, --resume): a file's real path, a URI itself."""
+    return path if is_uri(path) else os.path.realpath(path)
+
+
+def is_uri(name: str) -> bool:
+    """s3://, gs://, hdfs://, file://...: a file on a file system pyarrow knows (read with read_uri)."""
+    scheme, sep, _ = name.partition("://")
+    return bool(sep) and scheme.isascii() and scheme.replace("+", "").isalnum()
+
+
+def _file_system(uri: str):
+    try:
+        from pyarrow import fs
+    except ImportError:
+        raise UsageError(f"{uri}: reading URIs needs pyarrow: pip install 'maskclip[ray]'") from None
+    try:
+        return fs.FileSystem.from_uri(uri)
+    except (ValueError, OSError) as exc:  # unknown scheme, no credentials, unreachable name node
+        raise UsageError(f"{uri}: {message_of(exc)}") from None
+
+
+def uri_images(uri: str) -> list[str]:
+    """A file URI as it is; a folder URI -> the image files under it (recursively, sorted, no hidden ones)."""
+    from pyarrow import fs
+
+    system, root = _file_system(uri)
+    if system.get_file_info(root).type != fs.FileType.Directory:
+        return [uri]  # a file, or nothing there: reported as that image's error
+    base = uri.rstrip("/")
+    root = root.rstrip("/")
+    found = system.get_file_info(fs.FileSelector(root, recursive=True))
+    names = [
+        info.path[len(root) :]
+        for info in found
+        if info.type == fs.FileType.File
+        and is_image_name(info.path)
+        and not any(part.startswith(".") for part in info.path[len(root) :].split("/"))
+    ]
+    return [base + name for name in sorted(names)]
+
+
+# A compressed image file over this size is refused before it is read into memory.
+MAX_URI_BYTES = 1 << 30
+
+
+def read_uri(uri: str) -> bytes:
+    """The bytes of the file a URI names; OSError (FileNotFoundError when missing, its message without the URI)."""
+    from pyarrow import fs
+
+    system, path = _file_system(uri)
+    info = system.get_file_info(path)
+    if info.type == fs.FileType.NotFound:
+        raise FileNotFoundError("no such file")
+    if info.type != fs.FileType.File:
+        raise IsADirectoryError("is a folder, not an image")
+    if info.size > MAX_URI_BYTES:
+        raise OSError(f"refused, {info.size:,} bytes is over the {MAX_URI_BYTES:,}-byte limit")
+    with system.open_input_file(path) as stream:
+        return stream.read()
 
 
 def _stdin_paths(stream: IO, null_separated: bool) -> list[str]:

@@ -13,13 +13,9 @@ then skips the localise graph. Every record says whether its mask was computed (
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
-import io
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -29,7 +25,6 @@ from importlib.resources import files
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -37,8 +32,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..detect.detector import MASKS_FOR, Detection, Detector, PreparedImage
 from ..errors import message_of
-from ..kernel.preprocess import DECODE_MARGIN, ImageLoadError, ImageTooLarge, UnknownImageFormat, decode_bytes
-from ..present.outputs import PNG_COMPRESS_LEVEL, detection_record, heat_overlay, mask_image
+from ..kernel.preprocess import PreprocessSpec
+from ..pipeline.steps import Item, Plan, Upload, decode, record
+from ..present.image_sinks import InlineImages
 from .batcher import Draining, MicroBatcher, QueueFull
 from .docs import api_docs_html
 from .limits import (
@@ -90,21 +86,6 @@ class ImageFormat(str, Enum):
 
 
 MasksFor = Enum("MasksFor", {policy: policy for policy in MASKS_FOR}, type=str)
-
-
-@dataclass
-class Upload:
-    name: str
-    data: bytes
-
-
-@dataclass
-class Decoded:
-    name: str
-    sha256: str
-    image: Image.Image | None  # the photo at full size, kept only when its overlay is asked for
-    prepared: PreparedImage
-    ms: float
 
 
 class ServerState:
@@ -237,6 +218,14 @@ def create_app(
     async def prometheus() -> Response:
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
+    _detection_routes(app, state, budget)
+    return app
+
+
+def _detection_routes(app: FastAPI, state: ServerState, budget: DecodeBudget) -> None:
+    """POST /v1/detect and /v1/detect/batch: uploads -> the pipeline's decode, the micro-batcher, its records."""
+    settings = state.settings
+
     @app.post("/v1/detect")
     async def detect(
         request: Request,
@@ -246,14 +235,16 @@ def create_app(
     ) -> dict:
         """One image: multipart field `file`, or the image bytes as the body -> maskclip-run's record."""
         deadline = time.monotonic() + settings.timeout_s
-        policy = _masks_policy(masks_for, mask is not None or overlay is not None)
+        images, plan = _request_plan(mask, overlay, masks_for, settings.max_pixels)
         batcher = state.ready_batcher()
         (upload,) = await _uploads(request, "file", many=False, limit=1)
-        decoding = _decoding(settings, batcher.detector, mask is not None, overlay is not None)
-        async with _budgeted(budget, decoding, [upload], deadline):
-            decoded = await run_in_threadpool(_decode, batcher.detector, upload, decoding)
-            (detection,) = await _infer(batcher, [decoded.prepared], policy, deadline)
-            return await run_in_threadpool(_record, state, decoded, detection, mask is not None, overlay is not None)
+        spec = batcher.detector.artifact.preprocess
+        async with _budgeted(budget, plan, spec, images, [upload], deadline):
+            item = await run_in_threadpool(decode, upload, spec, plan)
+            if item.error is not None:
+                raise ServeError(_refusal_status(item), item.error)
+            (detection,) = await _infer(batcher, [item.prepared], plan.masks_for, deadline)
+            return await run_in_threadpool(_record, state, item, detection, images)
 
     @app.post("/v1/detect/batch")
     async def detect_batch(
@@ -268,26 +259,31 @@ def create_app(
         as in maskclip-run.
         """
         deadline = time.monotonic() + settings.timeout_s
-        policy = _masks_policy(masks_for, mask is not None or overlay is not None)
+        images, plan = _request_plan(mask, overlay, masks_for, settings.max_pixels)
         batcher = state.ready_batcher()
         uploads = await _uploads(request, "files", many=True, limit=settings.max_queue)
-        decoding = _decoding(settings, batcher.detector, mask is not None, overlay is not None)
-        async with _budgeted(budget, decoding, uploads, deadline):
+        spec = batcher.detector.artifact.preprocess
+        async with _budgeted(budget, plan, spec, images, uploads, deadline):
             # One after another: the budget covers one decode at a time per request (limits.py).
-            decoded = [await run_in_threadpool(_decode_or_error, batcher.detector, u, decoding) for u in uploads]
-            good = [d for d in decoded if isinstance(d, Decoded)]
+            items = [await run_in_threadpool(decode, upload, spec, plan) for upload in uploads]
+            good = [item for item in items if item.error is None]
+            try:
+                prepared = [item.prepared for item in good]
+                found = await _infer(batcher, prepared, plan.masks_for, deadline) if good else []
+            except ServeError as exc:
+                if exc.status != 500:
+                    raise
+                for item in good:  # as in maskclip-run: a failed forward pass fails its images, each with a record
+                    item.error = f"{item.path}: {exc}"
+                good, found = [], []
             # Taken out one by one: a Detection keeps the full-size mask it made, so none outlives its record.
-            detections = deque(await _infer(batcher, [d.prepared for d in good], policy, deadline) if good else ())
+            detections = dict(zip(map(id, good), found, strict=True))
             records = []
-            for item in decoded:
-                if isinstance(item, Decoded):
-                    item = await run_in_threadpool(
-                        _record, state, item, detections.popleft(), mask is not None, overlay is not None
-                    )
-                records.append(item)
+            for item in items:
+                detection = detections.pop(id(item), None)
+                records.append(await run_in_threadpool(_record, state, item, detection, images))
+                del detection
             return {"records": records}
-
-    return app
 
 
 def model_summary(detector: Detector) -> dict:
@@ -354,28 +350,15 @@ def _check_image_type(media: str, what: str) -> None:
         )
 
 
-@dataclass(frozen=True)
-class Decoding:
-    """How a request's images are decoded, and what of them its records need."""
-
-    max_pixels: int
-    reduce_to: int | None  # JPEGs at reduced size (decode_image) unless a full-size picture is asked for
-    pictures: bool  # mask or overlay images in the answer
-    keep_photo: bool  # the overlay is drawn on the full-size photo
-    tensor_bytes: int
-
-
-def _decoding(settings: ServeSettings, detector: Detector, with_mask: bool, with_overlay: bool) -> Decoding:
-    size = detector.artifact.preprocess.size
-    reduce_to = None if with_overlay else DECODE_MARGIN * size
-    return Decoding(settings.max_pixels, reduce_to, with_mask or with_overlay, with_overlay, 3 * size * size * 4)
-
-
 @asynccontextmanager
-async def _budgeted(budget: DecodeBudget, decoding: Decoding, uploads: list[Upload], deadline: float):
+async def _budgeted(
+    budget: DecodeBudget, plan: Plan, spec: PreprocessSpec, images: InlineImages, uploads: list[Upload], deadline: float
+):
     """Hold the decode memory the request's images need (from their headers) while it is answered."""
-    sizes = [decoded_size(u.data, decoding.max_pixels, decoding.reduce_to) for u in uploads]
-    nbytes = request_bytes(sizes, decoding.tensor_bytes, decoding.pictures, decoding.keep_photo)
+    reduce_to = plan.reduce_to(spec)
+    sizes = [decoded_size(u.data, plan.max_pixels, reduce_to) for u in uploads]
+    tensor_bytes = 3 * spec.size * spec.size * 4
+    nbytes = request_bytes(sizes, tensor_bytes, images.mask or images.overlay, plan.full_size)
     try:
         async with budget.hold(nbytes, max(0.0, deadline - time.monotonic())):
             yield
@@ -385,27 +368,9 @@ async def _budgeted(budget: DecodeBudget, decoding: Decoding, uploads: list[Uplo
         raise ServeError(503, "the server is busy decoding other requests; retry later") from None
 
 
-def _decode(detector: Detector, upload: Upload, decoding: Decoding) -> Decoded:
-    start = time.perf_counter()
-    try:
-        decoded = decode_bytes(upload.data, upload.name, decoding.max_pixels, decoding.reduce_to)
-        prepared = detector.prepare(decoded.image, size=(decoded.width, decoded.height))
-    except UnknownImageFormat as exc:
-        raise ServeError(415, str(exc)) from None
-    except ImageLoadError as exc:
-        raise ServeError(413 if isinstance(exc, ImageTooLarge) else 400, str(exc)) from None
-    except MemoryError:
-        raise ServeError(400, f"{upload.name}: image too large to decode") from None
-    sha256 = hashlib.sha256(upload.data).hexdigest()
-    image = decoded.image if decoding.keep_photo else None
-    return Decoded(upload.name, sha256, image, prepared, (time.perf_counter() - start) * 1e3 - prepared.ms)
-
-
-def _decode_or_error(detector: Detector, upload: Upload, decoding: Decoding) -> Decoded | dict:
-    try:
-        return _decode(detector, upload, decoding)
-    except ServeError as exc:
-        return {"path": upload.name, "error": str(exc)}
+def _refusal_status(item: Item) -> int:
+    """An undecodable upload: 415 when it is no image format at all, 413 over the pixel limit, else 400."""
+    return 415 if item.unknown_format else 413 if item.too_large else 400
 
 
 def _masks_policy(masks_for: MasksFor | None, images_asked: bool) -> str:
@@ -437,22 +402,19 @@ async def _infer(
         raise ServeError(500, f"inference failed: {reason}") from None
 
 
-def _record(state: ServerState, decoded: Decoded, detection: Detection, with_mask: bool, with_overlay: bool) -> dict:
-    start = time.perf_counter()
-    # Under masks_for=fake an image judged real has no mask: its record says so (mask_computed false).
-    with_mask, with_overlay = with_mask and detection.mask_computed, with_overlay and detection.mask_computed
-    mask = _png_data_uri(mask_image(detection.mask)) if with_mask else None
-    # The bare overlay (heat map and outline, at the photo's size): the page shows verdict and legend itself.
-    overlay = _png_data_uri(heat_overlay(decoded.image, detection.mask, detection.threshold)) if with_overlay else None
-    state.metrics.images.labels(detection.verdict).inc()
-    ms = decoded.ms + detection.ms + (time.perf_counter() - start) * 1e3
-    return detection_record(decoded.name, decoded.sha256, detection, state.detector, ms, mask, overlay)
+def _request_plan(
+    mask: ImageFormat | None, overlay: ImageFormat | None, masks_for: MasksFor | None, max_pixels: int
+) -> tuple[InlineImages, Plan]:
+    images = InlineImages(mask is not None, overlay is not None)
+    policy = _masks_policy(masks_for, images.mask or images.overlay)
+    return images, Plan(policy, full_size=images.wants_full_size, max_pixels=max_pixels)
 
 
-def _png_data_uri(image: Image.Image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+def _record(state: ServerState, item: Item, detection: Detection | None, images: InlineImages) -> dict:
+    answer = record(state.detector, item, detection, images)
+    if "error" not in answer:
+        state.metrics.images.labels(answer["verdict"]).inc()
+    return answer
 
 
 class _Instrumented:

@@ -1,0 +1,1 @@
+"""Front ends that spread one scan over many machines (Ray)."""
