@@ -13,8 +13,8 @@ import click
 import pytest
 import trt_standin
 from click.testing import CliRunner
+from console_scripts import run_without_torch
 from standin_artifact import build_standin_artifact
-from test_cli_grammar import _without_torch
 
 from maskclip_runtime.backends import registry
 from maskclip_runtime.backends.base import Backend
@@ -161,13 +161,13 @@ def test_availability_rows(monkeypatch):
 
 
 def test_info_backends_without_torch(tmp_path):
-    done = _without_torch("maskclip-info", "--backends")
+    done = run_without_torch("maskclip-info", "--backends")
     lines = done.stdout.splitlines()
     assert done.returncode == 0, done.stderr
     # onnxruntime is blocked too (a runtime-less install): the probe says so and what to install
     assert [line.split()[0] for line in lines] == list(registry.names())
     assert all("unavailable: " in line and "pip install" in line for line in lines)
-    done = _without_torch("maskclip-info", "--backends", "--json", str(tmp_path / "b.json"))
+    done = run_without_torch("maskclip-info", "--backends", "--json", str(tmp_path / "b.json"))
     assert done.returncode == 0, done.stderr
     rows = json.loads((tmp_path / "b.json").read_text())["backends"]
     assert [(r["name"], r["available"]) for r in rows] == [(name, False) for name in registry.names()]

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import click
 import pytest
 from click.testing import CliRunner
+from console_scripts import ROOT, SCRIPTS, run_without_torch  # noqa: E402
 
 from maskclip_runtime.command import command
 from maskclip_runtime.errors import (
@@ -28,54 +26,6 @@ from maskclip_runtime.errors import (
     VerificationFailed,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
-# console script -> (module, function), from setup.py: the list users get, whatever this venv installed
-SCRIPTS = {
-    name: (module, function)
-    for name, module, function in re.findall(
-        r'"(maskclip-[a-z]+)=([\w.]+):(\w+)"', (ROOT / "setup.py").read_text(encoding="utf-8")
-    )
-}
-# What the base install lacks (the extras train, export, cpu and serve).
-BLOCKED = (
-    "torch",
-    "torchvision",
-    "open_clip",
-    "timm",
-    "safetensors",
-    "onnx",
-    "onnxslim",
-    "polygraphy",
-    "onnxruntime",
-    "fastapi",
-    "uvicorn",
-)
-WITHOUT_TORCH = f"""
-import sys
-
-class Refuse:
-    def find_spec(self, name, path=None, target=None):
-        if name.partition(".")[0] in {BLOCKED!r}:
-            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
-        return None
-
-sys.meta_path.insert(0, Refuse())
-module, function, *args = sys.argv[1:]
-sys.argv = [module, *args]
-getattr(__import__(module, fromlist=[function]), function)()
-"""
-
-
-def _without_torch(script: str, *args: str) -> subprocess.CompletedProcess:
-    module, function = SCRIPTS[script]
-    return subprocess.run(
-        [sys.executable, "-c", WITHOUT_TORCH, module, function, *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-    )
-
 
 def test_setup_lists_every_command():
     assert {"maskclip-run", "maskclip-serve", "maskclip-export", "maskclip-bench", "maskclip-train"} <= set(SCRIPTS)
@@ -83,7 +33,7 @@ def test_setup_lists_every_command():
 
 @pytest.mark.parametrize("script", sorted(SCRIPTS))
 def test_help_works_without_torch_and_shows_the_exit_table(script):
-    done = _without_torch(script, "-h")
+    done = run_without_torch(script, "-h")
     assert done.returncode == 0, done.stderr[-2000:]
     for status, _ in EXIT_STATUSES:
         assert re.search(rf"^\s+{status}\s", done.stdout, re.MULTILINE), (script, status)
@@ -99,7 +49,7 @@ def test_help_works_without_torch_and_shows_the_exit_table(script):
     ],
 )
 def test_a_command_that_needs_torch_names_the_extra_and_exits_4(script, args, tmp_path):
-    done = _without_torch(script, *(a.format(tmp=tmp_path) for a in args))
+    done = run_without_torch(script, *(a.format(tmp=tmp_path) for a in args))
     assert done.returncode == EXIT_BACKEND_UNAVAILABLE, done.stderr[-2000:]
     (line,) = done.stderr.strip().splitlines()
     assert 'pip install -c constraints.txt -e ".[' in line and "Traceback" not in done.stderr

@@ -12,7 +12,7 @@ import pytest
 import trt_standin
 from click.testing import CliRunner
 from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
-from test_tensorrt_builder import _artifact
+from tiny_onnx import onnx_artifact as _artifact
 
 import maskclip_runtime.backends.tensorrt as runtime_backend
 from maskclip_bench import polygraphy_check

@@ -23,10 +23,10 @@ from PIL import Image, ImageFilter
 from standin_artifact import build_standin_artifact, expected_standin_output, sample_photos
 
 from maskclip_runtime import cli
-from maskclip_runtime.detect import pipeline
 from maskclip_runtime.detect.detector import Detector
 from maskclip_runtime.errors import EXIT_BACKEND_UNAVAILABLE, EXIT_NOT_FINISHED, EXIT_SOME_INPUTS_FAILED, EXIT_USAGE
 from maskclip_runtime.kernel.inputs import images_in_folder
+from maskclip_runtime.pipeline import steps as pipeline
 from maskclip_runtime.present import image_sinks
 
 ORIENTATION = 0x0112

@@ -8,7 +8,8 @@ import platform
 
 import pytest
 import trt_standin
-from test_tensorrt_builder import SHAPES, _artifact, tiny_onnx
+from tiny_onnx import SHAPES, tiny_onnx
+from tiny_onnx import onnx_artifact as _artifact
 from trt_standin import ENGINE_PLAN, VERSION_COMPATIBLE_PLAN, FakeCudart
 
 import maskclip_runtime.backends.tensorrt as runtime_backend
