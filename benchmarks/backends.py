@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from maskclip_runtime.contract.precision_table import ONNXRUNTIME, PRECISIONS, TENSORRT
+from maskclip_runtime.contract.precision_table import ONNXRUNTIME, OPENVINO, PRECISIONS, TENSORRT
 from maskclip_runtime.kernel.devices import parse_device
 from maskclip_runtime.kernel.preprocess import load_image, preprocess_batch, resize_probability_map
 
@@ -18,8 +18,9 @@ from .artifacts import gate_parity
 #: backend id -> (runtime, precision); "torch" is the PyTorch eager fp32 baseline. Reduced-precision
 #: PyTorch rows run under autocast (mixed precision, like the fp16 graphs: the model's own fp32 casts
 #: stay); "-graph" rows replay one captured CUDA graph per batch size (CUDA only). The artifact rows
-#: are the precision table's: one per precision and backend its graphs may go to.
-RUNTIME_PREFIXES = {ONNXRUNTIME: "ort", TENSORRT: "trt"}
+#: are the precision table's: one per precision and backend its graphs may go to, a precision named after
+#: its one runtime without that suffix (int8-openvino on OpenVINO: "ov-int8").
+RUNTIME_PREFIXES = {ONNXRUNTIME: "ort", TENSORRT: "trt", OPENVINO: "ov"}
 BACKENDS = {
     "torch": ("torch", "fp32"),
     "torch-fp16": ("torch", "fp16"),
@@ -28,7 +29,7 @@ BACKENDS = {
     "torch-fp16-graph": ("torch-cudagraph", "fp16"),
     "torch-bf16-graph": ("torch-cudagraph", "bf16"),
     **{
-        f"{RUNTIME_PREFIXES[runtime]}-{row.name}": (runtime, row.name)
+        f"{RUNTIME_PREFIXES[runtime]}-{row.name.removesuffix('-' + runtime)}": (runtime, row.name)
         for runtime in RUNTIME_PREFIXES
         for row in PRECISIONS.values()
         if runtime in row.backends

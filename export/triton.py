@@ -1,9 +1,11 @@
 """maskclip-triton: an exported artifact -> a Triton Inference Server model repository.
 
-    maskclip-triton ARTIFACT --out REPO [--name maskclip] [--backend auto|onnxruntime|tensorrt] [--raw-input]
+    maskclip-triton ARTIFACT --out REPO [--name maskclip] [--backend auto|onnxruntime|tensorrt|openvino]
+        [--raw-input]
 
-Writes REPO/<name>/config.pbtxt and REPO/<name>/1/model.onnx (onnxruntime backend) or model.plan
-(`platform: "tensorrt_plan"`, when the artifact has engines). Inputs and outputs carry the
+Writes REPO/<name>/config.pbtxt and REPO/<name>/1/model.onnx (onnxruntime backend), model.plan
+(`platform: "tensorrt_plan"`, when the artifact has engines) or, for OpenVINO artifacts (bf16,
+int8-openvino), `backend: "openvino"` with the IR (model.xml + model.bin) or the ONNX graph. Inputs and outputs carry the
 artifact's exact tensor names, dims and dtypes; max_batch_size and dynamic batching come from its
 batch profile. A split artifact becomes one model per graph plus an ensemble named <name> that
 chains them by tensor name, as the runtime does.
@@ -28,10 +30,12 @@ from pathlib import Path
 import click
 import numpy as np
 
+from maskclip_runtime.backends.openvino import INFERENCE_PRECISION
 from maskclip_runtime.command import command
 from maskclip_runtime.contract.artifact import Artifact, load_artifact
 from maskclip_runtime.contract.chain import run_chain
 from maskclip_runtime.contract.manifest import FINAL_OUTPUTS, GraphSpec, TensorSpec
+from maskclip_runtime.contract.precision_table import ONNXRUNTIME, OPENVINO, precision_row
 from maskclip_runtime.detect.detector import BACKENDS
 from maskclip_runtime.errors import InputError, VerificationFailed
 from maskclip_runtime.kernel.atomic import atomic_path, write_text_atomic
@@ -48,6 +52,7 @@ TRITON_TYPES = {
     "int64": "TYPE_INT64",
     "bool": "TYPE_BOOL",
 }
+OPENVINO_PLATFORM = "openvino"  # Triton's OpenVINO backend (`backend:` in the config, not `platform:`)
 ENGINE_MAGIC = b"MCLIPTRT"  # engine files written with a metadata header in front of the plan
 
 
@@ -88,7 +93,8 @@ def write_repository(
 ) -> list[Path]:
     """Write the model repository; returns the model folders written. The gate runs before any write."""
     artifact = load_artifact(artifact_path)
-    use_engines = _choose_backend(artifact, backend, raw_input)
+    platform = _choose_platform(artifact, backend, raw_input)
+    use_engines = platform == "tensorrt_plan"
     graphs = artifact.graphs
     staged: dict[str, tuple[GraphSpec, Path, str]] = {}  # model name -> (graph, model file to install, platform)
     with tempfile.TemporaryDirectory(prefix="maskclip-triton-") as temp:
@@ -102,9 +108,9 @@ def write_repository(
             elif raw_input and "image" in {t.name for t in graph.inputs}:
                 baked = temp / f"{graph.name}.onnx"
                 bake_preprocessing(artifact.file(graph.file), baked, artifact.preprocess)
-                staged[model_name] = (graph, baked, "onnxruntime_onnx")
+                staged[model_name] = (graph, baked, platform)
             else:
-                staged[model_name] = (graph, artifact.file(graph.file), "onnxruntime_onnx")
+                staged[model_name] = (graph, artifact.file(graph.file), platform)
         if raw_input:
             log("gate: baked preprocessing vs the original graph fed by numpy preprocessing")
             report = gate_baked_graphs(artifact, {g.name: path for g, path, _ in staged.values()})
@@ -116,18 +122,28 @@ def write_repository(
         out = Path(out)
         written = []
         for model_name, (graph, source, platform) in staged.items():
-            config = model_config(model_name, platform, graph, batching, raw_input, max_wait_ms)
-            filename = "model.plan" if platform == "tensorrt_plan" else "model.onnx"
+            config = model_config(model_name, platform, graph, batching, raw_input, max_wait_ms, source.suffix)
+            config += openvino_parameters(artifact.precision) if platform == OPENVINO_PLATFORM else ""
+            filename = "model.plan" if platform == "tensorrt_plan" else f"model{source.suffix}"
             written.append(_install_model(out / model_name, config, source, filename))
         if len(graphs) > 1:
             written.append(_install_model(out / name, ensemble_config(name, graphs, batching, raw_input), None, None))
     return written
 
 
-def _choose_backend(artifact: Artifact, backend: str, raw_input: bool) -> bool:
-    """True: serve the TensorRT engines; False: the ONNX graphs."""
+def _choose_platform(artifact: Artifact, backend: str, raw_input: bool) -> str:
+    """What serves the artifact: "tensorrt_plan" (its engines), "onnxruntime_onnx" or OpenVINO's backend."""
     if backend not in BACKENDS:
-        raise TritonExportError(f"unknown backend {backend!r}: use auto, onnxruntime or tensorrt")
+        raise TritonExportError(f"unknown backend {backend!r}: use {', '.join(BACKENDS)}")
+    runs_on = precision_row(artifact.precision).backends
+    if backend == "openvino" or (backend == "auto" and ONNXRUNTIME not in runs_on and not artifact.engines):
+        if OPENVINO not in runs_on:
+            raise TritonExportError(f"OpenVINO does not run {artifact.precision} artifacts (only {', '.join(runs_on)})")
+        if raw_input and any(Path(g.file).suffix != ".onnx" for g in artifact.graphs):
+            raise TritonExportError("--raw-input edits an ONNX graph; this artifact's graphs are an OpenVINO IR")
+        return OPENVINO_PLATFORM
+    if backend == "onnxruntime" and ONNXRUNTIME not in runs_on:
+        raise TritonExportError(f"ONNX Runtime does not run {artifact.precision} artifacts: use --backend openvino")
     has_engines = bool(artifact.engines) and all(g.name in artifact.engines for g in artifact.graphs)
     if backend == "tensorrt" and not has_engines:
         raise TritonExportError("the artifact has no TensorRT engines; build them with maskclip-export --trt")
@@ -136,7 +152,16 @@ def _choose_backend(artifact: Artifact, backend: str, raw_input: bool) -> bool:
             "--raw-input edits the ONNX graph, and the engines were built from the float graph: "
             "use --backend onnxruntime"
         )
-    return backend == "tensorrt" or (backend == "auto" and has_engines and not raw_input)
+    use_engines = backend == "tensorrt" or (backend == "auto" and has_engines and not raw_input)
+    return "tensorrt_plan" if use_engines else "onnxruntime_onnx"
+
+
+def openvino_parameters(precision: str) -> str:
+    """Triton's OpenVINO backend takes no precision setting but a bf16 hint: asked for the precisions the
+    runtime runs in bf16 (backends/openvino.py), left to the device's default otherwise."""
+    if INFERENCE_PRECISION.get(precision) != "bf16":
+        return ""
+    return 'parameters: [\n  {\n    key: "HINT_BF16"\n    value: { string_value: "YES" }\n  }\n]\n'
 
 
 def _engine_batch_max(artifact: Artifact) -> int | None:
@@ -158,10 +183,20 @@ def _copy_plan(engine: Path, destination: Path) -> None:
 
 # --- config.pbtxt ------------------------------------------------------------------------------------
 def model_config(
-    name: str, platform: str, graph: GraphSpec, batching: Batching, raw_input: bool, max_wait_ms: float
+    name: str,
+    platform: str,
+    graph: GraphSpec,
+    batching: Batching,
+    raw_input: bool,
+    max_wait_ms: float,
+    suffix: str = ".onnx",
 ) -> str:
     inputs = [_raw_input_spec(t) if raw_input and t.name == "image" else t for t in graph.inputs]
-    lines = [f'name: "{name}"', f'platform: "{platform}"', f"max_batch_size: {batching.max_batch_size}"]
+    if platform == OPENVINO_PLATFORM:  # a backend, not a platform; it looks for model.xml unless told
+        serves = ['backend: "openvino"'] + ([f'default_model_filename: "model{suffix}"'] if suffix != ".xml" else [])
+    else:
+        serves = [f'platform: "{platform}"']
+    lines = [f'name: "{name}"', *serves, f"max_batch_size: {batching.max_batch_size}"]
     lines += [_tensor_block("input", inputs, batching), _tensor_block("output", graph.outputs, batching)]
     if batching.max_batch_size > 1:
         preferred = (
@@ -227,8 +262,11 @@ def _install_model(folder: Path, config: str, model_file: Path | None, filename:
 
 
 def _model_files(model_file: Path, filename: str) -> list[tuple[Path, str]]:
-    """The model file and, for ONNX graphs with external weights, the data files it names."""
+    """The model file and, for ONNX graphs with external weights, the data files it names (an OpenVINO IR:
+    its .bin)."""
     files = [(model_file, filename)]
+    if filename.endswith(".xml"):
+        files.append((model_file.with_suffix(".bin"), Path(filename).with_suffix(".bin").name))
     if filename.endswith(".onnx"):
         import onnx
 
@@ -289,7 +327,6 @@ def bake_preprocessing(source: Path, destination: Path, spec) -> None:
 def gate_baked_graphs(artifact: Artifact, installed: dict[str, Path]) -> dict:
     """Original graphs + numpy preprocessing vs the repository's graphs on uint8 pixels, same images."""
     from maskclip_runtime.backends.onnxruntime import OnnxRuntimeRunner
-    from maskclip_runtime.contract.precision_table import precision_row
     from maskclip_runtime.kernel.preprocess import resize_and_normalize, resize_rgb8
 
     from .verify import compare, default_verification_images, gate_failures
@@ -334,7 +371,8 @@ def _run_chain(runners, first: str, images: np.ndarray, artifact: Artifact) -> d
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Model repository folder to write into.")
 @click.option("--name", default="maskclip", show_default=True, help="Model name in the repository.")
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
-              help="auto: the TensorRT engines when the artifact has them, else the ONNX graphs.")  # fmt: skip
+              help="auto: the TensorRT engines when the artifact has them, OpenVINO for OpenVINO-only precisions "
+                   "(bf16, int8-openvino), else the ONNX graphs on ONNX Runtime.")  # fmt: skip
 @click.option(
     "--raw-input", is_flag=True, help="Bake normalisation into the graph: uint8 NHWC pixels at model size in."
 )

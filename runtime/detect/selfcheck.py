@@ -180,7 +180,7 @@ def _package_versions() -> dict[str, str]:
     from importlib import metadata
 
     versions = {}
-    for package in ("onnxruntime", "onnxruntime-gpu", "tensorrt", "tensorrt-cu12", "tensorrt-cu13"):
+    for package in ("onnxruntime", "onnxruntime-gpu", "tensorrt", "tensorrt-cu12", "tensorrt-cu13", "openvino"):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
