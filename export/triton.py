@@ -7,8 +7,8 @@ Writes REPO/<name>/config.pbtxt and REPO/<name>/1/model.onnx (onnxruntime backen
 (`platform: "tensorrt_plan"`, when the artifact has engines) or, for OpenVINO artifacts (bf16,
 int8-openvino), `backend: "openvino"` with the IR (model.xml + model.bin) or the ONNX graph.
 Inputs and outputs carry the artifact's exact tensor names, dims and dtypes; max_batch_size and
-dynamic batching come from its batch profile. A split artifact becomes one model per graph plus an ensemble named <name> that
-chains them by tensor name, as the runtime does.
+dynamic batching come from its batch profile. A split artifact becomes one model per graph plus an
+ensemble named <name> that chains them by tensor name, as the runtime does.
 
 --raw-input bakes the resize-free half of the preprocessing into the graph: the input becomes
 `image_rgb8`, uint8 [batch, S, S, 3] (RGB pixels already resized to the model's S x S, the way
