@@ -361,11 +361,18 @@ def _build_runners(artifact: Artifact, backend: str, device: str | None, threads
 
 
 def auto_cpu_backend(precision: str, host: Host) -> str:
-    """The CPU backend `auto` runs a precision on: ONNX Runtime for the graphs it runs (measured as fast as
-    OpenVINO on fp32, and its int8-cpu graph is its own), OpenVINO for the precisions only it runs (bf16:
-    OpenVINO's bf16 where the CPU has it, its fp32 elsewhere; int8-openvino), when it is installed."""
+    """The CPU backend `auto` runs a precision on (benchmarks/results/openvino-cpu-*.md):
+
+    - bf16 on a CPU with native bf16 (AVX-512-bf16, AMX, ARM bf16): OpenVINO, the only CPU runtime that
+      computes in bf16 (1.97x over ONNX Runtime fp32 on opensdi-vitl14, Zen 5);
+    - precisions only OpenVINO runs (int8-openvino): OpenVINO;
+    - everything else, bf16 without native bf16 included: ONNX Runtime. OpenVINO's fp32 is no faster
+      (1.02x on vitl14, Zen 5) and on AVX2 slower (the demo model: ONNX Runtime 2x faster), and without
+      native bf16 OpenVINO would run the bf16 artifact in fp32 anyway."""
     backends = precision_row(precision).backends
-    return "onnxruntime" if "onnxruntime" in backends else "openvino"
+    if "openvino" in backends and ("onnxruntime" not in backends or (precision == "bf16" and host.native_bf16)):
+        return "openvino"
+    return "onnxruntime"
 
 
 def _tensorrt_preferred(artifact: Artifact, device: str | None) -> bool:
