@@ -48,3 +48,15 @@ def test_a_gate_is_no_looser_than_the_default_precisions():
     strict = PRECISIONS[DEFAULT_PRECISION].gate
     for row in PRECISIONS.values():
         assert row.gate.max_prob_diff >= strict.max_prob_diff and row.gate.max_flip_rate >= strict.max_flip_rate
+
+
+def test_bf16_engines_are_the_fp32_graph_with_the_bf16_flag():
+    """bf16 artifacts hold the fp32 graph: TensorRT 10 builds it with BF16 (never strongly typed as fp32);
+    TensorRT 11 has no flag for it and says so."""
+    from maskclip_export.tensorrt import PrecisionPlanError, plan_precision
+
+    for graph in ("bf16", "fp32"):
+        plan = plan_precision("10.3.0", "bf16", graph)
+        assert not plan.strongly_typed and "BF16" in plan.builder_flags
+    with pytest.raises(PrecisionPlanError, match="TensorRT 10"):
+        plan_precision("11.4.0", "bf16", "bf16")
