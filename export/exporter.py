@@ -7,6 +7,7 @@ A failed gate keeps its graphs and report in `<out>.failed/` (without a manifest
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -24,6 +25,8 @@ from tqdm import tqdm
 from maskclip_core.model import MaskCLIP
 from maskclip_runtime.backends.onnxruntime import OnnxRuntimeRunner
 from maskclip_runtime.backends.openvino import INFERENCE_PRECISION, OpenVinoRunner
+from maskclip_runtime.backends.openvino import INSTALL_HINT as OPENVINO_INSTALL_HINT
+from maskclip_runtime.backends.openvino import probe as openvino_probe
 from maskclip_runtime.contract.artifact import load_artifact, write_manifest
 from maskclip_runtime.contract.chain import run_chain
 from maskclip_runtime.contract.manifest import (
@@ -44,7 +47,7 @@ from maskclip_runtime.contract.precision_table import (
 )
 from maskclip_runtime.contract.verdict_calibration import Calibration
 from maskclip_runtime.detect.detector import Detector
-from maskclip_runtime.errors import InputError, VerificationFailed
+from maskclip_runtime.errors import BackendUnavailable, InputError, VerificationFailed
 from maskclip_runtime.kernel.atomic import write_text_atomic
 from maskclip_runtime.kernel.host import current_host
 from maskclip_runtime.kernel.inputs import image_files
@@ -480,12 +483,25 @@ def export_artifact(
 def _check_before_work(source: ModelSource, options: ExportOptions, log: Callable[[str], None]) -> None:
     """Everything that can be refused is refused here, before a graph is written."""
     options.validate()
+    _check_openvino(options.precision)
     out = Path(options.out)
     check_output_location(out)
     remove_stale_staging(out, log)
     if options.calib:
         calibration_paths(options.calib, options.calib_count)
     _check_calibration_model(source, options)
+
+
+def _check_openvino(precision: str) -> None:
+    """A precision gated on OpenVINO (bf16, int8-openvino) needs it, and int8-openvino NNCF: say so before work."""
+    row = precision_row(precision)
+    if gate_backend(row) != OPENVINO:
+        return
+    missing = openvino_probe()
+    if missing is None and row.calibrated and importlib.util.find_spec("nncf") is None:
+        missing = OPENVINO_INSTALL_HINT.replace("OpenVINO", "NNCF", 1)
+    if missing:
+        raise BackendUnavailable(f"--precision {precision} is built and gated with OpenVINO. {missing}")
 
 
 def _step_count(options: ExportOptions) -> int:

@@ -6,9 +6,12 @@ Two exports shared by the module; the gate's figures are recomputed here from Py
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import shutil
+import sys
 from dataclasses import asdict
+from importlib.util import find_spec
 
 import numpy as np
 import pytest
@@ -177,3 +180,20 @@ def test_auto_picks_the_backend_that_runs_the_precision():
         assert auto_cpu_backend("int8-openvino", host) == "openvino"
     assert auto_cpu_backend("bf16", bf16_cpu) == "openvino"
     assert auto_cpu_backend("bf16", avx2) == "onnxruntime"  # the same fp32 arithmetic, faster there
+
+
+@pytest.mark.parametrize(
+    ("blocked", "precision"), [("openvino", "bf16"), ("openvino", "int8-openvino"), ("nncf", "int8-openvino")]
+)
+def test_an_export_that_needs_openvino_says_so_before_any_work(blocked, precision, demo, tmp_path, monkeypatch):
+    from maskclip_runtime.backends import openvino as ov_backend
+
+    monkeypatch.setitem(sys.modules, blocked, None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == blocked else find_spec(name, *a))
+    ov_backend._core.cache_clear()
+    options = ExportOptions(
+        out=tmp_path / "a", precision=precision, calib=str(tmp_path) if precision != "bf16" else None
+    )
+    with pytest.raises(BackendUnavailable, match=r'pip install -c constraints.txt -e "\.\[openvino\]"'):
+        export_artifact(demo[1], options, progress=False)
+    assert not list(tmp_path.iterdir())
