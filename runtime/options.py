@@ -36,7 +36,7 @@ model_options = option_group(
         "--threshold", type=click.FloatRange(0.0, 1.0), help="Verdict and mask threshold (default: manifest)."
     ),
     click.option("--batch", type=click.IntRange(min=1), help="Most images per forward pass (default: the artifact's)."),
-    click.option("--threads", type=click.IntRange(min=1), help="CPU threads for ONNX Runtime."),
+    click.option("--threads", type=click.IntRange(min=1), help="CPU threads for ONNX Runtime or OpenVINO."),
 )
 
 # --no-self-check, --strict, --quiet
