@@ -92,6 +92,10 @@ class FeedCalibrationReader(CalibrationDataReader):
     def __len__(self) -> int:
         return len(self._feeds)
 
+    @property
+    def feeds(self) -> list[dict[str, np.ndarray]]:
+        return self._feeds
+
 
 def _op_types_of(model: onnx.ModelProto, names: Iterable[str]) -> set[str]:
     wanted = set(names)
@@ -375,7 +379,7 @@ def quantize_for_openvino(
         "ignored_scope": scope,
         "subset_size": len(calibration),
     }
-    dataset = nncf.Dataset(calibration._feeds)
+    dataset = nncf.Dataset(calibration.feeds)
     with _expected_quantizer_advice():
         if recipe.accuracy_drop is None:
             quantized = nncf.quantize(ov_model, dataset, advanced_parameters=advanced, **common)
@@ -383,7 +387,7 @@ def quantize_for_openvino(
             reference = openvino.Core().compile_model(ov_model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
             expected = {
                 id(feed): {port.get_any_name(): value for port, value in reference(feed).items()}
-                for feed in calibration._feeds
+                for feed in calibration.feeds
             }
             quantized = nncf.quantize_with_accuracy_control(
                 ov_model,
