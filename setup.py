@@ -70,6 +70,9 @@ setup(
         "gpu": ["onnxruntime-gpu>=1.27", "tensorrt-cu13>=11,<12", "cuda-python>=13,<14"],
         "gpu-cu12": ["onnxruntime-gpu>=1.20,<1.27", "tensorrt-cu12>=10.3,<11", "cuda-python>=12.3,<13"],
         "jetson": ["cuda-python>=12.3,<13"],  # JetPack 6: TensorRT, torch and onnxruntime-gpu come with it
+        # OpenVINO runs any artifact on Intel/AMD CPUs, Intel GPUs and NPUs (--backend openvino); NNCF makes
+        # the int8-openvino precision at export.
+        "openvino": ["openvino>=2025.0", "nncf>=2.16"],
         "train": TRAIN,
         "export": TRAIN + EXPORT,
         "serve": SERVE,

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from maskclip_runtime.backends import registry
-from maskclip_runtime.contract.precision_table import ONNXRUNTIME, PRECISIONS, TENSORRT
+from maskclip_runtime.contract.precision_table import PRECISIONS, TENSORRT
 from maskclip_runtime.kernel.devices import parse_device
 from maskclip_runtime.kernel.preprocess import load_image, preprocess_batch, resize_probability_map
 
@@ -20,8 +20,16 @@ from .artifacts import gate_parity
 #: backend id -> (runtime, precision); "torch" is the PyTorch eager fp32 baseline. Reduced-precision
 #: PyTorch rows run under autocast (mixed precision, like the fp16 graphs: the model's own fp32 casts
 #: stay); "-graph" rows replay one captured CUDA graph per batch size (CUDA only). The artifact rows
-#: are the precision table's: one per precision and registered backend its graphs may go to.
+#: are the precision table's: one per precision and backend its graphs may go to, a precision named after
+#: its one runtime without that suffix (int8-openvino on OpenVINO: "ov-int8").
 RUNTIME_PREFIXES = {backend.name: backend.short for backend in registry.backends().values()}
+
+
+def row_name(runtime: str, precision: str) -> str:
+    """ort-fp16, trt-int8, ov-int8 (int8-openvino: a precision named after its one runtime loses that suffix)."""
+    return f"{RUNTIME_PREFIXES[runtime]}-{precision.removesuffix('-' + runtime)}"
+
+
 BACKENDS = {
     "torch": ("torch", "fp32"),
     "torch-fp16": ("torch", "fp16"),
@@ -30,7 +38,7 @@ BACKENDS = {
     "torch-fp16-graph": ("torch-cudagraph", "fp16"),
     "torch-bf16-graph": ("torch-cudagraph", "bf16"),
     **{
-        f"{RUNTIME_PREFIXES[runtime]}-{row.name}": (runtime, row.name)
+        row_name(runtime, row.name): (runtime, row.name)
         for runtime in RUNTIME_PREFIXES
         for row in PRECISIONS.values()
         if runtime in row.backends
@@ -97,13 +105,13 @@ def existing_artifact(path: Path) -> ExistingArtifact | None:
         engine = next((e for e in artifact.manifest.engines if e.file == path.name), None)
         if engine is None:
             raise ArtifactError(f"{path}: its artifact {path.parent} does not list this engine (stray or renamed file)")
-        rows = (f"{RUNTIME_PREFIXES[TENSORRT]}-{engine.precision}",)
+        rows = (row_name(TENSORRT, engine.precision),)
     elif path.is_dir() and (path / MANIFEST_NAME).is_file() or path.name == MANIFEST_NAME:
         artifact = load_artifact(path)
         rows = tuple(
-            f"{RUNTIME_PREFIXES[runtime]}-{precision}"
+            row_name(runtime, precision)
             for runtime, precision in (
-                (ONNXRUNTIME, artifact.precision),
+                *((b.name, artifact.precision) for b in registry.backends().values() if b.runs_onnx_graphs),
                 *((TENSORRT, e.precision) for e in artifact.manifest.engines[:1]),
             )
             if runtime in PRECISIONS[precision].backends

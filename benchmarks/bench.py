@@ -33,7 +33,7 @@ from .artifacts import adopt_refused_artifact, export_artifact, gate_parity, reu
 from .backends import BACKENDS, ExistingArtifact, Session, artifact_session, end_to_end
 from .memory import PeakMemory
 from .pytorch import torch_gate, torch_session
-from .report import INT8_BACKENDS
+from .report import INT8_BACKENDS, OPENVINO_BACKENDS
 from .roofline import best_ceiling
 from .samples import calibration_images, sample_images
 from .timing import achieved_gflops, paired_speedup, percentiles, time_calls_and_part
@@ -277,7 +277,12 @@ def run(
 
 
 #: The comparisons the targets are about: (slower backend, faster backends: the fastest ok row is used).
-PAIRINGS = (("torch", ("ort-fp32",)), ("ort-fp32", INT8_BACKENDS))
+PAIRINGS = (
+    ("torch", ("ort-fp32",)),
+    ("ort-fp32", INT8_BACKENDS),
+    *(("ort-fp32", (row,)) for row in OPENVINO_BACKENDS),
+    ("ort-int8-cpu", ("ov-int8",)),  # OpenVINO's int8 against the project's best ONNX Runtime CPU path
+)
 
 
 def default_workdir() -> Path:

@@ -18,6 +18,7 @@ ORT_INT8_SPEEDUP_WITHOUT_VNNI = 1.7
 VNNI_FEATURES = ("avx512_vnni", "avx_vnni")
 CEILING_GAP = 1.3  # fp32 achieved GFLOP/s within this factor of the fp32 GEMM ceiling
 INT8_BACKENDS = ("ort-int8", "ort-int8-cpu")
+OPENVINO_BACKENDS = ("ov-fp32", "ov-bf16", "ov-int8")  # each paired with ORT fp32
 
 
 def write_markdown(path: str | os.PathLike, markdown: str) -> None:

@@ -7,6 +7,7 @@ A failed gate keeps its graphs and report in `<out>.failed/` (without a manifest
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -22,7 +23,10 @@ import numpy as np
 from tqdm import tqdm
 
 from maskclip_core.model import MaskCLIP
+from maskclip_runtime.backends import registry
 from maskclip_runtime.backends.onnxruntime import OnnxRuntimeRunner
+from maskclip_runtime.backends.openvino import INFERENCE_PRECISION, OpenVinoRunner
+from maskclip_runtime.backends.openvino import INSTALL_HINT as OPENVINO_INSTALL_HINT
 from maskclip_runtime.contract.artifact import load_artifact, write_manifest
 from maskclip_runtime.contract.chain import run_chain
 from maskclip_runtime.contract.manifest import (
@@ -35,11 +39,18 @@ from maskclip_runtime.contract.manifest import (
     ModelIdentity,
     claimed_files,
 )
-from maskclip_runtime.contract.precision_table import DEFAULT_PRECISION, PRECISIONS, precision_row
+from maskclip_runtime.contract.precision_table import (
+    DEFAULT_PRECISION,
+    OPENVINO,
+    PRECISIONS,
+    gate_backend,
+    precision_row,
+)
 from maskclip_runtime.contract.verdict_calibration import Calibration
 from maskclip_runtime.detect.detector import Detector
-from maskclip_runtime.errors import InputError, VerificationFailed
+from maskclip_runtime.errors import BackendUnavailable, InputError, VerificationFailed
 from maskclip_runtime.kernel.atomic import unreplaceable_folder, write_text_atomic
+from maskclip_runtime.kernel.host import current_host
 from maskclip_runtime.kernel.inputs import image_files
 from maskclip_runtime.kernel.preprocess import ImageLoadError, PreprocessSpec, load_image, preprocess_batch
 
@@ -223,6 +234,8 @@ def _to_int8(
         "cpu_features": [list(alternatives) for alternatives in scheme.cpu_features],
         "fp32_nodes": excluded,  # attention products, position tables, detection and mask heads
     }
+    if scheme.recipe is not None:
+        record["recipe"] = scheme.recipe.to_dict()
     return sorted(fp32_ops), record
 
 
@@ -341,13 +354,22 @@ def _keep_failed(staging: Path, out: Path, report: dict) -> Path:
     return failed / FAILED_REPORT_NAME
 
 
+def artifact_graph_specs(options: ExportOptions) -> tuple[GraphSpec, ...]:
+    """The topology's graphs under the file names the precision writes (an OpenVINO IR: model.xml)."""
+    suffix = precision_row(options.precision).graph_suffix
+    return tuple(
+        replace(spec, file=Path(spec.file).with_suffix(suffix).as_posix()) for spec in graph_specs(options.topology)
+    )
+
+
 def _write_graphs(
     source: ModelSource, options: ExportOptions, staging: Path, work: Path, steps: _Steps, log: Callable[[str], None]
-) -> tuple[dict[str, Path], list[str], dict]:
+) -> tuple[dict[str, Path], dict[str, Path], list[str], dict]:
     """fp32 export into `work`, then the requested precision into `staging`.
 
-    Returns ({graph name: final path}, op types kept in fp32, the manifest's int8 record or None)."""
-    specs = graph_specs(options.topology)
+    Returns ({graph name: final path}, {graph name: fp32 ONNX path}, op types kept in fp32, the manifest's
+    int8 record or None)."""
+    specs = artifact_graph_specs(options)
     fp32_paths = export_graphs(
         source.model, work, options.topology, options.batch, options.opset, on_graph=steps.start_export
     )
@@ -356,7 +378,7 @@ def _write_graphs(
         fp32_ops, int8 = _to_int8(options, source, specs, fp32_paths, staging, steps, log)
     elif options.precision in FLOAT_CONVERSIONS:
         fp32_ops = _to_float(options.precision, specs, fp32_paths, staging, steps)
-    return {spec.name: staging / spec.file for spec in specs}, fp32_ops, int8
+    return {spec.name: staging / spec.file for spec in specs}, fp32_paths, fp32_ops, int8
 
 
 def _run_gate(
@@ -367,13 +389,13 @@ def _run_gate(
     images: np.ndarray,
     steps: _Steps,
 ) -> dict:
-    """PyTorch vs ONNX Runtime on the verification images -> the gate report."""
+    """PyTorch vs the precision's gate backend (ONNX Runtime or OpenVINO, on CPU) -> the gate report."""
     steps.start(f"verify: PyTorch ({len(images)} images)")
-    runners = [OnnxRuntimeRunner(path) for path in paths.values()]
+    runners = _gate_runners(options.precision, paths)
 
     def announce(side: str) -> None:
         if side == "candidate":
-            steps.start(f"verify: ONNX Runtime ({len(images)} images)")
+            steps.start(f"verify: {runners[0].backend} ({len(images)} images)")
 
     try:
         report = verify(
@@ -389,7 +411,29 @@ def _run_gate(
     finally:
         for runner in runners:
             runner.close()
-    return {**report, "candidate_backend": runners[0].backend}
+    report = {**report, "candidate_backend": runners[0].backend}
+    if isinstance(runners[0], OpenVinoRunner):
+        report["inference_precision"] = runners[0].inference_precision
+    return report
+
+
+def _gate_runners(precision: str, paths: dict[str, Path]) -> list:
+    """The graphs on the backend that gates the precision (precision_table.gate_backend), on CPU."""
+    if gate_backend(precision_row(precision)) == OPENVINO:
+        hint = INFERENCE_PRECISION.get(precision, "f32")
+        return [OpenVinoRunner(path, "CPU", inference_precision=hint) for path in paths.values()]
+    return [OnnxRuntimeRunner(path) for path in paths.values()]
+
+
+def bf16_gate_note(report: dict) -> str | None:
+    """A bf16 gate run where the CPU has no native bf16 measured fp32 arithmetic: say so."""
+    if report.get("precision") != "bf16" or report.get("inference_precision") == "bf16":
+        return None
+    return (
+        f"note: {current_host().cpu} has no native bf16, so OpenVINO ran the bf16 gate in "
+        f"{report.get('inference_precision', 'fp32')}: the gate measured fp32 arithmetic; the self-check on the "
+        "deploying device (run on first use there) decides whether its bf16 stays inside the bounds"
+    )
 
 
 def _identity(source: ModelSource, options: ExportOptions) -> ModelIdentity:
@@ -426,7 +470,7 @@ def export_artifact(
     if options.verify and len(originals) < MIN_VERIFICATION_IMAGES:
         log(f"warning: verifying on {len(originals)} images (fewer than {MIN_VERIFICATION_IMAGES})")
     steps = _Steps(_step_count(options), progress)
-    converted = options.precision != DEFAULT_PRECISION
+    converted = not precision_row(options.precision).fp32_graph
     staging = _make_staging(out, "partial")
     work = _make_staging(out, "fp32") if converted else staging
     try:
@@ -446,6 +490,7 @@ def export_artifact(
 def _check_before_work(source: ModelSource, options: ExportOptions, log: Callable[[str], None]) -> None:
     """Everything that can be refused is refused here, before a graph is written."""
     options.validate()
+    _check_openvino(options.precision)
     out = Path(options.out)
     check_output_location(out)
     remove_stale_staging(out, log)
@@ -454,10 +499,22 @@ def _check_before_work(source: ModelSource, options: ExportOptions, log: Callabl
     _check_calibration_model(source, options)
 
 
+def _check_openvino(precision: str) -> None:
+    """A precision gated on OpenVINO (bf16, int8-openvino) needs it, and int8-openvino NNCF: say so before work."""
+    row = precision_row(precision)
+    if gate_backend(row) != OPENVINO:
+        return
+    missing = registry.get(OPENVINO).probe()
+    if missing is None and row.calibrated and importlib.util.find_spec("nncf") is None:
+        missing = OPENVINO_INSTALL_HINT.replace("OpenVINO", "NNCF", 1)
+    if missing:
+        raise BackendUnavailable(f"--precision {precision} is built and gated with OpenVINO. {missing}")
+
+
 def _step_count(options: ExportOptions) -> int:
     """export (+ convert) each graph, calibrate, op check, verify (2 sides), canaries, manifest, self-check"""
     row = precision_row(options.precision)
-    graphs = len(graph_specs(options.topology)) * (1 if options.precision == DEFAULT_PRECISION else 2)
+    graphs = len(graph_specs(options.topology)) * (1 if row.fp32_graph else 2)
     return graphs + row.calibrated + 3 + row.tensorrt + 2 * options.verify
 
 
@@ -474,7 +531,7 @@ def _stage_artifact(
     unless the gate refused it. Returns the manifest written."""
     spec = source.model.preprocess_spec()
     names, images = [name for name, _ in originals], preprocess_batch([image for _, image in originals], spec)
-    paths, fp32_ops, int8 = _write_graphs(source, options, staging, work, steps, log)
+    paths, fp32_paths, fp32_ops, int8 = _write_graphs(source, options, staging, work, steps, log)
     row = precision_row(options.precision)
     if row.tensorrt:  # a graph only ONNX Runtime runs may hold ops TensorRT lacks
         steps.start("TensorRT op check")
@@ -482,11 +539,13 @@ def _stage_artifact(
     report = {"skipped": True, "passed": None}
     if options.verify:
         report = _run_gate(source, options, paths, names, images, steps)
+        if note := bf16_gate_note(report):
+            log(note)
     steps.start("self-check canaries")
     reference = torch_reference(source.model, options.topology)
     canaries = write_canaries(staging, originals, spec, reference, source.model.config.threshold, row.gate)
     steps.start("manifest")
-    specs = graph_specs(options.topology)
+    specs = artifact_graph_specs(options)
     identity = _identity(source, options)
     manifest = build_manifest(
         source.model,
@@ -494,7 +553,8 @@ def _stage_artifact(
         identity,
         fp32_ops,
         options.batch,
-        [(graph, paths[graph.name]) for graph in specs],
+        # An OpenVINO IR has its source ONNX graph's inputs and outputs: shapes and dtypes are read from that.
+        [(graph, fp32_paths[graph.name]) for graph in specs],
         options.opset,
         int8,
     ).replace(
@@ -509,6 +569,6 @@ def _stage_artifact(
     if report["passed"] is not False:
         steps.start("self-check (runtime)")
         # The runtime's own on-device check, here, through the same code every later load runs.
-        with Detector(staging, backend="onnxruntime", device="cpu"):
+        with Detector(staging, backend=gate_backend(row), device="cpu"):
             pass
     return manifest

@@ -9,11 +9,12 @@ the verification gate can check it, and recorded in the manifest (`fp32_ops`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +91,10 @@ class FeedCalibrationReader(CalibrationDataReader):
 
     def __len__(self) -> int:
         return len(self._feeds)
+
+    @property
+    def feeds(self) -> list[dict[str, np.ndarray]]:
+        return self._feeds
 
 
 def _op_types_of(model: onnx.ModelProto, names: Iterable[str]) -> set[str]:
@@ -269,6 +274,151 @@ def quantize_for_cpu(
 
 
 @dataclass(frozen=True)
+class OpenVinoRecipe:
+    """The levers of an NNCF int8 quantisation (int8-openvino), recorded in the manifest's int8 block."""
+
+    name: str
+    preset: str = "performance"  # nncf.QuantizationPreset: "performance" (symmetric) or "mixed"
+    transformer: bool = False  # nncf.ModelType.TRANSFORMER: NNCF's transformer patterns (quantises more)
+    smooth_quant_alpha: float | None = None  # None: NNCF's default; < 0: SmoothQuant off
+    # Only Conv/MatMul quantised, and not the int8 graphs' fp32 nodes or the verdict-only head
+    keep_fp32: bool = True
+    accuracy_drop: float | None = None  # nncf.quantize_with_accuracy_control's max_drop, None: plain quantize
+    # Activation ranges: "minmax" over all calibration images (as the int8 QDQ graph), or NNCF's default
+    # (the mean of each image's min and max, which clips what the rarer images reach).
+    activation_ranges: str = "nncf-default"
+    bias_correction: bool = True
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# Chosen by measurement on the demo model against the int8 gate: README "int8-openvino recipes".
+OPENVINO_INT8_RECIPE = OpenVinoRecipe("keep-fp32, min/max activation ranges", activation_ranges="minmax")
+
+
+def verdict_only_nodes(model: onnx.ModelProto, verdict: str = "logits", mask: str = "mask") -> list[str]:
+    """Nodes that make the verdict and nothing the mask needs (the detection head after the shared towers);
+    empty for a graph that does not make both (the split topology's clip and trunk graphs)."""
+    outputs = {o.name for o in model.graph.output}
+    if verdict not in outputs or mask not in outputs:
+        return []
+    producer = {name: node for node in model.graph.node for name in node.output}
+
+    def ancestors(tensor: str) -> set[str]:
+        seen, stack = set(), [tensor]
+        while stack:
+            node = producer.get(stack.pop())
+            if node is not None and node.name not in seen:
+                seen.add(node.name)
+                stack += list(node.input)
+        return seen
+
+    only = ancestors(verdict) - ancestors(mask)
+    return [node.name for node in model.graph.node if node.name in only]
+
+
+# OpenVINO's names for INT8_OP_TYPES: NNCF also quantises the inputs of LayerNorm (MVN), Add, Multiply,
+# Interpolate, Concat ... by default, which our int8 graphs never do (they cost the demo model's gate).
+OPENVINO_INT8_OP_TYPES = ("Convolution", "GroupConvolution", "ConvolutionBackpropData", "MatMul")
+
+
+def _openvino_ignored_scope(src: Path, ov_model) -> tuple[list[str], object]:
+    """The ONNX node names kept in fp32 and the nncf.IgnoredScope naming their OpenVINO ops (a biased
+    convolution becomes "<name>/WithoutBiases" + an Add named after the ONNX node), with every op type
+    but OPENVINO_INT8_OP_TYPES (Softmax among them)."""
+    import nncf
+
+    model = onnx.load(str(src), load_external_data=False)
+    excluded = sorted(set(int8_excluded_nodes(model)) | set(verdict_only_nodes(model)))
+    ops = ov_model.get_ops()
+    present = {op.get_friendly_name() for op in ops}
+    names = [n for name in excluded for n in (name, f"{name}/WithoutBiases") if n in present]
+    types = sorted({op.get_type_name() for op in ops} - set(OPENVINO_INT8_OP_TYPES))
+    return excluded, nncf.IgnoredScope(names=names, types=types, validate=False)
+
+
+def quantize_for_openvino(
+    src: Path,
+    dst: Path,
+    calibration: FeedCalibrationReader,
+    reduce_range: bool,
+    recipe: OpenVinoRecipe = OPENVINO_INT8_RECIPE,
+) -> tuple[list[str], list[str]]:
+    """fp32 ONNX graph -> NNCF post-training int8 OpenVINO IR at `dst` (.xml, weights in the .bin beside it).
+
+    Weights 7-bit where `reduce_range` (NNCF's overflow fix: the same AVX2 int16 saturation as
+    Int8Scheme.weight_bits explains); activations from the calibration feeds. Returns (op types kept
+    in fp32, names of the ONNX nodes excluded from quantisation)."""
+    import nncf
+    import openvino
+    from nncf.quantization.advanced_parameters import (
+        AdvancedQuantizationParameters,
+        AdvancedSmoothQuantParameters,
+        OverflowFix,
+    )
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+    ov_model = openvino.Core().read_model(str(src))
+    excluded, scope = _openvino_ignored_scope(src, ov_model) if recipe.keep_fp32 else ([], None)
+    smooth = (
+        AdvancedSmoothQuantParameters(convolution=recipe.smooth_quant_alpha, matmul=recipe.smooth_quant_alpha)
+        if recipe.smooth_quant_alpha is not None
+        else AdvancedSmoothQuantParameters()
+    )
+    ranges = {"minmax": RangeEstimatorParametersSet.MINMAX}.get(recipe.activation_ranges)
+    advanced = AdvancedQuantizationParameters(
+        overflow_fix=OverflowFix.ENABLE if reduce_range else OverflowFix.DISABLE,
+        smooth_quant_alphas=smooth,
+        disable_bias_correction=not recipe.bias_correction,
+        **({"activations_range_estimator_params": ranges} if ranges else {}),
+    )
+    common = {
+        "preset": nncf.QuantizationPreset(recipe.preset),
+        "model_type": nncf.ModelType.TRANSFORMER if recipe.transformer else None,
+        "ignored_scope": scope,
+        "subset_size": len(calibration),
+    }
+    dataset = nncf.Dataset(calibration.feeds)
+    with _expected_quantizer_advice():
+        if recipe.accuracy_drop is None:
+            quantized = nncf.quantize(ov_model, dataset, advanced_parameters=advanced, **common)
+        else:
+            reference = openvino.Core().compile_model(ov_model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+            expected = {
+                id(feed): {port.get_any_name(): value for port, value in reference(feed).items()}
+                for feed in calibration.feeds
+            }
+            quantized = nncf.quantize_with_accuracy_control(
+                ov_model,
+                dataset,
+                dataset,
+                functools.partial(_agreement, expected),
+                max_drop=recipe.accuracy_drop,
+                advanced_quantization_parameters=advanced,
+                **common,
+            )
+    openvino.save_model(quantized, str(dst), compress_to_fp16=False)
+    return sorted(_op_types_of(onnx.load(str(src), load_external_data=False), excluded) | {"Softmax"}), excluded
+
+
+def _agreement(expected: dict[int, dict[str, np.ndarray]], compiled, feeds) -> tuple[float, list[float]]:
+    """Accuracy control's metric: 1 - the relative error of the graph's outputs against the fp32 graph's on
+    the same feed (keyed by the feed's identity), worst over outputs and feeds, and per feed (1.0 for the
+    fp32 graph itself; every graph of a chain has outputs to compare)."""
+    per_feed = []
+    for feed in feeds:
+        reference = expected[id(feed)]
+        errors = [
+            float(np.abs(value - reference[port.get_any_name()]).max())
+            / max(float(np.abs(reference[port.get_any_name()]).max()), 1e-6)
+            for port, value in compiled(feed).items()
+        ]
+        per_feed.append(1.0 - max(errors))
+    return min(per_feed), per_feed
+
+
+@dataclass(frozen=True)
 class Int8Scheme:
     """How one int8 precision is built; everything but `quantize` goes into the manifest's "int8" block."""
 
@@ -283,6 +433,7 @@ class Int8Scheme:
     weight_bits: int = 7
     # CPU features the results depend on (lists of alternatives): none, the graph is ISA-portable.
     cpu_features: tuple[tuple[str, ...], ...] = ()
+    recipe: OpenVinoRecipe | None = None  # NNCF's levers (int8-openvino), recorded in the manifest
 
 
 INT8_SCHEMES = {
@@ -298,6 +449,13 @@ INT8_SCHEMES = {
         "convolutions: static QDQ (uint8 activations, 7-bit per-channel weights); for ONNX Runtime on CPU",
         "Percentile 99.999",
         symmetric=False,
+    ),
+    "int8-openvino": Int8Scheme(
+        quantize_for_openvino,
+        "NNCF post-training quantisation into an OpenVINO IR (recipe in the int8 record)",
+        "NNCF MinMax",
+        symmetric=True,
+        recipe=OPENVINO_INT8_RECIPE,
     ),
 }
 

@@ -34,7 +34,6 @@ from maskclip_runtime.contract.artifact import Artifact, load_artifact, write_ma
 from maskclip_runtime.contract.engine_header import TRT_COMPAT, ampere_or_newer, sidecar_path, write_engine
 from maskclip_runtime.contract.manifest import BatchSpec, EngineSpec, GraphSpec, graph_digest
 from maskclip_runtime.contract.precision_table import (
-    DEFAULT_PRECISION,
     TENSORRT,
     UnknownPrecision,
     precision_row,
@@ -125,7 +124,7 @@ def plan_precision(
         )
     if not engine.tensorrt:
         raise PrecisionPlanError(f"TensorRT builds {buildable} engines, not {precision}")
-    if graph_precision != DEFAULT_PRECISION:
+    if not graph.fp32_graph:
         if precision != graph_precision:
             raise PrecisionPlanError(
                 f"the artifact's graphs are {graph_precision}; a {precision} engine needs an {precision} "
@@ -135,6 +134,11 @@ def plan_precision(
         return PrecisionPlan(precision, strongly_typed=True, cleared_flags=NO_TF32)
     if not engine.tensorrt_flags:
         return PrecisionPlan(precision, strongly_typed=False, cleared_flags=NO_TF32)
+    if _major(trt_version) >= 11 and engine.fp32_graph:  # bf16: no graph of its own to build strongly typed
+        raise PrecisionPlanError(
+            f"TensorRT {trt_version} has no {'/'.join(engine.tensorrt_flags)} builder flag and {precision} has no "
+            f"typed graph of its own: build {precision} engines with TensorRT 10, or export fp16 for TensorRT 11"
+        )
     if _major(trt_version) >= 11:
         raise PrecisionPlanError(
             f"TensorRT {trt_version} has no {'/'.join(engine.tensorrt_flags)} builder flag: export the {precision} "

@@ -1,12 +1,14 @@
 """maskclip-triton: an exported artifact -> a Triton Inference Server model repository.
 
-    maskclip-triton ARTIFACT --out REPO [--name maskclip] [--backend auto|onnxruntime|tensorrt] [--raw-input]
+    maskclip-triton ARTIFACT --out REPO [--name maskclip] [--backend auto|onnxruntime|tensorrt|openvino]
+        [--raw-input]
 
-Writes REPO/<name>/config.pbtxt and REPO/<name>/1/model.onnx (onnxruntime backend) or model.plan
-(`platform: "tensorrt_plan"`, when the artifact has engines). Inputs and outputs carry the
-artifact's exact tensor names, dims and dtypes; max_batch_size and dynamic batching come from its
-batch profile. A split artifact becomes one model per graph plus an ensemble named <name> that
-chains them by tensor name, as the runtime does.
+Writes REPO/<name>/config.pbtxt and REPO/<name>/1/model.onnx (onnxruntime backend), model.plan
+(`platform: "tensorrt_plan"`, when the artifact has engines) or, for OpenVINO artifacts (bf16,
+int8-openvino), `backend: "openvino"` with the IR (model.xml + model.bin) or the ONNX graph.
+Inputs and outputs carry the artifact's exact tensor names, dims and dtypes; max_batch_size and
+dynamic batching come from its batch profile. A split artifact becomes one model per graph plus an
+ensemble named <name> that chains them by tensor name, as the runtime does.
 
 --raw-input bakes the resize-free half of the preprocessing into the graph: the input becomes
 `image_rgb8`, uint8 [batch, S, S, 3] (RGB pixels already resized to the model's S x S, the way
@@ -31,11 +33,13 @@ import numpy as np
 
 from maskclip_runtime.backends import registry
 from maskclip_runtime.backends.base import Backend
+from maskclip_runtime.backends.openvino import INFERENCE_PRECISION
 from maskclip_runtime.command import command
 from maskclip_runtime.contract.artifact import Artifact, load_artifact
 from maskclip_runtime.contract.chain import run_chain
 from maskclip_runtime.contract.engine_header import read_plan
 from maskclip_runtime.contract.manifest import FINAL_OUTPUTS, GraphSpec, TensorSpec
+from maskclip_runtime.contract.precision_table import OPENVINO, precision_row
 from maskclip_runtime.errors import InputError, VerificationFailed
 from maskclip_runtime.kernel.atomic import atomic_path, write_text_atomic
 
@@ -120,8 +124,9 @@ def write_repository(
         out = Path(out)
         written = []
         for model_name, (graph, source, platform) in staged.items():
-            config = model_config(model_name, platform, graph, batching, raw_input, max_wait_ms)
-            filename = "model.onnx" if chosen.runs_onnx_graphs else "model.plan"
+            config = model_config(model_name, platform, graph, batching, raw_input, max_wait_ms, source.suffix)
+            config += openvino_parameters(artifact.precision) if chosen.name == OPENVINO else ""
+            filename = f"model{source.suffix}" if chosen.runs_onnx_graphs else "model.plan"
             written.append(_install_model(out / model_name, config, source, filename))
         if len(graphs) > 1:
             written.append(_install_model(out / name, ensemble_config(name, graphs, batching, raw_input), None, None))
@@ -135,18 +140,27 @@ def triton_backends() -> tuple[str, ...]:
 
 def _choose_backend(artifact: Artifact, backend: str, raw_input: bool) -> Backend:
     """The backend whose files go into the repository: the named one, or for "auto" the first registered
-    one (by rank) that Triton serves and whose files the artifact has. Triton's own server runs them, so
-    nothing is probed here. --raw-input edits the ONNX graphs: only backends that run them take it."""
+    one (in its "auto" order for this artifact) that Triton serves, that may run the artifact's precision and
+    whose files the artifact has. Triton's own server runs them, so nothing is probed here. --raw-input
+    edits the ONNX graphs: only backends that run them take it."""
+    runs_on = precision_row(artifact.precision).backends
+    ir_graphs = any(Path(g.file).suffix != ".onnx" for g in artifact.graphs)  # an OpenVINO IR
+    if raw_input and ir_graphs:
+        raise TritonExportError("--raw-input edits an ONNX graph; this artifact's graphs are an OpenVINO IR")
     if backend == registry.AUTO:
         fits = [
             b
             for b in map(registry.get, triton_backends())
-            if b.artifact_problem(artifact) is None and (b.runs_onnx_graphs or not raw_input)
+            if b.name in runs_on and b.artifact_problem(artifact) is None and (b.runs_onnx_graphs or not raw_input)
         ]
-        return fits[0]
+        if not fits:
+            raise TritonExportError(f"no backend Triton serves can run this {artifact.precision} artifact")
+        return min(fits, key=lambda b: (b.auto_rank(artifact), b.name))
     if backend not in triton_backends():
         raise TritonExportError(f"unknown backend {backend!r}: use one of auto, {', '.join(triton_backends())}")
     chosen = registry.get(backend)
+    if backend not in runs_on:
+        raise TritonExportError(f"{backend} does not run {artifact.precision} artifacts (only {', '.join(runs_on)})")
     problem = chosen.artifact_problem(artifact)
     if problem:
         raise TritonExportError(problem)
@@ -156,6 +170,14 @@ def _choose_backend(artifact: Artifact, backend: str, raw_input: bool) -> Backen
             "use --backend onnxruntime"
         )
     return chosen
+
+
+def openvino_parameters(precision: str) -> str:
+    """Triton's OpenVINO backend takes no precision setting but a bf16 hint: asked for the precisions the
+    runtime runs in bf16 (backends/openvino.py), left to the device's default otherwise."""
+    if INFERENCE_PRECISION.get(precision) != "bf16":
+        return ""
+    return 'parameters: [\n  {\n    key: "HINT_BF16"\n    value: { string_value: "YES" }\n  }\n]\n'
 
 
 def _engine_batch_max(artifact: Artifact) -> int | None:
@@ -173,10 +195,20 @@ def _check_model_name(name: str) -> None:
 
 
 def model_config(
-    name: str, platform: str, graph: GraphSpec, batching: Batching, raw_input: bool, max_wait_ms: float
+    name: str,
+    platform: str,
+    graph: GraphSpec,
+    batching: Batching,
+    raw_input: bool,
+    max_wait_ms: float,
+    suffix: str = ".onnx",
 ) -> str:
     inputs = [_raw_input_spec(t) if raw_input and t.name == "image" else t for t in graph.inputs]
-    lines = [f'name: "{name}"', f'platform: "{platform}"', f"max_batch_size: {batching.max_batch_size}"]
+    if platform == OPENVINO:  # a backend, not a platform; it looks for model.xml unless told
+        serves = ['backend: "openvino"'] + ([f'default_model_filename: "model{suffix}"'] if suffix != ".xml" else [])
+    else:
+        serves = [f'platform: "{platform}"']
+    lines = [f'name: "{name}"', *serves, f"max_batch_size: {batching.max_batch_size}"]
     lines += [_tensor_block("input", inputs, batching), _tensor_block("output", graph.outputs, batching)]
     if batching.max_batch_size > 1:
         preferred = (
@@ -242,8 +274,11 @@ def _install_model(folder: Path, config: str, model_file: Path | None, filename:
 
 
 def _model_files(model_file: Path, filename: str) -> list[tuple[Path, str]]:
-    """The model file and, for ONNX graphs with external weights, the data files it names."""
+    """The model file and, for ONNX graphs with external weights, the data files it names (an OpenVINO IR:
+    its .bin)."""
     files = [(model_file, filename)]
+    if filename.endswith(".xml"):
+        files.append((model_file.with_suffix(".bin"), Path(filename).with_suffix(".bin").name))
     if filename.endswith(".onnx"):
         import onnx
 
@@ -350,7 +385,8 @@ def _run_chain(runners, first: str, images: np.ndarray, artifact: Artifact) -> d
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Model repository folder to write into.")
 @click.option("--name", default="maskclip", show_default=True, help="Model name in the repository.")
 @click.option("--backend", type=click.Choice((registry.AUTO, *triton_backends())), default="auto", show_default=True,
-              help="auto: the TensorRT engines when the artifact has them, else the ONNX graphs.")  # fmt: skip
+              help="auto: the TensorRT engines when the artifact has them, OpenVINO for OpenVINO-only precisions "
+                   "(int8-openvino), else the ONNX graphs on ONNX Runtime.")  # fmt: skip
 @click.option(
     "--raw-input", is_flag=True, help="Bake normalisation into the graph: uint8 NHWC pixels at model size in."
 )

@@ -9,7 +9,7 @@ import click
 
 from .backends import registry
 from .command import option_group
-from .kernel.devices import parse_device
+from .kernel.devices import check_device_name
 
 DEMO_NOTE = "using the embedded demo model (tiny, trained on synthetic edits)"
 
@@ -17,7 +17,7 @@ DEMO_NOTE = "using the embedded demo model (tiny, trained on synthetic edits)"
 def _check_device(ctx, param, value: str | None) -> str | None:
     if value is not None:
         try:
-            parse_device(value)
+            check_device_name(value)
         except ValueError as exc:
             raise click.BadParameter(str(exc)) from None
     return value
@@ -27,12 +27,16 @@ def _check_device(ctx, param, value: str | None) -> str | None:
 model_options = option_group(
     click.option("--model", type=click.Path(), help="Artifact folder or manifest.json (default: embedded demo model)."),
     click.option("--backend", type=click.Choice(registry.choices()), default="auto", show_default=True),
-    click.option("--device", callback=_check_device, help="cpu, cuda or cuda:N (default: the GPU when usable)."),
+    click.option(
+        "--device",
+        callback=_check_device,
+        help="cpu, cuda or cuda:N; with --backend openvino: CPU, GPU, NPU (default: the GPU when usable).",
+    ),
     click.option(
         "--threshold", type=click.FloatRange(0.0, 1.0), help="Verdict and mask threshold (default: manifest)."
     ),
     click.option("--batch", type=click.IntRange(min=1), help="Most images per forward pass (default: the artifact's)."),
-    click.option("--threads", type=click.IntRange(min=1), help="CPU threads for ONNX Runtime."),
+    click.option("--threads", type=click.IntRange(min=1), help="CPU threads for ONNX Runtime or OpenVINO."),
 )
 
 # --no-self-check, --strict, --quiet

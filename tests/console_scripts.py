@@ -28,6 +28,9 @@ BLOCKED = (
     "onnxruntime",
     "fastapi",
     "uvicorn",
+    "openvino",
+    "nncf",
+    "ray",
 )
 WITHOUT_TORCH = f"""
 import sys

@@ -3,6 +3,7 @@ front end lists, `maskclip-info --backends`, and backends refused before any wor
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from maskclip_runtime.backends import registry
 from maskclip_runtime.backends.base import Backend
 from maskclip_runtime.backends.onnxruntime import OnnxRuntimeRunner
 from maskclip_runtime.backends.tensorrt import TensorRTBackend
+from maskclip_runtime.contract.precision_table import PRECISIONS
 from maskclip_runtime.detect.detector import Detector
 from maskclip_runtime.errors import EXIT_BACKEND_UNAVAILABLE, BackendUnavailable
 
@@ -47,16 +49,24 @@ class _Recorded(Backend):
         return runners
 
 
+def _with_rows(monkeypatch, *names: str) -> None:
+    """The second half of adding a backend: the precision table's fp32 row lets it run fp32 artifacts."""
+    row = PRECISIONS["fp32"]
+    monkeypatch.setitem(PRECISIONS, "fp32", dataclasses.replace(row, backends=(*row.backends, *names)))
+
+
 def _registered(monkeypatch, *extra: Backend) -> None:
     """The registry with `extra` backends declared beside the real ones, as a new module's BACKEND would be."""
     table = {**registry.backends(), **{b.name: b for b in extra}}
     ordered = dict(sorted(table.items(), key=lambda item: (item[1].rank, item[0])))
     monkeypatch.setattr(registry, "backends", lambda: ordered)
+    _with_rows(monkeypatch, *(b.name for b in extra))
 
 
 def test_every_backend_module_declares_one_backend_and_the_choices_are_the_registry():
     declared = registry.backends()
-    assert list(declared) == list(registry.BACKEND_MODULES[::-1])  # tensorrt (rank 10) before onnxruntime (20)
+    assert sorted(declared) == sorted(registry.BACKEND_MODULES)
+    assert list(declared) == ["tensorrt", "onnxruntime", "openvino"]  # by rank: 10, 20, 30
     assert registry.choices() == ("auto", *declared)
     ranks = [b.rank for b in declared.values()]
     assert ranks == sorted(ranks) and len(set(ranks)) == len(ranks)
@@ -78,8 +88,9 @@ def test_a_new_backend_is_one_module_in_the_map(artifact, monkeypatch, fresh_reg
     module.BACKEND = _Recorded("recorded", 15)
     monkeypatch.setitem(sys.modules, module.__name__, module)
     monkeypatch.setattr(registry, "BACKEND_MODULES", (*registry.BACKEND_MODULES, "recorded"))
-    assert registry.choices() == ("auto", "tensorrt", "recorded", "onnxruntime")
-    assert [row["name"] for row in registry.availability()] == ["tensorrt", "recorded", "onnxruntime"]
+    _with_rows(monkeypatch, "recorded")
+    assert registry.choices() == ("auto", "tensorrt", "recorded", "onnxruntime", "openvino")
+    assert [row["name"] for row in registry.availability()] == ["tensorrt", "recorded", "onnxruntime", "openvino"]
     assert Detector(artifact, backend="auto", device="cpu", self_check=False).backend == "recorded"
 
 
@@ -128,6 +139,7 @@ def test_auto_skips_gpu_only_backends_on_a_cpu_device(artifact, monkeypatch):
 def test_auto_with_nothing_that_runs_says_why_for_each(artifact, monkeypatch):
     nothing = {"a": _Recorded("a", 1, problem="a is missing"), "b": _Recorded("b", 2, problem="b is missing")}
     monkeypatch.setattr(registry, "backends", lambda: nothing)
+    _with_rows(monkeypatch, "a", "b")
     with pytest.raises(BackendUnavailable, match="a: a is missing; b: b is missing"):
         Detector(artifact, backend="auto", self_check=False)
 

@@ -270,7 +270,7 @@ def test_calibration_and_verification_folders_are_searched_recursively(tmp_path)
 def test_a_precision_outside_the_table_is_a_usage_error(tmp_path):
     from maskclip_runtime.contract.precision_table import PRECISIONS
 
-    assert _run("--config", "tiny", "--out", tmp_path / "a", "--precision", "bf16").exit_code == 2
+    assert _run("--config", "tiny", "--out", tmp_path / "a", "--precision", "bf8").exit_code == 2
     _nothing_written(tmp_path)
     # Every row is a choice of the option, and nothing else is.
     (option,) = [param for param in main.params if param.name == "precision"]

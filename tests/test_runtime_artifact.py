@@ -216,7 +216,7 @@ def _manifest_with(artifact, **changes) -> dict:
     "broken",
     [
         lambda m: {k: v for k, v in m.items() if k != "precision"},
-        lambda m: {**m, "precision": "bf16"},  # not a row of the precision table
+        lambda m: {**m, "precision": "bf8"},  # not a row of the precision table
         lambda m: {**m, "topology": "sideways"},
         lambda m: {**m, "model": {k: v for k, v in m["model"].items() if k != "config_name"}},
         lambda m: {**m, "model": {**m["model"], "model_id": ""}},

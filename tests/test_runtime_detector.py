@@ -161,7 +161,7 @@ def test_gpu_request_without_gpu_provider_warns_once_and_runs_on_cpu(split, phot
 
 def test_unknown_backend_and_device_are_rejected(fused):
     with pytest.raises(ValueError, match="unknown backend"):
-        Detector(fused, backend="openvino")
+        Detector(fused, backend="tflite")
     with pytest.raises(ValueError, match="unknown device"):
         Detector(fused, backend="onnxruntime", device="tpu")
 

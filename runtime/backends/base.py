@@ -70,6 +70,10 @@ class Backend(ABC):
         """None when this backend can run here; else one line: what is missing and how to install it."""
         return None
 
+    def auto_rank(self, artifact: Artifact) -> int:
+        """Its place in "auto" for this artifact on this host (a backend may move up for some precisions)."""
+        return self.rank
+
     def artifact_problem(self, artifact: Artifact) -> str | None:
         """None when the artifact holds what this backend runs; else one line saying what it lacks."""
         return None

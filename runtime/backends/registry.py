@@ -37,6 +37,7 @@ import importlib
 import logging
 from functools import cache
 
+from ..contract.precision_table import precision_row
 from ..errors import BackendUnavailable, UsageError, message_of
 from ..kernel.devices import parse_device
 from .base import Backend, Runner
@@ -51,7 +52,7 @@ class BackendChoiceError(UsageError, ValueError):
 
 
 #: the backend modules of this package, each declaring BACKEND
-BACKEND_MODULES = ("onnxruntime", "tensorrt")
+BACKEND_MODULES = ("onnxruntime", "tensorrt", "openvino")
 
 
 @cache
@@ -109,13 +110,28 @@ def _on_cpu(device: str | None) -> bool:
     return device is not None and not parse_device(device).gpu
 
 
+def auto_order(artifact) -> list[Backend]:
+    """The backends "auto" tries for this artifact on this host, in order: those the precision table lets run
+    its precision, by `auto_rank` (a backend may move up for some precisions and hosts)."""
+    runs_precision = precision_row(artifact.precision).backends
+    eligible = [b for b in backends().values() if b.name in runs_precision]
+    return sorted(eligible, key=lambda b: (b.auto_rank(artifact), b.name))
+
+
 def build_runners(artifact, backend: str, device: str | None, threads: int | None) -> list[Runner]:
-    """The runners of `artifact` on the named backend, or for "auto" on the first backend, in rank order,
-    that has what it runs in the artifact, suits the device, passes its probe and builds."""
+    """The runners of `artifact` on the named backend, or for "auto" on the first backend, in `auto_rank`
+    order among those the precision table lets run the artifact's precision, that has what it runs in the
+    artifact, suits the device, passes its probe and builds."""
+    runs_precision = precision_row(artifact.precision).backends
     if backend != AUTO:
+        if backend not in runs_precision:
+            raise BackendChoiceError(
+                f"{artifact.precision} artifacts run on {' / '.join(runs_precision)}, not {backend}: use --backend "
+                f"{runs_precision[0]} or export another precision"
+            )
         return get(backend).runners(artifact, device, threads)
     tried = []
-    for candidate in backends().values():
+    for candidate in auto_order(artifact):
         skip = (
             (candidate.gpu_only and _on_cpu(device) and "needs a CUDA device")
             or candidate.artifact_problem(artifact)

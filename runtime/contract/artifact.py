@@ -196,8 +196,11 @@ _EXTERNAL_LOCATION = b"\x0a\x08location\x12"
 
 def _external_data_files(directory: Path, graph_file: str) -> set[str]:
     """Files a graph reads its weights from (relative to the artifact folder), plus an unlisted
-    exporter-style "<graph>.data" beside it: either must be listed and hashed like the graph."""
+    exporter-style "<graph>.data" beside it: either must be listed and hashed like the graph. An OpenVINO IR
+    (.xml) reads its .bin."""
     graph = directory / graph_file
+    if graph.suffix == ".xml":  # an OpenVINO IR reads its weights from the .bin beside it, nothing else
+        return {Path(graph_file).with_suffix(".bin").as_posix()}
     found = set()
     conventional = f"{graph_file}.data"
     if (directory / conventional).exists():

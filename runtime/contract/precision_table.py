@@ -15,6 +15,7 @@ from ..errors import InputError
 
 ONNXRUNTIME = "onnxruntime"
 TENSORRT = "tensorrt"
+OPENVINO = "openvino"
 
 
 @dataclass(frozen=True)
@@ -41,10 +42,14 @@ class Precision:
     name: str
     help: str  # one line for --help
     calibrated: bool  # built from calibration images (--calib)
-    backends: tuple[str, ...]  # runtimes its ONNX graphs may be deployed to
+    # Runtimes its graphs may be deployed to; the first CPU runtime among them runs the export gate.
+    backends: tuple[str, ...]
     # trt.BuilderFlag names that make this precision from an fp32 graph (TensorRT 10's weak typing).
     tensorrt_flags: tuple[str, ...]
     gate: Tolerances
+    # The graphs are the fp32 export unchanged: the backend picks the arithmetic (bf16 where the hardware has it).
+    fp32_graph: bool = False
+    graph_suffix: str = ".onnx"  # the graph files' format: ONNX, or ".xml" for an OpenVINO IR (+ its .bin)
 
     @property
     def tensorrt(self) -> bool:
@@ -74,7 +79,17 @@ _INT8_GATE = Tolerances(
 PRECISIONS: dict[str, Precision] = {
     row.name: row
     for row in (
-        Precision("fp32", "full precision (the default)", False, (ONNXRUNTIME, TENSORRT), (), _FP32_GATE),
+        Precision(
+            "fp32", "full precision (the default)", False, (ONNXRUNTIME, TENSORRT, OPENVINO), (), _FP32_GATE,
+            fp32_graph=True,
+        ),
+        # The fp32 graph, run in bf16 by OpenVINO's CPU on AVX-512-bf16 / AMX CPUs and by TensorRT's BF16 flag on
+        # Ampere and newer; fp16's bounds. Where the hardware has no bf16 it runs as fp32 (which passes them):
+        # ONNX Runtime, last, runs it so (its CPU kernels have no bf16), faster than OpenVINO's fp32 on AVX2.
+        Precision(
+            "bf16", "the fp32 graph run in bf16 where the hardware has it (OpenVINO CPU, TensorRT)", False,
+            (OPENVINO, TENSORRT, ONNXRUNTIME), ("BF16",), _FP16_GATE, fp32_graph=True,
+        ),
         Precision(
             "fp16", "mixed-precision fp16 graph (sensitive ops kept in fp32)", False, (ONNXRUNTIME, TENSORRT),
             ("FP16",), _FP16_GATE,
@@ -87,6 +102,12 @@ PRECISIONS: dict[str, Precision] = {
         Precision(
             "int8-cpu", "int8 graph for ONNX Runtime on CPU (dynamic linear layers, static convolutions)", True,
             (ONNXRUNTIME,), (), _INT8_GATE,
+        ),
+        # NNCF's post-training quantisation into an OpenVINO IR (model.xml + model.bin); the recipe is in the
+        # manifest's int8 record (export/quantize.py: OPENVINO_INT8_RECIPE).
+        Precision(
+            "int8-openvino", "NNCF int8 OpenVINO IR for OpenVINO (its float remainder in bf16 where native)", True,
+            (OPENVINO,), (), _INT8_GATE, graph_suffix=".xml",
         ),
     )
 }  # fmt: skip
@@ -103,6 +124,11 @@ def precision_row(name: str) -> Precision:
         return PRECISIONS[name]
     except (KeyError, TypeError):
         raise UnknownPrecision(f"unknown precision {name!r} (known: {', '.join(PRECISIONS)})") from None
+
+
+def gate_backend(row: Precision) -> str:
+    """The runtime the export gate runs a precision's graphs on: the first of its backends that runs on a CPU."""
+    return next(backend for backend in row.backends if backend != TENSORRT)
 
 
 def precisions_for(backend: str) -> tuple[str, ...]:
