@@ -153,3 +153,22 @@ def tiny_export(tiny_source, tmp_path_factory):
         return exported[key]
 
     return export
+
+
+@pytest.fixture(scope="session")
+def standin_split(tmp_path_factory):
+    """A split stand-in artifact (tests/standin_artifact.py): what maskclip-run's tests run."""
+    from standin_artifact import build_standin_artifact
+
+    return build_standin_artifact(tmp_path_factory.mktemp("standin-split"), "split")
+
+
+@pytest.fixture(scope="session")
+def sample_photo_dir(tmp_path_factory):
+    """The sample photos as JPEG files in one folder."""
+    from standin_artifact import sample_photos
+
+    folder = tmp_path_factory.mktemp("photos")
+    for name, image in sample_photos().items():
+        image.save(folder / f"{name}.jpg", quality=92)
+    return folder

@@ -57,3 +57,13 @@ def run_without_torch(script: str, *args: str) -> subprocess.CompletedProcess:
         timeout=120,
         cwd=ROOT,
     )
+
+
+def run_cli(*args, stdin: str | None = None) -> tuple[int, str, str]:
+    """maskclip-run in this process (click's runner): exit code, stdout, stderr."""
+    from click.testing import CliRunner
+
+    from maskclip_runtime import cli
+
+    result = CliRunner().invoke(cli.main, [str(a) for a in args], input=stdin)
+    return result.exit_code, result.stdout, result.stderr

@@ -8,32 +8,22 @@ import shutil
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from console_scripts import run_cli
 from PIL import Image
-from standin_artifact import build_standin_artifact, sample_photos
 
-from maskclip_runtime import cli
 from maskclip_runtime.detect.detector import Detector, DetectorClosed
 from maskclip_runtime.errors import EXIT_USAGE
 from maskclip_runtime.present.report import report_html
 
 
-@pytest.fixture(scope="module")
-def artifact(tmp_path_factory):
-    return build_standin_artifact(tmp_path_factory.mktemp("artifact"), "split")
+@pytest.fixture
+def artifact(standin_split):
+    return standin_split
 
 
-@pytest.fixture(scope="module")
-def photo_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("photos")
-    for name, image in sample_photos().items():
-        image.save(folder / f"{name}.jpg", quality=92)
-    return folder
-
-
-def run_cli(*args, stdin: str | None = None) -> tuple[int, str, str]:
-    result = CliRunner().invoke(cli.main, [str(a) for a in args], input=stdin)
-    return result.exit_code, result.stdout, result.stderr
+@pytest.fixture
+def photo_dir(sample_photo_dir):
+    return sample_photo_dir
 
 
 @pytest.mark.parametrize("flag", ["--report", "--json", "--csv"])

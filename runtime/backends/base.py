@@ -21,13 +21,18 @@ class Runner(ABC):
     #: short backend id used in reports and JSON output, e.g. "onnxruntime-cpu", "tensorrt"
     backend: str = ""
 
-    @property
-    @abstractmethod
-    def input_names(self) -> list[str]: ...
+    # Each runner sets these when it loads its graph: input name -> what it feeds it (in the graph's order),
+    # and the output names in order.
+    _inputs: dict
+    _outputs: list[str]
 
     @property
-    @abstractmethod
-    def output_names(self) -> list[str]: ...
+    def input_names(self) -> list[str]:
+        return list(self._inputs)
+
+    @property
+    def output_names(self) -> list[str]:
+        return list(self._outputs)
 
     @abstractmethod
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -120,14 +120,6 @@ class OnnxRuntimeRunner(Runner):
         self._inputs = {i.name: _NUMPY_DTYPES.get(i.type, np.float32) for i in self._session.get_inputs()}
         self._outputs = [o.name for o in self._session.get_outputs()]
 
-    @property
-    def input_names(self) -> list[str]:
-        return list(self._inputs)
-
-    @property
-    def output_names(self) -> list[str]:
-        return list(self._outputs)
-
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         feed = {name: np.ascontiguousarray(feed[name], dtype=dtype) for name, dtype in self._inputs.items()}
         values = self._session.run(self._outputs, feed)

@@ -108,14 +108,6 @@ class OpenVinoRunner(Runner):
         self._request = self._compiled.create_infer_request()
         self._lock = threading.Lock()  # an infer request runs one call at a time
 
-    @property
-    def input_names(self) -> list[str]:
-        return list(self._inputs)
-
-    @property
-    def output_names(self) -> list[str]:
-        return list(self._outputs)
-
     def infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         feed = {name: np.ascontiguousarray(feed[name], dtype=dtype) for name, dtype in self._inputs.items()}
         with self._lock:

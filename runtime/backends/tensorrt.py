@@ -200,14 +200,6 @@ class TensorRTRunner(Runner):
         self._graph = None
         self._graph_exec = None
 
-    @property
-    def input_names(self) -> list[str]:
-        return list(self._inputs)
-
-    @property
-    def output_names(self) -> list[str]:
-        return list(self._outputs)
-
     def _set_shapes(self, feed: dict[str, np.ndarray]) -> None:
         for name in self._inputs:
             shape = tuple(feed[name].shape)
