@@ -25,6 +25,7 @@ from torch import nn
 
 from maskclip_core.model import MaskCLIP
 from maskclip_runtime.contract.manifest import BATCH_AXIS, TOPOLOGIES, BatchSpec, GraphSpec
+from maskclip_runtime.kernel.memory import release_freed_memory
 
 EXAMPLE_BATCH = 2  # >= 2 so a batch axis frozen by the tracer cannot pass unnoticed
 # Above this many bytes of weights a graph is saved with its tensors in `<file>.data` (protobuf caps
@@ -200,8 +201,11 @@ def check_batch_axis(model: onnx.ModelProto, batch: BatchSpec, graph_name: str) 
 
 
 def _trace_to_onnx(module: nn.Module, args: tuple[torch.Tensor, ...], spec: GraphSpec, opset: int) -> onnx.ModelProto:
+    """Trace without autograd: the tracer runs the forward pass, and with autograd on, every activation
+    it saves for a backward pass stays alive until the graph is written (on opensdi-vitl14 that was
+    more than the graph itself). The traced graph is the same."""
     names = (*spec.input_names, *spec.output_names)
-    with tempfile.TemporaryDirectory(prefix="maskclip-trace-") as tmp, warnings.catch_warnings():
+    with tempfile.TemporaryDirectory(prefix="maskclip-trace-") as tmp, warnings.catch_warnings(), torch.no_grad():
         # The tracer warns about Python-side shape arithmetic; the batch checks below are the real guard.
         warnings.simplefilter("ignore")
         path = Path(tmp) / spec.file
@@ -216,6 +220,7 @@ def _trace_to_onnx(module: nn.Module, args: tuple[torch.Tensor, ...], spec: Grap
             dynamic_axes={name: {0: BATCH_AXIS} for name in names},
             do_constant_folding=True,
         )
+        release_freed_memory()  # the tracer's copies of the weights, before the graph is loaded
         return onnx.load(str(path))  # loads external data the exporter may have written for big graphs
 
 
@@ -229,11 +234,17 @@ def export_graph(
 ) -> list[Path]:
     """Trace one wrapper on example tensors (its inputs, and its outputs for their shapes), fix the IO
     shapes and batch axis, slim, check; returns the files written."""
-    model = _trace_to_onnx(module, tuple(tensors[name] for name in spec.input_names), spec, opset)
-    _set_io_shapes(model, {name: tuple(tensors[name].shape) for name in (*spec.input_names, *spec.output_names)}, batch)
-    model = onnxslim.slim(model)
+    traced = [_trace_to_onnx(module, tuple(tensors[name] for name in spec.input_names), spec, opset)]
+    shapes = {name: tuple(tensors[name].shape) for name in (*spec.input_names, *spec.output_names)}
+    _set_io_shapes(traced[0], shapes, batch)
+    # Handed over, not kept: onnxslim drops the traced graph after its first pass instead of holding
+    # it beside its own copies.
+    model = onnxslim.slim(traced.pop())
+    release_freed_memory()
     check_batch_axis(model, batch, spec.name)
     files = save_onnx(model, path)
+    del model
+    release_freed_memory()
     onnx.checker.check_model(str(path), full_check=True)
     return files
 
