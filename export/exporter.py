@@ -40,6 +40,7 @@ from maskclip_runtime.detect.detector import Detector
 from maskclip_runtime.errors import InputError, VerificationFailed
 from maskclip_runtime.kernel.atomic import write_text_atomic
 from maskclip_runtime.kernel.inputs import image_files
+from maskclip_runtime.kernel.memory import release_freed_memory
 from maskclip_runtime.kernel.preprocess import ImageLoadError, PreprocessSpec, load_image, preprocess_batch
 
 from .canary import write_canaries
@@ -124,6 +125,7 @@ class _Steps:
 
     def start(self, name: str) -> None:
         self.finish()
+        release_freed_memory()  # a step does not start on top of the heap its predecessor freed
         self.bar.set_description(name)
         self._current = (name, time.perf_counter())
 
@@ -370,11 +372,13 @@ def _run_gate(
 ) -> dict:
     """PyTorch vs ONNX Runtime on the verification images -> the gate report."""
     steps.start(f"verify: PyTorch ({len(images)} images)")
-    runners = [OnnxRuntimeRunner(path) for path in paths.values()]
+    runners: list[OnnxRuntimeRunner] = []
 
     def announce(side: str) -> None:
         if side == "candidate":
             steps.start(f"verify: ONNX Runtime ({len(images)} images)")
+            # The sessions open once PyTorch's side is done, so the two sides' memory never adds up.
+            runners.extend(OnnxRuntimeRunner(path) for path in paths.values())
 
     try:
         report = verify(

@@ -9,7 +9,6 @@ free pages (malloc_trim), so that steps that run one after another do not add up
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 import gc
 import resource
@@ -17,19 +16,18 @@ import sys
 
 
 def peak_resident_bytes() -> int:
-    """The largest resident size this process reached (ru_maxrss), plus the largest of its waited-for
-    children's: an upper bound of what it needed at once, exact when it started no child."""
+    """The largest resident size (ru_maxrss) this process or any child it waited for reached. Not their
+    sum: a forked child counts the pages it shares with its parent as its own."""
     unit = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB elsewhere
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return (own + children) * unit
+    return max(own, children) * unit
 
 
 @functools.cache
 def _malloc_trim():
-    name = ctypes.util.find_library("c")
-    libc = ctypes.CDLL(name) if name else None
-    return getattr(libc, "malloc_trim", None)
+    """glibc's malloc_trim, looked up in this process's own symbols (no subprocess, unlike find_library)."""
+    return getattr(ctypes.CDLL(None), "malloc_trim", None)
 
 
 def release_freed_memory() -> None:
