@@ -214,7 +214,9 @@ def check_batch_axis(model: onnx.ModelProto, batch: BatchSpec, graph_name: str) 
         raise RuntimeError(f"{graph_name}: exported batch axis {wrong} != requested {batch.dim!r}")
 
 
-def _trace_to_onnx(module: nn.Module, args: tuple[torch.Tensor, ...], spec: GraphSpec, opset: int, folder: Path):
+def _trace_to_onnx(
+    module: nn.Module, args: tuple[torch.Tensor, ...], spec: GraphSpec, opset: int, folder: Path
+) -> onnx.ModelProto:
     """Trace into `folder`; returns the graph with its weights moved out to `folder/WEIGHTS_FILE`.
 
     Without autograd: the tracer runs the forward pass, and with autograd on, every activation it saves
@@ -254,7 +256,8 @@ def _weights_by_reference(folder: Path) -> Iterator[None]:
     appended to the file and goes out as a reference to that.
 
     onnxslim's graphsurgeon would otherwise hold every weight it looks at as numpy and copy it into each
-    of its passes' protobufs: about 9x the graph. The values it sees are the same bytes either way."""
+    of its passes' protobufs: about 9x the graph. The values it sees are the same bytes either way.
+    (The two graphsurgeon methods are replaced process-wide for the call: exports run one at a time.)"""
     from onnxslim.third_party.onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
     from onnxslim.third_party.onnx_graphsurgeon.ir.tensor import LazyValues
 
