@@ -30,7 +30,7 @@ def _resident_mb(pid: int) -> float | None:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
                 if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
+                    return int(line.split()[1]) * 1024 / 1e6
     except OSError:
         return None
     return None
@@ -41,19 +41,17 @@ def measure_export(args: list[str], interval_s: float = 0.05) -> dict:
     kernel's ru_maxrss) and the peak resident MB sampled during each step, in order."""
     child = subprocess.Popen(
         [sys.executable, "-c", "from maskclip_export.cli import main; main()", *args],
-        stdout=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        text=True,
     )
     step = ["start"]
     steps: dict[str, float] = {}
-    stdout: list[str] = []
     stderr: list[str] = []
 
     def read_progress() -> None:
         buffer = ""
-        while chunk := child.stderr.read(256):
-            buffer += chunk
+        while chunk := os.read(child.stderr.fileno(), 4096):  # what has arrived, not a full block
+            buffer += chunk.decode(errors="replace")
             *done, buffer = re.split(r"[\r\n]", buffer)
             for part in done:
                 match = _PROGRESS.match(part)
@@ -62,12 +60,8 @@ def measure_export(args: list[str], interval_s: float = 0.05) -> dict:
                 elif part.strip():
                     stderr.append(part)
 
-    readers = [
-        threading.Thread(target=read_progress, daemon=True),
-        threading.Thread(target=lambda: stdout.extend(child.stdout), daemon=True),
-    ]
-    for reader in readers:
-        reader.start()
+    reader = threading.Thread(target=read_progress, daemon=True)
+    reader.start()
     started = time.perf_counter()
     while True:  # reaped here, not by Popen, so that the kernel's rusage of the child comes back
         pid, status, usage = os.wait4(child.pid, os.WNOHANG)
@@ -79,13 +73,12 @@ def measure_export(args: list[str], interval_s: float = 0.05) -> dict:
         time.sleep(interval_s)
     seconds = time.perf_counter() - started
     child.returncode = os.waitstatus_to_exitcode(status)
-    for reader in readers:
-        reader.join()
+    reader.join()
     return {
         "args": args,
         "exit_status": child.returncode,
         "seconds": round(seconds, 1),
-        "peak_mb": round(usage.ru_maxrss / 1024, 1),
+        "peak_mb": round(usage.ru_maxrss * 1024 / 1e6, 1),  # MB of 10^6 bytes, as maskclip-export prints GB
         "step_peak_mb": {name: round(mb, 1) for name, mb in steps.items()},
         "summary": next((line for line in stderr if line.startswith("maskclip-export:")), None),
         "errors": [line for line in stderr if "error" in line.lower()],
@@ -98,9 +91,9 @@ def measure_export(args: list[str], interval_s: float = 0.05) -> dict:
 def main(json_path, export_args):
     """Run maskclip-export with EXPORT_ARGS and print its peak resident memory, overall and per step."""
     result = measure_export(list(export_args))
-    click.echo(f"exit {result['exit_status']}, {result['seconds']:.0f} s, peak {result['peak_mb'] / 1024:.2f} GB")
+    click.echo(f"exit {result['exit_status']}, {result['seconds']:.0f} s, peak {result['peak_mb'] / 1e3:.2f} GB")
     for name, mb in result["step_peak_mb"].items():
-        click.echo(f"  {mb / 1024:6.2f} GB  {name}")
+        click.echo(f"  {mb / 1e3:6.2f} GB  {name}")
     if json_path:
         write_json(result, json_path)
 

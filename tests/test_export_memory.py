@@ -106,3 +106,17 @@ def test_the_end_of_run_line_reports_the_peak_the_kernel_measured(tmp_path):
     # Printed just before exit: the kernel's figure can only be as large or (teardown) slightly larger.
     assert kernel_gb * 0.9 - 0.01 <= reported_gb <= kernel_gb + 0.01
     assert reported_gb > 0.2  # torch and a model were loaded
+
+
+def test_the_memory_benchmark_attributes_the_peak_to_the_export_steps(tmp_path):
+    from maskclip_bench.export_memory import measure_export
+
+    result = measure_export(["--config", "tiny", "--no-verify", "--out", str(tmp_path / "art")])
+    assert result["exit_status"] == 0, result["errors"]
+    steps = result["step_peak_mb"]
+    assert {"export fused", "self-check canaries", "self-check (runtime)"} <= set(steps), steps
+    # Sampled every 50 ms from outside: never above the kernel's peak, and close to it.
+    assert max(steps.values()) <= result["peak_mb"] * 1.01
+    assert max(steps.values()) >= result["peak_mb"] * 0.8
+    reported_gb = float(re.search(r"peak memory ([0-9.]+) GB", result["summary"]).group(1))
+    assert result["peak_mb"] / 1e3 * 0.9 - 0.01 <= reported_gb <= result["peak_mb"] / 1e3 + 0.01
