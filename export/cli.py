@@ -104,7 +104,10 @@ def _build_engines(out: Path, calib: str | None, calib_count: int, compat: tuple
 
 
 def _export_summary(manifest: Manifest, out: Path) -> str:
-    """The end-of-run line: graphs and size, the gate images' verdicts by the artifact, flips, time."""
+    """The end-of-run line: graphs and size, the gate images' verdicts by the artifact, flips, time, and
+    the export's peak resident memory (what a machine needs to run it)."""
+    from maskclip_runtime.kernel.memory import peak_resident_bytes
+
     megabytes = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 1e6
     line = f"maskclip-export: {len(manifest.graphs)} graph(s), {megabytes:.1f} MB"
     report = manifest.verification
@@ -114,7 +117,7 @@ def _export_summary(manifest: Manifest, out: Path) -> str:
             f"; gate on {report['images']} images: {report['images'] - fake} real, {fake} fake by the artifact, "
             f"{report['flips']} flips against PyTorch"
         )
-    return f"{line}; {sum(manifest.export_seconds.values()):.0f} s"
+    return f"{line}; {sum(manifest.export_seconds.values()):.0f} s; peak memory {peak_resident_bytes() / 1e9:.2f} GB"
 
 
 # The design card's spelling: --fp16, --int8, --int8-cpu ... one flag per non-default row of the table.

@@ -52,6 +52,7 @@ from maskclip_runtime.errors import BackendUnavailable, InputError, Verification
 from maskclip_runtime.kernel.atomic import unreplaceable_folder, write_text_atomic
 from maskclip_runtime.kernel.host import current_host
 from maskclip_runtime.kernel.inputs import image_files
+from maskclip_runtime.kernel.memory import release_freed_memory
 from maskclip_runtime.kernel.preprocess import ImageLoadError, PreprocessSpec, load_image, preprocess_batch
 
 from .canary import write_canaries
@@ -137,6 +138,7 @@ class _Steps:
 
     def start(self, name: str) -> None:
         self.finish()
+        release_freed_memory()  # a step does not start on top of the heap its predecessor freed
         self.bar.set_description(name)
         self._current = (name, time.perf_counter())
 
@@ -391,10 +393,12 @@ def _run_gate(
 ) -> dict:
     """PyTorch vs the precision's gate backend (ONNX Runtime or OpenVINO, on CPU) -> the gate report."""
     steps.start(f"verify: PyTorch ({len(images)} images)")
-    runners = _gate_runners(options.precision, paths)
+    runners: list = []
 
     def announce(side: str) -> None:
         if side == "candidate":
+            # The sessions open once PyTorch's side is done, so the two sides' memory never adds up.
+            runners.extend(_gate_runners(options.precision, paths))
             steps.start(f"verify: {runners[0].backend} ({len(images)} images)")
 
     try:

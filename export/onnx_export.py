@@ -12,24 +12,39 @@ graph and folded by onnxslim, and the resulting input shape is asserted either w
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnxslim
 import torch
+from onnx.external_data_helper import (
+    ExternalDataInfo,
+    convert_model_to_external_data,
+    load_external_data_for_model,
+    uses_external_data,
+    write_external_data_tensors,
+)
 from torch import nn
 
 from maskclip_core.model import MaskCLIP
 from maskclip_runtime.contract.manifest import BATCH_AXIS, TOPOLOGIES, BatchSpec, GraphSpec
+from maskclip_runtime.kernel.memory import release_freed_memory
 
 EXAMPLE_BATCH = 2  # >= 2 so a batch axis frozen by the tracer cannot pass unnoticed
 # Above this many bytes of weights a graph is saved with its tensors in `<file>.data` (protobuf caps
 # one message at 2 GiB; the margin covers the graph itself).
 EXTERNAL_DATA_BYTES = 1 << 30
+WEIGHTS_FILE = "weights.data"  # a traced graph's weights while it is slimmed
+# Smaller tensors stay in the graph while it is slimmed: onnxslim ties (deduplicates) constants of
+# fewer than 1000 elements by comparing their values.
+WEIGHTS_MIN_BYTES = 8192
 
 
 class _WithText(nn.Module):
@@ -199,12 +214,19 @@ def check_batch_axis(model: onnx.ModelProto, batch: BatchSpec, graph_name: str) 
         raise RuntimeError(f"{graph_name}: exported batch axis {wrong} != requested {batch.dim!r}")
 
 
-def _trace_to_onnx(module: nn.Module, args: tuple[torch.Tensor, ...], spec: GraphSpec, opset: int) -> onnx.ModelProto:
+def _trace_to_onnx(
+    module: nn.Module, args: tuple[torch.Tensor, ...], spec: GraphSpec, opset: int, folder: Path
+) -> onnx.ModelProto:
+    """Trace into `folder`; returns the graph with its weights moved out to `folder/WEIGHTS_FILE`.
+
+    Without autograd: the tracer runs the forward pass, and with autograd on, every activation it saves
+    for a backward pass stays alive until the graph is written (on opensdi-vitl14 that was more than the
+    graph itself). The traced graph is the same."""
     names = (*spec.input_names, *spec.output_names)
-    with tempfile.TemporaryDirectory(prefix="maskclip-trace-") as tmp, warnings.catch_warnings():
+    path = folder / spec.file
+    with warnings.catch_warnings(), torch.no_grad():
         # The tracer warns about Python-side shape arithmetic; the batch checks below are the real guard.
         warnings.simplefilter("ignore")
-        path = Path(tmp) / spec.file
         torch.onnx.export(
             module,
             args,
@@ -216,7 +238,74 @@ def _trace_to_onnx(module: nn.Module, args: tuple[torch.Tensor, ...], spec: Grap
             dynamic_axes={name: {0: BATCH_AXIS} for name in names},
             do_constant_folding=True,
         )
-        return onnx.load(str(path))  # loads external data the exporter may have written for big graphs
+    release_freed_memory()  # the tracer's copies of the weights, before the graph is loaded
+    model = onnx.load(str(path))  # loads external data the exporter may have written for big graphs
+    for file in folder.iterdir():
+        file.unlink()
+    convert_model_to_external_data(model, location=WEIGHTS_FILE, size_threshold=WEIGHTS_MIN_BYTES)
+    write_external_data_tensors(model, str(folder))  # drops each tensor's bytes once written
+    release_freed_memory()
+    return model
+
+
+@contextlib.contextmanager
+def _weights_by_reference(folder: Path) -> Iterator[None]:
+    """While onnxslim works on a graph whose weights are in `folder/WEIGHTS_FILE`, weights travel by
+    reference: one it reads is a read-only memory map of the file; one it leaves as it was goes out as
+    the same reference, and a large one it computes (its Gemm fusion transposes every MatMul weight) is
+    appended to the file and goes out as a reference to that.
+
+    onnxslim's graphsurgeon would otherwise hold every weight it looks at as numpy and copy it into each
+    of its passes' protobufs: about 9x the graph. The values it sees are the same bytes either way.
+    (The two graphsurgeon methods are replaced process-wide for the call: exports run one at a time.)"""
+    from onnxslim.third_party.onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
+    from onnxslim.third_party.onnx_graphsurgeon.ir.tensor import LazyValues
+
+    weights = folder / WEIGHTS_FILE
+    mapped: dict[int, tuple[np.ndarray, onnx.TensorProto]] = {}  # id -> (the array, kept alive; its reference)
+    load, export = LazyValues.load, OnnxExporter.export_tensor_proto
+
+    def load_mapped(self):
+        if not uses_external_data(self.tensor):
+            return load(self)
+        offset = int(ExternalDataInfo(self.tensor).offset or 0)
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(self.tensor.data_type)
+        array = np.memmap(weights, dtype=dtype, mode="r", offset=offset, shape=tuple(self.tensor.dims))
+        mapped[id(array)] = (array, self.tensor)
+        return array
+
+    def export_reference(tensor):
+        values = tensor._values
+        entry = mapped.get(id(values))
+        if entry is None and isinstance(values, np.ndarray) and values.nbytes >= WEIGHTS_MIN_BYTES:
+            with weights.open("ab") as f:
+                offset = f.tell()
+                f.write(np.ascontiguousarray(values).tobytes())
+            dtype = onnx.helper.np_dtype_to_tensor_dtype(values.dtype)
+            reference = onnx.TensorProto(name=tensor.name, data_type=dtype, dims=values.shape)
+            for key, value in (("location", WEIGHTS_FILE), ("offset", offset), ("length", values.nbytes)):
+                field = reference.external_data.add()
+                field.key, field.value = key, str(value)
+            reference.data_location = onnx.TensorProto.EXTERNAL
+            entry = mapped[id(values)] = (values, reference)
+        if entry is not None and entry[0] is values:
+            proto = onnx.TensorProto()
+            proto.CopyFrom(entry[1])
+            proto.name = tensor.name
+            return proto
+        proto = export(tensor)
+        if proto.data_location == onnx.TensorProto.EXTERNAL and not proto.external_data:
+            proto.data_location = onnx.TensorProto.DEFAULT  # small values it computed, written inline
+        return proto
+
+    LazyValues.load, OnnxExporter.export_tensor_proto = load_mapped, staticmethod(export_reference)
+    previous = os.getcwd()
+    os.chdir(folder)  # shape inference reads the constants it needs relative to the working folder
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+        LazyValues.load, OnnxExporter.export_tensor_proto = load, staticmethod(export)
 
 
 def export_graph(
@@ -229,11 +318,18 @@ def export_graph(
 ) -> list[Path]:
     """Trace one wrapper on example tensors (its inputs, and its outputs for their shapes), fix the IO
     shapes and batch axis, slim, check; returns the files written."""
-    model = _trace_to_onnx(module, tuple(tensors[name] for name in spec.input_names), spec, opset)
-    _set_io_shapes(model, {name: tuple(tensors[name].shape) for name in (*spec.input_names, *spec.output_names)}, batch)
-    model = onnxslim.slim(model)
-    check_batch_axis(model, batch, spec.name)
+    with tempfile.TemporaryDirectory(prefix="maskclip-trace-") as tmp:
+        model = _trace_to_onnx(module, tuple(tensors[name] for name in spec.input_names), spec, opset, Path(tmp))
+        shapes = {name: tuple(tensors[name].shape) for name in (*spec.input_names, *spec.output_names)}
+        _set_io_shapes(model, shapes, batch)
+        with _weights_by_reference(Path(tmp)):
+            model = onnxslim.slim(model)
+        release_freed_memory()
+        check_batch_axis(model, batch, spec.name)
+        load_external_data_for_model(model, tmp)
     files = save_onnx(model, path)
+    del model
+    release_freed_memory()
     onnx.checker.check_model(str(path), full_check=True)
     return files
 

@@ -1,0 +1,122 @@
+"""maskclip-export within a memory budget: the measures that bound its memory leave the graph as it was,
+and the end-of-run line reports the peak the kernel measured."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from maskclip_runtime.contract.manifest import BATCH_AXIS, BatchSpec
+from maskclip_runtime.kernel.memory import peak_resident_bytes, release_freed_memory
+
+pytestmark = [pytest.mark.torch, pytest.mark.usefixtures("one_torch_thread")]
+
+
+def _fingerprint(path: Path) -> tuple[str, dict[str, str]]:
+    """(hash of the graph proto with every tensor's bytes and storage fields cleared, {tensor: hash of its bytes})."""
+    model = onnx.load(str(path))
+    tensors = {}
+    for tensor in model.graph.initializer:
+        tensors[tensor.name] = hashlib.sha256(tensor.raw_data).hexdigest()
+        tensor.ClearField("raw_data")
+        tensor.ClearField("data_location")
+        del tensor.external_data[:]
+    return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest(), tensors
+
+
+def _plain_export(module, tensors, spec, path: Path, batch: BatchSpec, opset: int) -> None:
+    """The export as it was before memory mattered: traced with autograd on, every copy kept, no trimming."""
+    import onnxslim
+    import torch
+
+    from maskclip_export.onnx_export import _set_io_shapes
+
+    names = (*spec.input_names, *spec.output_names)
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = Path(tmp) / spec.file
+        torch.onnx.export(
+            module,
+            tuple(tensors[name] for name in spec.input_names),
+            str(traced),
+            dynamo=False,
+            opset_version=opset,
+            input_names=list(spec.input_names),
+            output_names=list(spec.output_names),
+            dynamic_axes={name: {0: BATCH_AXIS} for name in names},
+            do_constant_folding=True,
+        )
+        model = onnx.load(str(traced))
+    _set_io_shapes(model, {name: tuple(tensors[name].shape) for name in names}, batch)
+    onnx.save(onnxslim.slim(model), str(path))
+
+
+@pytest.mark.parametrize(
+    ("topology", "batch"),
+    [("fused", BatchSpec.fixed(1)), ("split", BatchSpec.up_to(4)), ("cascade", BatchSpec.fixed(2))],
+)
+def test_the_memory_measures_leave_every_graph_as_it_was(tiny_model, tmp_path, topology, batch):
+    from maskclip_export.onnx_export import EXAMPLE_BATCH, example_feeds, export_graph, graph_specs, wrap
+
+    specs = graph_specs(topology)
+    feeds = example_feeds(tiny_model, specs, EXAMPLE_BATCH)
+    for spec in specs:
+        bounded, plain = tmp_path / "bounded" / spec.file, tmp_path / "plain" / spec.file
+        plain.parent.mkdir(exist_ok=True)
+        export_graph(wrap(tiny_model, spec), feeds, spec, bounded, batch, 17)
+        _plain_export(wrap(tiny_model, spec), feeds, spec, plain, batch, 17)
+        graph, weights = _fingerprint(bounded)
+        assert weights == _fingerprint(plain)[1], spec.name
+        assert graph == _fingerprint(plain)[0], spec.name
+        assert len(weights) > 10
+
+
+def test_peak_resident_bytes_sees_an_allocation():
+    before = peak_resident_bytes()
+    block = np.ones(400_000_000 // 8)  # 400 MB, every page touched
+    assert peak_resident_bytes() >= block.nbytes
+    assert peak_resident_bytes() >= before
+    del block
+    release_freed_memory()
+
+
+def test_the_end_of_run_line_reports_the_peak_the_kernel_measured(tmp_path):
+    """The line's figure against ru_maxrss of the same process as wait4 returns it to its parent."""
+    out = tmp_path / "art"
+    code = "from maskclip_export.cli import main; main()"
+    args = ["--config", "tiny", "--out", str(out), "--no-verify", "--quiet"]
+    child = subprocess.Popen([sys.executable, "-c", code, *args], stderr=subprocess.PIPE, text=True)
+    stderr = child.stderr.read()
+    _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    assert child.returncode == 0, stderr
+    (line,) = [line for line in stderr.splitlines() if line.startswith("maskclip-export:")]
+    reported_gb = float(re.search(r"peak memory ([0-9.]+) GB", line).group(1))
+    kernel_gb = usage.ru_maxrss * 1024 / 1e9
+    # Printed just before exit: the kernel's figure can only be as large or (teardown) slightly larger.
+    assert kernel_gb * 0.9 - 0.01 <= reported_gb <= kernel_gb + 0.01
+    assert reported_gb > 0.2  # torch and a model were loaded
+
+
+def test_the_memory_benchmark_attributes_the_peak_to_the_export_steps(tmp_path):
+    from maskclip_bench.export_memory import measure_export
+
+    result = measure_export(["--config", "tiny", "--no-verify", "--out", str(tmp_path / "art")])
+    assert result["exit_status"] == 0, result["errors"]
+    steps = result["step_peak_mb"]
+    assert {"export fused", "self-check canaries", "self-check (runtime)"} <= set(steps), steps
+    # Sampled every 50 ms from outside: never above the kernel's peak, and close to it.
+    assert max(steps.values()) <= result["peak_mb"] * 1.01
+    assert max(steps.values()) >= result["peak_mb"] * 0.8
+    reported_gb = float(re.search(r"peak memory ([0-9.]+) GB", result["summary"]).group(1))
+    assert result["peak_mb"] / 1e3 * 0.9 - 0.01 <= reported_gb <= result["peak_mb"] / 1e3 + 0.01
