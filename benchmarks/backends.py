@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from maskclip_runtime.backends import registry
-from maskclip_runtime.contract.precision_table import PRECISIONS, TENSORRT
+from maskclip_runtime.contract.precision_table import ONNXRUNTIME, PRECISIONS, TENSORRT
 from maskclip_runtime.kernel.devices import parse_device
 from maskclip_runtime.kernel.preprocess import load_image, preprocess_batch, resize_probability_map
 
@@ -111,7 +111,7 @@ def existing_artifact(path: Path) -> ExistingArtifact | None:
         rows = tuple(
             row_name(runtime, precision)
             for runtime, precision in (
-                *((b.name, artifact.precision) for b in registry.backends().values() if b.runs_onnx_graphs),
+                (ONNXRUNTIME, artifact.precision),
                 *((TENSORRT, e.precision) for e in artifact.manifest.engines[:1]),
             )
             if runtime in PRECISIONS[precision].backends
