@@ -222,11 +222,11 @@ def main(
         )
     if trt_compat and not trt:
         raise UsageError("--trt-compat says how TensorRT engines are built: it needs --trt")
-    if trt:
-        registry.require(TENSORRT)  # no TensorRT or no GPU here: status 4 before minutes of export
     from .tensorrt import check_compat
 
-    compat = check_compat(trt_compat)  # on Jetson: refused before any work
+    compat = check_compat(trt_compat)  # on Jetson: refused before any work, TensorRT installed or not
+    if trt:
+        registry.require(TENSORRT)  # no TensorRT or no GPU here: status 4 before minutes of export
 
     from maskclip_runtime.contract.manifest import BatchSpec
     from maskclip_runtime.contract.verdict_calibration import read_calibration
