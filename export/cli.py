@@ -222,9 +222,11 @@ def main(
         )
     if trt_compat and not trt:
         raise UsageError("--trt-compat says how TensorRT engines are built: it needs --trt")
-    from .tensorrt import check_compat
+    compat: tuple[str, ...] = ()
+    if trt_compat:
+        from .tensorrt import check_compat
 
-    compat = check_compat(trt_compat)  # on Jetson: refused before any work, TensorRT installed or not
+        compat = check_compat(trt_compat)  # on Jetson: refused before any work, TensorRT installed or not
     if trt:
         registry.require(TENSORRT)  # no TensorRT or no GPU here: status 4 before minutes of export
 

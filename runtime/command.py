@@ -16,6 +16,8 @@ import contextlib
 import io
 import json
 import os
+import signal
+import sys
 
 import click
 
@@ -91,6 +93,11 @@ class MaskclipCommand(click.Command):
                 extra = self.extra
             self._fail(ctx, f"{root} is not installed; {self.name} needs, from the checkout: {install_hint(extra)}",
                        EXIT_BACKEND_UNAVAILABLE)  # fmt: skip
+        except BrokenPipeError:
+            # The reader of stdout went away (`maskclip-run photos --json - | head -1`): stop quietly, as a
+            # SIGPIPE would, and keep the interpreter's final flush from failing again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(128 + signal.SIGPIPE)
         except BAD_PATH_ERRORS + self.input_errors as exc:
             self._fail(ctx, message_of(exc), EXIT_USAGE)
         except Exception as exc:  # noqa: BLE001 - a bug or an environment failure: still one line

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import re
+import signal
+import subprocess
+import sys
 
 import click
 import pytest
@@ -120,3 +123,18 @@ def test_a_missing_module_names_the_extra_that_installs_it(module, extra):
         result.exit_code == EXIT_BACKEND_UNAVAILABLE
         and f'pip install -c constraints.txt -e ".[{extra}]"' in result.stderr
     )
+
+
+def test_a_reader_that_goes_away_stops_the_command_quietly():
+    """`maskclip-run photos --json - | head -1`: status 128+SIGPIPE and no error line, not an internal error."""
+    run = subprocess.Popen(
+        [sys.executable, "-c", "from maskclip_runtime.cli import main; main()", str(ROOT / "runtime/demo/examples"),
+         "--json", "-", "--batch", "1", "-q"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
+    )  # fmt: skip
+    first = run.stdout.readline()
+    run.stdout.close()  # the reader goes away after one record
+    status = run.wait(timeout=120)
+    stderr = run.stderr.read().decode()
+    assert first.startswith(b'{"path"')
+    assert status in (0, 128 + signal.SIGPIPE) and "error" not in stderr, stderr
