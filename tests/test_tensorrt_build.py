@@ -69,7 +69,7 @@ def test_mismatched_graph_precision_and_unknown_names():
     with pytest.raises(PrecisionPlanError):
         plan_precision("10.3.0", "int8", "fp16")
     with pytest.raises(PrecisionPlanError):
-        plan_precision("10.3.0", "bf16", "fp32")
+        plan_precision("10.3.0", "bf8", "fp32")
 
 
 @pytest.mark.parametrize("engine", ["fp32", "int8"])

@@ -49,6 +49,7 @@ _FIELD_TYPES = {
     "uncertain_below": "float64",
     "mask_fraction": "float64",
     "mask_computed": "bool_",
+    "demo": "bool_",
     "ms": "float64",
 }
 
