@@ -115,8 +115,8 @@ def test_the_memory_benchmark_attributes_the_peak_to_the_export_steps(tmp_path):
     assert result["exit_status"] == 0, result["errors"]
     steps = result["step_peak_mb"]
     assert {"export fused", "self-check canaries", "self-check (runtime)"} <= set(steps), steps
-    # Sampled every 50 ms from outside: never above the kernel's peak, and close to it.
-    assert max(steps.values()) <= result["peak_mb"] * 1.01
-    assert max(steps.values()) >= result["peak_mb"] * 0.8
+    # Sampled every 50 ms from outside: never above the kernel's peak (a spike shorter than the interval can
+    # fall between two samples, so how close they come is not a property of the export).
+    assert 0 < max(steps.values()) <= result["peak_mb"] * 1.01
     reported_gb = float(re.search(r"peak memory ([0-9.]+) GB", result["summary"]).group(1))
     assert result["peak_mb"] / 1e3 * 0.9 - 0.01 <= reported_gb <= result["peak_mb"] / 1e3 + 0.01
