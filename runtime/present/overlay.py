@@ -113,7 +113,8 @@ def _legend(width: int, detection: Detection) -> Image.Image:
     line = font.getbbox("Ag")[3] + font_size // 3
     pad = font_size // 2
     bar_height = font_size
-    height = pad + 4 * line + pad + bar_height + line + pad
+    text_lines = 5 if detection.demo else 4  # a demonstration model's answer says so on a line of its own
+    height = pad + text_lines * line + pad + bar_height + line + pad
     legend = Image.new("RGB", (width, height), (24, 24, 24))
     draw = ImageDraw.Draw(legend)
 
@@ -134,11 +135,12 @@ def _legend(width: int, detection: Detection) -> Image.Image:
     area = f"outlined: mask > {detection.threshold:.2f}, {100 * detection.mask_fraction:.1f} % of the image"
     draw.text((pad, pad + 2 * line), area, fill=(220, 220, 220), font=font)
 
-    title = "mask probability (colour over grey, as blended on the photo)"
     if detection.demo:
-        title = "DEMO MODEL (synthetic training data): not evidence. " + title
-    draw.text((pad, pad + 3 * line), title, fill=(200, 200, 200), font=font)
-    bar_left, bar_top = 2 * pad, 4 * line + 2 * pad  # the gap above holds the threshold marker
+        note = "DEMO MODEL (trained on synthetic edits): not evidence"
+        draw.text((pad, pad + 3 * line), note, fill=(255, 190, 90), font=font)
+    title = "mask probability (colour over grey, as blended on the photo)"
+    draw.text((pad, pad + (text_lines - 1) * line), title, fill=(200, 200, 200), font=font)
+    bar_left, bar_top = 2 * pad, text_lines * line + 2 * pad  # the gap above holds the threshold marker
     bar_width = min(24 * font_size, width - 2 * bar_left)
     gradient = np.tile(np.linspace(0.0, 1.0, bar_width, dtype=np.float32), (bar_height, 1))
     grey = Image.new("RGB", (bar_width, bar_height), (128, 128, 128))
