@@ -26,7 +26,6 @@ from maskclip_core.model import MaskCLIP
 from maskclip_runtime.backends import registry
 from maskclip_runtime.backends.onnxruntime import OnnxRuntimeRunner
 from maskclip_runtime.backends.openvino import INFERENCE_PRECISION, OpenVinoRunner
-from maskclip_runtime.backends.openvino import INSTALL_HINT as OPENVINO_INSTALL_HINT
 from maskclip_runtime.contract.artifact import load_artifact, write_manifest
 from maskclip_runtime.contract.chain import run_chain
 from maskclip_runtime.contract.manifest import (
@@ -48,7 +47,7 @@ from maskclip_runtime.contract.precision_table import (
 )
 from maskclip_runtime.contract.verdict_calibration import Calibration
 from maskclip_runtime.detect.detector import Detector
-from maskclip_runtime.errors import BackendUnavailable, InputError, VerificationFailed
+from maskclip_runtime.errors import BackendUnavailable, InputError, VerificationFailed, install_hint
 from maskclip_runtime.kernel.atomic import unreplaceable_folder, write_text_atomic
 from maskclip_runtime.kernel.host import current_host
 from maskclip_runtime.kernel.inputs import image_files
@@ -510,7 +509,7 @@ def _check_openvino(precision: str) -> None:
         return
     missing = registry.get(OPENVINO).probe()
     if missing is None and row.calibrated and importlib.util.find_spec("nncf") is None:
-        missing = OPENVINO_INSTALL_HINT.replace("OpenVINO", "NNCF", 1)
+        missing = f"NNCF is not installed: {install_hint('openvino')} (from a checkout)"
     if missing:
         raise BackendUnavailable(f"--precision {precision} is built and gated with OpenVINO. {missing}")
 

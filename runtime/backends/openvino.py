@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from ..contract.precision_table import OPENVINO, precision_row
-from ..errors import BackendUnavailable
+from ..errors import BackendUnavailable, install_hint, message_of
 from ..kernel.devices import openvino_device
 from ..kernel.host import current_host
 from .base import Backend, Runner
 
-INSTALL_HINT = 'OpenVINO is not installed: pip install -c constraints.txt -e ".[openvino]" (from a checkout)'
+INSTALL_HINT = f"OpenVINO is not installed: {install_hint('openvino')} (from a checkout)"
 
 # The precision OpenVINO's CPU computes an artifact's floating-point ops in. bf16 and int8-openvino ask for
 # bf16, which the CPU plugin grants on AVX-512-bf16 / AMX CPUs and silently runs as fp32 elsewhere;
@@ -92,7 +92,7 @@ class OpenVinoRunner(Runner):
             model = core.read_model(os.fspath(path))
             self._compiled = core.compile_model(model, self.device, config)
         except Exception as exc:  # OpenVINO raises RuntimeError with a multi-line C++ trace
-            reason = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+            reason = message_of(exc)
             raise BackendUnavailable(f"OpenVINO cannot load {Path(path).name} on {self.device}: {reason}") from None
         self.backend = f"openvino-{self.device.lower()}"
         # What the device actually computes in ("bf16" asked of a CPU without bf16 gives "f32").
