@@ -62,11 +62,11 @@ def load_source(checkpoint: str | None, config: str | None) -> ModelSource:
         if config and found.name != config:
             raise ExportError(f"{checkpoint}: checkpoint is config {found.name!r}, not --config {config!r}")
         model = load_checkpoint(checkpoint)
-        return ModelSource(model, str(Path(checkpoint).resolve()), weights_digest(model))
+        return ModelSource(model, str(Path(checkpoint).resolve()), weights_digest(model), owned=True)
     if config:
         torch.manual_seed(0)  # random init, reproducible ids across runs
         model = build_model(config).eval()
-        return ModelSource(model, f"random init ({config})", weights_digest(model))
+        return ModelSource(model, f"random init ({config})", weights_digest(model), owned=True)
     try:
         from maskclip_core.demo import load_demo_model
     except ImportError:
@@ -77,7 +77,7 @@ def load_source(checkpoint: str | None, config: str | None) -> ModelSource:
         model = load_demo_model().eval()
     except CheckpointError as exc:
         raise ExportError(f"embedded demo model unavailable ({exc}); pass --checkpoint or --config") from None
-    return ModelSource(model, "embedded demo model", weights_digest(model), DEMO_CARD)
+    return ModelSource(model, "embedded demo model", weights_digest(model), DEMO_CARD, owned=True)
 
 
 def _build_engines(out: Path, calib: str | None, calib_count: int, compat: tuple[str, ...]) -> None:

@@ -63,8 +63,9 @@ from .verify import (
     MIN_VERIFICATION_IMAGES,
     batch_chunks,
     chain_predictor,
+    judge,
+    run_batched,
     verification_images,
-    verify,
 )
 
 OPSET_RANGE = (17, 20)  # LayerNormalization needs 17; the TorchScript exporter stops at 20
@@ -125,6 +126,10 @@ class ModelSource:
     description: str  # checkpoint path, "embedded demo model", "random init (tiny)"
     weights_digest: str  # sha256 hex of the weights
     card: ModelCard | None = None  # what the model is (manifest "card"); None: nobody described it
+    # True: the export owns the model and frees its weights as soon as it is done with them (the text
+    # tower once T is cached, all of them once PyTorch's outputs are computed), so that a large model
+    # does not sit in memory beside the quantiser and the gate's sessions. The model is unusable after.
+    owned: bool = False
 
 
 class _Steps:
@@ -363,53 +368,85 @@ def artifact_graph_specs(options: ExportOptions) -> tuple[GraphSpec, ...]:
     )
 
 
-def _write_graphs(
-    source: ModelSource, options: ExportOptions, staging: Path, work: Path, steps: _Steps, log: Callable[[str], None]
-) -> tuple[dict[str, Path], dict[str, Path], list[str], dict]:
-    """fp32 export into `work`, then the requested precision into `staging`.
+def _convert(
+    source: ModelSource,
+    options: ExportOptions,
+    fp32_paths: dict[str, Path],
+    staging: Path,
+    steps: _Steps,
+    log: Callable[[str], None],
+) -> tuple[dict[str, Path], list[str], dict | None]:
+    """The fp32 graphs -> the requested precision in `staging` (fp32 graphs are already there).
 
-    Returns ({graph name: final path}, {graph name: fp32 ONNX path}, op types kept in fp32, the manifest's
-    int8 record or None)."""
+    Returns ({graph name: final path}, op types kept in fp32, the manifest's int8 record or None)."""
     specs = artifact_graph_specs(options)
-    fp32_paths = export_graphs(
-        source.model, work, options.topology, options.batch, options.opset, on_graph=steps.start_export
-    )
     fp32_ops, int8 = [], None
     if precision_row(options.precision).calibrated:
         fp32_ops, int8 = _to_int8(options, source, specs, fp32_paths, staging, steps, log)
     elif options.precision in FLOAT_CONVERSIONS:
         fp32_ops = _to_float(options.precision, specs, fp32_paths, staging, steps)
-    return {spec.name: staging / spec.file for spec in specs}, fp32_paths, fp32_ops, int8
+    return {spec.name: staging / spec.file for spec in specs}, fp32_ops, int8
+
+
+def _pytorch_side(
+    model: MaskCLIP,
+    options: ExportOptions,
+    originals: list,
+    images: np.ndarray,
+    staging: Path,
+    steps: _Steps,
+) -> tuple[dict[str, np.ndarray] | None, dict]:
+    """Everything the export needs from PyTorch once the graphs are traced: the gate's reference outputs
+    (None under --no-verify) and the self-check canaries, written into `staging` (returns their block)."""
+    reference = torch_reference(model, options.topology)
+    reference_outputs = None
+    if options.verify:
+        steps.start(f"verify: PyTorch ({len(images)} images)")
+        reference_outputs = run_batched(reference, images, options.batch)
+    steps.start("self-check canaries")
+    row = precision_row(options.precision)
+    canaries = write_canaries(staging, originals, model.preprocess_spec(), reference, model.config.threshold, row.gate)
+    return reference_outputs, canaries
+
+
+def release_text_tower(model: MaskCLIP) -> None:
+    """Every graph holds T as a constant and the model's inference path reads T from its cache, so once T
+    is cached the text tower (0.5 GB of opensdi-vitl14's 2.2) only takes memory. Its three modules that
+    hold all but 0.5 % of its weights are moved to the meta device: shapes kept, storage returned."""
+    model.eval().text_embeddings()
+    text = model.clip.model
+    for module in (text.transformer, text.token_embedding, text.ln_final):
+        module.to("meta")
+    release_freed_memory()
+
+
+def release_weights(model: MaskCLIP) -> None:
+    """All of the model's weights go (meta device); its config and preprocessing stay readable."""
+    model.to("meta")
+    release_freed_memory()
 
 
 def _run_gate(
-    source: ModelSource,
     options: ExportOptions,
+    reference_outputs: dict[str, np.ndarray],
     paths: dict[str, Path],
     names: list[str],
     images: np.ndarray,
+    threshold: float,
     steps: _Steps,
 ) -> dict:
-    """PyTorch vs the precision's gate backend (ONNX Runtime or OpenVINO, on CPU) -> the gate report."""
-    steps.start(f"verify: PyTorch ({len(images)} images)")
-    runners: list = []
-
-    def announce(side: str) -> None:
-        if side == "candidate":
-            # The sessions open once PyTorch's side is done, so the two sides' memory never adds up.
-            runners.extend(_gate_runners(options.precision, paths))
-            steps.start(f"verify: {runners[0].backend} ({len(images)} images)")
-
+    """PyTorch's outputs vs the precision's gate backend (ONNX Runtime or OpenVINO, on CPU) -> the gate report."""
+    runners = _gate_runners(options.precision, paths)
+    steps.start(f"verify: {runners[0].backend} ({len(images)} images)")
     try:
-        report = verify(
-            torch_reference(source.model, options.topology),
+        report = judge(
+            reference_outputs,
             chain_predictor(runners),
             images,
             names,
             options.precision,
-            source.model.config.threshold,
+            threshold,
             options.batch,
-            progress=announce,
         )
     finally:
         for runner in runners:
@@ -532,26 +569,30 @@ def _stage_artifact(
 ) -> Manifest:
     """Graphs, op check, gate, canaries and manifest into `staging`; the runtime's own checks run on it
     unless the gate refused it. Returns the manifest written."""
-    spec = source.model.preprocess_spec()
-    names, images = [name for name, _ in originals], preprocess_batch([image for _, image in originals], spec)
-    paths, fp32_paths, fp32_ops, int8 = _write_graphs(source, options, staging, work, steps, log)
+    model = source.model
+    names = [name for name, _ in originals]
+    images = preprocess_batch([image for _, image in originals], model.preprocess_spec())
+    if source.owned:
+        release_text_tower(model)
+    fp32_paths = export_graphs(model, work, options.topology, options.batch, options.opset, steps.start_export)
+    reference_outputs, canaries = _pytorch_side(model, options, originals, images, staging, steps)
+    if source.owned:
+        release_weights(model)  # before the quantiser and the gate's sessions load the graphs
+    paths, fp32_ops, int8 = _convert(source, options, fp32_paths, staging, steps, log)
     row = precision_row(options.precision)
     if row.tensorrt:  # a graph only ONNX Runtime runs may hold ops TensorRT lacks
         steps.start("TensorRT op check")
         check_tensorrt_ops(paths)
     report = {"skipped": True, "passed": None}
-    if options.verify:
-        report = _run_gate(source, options, paths, names, images, steps)
+    if reference_outputs is not None:
+        report = _run_gate(options, reference_outputs, paths, names, images, model.config.threshold, steps)
         if note := bf16_gate_note(report):
             log(note)
-    steps.start("self-check canaries")
-    reference = torch_reference(source.model, options.topology)
-    canaries = write_canaries(staging, originals, spec, reference, source.model.config.threshold, row.gate)
     steps.start("manifest")
     specs = artifact_graph_specs(options)
     identity = _identity(source, options)
     manifest = build_manifest(
-        source.model,
+        model,
         source.description,
         identity,
         fp32_ops,

@@ -26,10 +26,9 @@ import onnxslim
 import torch
 from onnx.external_data_helper import (
     ExternalDataInfo,
-    convert_model_to_external_data,
     load_external_data_for_model,
+    set_external_data,
     uses_external_data,
-    write_external_data_tensors,
 )
 from torch import nn
 
@@ -48,13 +47,16 @@ WEIGHTS_MIN_BYTES = 8192
 
 
 class _WithText(nn.Module):
-    """Holds the model and T [2,D] (row 0 real, row 1 fake) as a constant buffer."""
+    """Holds the model and T [2,D] (row 0 real, row 1 fake) as a constant buffer.
+
+    T comes from the model's inference cache, the value its own forward uses: an export that owns the
+    model releases the text tower once T is cached (exporter.release_text_tower)."""
 
     def __init__(self, model: MaskCLIP):
         super().__init__()
         self.model = model
         with torch.no_grad():
-            self.register_buffer("text", model.compute_text_embeddings().detach().clone())
+            self.register_buffer("text", model.text_embeddings().detach().clone())
 
 
 class FusedGraph(_WithText):
@@ -224,7 +226,8 @@ def _trace_to_onnx(
     graph itself). The traced graph is the same."""
     names = (*spec.input_names, *spec.output_names)
     path = folder / spec.file
-    with warnings.catch_warnings(), torch.no_grad():
+    weights: dict[str, bytes] = {}
+    with warnings.catch_warnings(), torch.no_grad(), _weights_handed_over(weights):
         # The tracer warns about Python-side shape arithmetic; the batch checks below are the real guard.
         warnings.simplefilter("ignore")
         torch.onnx.export(
@@ -238,14 +241,59 @@ def _trace_to_onnx(
             dynamic_axes={name: {0: BATCH_AXIS} for name in names},
             do_constant_folding=True,
         )
-    release_freed_memory()  # the tracer's copies of the weights, before the graph is loaded
-    model = onnx.load(str(path))  # loads external data the exporter may have written for big graphs
-    for file in folder.iterdir():
-        file.unlink()
-    convert_model_to_external_data(model, location=WEIGHTS_FILE, size_threshold=WEIGHTS_MIN_BYTES)
-    write_external_data_tensors(model, str(folder))  # drops each tensor's bytes once written
-    release_freed_memory()
+    model = onnx.load(str(path))  # the graph, each initializer a placeholder for its handed-over tensor
+    path.unlink()
+    _write_weights(model, weights, folder / WEIGHTS_FILE)
+    del weights
+    release_freed_memory()  # the tracer's constant-folded copies of the weights
     return model
+
+
+@contextlib.contextmanager
+def _weights_handed_over(weights: dict[str, bytes]) -> Iterator[None]:
+    """While torch.onnx.export runs, its TorchScript exporter hands the graph's initializers over (into
+    `weights`: initializer name -> its raw bytes) instead of copying them into the protobuf it returns.
+
+    This is the exporter's own deferred-weights mode (`defer_weight_export`, which `torch.onnx.export`
+    hard-codes off): the bytes are those the protobuf would have held, once. Left off, the exporter holds
+    the weights three times at its peak, in the C++ protobuf, its serialised string and the Python bytes
+    made from that: 4 GB above the model on opensdi-vitl14 (a 1.66 GB graph), the peak of the whole fp32
+    export. (Both functions are replaced process-wide for the call: exports run one
+    at a time; `tests/test_export_memory.py` checks the graph against a plain export's.)"""
+    from torch.onnx._internal.torchscript_exporter import onnx_proto_utils
+
+    export_onnx, export_file = torch._C.Graph._export_onnx, onnx_proto_utils._export_file
+
+    def export_deferred(graph, params, opset, dynamic_axes, _defer_weight_export, *rest):
+        return export_onnx(graph, params, opset, dynamic_axes, True, *rest)
+
+    def export_graph_only(model_bytes, f, export_map):
+        weights.update(export_map)
+        export_file(model_bytes, f, {})
+
+    torch._C.Graph._export_onnx, onnx_proto_utils._export_file = export_deferred, export_graph_only
+    try:
+        yield
+    finally:
+        torch._C.Graph._export_onnx, onnx_proto_utils._export_file = export_onnx, export_file
+
+
+def _write_weights(model: onnx.ModelProto, weights: dict[str, bytes], file: Path) -> None:
+    """Fill each initializer with its handed-over bytes: in `file` (external data, relative to the
+    file's folder) from WEIGHTS_MIN_BYTES up, in the graph below that."""
+    missing = [t.name for t in model.graph.initializer if t.name not in weights]
+    if missing or len(weights) != len(model.graph.initializer):
+        raise RuntimeError(f"torch.onnx.export did not hand over the graph's weights as expected ({missing[:3]})")
+    with file.open("wb") as f:
+        for tensor in model.graph.initializer:
+            data = weights.pop(tensor.name)  # each tensor's bytes go as soon as they are written
+            if len(data) < WEIGHTS_MIN_BYTES:
+                tensor.raw_data = data
+                continue
+            set_external_data(tensor, WEIGHTS_FILE, offset=f.tell(), length=len(data))
+            f.write(data)
+            tensor.ClearField("raw_data")
+            tensor.data_location = onnx.TensorProto.EXTERNAL
 
 
 @contextlib.contextmanager

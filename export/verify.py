@@ -170,17 +170,33 @@ def verify(
     """
     if len(images) == 0:
         raise VerificationError("no verification images")
-    tolerances = precision_row(precision).gate
     if progress:
         progress("reference")
-    ref_out = run_batched(reference, images, batch)
+    return judge(run_batched(reference, images, batch), candidate, images, names, precision, threshold, batch, progress)
+
+
+def judge(
+    reference_outputs: dict[str, np.ndarray],
+    candidate: Predictor,
+    images: np.ndarray,
+    names: Sequence[str],
+    precision: str,
+    threshold: float,
+    batch: BatchSpec,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """`verify` with the reference's side already run (`run_batched` on the same images and batch): the
+    export computes PyTorch's outputs first, so that the model's weights can go before the candidate loads."""
+    if len(images) == 0:
+        raise VerificationError("no verification images")
+    tolerances = precision_row(precision).gate
     if progress:
         progress("candidate")
     cand_out = run_batched(candidate, images, batch)
     missing = [name for name in ("logits", "fake_prob", "mask") if name not in cand_out]
     if missing:
         raise VerificationError(f"candidate does not produce {missing}")
-    stats = compare(ref_out, cand_out, names, threshold)
+    stats = compare(reference_outputs, cand_out, names, threshold)
     failures = gate_failures(stats, tolerances)
     return {
         "passed": not failures,

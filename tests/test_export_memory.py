@@ -120,3 +120,67 @@ def test_the_memory_benchmark_attributes_the_peak_to_the_export_steps(tmp_path):
     assert 0 < max(steps.values()) <= result["peak_mb"] * 1.01
     reported_gb = float(re.search(r"peak memory ([0-9.]+) GB", result["summary"]).group(1))
     assert result["peak_mb"] / 1e3 * 0.9 - 0.01 <= reported_gb <= result["peak_mb"] / 1e3 + 0.01
+
+
+def test_an_export_that_owns_its_model_frees_it_and_writes_the_same_artifact(
+    tiny_export, tiny_model, calib_dir, tmp_path
+):
+    """owned=True (the CLI's source): the text tower goes before the trace and every weight once PyTorch's
+    outputs are computed, before the quantiser runs. The artifact is the one the same export writes
+    without releasing anything: graph bytes, canaries, the gate's figures."""
+    import copy
+
+    from maskclip_core.checkpoint import weights_digest
+    from maskclip_export.exporter import ExportOptions, ModelSource, export_artifact
+
+    options = {"precision": "int8-cpu", "calib": str(calib_dir), "batch": BatchSpec.up_to(4)}
+    kept, kept_manifest = tiny_export(**options)
+    model = copy.deepcopy(tiny_model)
+    source = ModelSource(model, "random init (tiny)", weights_digest(model), owned=True)
+    out = tmp_path / "owned"
+    manifest = export_artifact(source, ExportOptions(out=out, **options), progress=False, log=lambda _: None)
+
+    assert all(p.is_meta for p in model.parameters())  # nothing of the weights is left
+    files = sorted(p.relative_to(kept).as_posix() for p in kept.rglob("*") if p.is_file() and p.name != "manifest.json")
+    assert files == sorted(
+        p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and p.name != "manifest.json"
+    )
+    for name in files:
+        assert (out / name).read_bytes() == (kept / name).read_bytes(), name
+    assert manifest.self_check == kept_manifest["self_check"]
+    figures = ("max_prob_diff", "flips", "mask_iou_mean", "mask_iou_min", "images", "passed")
+    assert {k: manifest.verification[k] for k in figures} == {k: kept_manifest["verification"][k] for k in figures}
+    assert manifest.model_id == kept_manifest["model"]["model_id"]
+
+
+def test_releasing_the_text_tower_leaves_the_models_outputs_as_they_were(tiny_model):
+    import copy
+
+    import torch
+
+    from maskclip_export.exporter import release_text_tower
+
+    model = copy.deepcopy(tiny_model)
+    images = torch.randn(
+        2, 3, model.config.image_size, model.config.image_size, generator=torch.Generator().manual_seed(1)
+    )
+    with torch.no_grad():
+        before = model(images)
+        release_text_tower(model)
+        after = model(images)
+    assert model.clip.model.transformer.resblocks[0].mlp.c_fc.weight.is_meta
+    for name in ("logits", "fake_prob", "mask_prob"):
+        assert torch.equal(before[name], after[name]), name
+
+
+def test_the_tracers_functions_are_restored_even_when_the_trace_fails():
+    import torch
+    from torch.onnx._internal.torchscript_exporter import onnx_proto_utils
+
+    from maskclip_export.onnx_export import _weights_handed_over
+
+    originals = torch._C.Graph._export_onnx, onnx_proto_utils._export_file
+    with pytest.raises(KeyboardInterrupt), _weights_handed_over({}):
+        assert torch._C.Graph._export_onnx is not originals[0]
+        raise KeyboardInterrupt
+    assert (torch._C.Graph._export_onnx, onnx_proto_utils._export_file) == originals
