@@ -210,3 +210,90 @@ def test_an_export_that_needs_openvino_says_so_before_any_work(blocked, precisio
     with pytest.raises(BackendUnavailable, match=r'pip install -c constraints.txt -e "\.\[openvino\]"'):
         export_artifact(demo[1], options, progress=False)
     assert not list(tmp_path.iterdir())
+
+
+def _four_layer_graph(path, rng) -> tuple[list[np.ndarray], int]:
+    """x [8,64] -> 4 x (MatMul, Tanh), one weight column 40x the rest (its int8 range stretches): the weights
+    and the width, for an independent numpy forward pass."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    width, weights, nodes, tensor = 64, [], [], "image"
+    for i in range(4):
+        weight = rng.normal(0, 1 / np.sqrt(width), (width, width)).astype(np.float32)
+        weight[:, 0] *= 40 if i == 1 else 1
+        weights.append(weight)
+        nodes += [
+            helper.make_node("MatMul", [tensor, f"w{i}"], [f"m{i}"], name=f"/block{i}/MatMul"),
+            helper.make_node("Tanh", [f"m{i}"], [f"t{i}"], name=f"/block{i}/Tanh"),
+        ]
+        tensor = f"t{i}"
+    nodes.append(helper.make_node("Identity", [tensor], ["logits"], name="/out"))
+    io = [helper.make_tensor_value_info(name, TensorProto.FLOAT, [8, width]) for name in ("image", "logits")]
+    initializers = [numpy_helper.from_array(w, f"w{i}") for i, w in enumerate(weights)]
+    graph = helper.make_graph(nodes, "g", io[:1], io[1:], initializers)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return weights, width
+
+
+def test_accuracy_control_keeps_the_ir_within_its_drop_measured_independently(tmp_path):
+    """The recipe's accuracy_drop lever (nncf.quantize_with_accuracy_control with `_agreement` as its metric):
+    plain quantisation of this graph falls below 1 - max_drop; accuracy control returns the ops that cost most
+    to fp32 until the IR is within it, and keeps the rest int8. Agreement is recomputed from a numpy forward."""
+    import openvino
+
+    from maskclip_export.quantize import FeedCalibrationReader, OpenVinoRecipe, quantize_for_openvino
+
+    rng = np.random.default_rng(0)
+    weights, width = _four_layer_graph(tmp_path / "g.onnx", rng)
+    feeds = [{"image": rng.normal(0, 1, (8, width)).astype(np.float32)} for _ in range(8)]
+
+    def agreement(ir) -> float:
+        compiled = openvino.Core().compile_model(str(ir), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        worst = 0.0
+        for feed in feeds:
+            expected = feed["image"]
+            for weight in weights:
+                expected = np.tanh(expected.astype(np.float64) @ weight)
+            worst = max(worst, np.abs(compiled(feed)[0] - expected).max() / np.abs(expected).max())
+        return 1 - worst
+
+    max_drop, results = 0.03, {}
+    for name, drop in (("plain", None), ("controlled", max_drop)):
+        ir = tmp_path / f"{name}.xml"
+        recipe = OpenVinoRecipe(name, accuracy_drop=drop, activation_ranges="minmax")
+        quantize_for_openvino(tmp_path / "g.onnx", ir, FeedCalibrationReader(feeds), reduce_range=True, recipe=recipe)
+        results[name] = (agreement(ir), ir.read_text().count('type="FakeQuantize"'))
+    (plain, plain_quantized), (controlled, controlled_quantized) = results["plain"], results["controlled"]
+    assert plain < 1 - max_drop, plain
+    assert controlled >= 1 - max_drop - 1e-4, controlled  # 1e-4: numpy float64 against OpenVINO's f32
+    assert 0 < controlled_quantized < plain_quantized  # some ops back in fp32, not all of them
+
+
+def test_the_accuracy_control_metric_is_the_worst_relative_error():
+    """`_agreement` against a hand count: 1 - max|out - ref| / max|ref|, worst over outputs and feeds."""
+    from maskclip_export.quantize import _agreement
+
+    class Port:
+        def __init__(self, name):
+            self.name = name
+
+        def get_any_name(self):
+            return self.name
+
+    feeds = [{"x": np.zeros(1)}, {"x": np.ones(1)}]
+    expected = {
+        id(feeds[0]): {"a": np.array([2.0, -4.0]), "b": np.array([1.0])},
+        id(feeds[1]): {"a": np.array([10.0]), "b": np.array([0.0])},
+    }
+    outputs = {
+        id(feeds[0]): {"a": np.array([2.0, -3.0]), "b": np.array([1.0])},
+        id(feeds[1]): {"a": np.array([9.0]), "b": np.array([0.0])},
+    }
+
+    def compiled(feed):
+        return {Port(name): value for name, value in outputs[id(feed)].items()}
+
+    worst, per_feed = _agreement(expected, compiled, feeds)
+    assert per_feed == pytest.approx([1 - 1 / 4, 1 - 1 / 10])  # feed 0: |-3 - -4| / 4; feed 1: 1 / 10 ("b" is exact)
+    assert worst == pytest.approx(0.75)
