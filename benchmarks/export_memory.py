@@ -22,7 +22,8 @@ import click
 
 from maskclip_runtime.command import command, write_json
 
-_PROGRESS = re.compile(r"([^\r\n:]+):\s+\d+%\|")  # tqdm: "<step>:  40%|████  | 2/5 ..."
+# tqdm: "<step>:  40%|████  | 2/5 ...", where a step may hold a colon itself ("verify: PyTorch (64 images)")
+_PROGRESS = re.compile(r"(.+?):\s+\d+%\|")
 
 
 def _resident_mb(pid: int) -> float | None:

@@ -108,13 +108,16 @@ def test_the_end_of_run_line_reports_the_peak_the_kernel_measured(tmp_path):
     assert reported_gb > 0.2  # torch and a model were loaded
 
 
-def test_the_memory_benchmark_attributes_the_peak_to_the_export_steps(tmp_path):
+def test_the_memory_benchmark_attributes_the_peak_to_the_export_steps(tmp_path, calib_folder):
     from maskclip_bench.export_memory import measure_export
 
-    result = measure_export(["--config", "tiny", "--no-verify", "--out", str(tmp_path / "art")])
+    images = str(calib_folder(4))
+    result = measure_export(["--config", "tiny", "--verify-images", images, "--out", str(tmp_path / "art")])
     assert result["exit_status"] == 0, result["errors"]
     steps = result["step_peak_mb"]
-    assert {"export fused", "self-check canaries", "self-check (runtime)"} <= set(steps), steps
+    # Every step by its name, the gate's two sides too (their names hold a colon before the bar's own).
+    gate = {"verify: PyTorch (4 images)", "verify: onnxruntime-cpu (4 images)"}
+    assert {"export fused", *gate, "self-check canaries", "self-check (runtime)"} <= set(steps), steps
     # Sampled every 50 ms from outside: never above the kernel's peak (a spike shorter than the interval can
     # fall between two samples, so how close they come is not a property of the export).
     assert 0 < max(steps.values()) <= result["peak_mb"] * 1.01
