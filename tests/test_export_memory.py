@@ -3,6 +3,7 @@ and the end-of-run line reports the peak the kernel measured."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -187,3 +188,50 @@ def test_the_tracers_functions_are_restored_even_when_the_trace_fails():
         assert torch._C.Graph._export_onnx is not originals[0]
         raise KeyboardInterrupt
     assert (torch._C.Graph._export_onnx, onnx_proto_utils._export_file) == originals
+
+
+def test_streamed_percentile_calibration_gives_ort_its_own_histograms_and_ranges(tiny_model, tmp_path, monkeypatch):
+    """int8-cpu's convolution calibration: the two streaming passes against ORT's percentile calibrator over
+    all of the images at once, on images whose value ranges differ (so that any widening of the bins would
+    show): every histogram bin for bin, the value ranges, the ranges ORT computes from them, and the graph
+    quantize_for_cpu writes with and without the streaming."""
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
+
+    from maskclip_export import quantize
+    from maskclip_export.onnx_export import export_graphs
+    from maskclip_export.verify import default_verification_images
+    from maskclip_runtime.kernel.preprocess import preprocess_batch
+
+    graph = export_graphs(tiny_model, tmp_path, "fused", BatchSpec.fixed(1), 17)["fused"]
+    images = preprocess_batch([image for _, image in default_verification_images()[::9]], tiny_model.preprocess_spec())
+    images[1] *= 3  # one image far outside the others' range
+    feeds = [{"image": images[i : i + 1]} for i in range(len(images))]
+
+    def calibrator(name):
+        return create_calibrator(
+            graph,
+            ["Conv"],
+            augmented_model_path=str(tmp_path / f"{name}.onnx"),
+            calibrate_method=CalibrationMethod.Percentile,
+        )
+
+    ort, streamed = calibrator("ort"), calibrator("streamed")
+    ort.collect_data(quantize.FeedCalibrationReader(feeds))
+    quantize.collect_histograms_streaming(streamed, quantize.FeedCalibrationReader(feeds))
+    expected, got = ort.collector.histogram_dict, streamed.collector.histogram_dict
+    assert list(got) == list(expected) and len(expected) >= 4
+    for name, (counts, edges, low, high) in expected.items():
+        assert np.array_equal(got[name][0], counts) and np.array_equal(got[name][1], edges), name
+        assert got[name][1].dtype == edges.dtype and (got[name][2], got[name][3]) == (low, high), name
+    ranges = {name: tuple(map(float, data.range_value)) for name, data in ort.compute_data().data.items()}
+    assert ranges == {name: tuple(map(float, data.range_value)) for name, data in streamed.compute_data().data.items()}
+
+    streamed_calls = []
+    real = quantize.collect_histograms_streaming
+    monkeypatch.setattr(quantize, "collect_histograms_streaming", lambda *a: streamed_calls.append(1) or real(*a))
+    quantize.quantize_for_cpu(graph, tmp_path / "streamed.onnx", quantize.FeedCalibrationReader(feeds), True)
+    with monkeypatch.context() as plain:
+        plain.setattr(quantize, "_percentile_histograms_streamed", contextlib.nullcontext)
+        quantize.quantize_for_cpu(graph, tmp_path / "plain.onnx", quantize.FeedCalibrationReader(feeds), True)
+    assert streamed_calls == [1]
+    assert (tmp_path / "streamed.onnx").read_bytes() == (tmp_path / "plain.onnx").read_bytes()
