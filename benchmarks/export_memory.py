@@ -37,6 +37,32 @@ def _resident_mb(pid: int) -> float | None:
     return None
 
 
+class ProgressLines:
+    """A child's stderr, fed as it arrives: the step its progress bar shows now, and its other lines.
+
+    tqdm starts each refresh of the bar with "\r" and ends none, so the bar being shown is the text after
+    the last "\r": it is read at once, not when the next refresh arrives (the bar of a long step refreshes
+    only at its start, so a step would otherwise be seen only once it had ended)."""
+
+    def __init__(self) -> None:
+        self.step = "start"
+        self.lines: list[str] = []
+        self._partial = ""
+
+    def feed(self, text: str) -> None:
+        *done, self._partial = re.split(r"[\r\n]", self._partial + text)
+        for part in done:
+            if not self._shows_step(part) and part.strip():
+                self.lines.append(part)
+        self._shows_step(self._partial)
+
+    def _shows_step(self, text: str) -> bool:
+        match = _PROGRESS.match(text)
+        if match:
+            self.step = match.group(1).strip()
+        return match is not None
+
+
 def measure_export(args: list[str], interval_s: float = 0.05) -> dict:
     """Run maskclip-export with `args`; returns its exit status, wall time, peak resident MB (the
     kernel's ru_maxrss) and the peak resident MB sampled during each step, in order."""
@@ -45,21 +71,12 @@ def measure_export(args: list[str], interval_s: float = 0.05) -> dict:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    step = ["start"]
+    progress = ProgressLines()
     steps: dict[str, float] = {}
-    stderr: list[str] = []
 
     def read_progress() -> None:
-        buffer = ""
         while chunk := os.read(child.stderr.fileno(), 4096):  # what has arrived, not a full block
-            buffer += chunk.decode(errors="replace")
-            *done, buffer = re.split(r"[\r\n]", buffer)
-            for part in done:
-                match = _PROGRESS.match(part)
-                if match:
-                    step[0] = match.group(1).strip()
-                elif part.strip():
-                    stderr.append(part)
+            progress.feed(chunk.decode(errors="replace"))
 
     reader = threading.Thread(target=read_progress, daemon=True)
     reader.start()
@@ -70,9 +87,10 @@ def measure_export(args: list[str], interval_s: float = 0.05) -> dict:
             break
         resident = _resident_mb(child.pid)
         if resident is not None:
-            steps[step[0]] = max(steps.get(step[0], 0.0), resident)
+            steps[progress.step] = max(steps.get(progress.step, 0.0), resident)
         time.sleep(interval_s)
     seconds = time.perf_counter() - started
+    stderr = progress.lines
     child.returncode = os.waitstatus_to_exitcode(status)
     reader.join()
     return {

@@ -91,24 +91,6 @@ def test_peak_resident_bytes_sees_an_allocation():
     release_freed_memory()
 
 
-def test_the_end_of_run_line_reports_the_peak_the_kernel_measured(tmp_path):
-    """The line's figure against ru_maxrss of the same process as wait4 returns it to its parent."""
-    out = tmp_path / "art"
-    code = "from maskclip_export.cli import main; main()"
-    args = ["--config", "tiny", "--out", str(out), "--no-verify", "--quiet"]
-    child = subprocess.Popen([sys.executable, "-c", code, *args], stderr=subprocess.PIPE, text=True)
-    stderr = child.stderr.read()
-    _, status, usage = os.wait4(child.pid, 0)
-    child.returncode = os.waitstatus_to_exitcode(status)
-    assert child.returncode == 0, stderr
-    (line,) = [line for line in stderr.splitlines() if line.startswith("maskclip-export:")]
-    reported_gb = float(re.search(r"peak memory ([0-9.]+) GB", line).group(1))
-    kernel_gb = usage.ru_maxrss * 1024 / 1e9
-    # Printed just before exit: the kernel's figure can only be as large or (teardown) slightly larger.
-    assert kernel_gb * 0.9 - 0.01 <= reported_gb <= kernel_gb + 0.01
-    assert reported_gb > 0.2  # torch and a model were loaded
-
-
 def test_the_memory_benchmark_attributes_the_peak_to_the_export_steps(tmp_path, calib_folder):
     from maskclip_bench.export_memory import measure_export
 
@@ -122,8 +104,11 @@ def test_the_memory_benchmark_attributes_the_peak_to_the_export_steps(tmp_path, 
     # Sampled every 50 ms from outside: never above the kernel's peak (a spike shorter than the interval can
     # fall between two samples, so how close they come is not a property of the export).
     assert 0 < max(steps.values()) <= result["peak_mb"] * 1.01
+    # The end-of-run line's figure against ru_maxrss of the export process as wait4 returned it: printed just
+    # before exit, it can only be as large or (teardown) slightly smaller.
     reported_gb = float(re.search(r"peak memory ([0-9.]+) GB", result["summary"]).group(1))
     assert result["peak_mb"] / 1e3 * 0.9 - 0.01 <= reported_gb <= result["peak_mb"] / 1e3 + 0.01
+    assert reported_gb > 0.2  # torch and a model were loaded
 
 
 def test_an_export_that_owns_its_model_frees_it_and_writes_the_same_artifact(
@@ -235,3 +220,21 @@ def test_streamed_percentile_calibration_gives_ort_its_own_histograms_and_ranges
         quantize.quantize_for_cpu(graph, tmp_path / "plain.onnx", quantize.FeedCalibrationReader(feeds), True)
     assert streamed_calls == [1]
     assert (tmp_path / "streamed.onnx").read_bytes() == (tmp_path / "plain.onnx").read_bytes()
+
+
+def test_the_step_is_the_bar_shown_now_not_the_one_before():
+    """tqdm starts each refresh with a carriage return and ends none: the step is known as soon as its bar
+    is written, however long the step runs; other lines are kept, a bar split across reads is read whole."""
+    from maskclip_bench.export_memory import ProgressLines
+
+    progress = ProgressLines()
+    progress.feed("\rexport:   0%|          | 0/7 [00:00<?, ?step/s]")
+    assert progress.step == "export"
+    progress.feed("\rexport fused:  14%|█▍        | 1/7 [00:03<00:")
+    assert progress.step == "export fused"
+    progress.feed("20, 3.1s/step]\rverify: PyTorch (16 images):  29%|██▊ | 2/7")
+    assert progress.step == "verify: PyTorch (16 images)"
+    progress.feed("\nwarning: calibration image skipped: x.png\nmaskclip-export: 1 graph(s)")
+    assert progress.step == "verify: PyTorch (16 images)"
+    progress.feed(", 4.1 MB\n")
+    assert progress.lines == ["warning: calibration image skipped: x.png", "maskclip-export: 1 graph(s), 4.1 MB"]
