@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import re
-import subprocess
-import sys
 import tempfile
 import warnings
 from pathlib import Path
