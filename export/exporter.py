@@ -142,7 +142,7 @@ class _Steps:
 
     def start(self, name: str) -> None:
         self.finish()
-        release_freed_memory()  # a step does not start on top of the heap its predecessor freed
+        release_freed_memory(collect=False)  # a step does not start on top of the heap its predecessor freed
         self.bar.set_description(name)
         self._current = (name, time.perf_counter())
 
