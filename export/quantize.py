@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import inspect
 import io
 import logging
 import tempfile
@@ -30,6 +31,8 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+from maskclip_runtime.kernel.memory import release_freed_memory
 
 from .onnx_export import graph_files, needs_external_data, save_onnx
 
@@ -156,6 +159,30 @@ def _image_derived_tensors(model: onnx.ModelProto) -> set[str]:
     return derived
 
 
+RANGES_BEFOREHAND = "calibration_cache_path" in inspect.signature(quantize_static).parameters
+
+
+def _min_max_ranges(model: Path, calibration: FeedCalibrationReader, large: bool, folder: Path) -> str:
+    """The MinMax ranges quantize_static would compute for INT8_OP_TYPES, by the calibrator it would create,
+    saved as ORT's calibration cache for it (float32 ranges, which its JSON keeps exactly)."""
+    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+
+    calibrator = create_calibrator(
+        model,
+        list(INT8_OP_TYPES),
+        augmented_model_path=str(folder / "augmented.onnx"),
+        calibrate_method=CalibrationMethod.MinMax,
+        use_external_data_format=large,
+    )
+    calibrator.collect_data(calibration)
+    calibration.rewind()
+    path = folder / "ranges.json"
+    save_tensors_data(calibrator.compute_data(), path)
+    del calibrator
+    release_freed_memory()
+    return str(path)
+
+
 def quantize_to_int8(
     src: Path, dst: Path, calibration: FeedCalibrationReader, reduce_range: bool
 ) -> tuple[list[str], list[str]]:
@@ -178,6 +205,13 @@ def quantize_to_int8(
         model = onnx.load(str(prepared), load_external_data=False)
         excluded = int8_excluded_nodes(model)
         excluded_ops = _op_types_of(model, excluded)
+        # Where quantize_static takes ranges computed beforehand (ORT's calibration cache), calibrating in a call
+        # of its own frees the calibrator's copies of the graph (augmented, in a session) before it loads its own.
+        ranges = (
+            {"calibration_cache_path": _min_max_ranges(prepared, calibration, large, Path(tmp))}
+            if RANGES_BEFOREHAND
+            else {}
+        )
         quantized = Path(tmp) / "quantized.onnx"
         quantize_static(
             str(prepared),
@@ -193,6 +227,7 @@ def quantize_to_int8(
             use_external_data_format=large,
             calibrate_method=CalibrationMethod.MinMax,
             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+            **ranges,
         )
         save_onnx(onnx.load(str(quantized)), dst)
     present = op_types(onnx.load(str(dst), load_external_data=False))

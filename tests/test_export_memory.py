@@ -235,3 +235,28 @@ def test_the_step_is_the_bar_shown_now_not_the_one_before():
     assert progress.step == "verify: PyTorch (16 images)"
     progress.feed(", 4.1 MB\n")
     assert progress.lines == ["warning: calibration image skipped: x.png", "maskclip-export: 1 graph(s), 4.1 MB"]
+
+
+def test_int8_ranges_calibrated_beforehand_give_the_graph_quantize_static_makes_alone(
+    tiny_model, tmp_path, monkeypatch
+):
+    """int8 (QDQ): MinMax ranges computed in a call of their own and handed to quantize_static as its calibration
+    cache, against quantize_static calibrating itself: the same graph, byte for byte."""
+    from maskclip_export import quantize
+    from maskclip_export.onnx_export import export_graphs
+    from maskclip_export.verify import default_verification_images
+    from maskclip_runtime.kernel.preprocess import preprocess_batch
+
+    if not quantize.RANGES_BEFOREHAND:
+        pytest.skip("this onnxruntime's quantize_static takes no calibration cache")
+    graph = export_graphs(tiny_model, tmp_path, "fused", BatchSpec.fixed(1), 17)["fused"]
+    images = preprocess_batch([image for _, image in default_verification_images()[::11]], tiny_model.preprocess_spec())
+    feeds = [{"image": images[i : i + 1]} for i in range(len(images))]
+    cached = []
+    real = quantize._min_max_ranges
+    monkeypatch.setattr(quantize, "_min_max_ranges", lambda *a: cached.append(1) or real(*a))
+    quantize.quantize_to_int8(graph, tmp_path / "beforehand.onnx", quantize.FeedCalibrationReader(feeds), True)
+    monkeypatch.setattr(quantize, "RANGES_BEFOREHAND", False)
+    quantize.quantize_to_int8(graph, tmp_path / "alone.onnx", quantize.FeedCalibrationReader(feeds), True)
+    assert cached == [1]
+    assert (tmp_path / "beforehand.onnx").read_bytes() == (tmp_path / "alone.onnx").read_bytes()
