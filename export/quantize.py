@@ -174,6 +174,10 @@ def _min_max_ranges(model: Path, calibration: FeedCalibrationReader, large: bool
         calibrate_method=CalibrationMethod.MinMax,
         use_external_data_format=large,
     )
+    # The graph it augmented, saved and opened a session on: MinMax's collect_data and compute_data read the
+    # session's outputs only, so the 1.66 GB protobuf of opensdi-vitl14 need not stay beside the session.
+    calibrator.model = None
+    release_freed_memory()
     calibrator.collect_data(calibration)
     calibration.rewind()
     path = folder / "ranges.json"
