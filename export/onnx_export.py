@@ -243,8 +243,7 @@ def _trace_to_onnx(
         )
     model = onnx.load(str(path))  # the graph, each initializer a placeholder for its handed-over tensor
     path.unlink()
-    _write_weights(model, weights, folder / WEIGHTS_FILE)
-    del weights
+    _write_weights(model, weights, folder / WEIGHTS_FILE)  # empties `weights`
     release_freed_memory()  # the tracer's constant-folded copies of the weights
     return model
 
@@ -258,8 +257,8 @@ def _weights_handed_over(weights: dict[str, bytes]) -> Iterator[None]:
     hard-codes off): the bytes are those the protobuf would have held, once. Left off, the exporter holds
     the weights three times at its peak, in the C++ protobuf, its serialised string and the Python bytes
     made from that: 4 GB above the model on opensdi-vitl14 (a 1.66 GB graph), the peak of the whole fp32
-    export. (Both functions are replaced process-wide for the call: exports run one
-    at a time; `tests/test_export_memory.py` checks the graph against a plain export's.)"""
+    export. (Both functions are replaced process-wide for the call: exports run one at a time;
+    `tests/test_export_memory.py` checks the graph against a plain export's.)"""
     from torch.onnx._internal.torchscript_exporter import onnx_proto_utils
 
     export_onnx, export_file = torch._C.Graph._export_onnx, onnx_proto_utils._export_file

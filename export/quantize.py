@@ -273,17 +273,17 @@ def collect_histograms_streaming(calibrator, reader: CalibrationDataReader) -> N
             yield [(name, outputs[i]) for i, name in calibrated]
         reader.rewind()
 
-    ranges: dict[str, list] = {}  # name -> [min, max, min |x|, max |x|]
+    ranges: dict[str, tuple] = {}  # name -> (min, max, min |x|, max |x|)
     for image in tensors():
         for name, values in image:
-            found = (np.nanmin(values), np.nanmax(values), np.abs(values).min(), np.abs(values).max())
-            known = ranges.setdefault(name, list(found))
-            known[:] = [
-                min(known[0], found[0]),
-                max(known[1], found[1]),
-                min(known[2], found[2]),
-                max(known[3], found[3]),
-            ]
+            magnitudes = np.abs(values)
+            low, high, abs_low, abs_high = ranges.get(name, (np.inf, -np.inf, np.inf, -np.inf))
+            ranges[name] = (
+                min(low, np.nanmin(values)),
+                max(high, np.nanmax(values)),
+                min(abs_low, magnitudes.min()),
+                max(abs_high, magnitudes.max()),
+            )
     if not ranges:
         raise ValueError("No data is collected.")
     histograms: dict[str, tuple] = {}
@@ -312,9 +312,8 @@ def _percentile_histograms_streamed() -> Iterator[None]:
     calls is replaced module-wide for the call: exports run one at a time."""
     from onnxruntime.quantization.calibrate import PercentileCalibrater
 
-    ort_quantize = importlib.import_module(
-        "onnxruntime.quantization.quantize"
-    )  # the package exports a function so named
+    # Imported by name: the package exports a function called quantize, which hides the module.
+    ort_quantize = importlib.import_module("onnxruntime.quantization.quantize")
     create = ort_quantize.create_calibrator
 
     def create_streaming(*args, **kwargs):
