@@ -314,13 +314,14 @@ def test_reexport_replaces_an_existing_artifact(tiny_source, tmp_path):
 
 @pytest.mark.parametrize("precision", ["fp16", "int8", "int8-cpu"])
 def test_large_graphs_travel_with_external_data(precision, tiny_source, calib_dir, tmp_path, monkeypatch):
-    """The >1 GiB path of opensdi-vitl14 (weights in <file>.data), exercised on tiny with a low limit."""
+    """The >1 GiB path of opensdi-vitl14 (weights in <file>.data), exercised on tiny with a low limit (and a gate
+    on the six calibration images: the path is under test here, the gate's statistics above)."""
     import maskclip_export.onnx_export as onnx_export
 
     monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_BYTES", 100_000)
     out = tmp_path / precision
     calib = str(calib_dir) if precision.startswith("int8") else None
-    manifest = _export(tiny_source, out, precision=precision, calib=calib, calib_count=6)
+    manifest = _export(tiny_source, out, precision=precision, calib=calib, calib_count=6, verify_images=str(calib_dir))
     assert manifest["verification"]["passed"], manifest["verification"]["failures"]
     assert {"model.onnx", "model.onnx.data"} <= set(manifest["files"])
     load_artifact(out)

@@ -141,3 +141,17 @@ def test_int8_quantises_only_linear_layer_matmuls():
     ]
     model = _graph(nodes, [weight, table, kernel, head])
     assert sorted(int8_excluded_nodes(model)) == ["head", "mask_head", "position", "q_k"]
+
+
+def test_the_default_gate_images_are_shared_read_only():
+    """Made once per process and handed to every gate: a caller that altered one would alter every later gate,
+    so writing into them fails, and dropping entries from the list handed out leaves the next list whole."""
+    from maskclip_export.verify import default_verification_images
+
+    first = default_verification_images()
+    assert len(first) == 64 and len({name for name, _ in first}) == 64
+    with pytest.raises(ValueError, match="read-only"):
+        first[0][1][0, 0, 0] = 1
+    first.clear()
+    again = default_verification_images()
+    assert len(again) == 64 and all(image.dtype == np.uint8 and image.shape[2] == 3 for _, image in again)

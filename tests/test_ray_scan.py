@@ -74,9 +74,10 @@ def no_cluster_left():
 
 
 def test_records_equal_the_plain_runs_and_resume_finishes_the_rest(photos, plain, tmp_path):
+    """A plain run stopped after five images, finished by Ray with --resume (one Ray job: each starts a cluster)."""
     out = tmp_path / "ray.jsonl"
     first = sorted(photos.glob("photo_*.jpg"))[:5]
-    code, stderr = invoke(*first, "--json", out, "--ray", "local", "--ray-actors", "2")
+    code, stderr = invoke(*first, "--json", out)
     assert code == 0, stderr
     assert [comparable(r) for r in read_records(out)] == [comparable(r) for r in plain[1:6]]  # broken.jpg sorts first
     code, stderr = invoke(photos, "--json", out, "--resume", "--ray", "local", "--ray-actors", "2", "--batch", "4")
