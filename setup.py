@@ -87,6 +87,7 @@ setup(
         # onnx and scikit-image build the tests' stand-in artifact and photos without torch (`-m "not torch"`).
         "dev": [
             "pytest>=8",
+            "pytest-xdist>=3.5",  # the suite runs on both cores (pyproject's addopts)
             "ruff>=0.5",
             "onnx>=1.16",
             "scikit-image>=0.22",

@@ -6,6 +6,7 @@ Exports are module-scoped and shared: each one costs seconds, the checks on it m
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import onnx
@@ -302,13 +303,13 @@ def test_failed_gate_leaves_no_artifact_and_keeps_the_report(tiny_source, tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.failed"]
 
 
-def test_reexport_replaces_an_existing_artifact(tiny_source, tmp_path):
+def test_reexport_replaces_an_existing_artifact(fused_dynamic, tiny_source, tmp_path):
     out = tmp_path / "art"
-    first = _export(tiny_source, out, verify=False)
-    assert first["verification"] == {"skipped": True, "passed": None}
+    shutil.copytree(fused_dynamic[0], out)
     second = _export(tiny_source, out, verify=False, batch=BatchSpec.fixed(3))
     assert second["batch"] == {"dynamic": False, "size": 3}
-    load_artifact(out)
+    assert second["verification"] == {"skipped": True, "passed": None}  # not the gate record of the one replaced
+    assert load_artifact(out).manifest.batch == BatchSpec.fixed(3)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]
 
 
