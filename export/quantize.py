@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime
 from onnxruntime.quantization import (
     CalibrationDataReader,
     CalibrationMethod,
@@ -165,7 +166,6 @@ RANGES_BEFOREHAND = "calibration_cache_path" in inspect.signature(quantize_stati
 def _min_max_ranges(model: Path, calibration: FeedCalibrationReader, large: bool, folder: Path) -> str:
     """The MinMax ranges quantize_static would compute for INT8_OP_TYPES, by the calibrator it would create,
     saved as ORT's calibration cache for it (float32 ranges, which its JSON keeps exactly)."""
-    import onnxruntime
     from onnxruntime.quantization.calibrate import MinMaxCalibrater, save_tensors_data
 
     # create_calibrator's MinMax calibrator with quantize_static's options (none of them MinMax's), then its
@@ -201,8 +201,6 @@ def _lean_calibration_session_options():
     at 10.7 GB with them and at 6.5 GB without. Both decide where tensors live, not what is computed: the
     ranges are the same. Pre-packing stays on: without it MLAS multiplies in another order and 1,026 of the
     1,410 ranges moved (by up to 2e-6, relative)."""
-    import onnxruntime
-
     options = onnxruntime.SessionOptions()
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.enable_cpu_mem_arena = False
